@@ -1,0 +1,390 @@
+//! The command line: parses what the user typed (clap), resolves it against the config, and
+//! calls into the library. Exit codes: 0 success, 1 a failed check (invalid config or
+//! playbook, failing test, broken audit chain), 2 a usage error, 3 an operational error.
+
+use crate::audit;
+use crate::config::Config;
+use crate::daemon::Agent;
+use crate::playbooks::{self, bundled, testing, Runtime};
+use crate::signals::{Roots, Sampler};
+use anyhow::{anyhow, Context};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "medic", version, about = "Host-level auto-remediation agent.", long_about = "\
+medic senses CPU, memory, disk, socket and TCP signals, evaluates Rhai playbooks against them, \
+passes every requested action through one gate, and records every decision in a local, \
+hash-chained, fsync'd audit log. This release always runs in dry-run: it decides and records \
+what it would do, and changes nothing on the host.
+
+Run `medic run` to start the agent on its defaults (bundled playbooks, dry-run, a state dir you \
+can write).")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent in the foreground (SIGTERM/SIGINT stop it, SIGHUP reloads playbooks).
+    Run {
+        /// Config file (TOML). Default: /etc/medic/medic.toml if it exists, else built-in defaults.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Directory of *.rhai playbooks. Default: the config's playbooks_dir, else the bundled set.
+        #[arg(long, value_name = "DIR")]
+        playbooks: Option<PathBuf>,
+        /// Where the audit log lives. Default: the config's state_dir, else /var/lib/medic (root)
+        /// or ~/.local/state/medic.
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// Run one tick (sample, evaluate every playbook, record) and exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Check the config and every playbook; print file:line:col and exit 1 on any error.
+    Validate {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        #[arg(long, value_name = "DIR")]
+        playbooks: Option<PathBuf>,
+    },
+    /// Check or test playbooks.
+    #[command(subcommand)]
+    Playbook(PlaybookCmd),
+    /// Print the current signal snapshot.
+    Signals {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read or verify the audit log.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+}
+
+#[derive(Subcommand)]
+enum PlaybookCmd {
+    /// Compile and statically check playbook files (syntax, META, unknown functions, manifest).
+    Check {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// Run the test cases beside playbooks (<name>.test.toml) on a simulated clock.
+    /// PATH is a directory, a .rhai file, or omitted for the bundled playbooks.
+    Test { path: Option<PathBuf> },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Show records, oldest first.
+    Show {
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// Only records at or after T (RFC 3339, e.g. 2026-11-26T10:00:00Z, or a duration ago: 1h).
+        #[arg(long, value_name = "T")]
+        since: Option<String>,
+        /// Only records of this playbook.
+        #[arg(long, value_name = "NAME")]
+        playbook: Option<String>,
+        /// One JSON record per line, as stored.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify the hash chain; exit 1 naming the first bad seq.
+    Verify {
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
+}
+
+/// Parses arguments and runs; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("medic: error: {e:#}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+fn state_dir_of(arg: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(d) = arg {
+        return Ok(d);
+    }
+    let (cfg, _) = Config::load(None)?;
+    Ok(cfg.state_dir())
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run { config, playbooks, state_dir, once } => {
+            let (cfg, _) = match Config::load(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("medic: {e:#}");
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            crate::telemetry::init(&cfg.log.level);
+            let playbooks = playbooks.or(cfg.playbooks_dir.clone());
+            let state_dir = state_dir.unwrap_or_else(|| cfg.state_dir());
+            let mut agent = Agent::start(&cfg, playbooks, state_dir.clone())
+                .with_context(|| format!("starting with state dir {}", state_dir.display()))?;
+            tracing::info!(message = "Started.", node = %agent.node, mode = "dry-run", playbooks = ?agent.playbook_names(), audit = %agent.audit_path().display());
+            if once {
+                // A second sample a moment later gives CPU % and rates something to compare with.
+                std::thread::sleep(std::time::Duration::from_millis(250));
+                let report = agent.tick(audit::now_ms())?;
+                for (pb, kind, target, decision, rule) in &report.decisions {
+                    println!("{pb}: {kind} {target:?} → {decision} ({rule})");
+                }
+                for (pb, err) in &report.disabled {
+                    println!("{pb}: disabled: {err}");
+                }
+                println!("evaluated {} playbook(s), {} decision(s); audit log {}", report.evaluated.len(), report.decisions.len(), agent.audit_path().display());
+                agent.stop("--once")?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(crate::daemon::run(agent, cfg.signals.interval_secs))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate { config, playbooks } => {
+            let mut ok = true;
+            let cfg = match Config::load(config.as_deref()) {
+                Ok((c, path)) => {
+                    println!("config: {}: ok", path.map_or("(built-in defaults)".into(), |p| p.display().to_string()));
+                    c
+                }
+                Err(e) => {
+                    println!("{e:#}");
+                    ok = false;
+                    Config::default()
+                }
+            };
+            let dir = playbooks.or(cfg.playbooks_dir.clone());
+            let rt = Runtime::new(cfg.playbooks.limits);
+            let loaded = playbooks::load(&rt, dir.as_deref()).map_err(|e| anyhow!("{}: {e}", dir.as_deref().unwrap_or(Path::new("")).display()))?;
+            for r in loaded {
+                match r {
+                    Ok(pb) => println!("{}: ok ({})", pb.file, pb.meta.name),
+                    Err(e) => {
+                        println!("{e}");
+                        ok = false;
+                    }
+                }
+            }
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Playbook(PlaybookCmd::Check { files }) => {
+            let rt = Runtime::new(Default::default());
+            let mut ok = true;
+            for f in files {
+                let label = f.display().to_string();
+                match std::fs::read_to_string(&f) {
+                    Ok(src) => match rt.compile(&label, &src) {
+                        Ok(pb) => println!("{label}: ok ({})", pb.meta.name),
+                        Err(e) => {
+                            println!("{e}");
+                            ok = false;
+                        }
+                    },
+                    Err(e) => {
+                        println!("{label}: {e}");
+                        ok = false;
+                    }
+                }
+            }
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Playbook(PlaybookCmd::Test { path }) => playbook_test(path.as_deref()),
+        Command::Signals { json } => {
+            let (cfg, _) = Config::load(None).unwrap_or_default();
+            let mut sampler = Sampler::new(Roots { proc: cfg.signals.proc_root, sys: cfg.signals.sys_root });
+            sampler.sample(audit::now_ms());
+            std::thread::sleep(std::time::Duration::from_millis(250));
+            let snap = sampler.sample(audit::now_ms());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&snap)?);
+            } else {
+                print_snapshot(&snap);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(AuditCmd::Verify { state_dir }) => {
+            let path = state_dir_of(state_dir)?.join(audit::FILE_NAME);
+            match audit::verify::verify(&path).with_context(|| format!("reading {}", path.display()))? {
+                Ok(v) => {
+                    println!("{}: ok, {} record(s), chain intact (last hash {})", path.display(), v.records, v.last_hash);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(b) => {
+                    println!("{}: {b}", path.display());
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        Command::Audit(AuditCmd::Show { state_dir, since, playbook, json }) => {
+            let path = state_dir_of(state_dir)?.join(audit::FILE_NAME);
+            let since = since.map(|s| parse_since(&s)).transpose()?;
+            let records = audit::read_all(&path).with_context(|| format!("reading {}", path.display()))?;
+            for r in records {
+                let r = match r {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("{}: {e}", path.display());
+                        continue;
+                    }
+                };
+                let ts = r.get("ts").and_then(|v| v.as_str()).unwrap_or("");
+                if let Some(s) = since {
+                    if humantime::parse_rfc3339_weak(ts).is_ok_and(|t| t < s) {
+                        continue;
+                    }
+                }
+                let pb = r.get("playbook").and_then(|p| p.get("name")).and_then(|n| n.as_str());
+                if playbook.as_deref().is_some_and(|want| pb != Some(want)) {
+                    continue;
+                }
+                if json {
+                    println!("{}", audit::canonical(&serde_json::Value::Object(r)));
+                } else {
+                    println!("{}", show_line(&r));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn parse_since(s: &str) -> anyhow::Result<std::time::SystemTime> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return Ok(t);
+    }
+    let d = humantime::parse_duration(s).map_err(|_| anyhow!("--since {s:?}: expected RFC 3339 time or a duration like 1h"))?;
+    Ok(std::time::SystemTime::now() - d)
+}
+
+fn show_line(r: &serde_json::Map<String, serde_json::Value>) -> String {
+    let g = |k: &str| r.get(k).and_then(|v| v.as_str()).unwrap_or("");
+    let seq = r.get("seq").and_then(|v| v.as_u64()).unwrap_or(0);
+    let pb = r.get("playbook").and_then(|p| p.get("name")).and_then(|n| n.as_str()).unwrap_or("");
+    let head = format!("{seq:>6} {} {:<18}", g("ts"), g("kind"));
+    match g("kind") {
+        "action" => {
+            let a = r.get("action").cloned().unwrap_or_default();
+            let reason = r.get("trigger").and_then(|t| t.get("reason")).and_then(|v| v.as_str()).unwrap_or("");
+            format!(
+                "{head} {pb}: {} {} → {} ({}) — {reason}",
+                a.get("kind").and_then(|v| v.as_str()).unwrap_or(""),
+                a.get("target").map(|v| v.to_string()).unwrap_or_default(),
+                g("decision"),
+                g("rule")
+            )
+        }
+        "playbook_rejected" | "playbook_disabled" => format!("{head} {pb} {}", g("error")),
+        _ if !pb.is_empty() => format!("{head} {pb}"),
+        _ => head,
+    }
+}
+
+fn print_snapshot(s: &crate::signals::Snapshot) {
+    println!("# metrics");
+    for (k, v) in &s.metrics {
+        println!("{k:<48} {v:.2}");
+    }
+    println!("\n# processes (top 15 by CPU)");
+    let mut ps: Vec<_> = s.processes.iter().collect();
+    ps.sort_by(|a, b| b.cpu_pct.unwrap_or(0.0).total_cmp(&a.cpu_pct.unwrap_or(0.0)));
+    println!("{:>8} {:<16} {:>7} {:>10} {:>5} {:>5} {:<24}", "PID", "NAME", "CPU%", "RSS", "FDS", "CW", "UNIT");
+    for p in ps.iter().take(15) {
+        println!(
+            "{:>8} {:<16} {:>7.1} {:>10} {:>5} {:>5} {:<24}",
+            p.pid,
+            p.name,
+            p.cpu_pct.unwrap_or(0.0),
+            p.rss_bytes,
+            p.fds.map_or("-".into(), |f| f.to_string()),
+            p.tcp.get("close_wait").copied().unwrap_or(0),
+            p.unit.as_deref().unwrap_or("-")
+        );
+    }
+    if !s.tcp_peers.is_empty() {
+        println!("\n# peers with retransmitting sockets");
+        for p in &s.tcp_peers {
+            println!("{:<40} sockets {} retransmitting {} timeouts {}", p.peer, p.sockets, p.retransmitting, p.timeouts);
+        }
+    }
+    if !s.unavailable.is_empty() {
+        println!("\n# unavailable");
+        for (k, v) in &s.unavailable {
+            println!("{k:<16} {v}");
+        }
+    }
+    for e in &s.errors {
+        println!("error: {e}");
+    }
+}
+
+/// (playbook label, source, tests label, tests source) for what PATH names.
+fn test_sources(path: Option<&Path>) -> anyhow::Result<Vec<(String, String, String, Option<String>)>> {
+    let Some(path) = path else {
+        return Ok(bundled::PLAYBOOKS
+            .iter()
+            .map(|(f, s, t)| (format!("bundled:{f}"), s.to_string(), format!("bundled:{}", f.replace(".rhai", ".test.toml")), Some(t.to_string())))
+            .collect());
+    };
+    let files: Vec<PathBuf> = if path.is_dir() {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(path)?.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "rhai")).collect();
+        v.sort();
+        v
+    } else if path.to_string_lossy().ends_with(".test.toml") {
+        vec![PathBuf::from(path.to_string_lossy().replace(".test.toml", ".rhai"))]
+    } else {
+        vec![path.to_path_buf()]
+    };
+    files
+        .into_iter()
+        .map(|f| {
+            let src = std::fs::read_to_string(&f).with_context(|| f.display().to_string())?;
+            let t = f.with_extension("test.toml");
+            let tests = std::fs::read_to_string(&t).ok();
+            Ok((f.display().to_string(), src, t.display().to_string(), tests))
+        })
+        .collect()
+}
+
+fn playbook_test(path: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let rt = Runtime::new(Default::default());
+    let (mut passed, mut failed) = (0, 0);
+    for (file, src, tfile, tests) in test_sources(path)? {
+        let Some(tests) = tests else {
+            println!("{file}: no test cases (expected {tfile})");
+            continue;
+        };
+        match testing::run(&rt, &file, &src, &tfile, &tests) {
+            Ok(results) => {
+                for r in results {
+                    if r.passed {
+                        passed += 1;
+                        println!("ok   {file}: {}", r.name);
+                    } else {
+                        failed += 1;
+                        println!("FAIL {file}: {}\n{}", r.name, r.message);
+                    }
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                println!("FAIL {e}");
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok(if failed == 0 && passed > 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}

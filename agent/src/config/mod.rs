@@ -1,0 +1,184 @@
+//! Configuration: the TOML file an operator writes (every field optional, unknown keys
+//! rejected) and its resolution into the settings the agent runs with. With no file at all the
+//! defaults work: bundled playbooks, dry-run, and a state dir the current user can write.
+//!
+//! Every field is documented in `docs/CONFIG.md`; `packaging/medic.toml` is the commented copy
+//! installed as `/etc/medic/medic.toml`.
+
+use crate::playbooks::engine::Limits;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// The file `medic` reads when `--config` is not given, if it exists.
+pub const DEFAULT_CONFIG: &str = "/etc/medic/medic.toml";
+
+/// The raw file, as written.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Node name in audit records. Default: the host name.
+    pub node: Option<String>,
+    /// Where the audit log lives. Default: `/var/lib/medic` as root, else
+    /// `$XDG_STATE_HOME/medic` (or `~/.local/state/medic`).
+    pub state_dir: Option<PathBuf>,
+    /// Directory of `*.rhai` playbooks. Default: the playbooks bundled in the binary.
+    pub playbooks_dir: Option<PathBuf>,
+    pub signals: SignalsConfig,
+    pub playbooks: PlaybooksConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SignalsConfig {
+    /// Seconds between samples (and the agent's tick).
+    pub interval_secs: u64,
+    /// How far back the history reaches, in seconds (the longest window a playbook can use).
+    pub history_secs: u64,
+    /// Most time series kept (bounds memory; see docs/ARCHITECTURE.md).
+    pub max_series: usize,
+    /// procfs root (tests point it at fixture trees).
+    pub proc_root: PathBuf,
+    /// sysfs root.
+    pub sys_root: PathBuf,
+}
+
+impl Default for SignalsConfig {
+    fn default() -> Self {
+        Self { interval_secs: 1, history_secs: 600, max_series: 1024, proc_root: "/proc".into(), sys_root: "/sys".into() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlaybooksConfig {
+    /// How long a playbook that failed or hit a limit stays disabled, in seconds; doubles on
+    /// each failure in a row, up to `max_disable_secs`.
+    pub disable_secs: u64,
+    pub max_disable_secs: u64,
+    /// Limits for one evaluation.
+    pub limits: Limits,
+}
+
+impl Default for PlaybooksConfig {
+    fn default() -> Self {
+        Self { disable_secs: 300, max_disable_secs: 3600, limits: Limits::default() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug` or `trace` (or an `EnvFilter` directive). `MEDIC_LOG` overrides.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: "info".into() }
+    }
+}
+
+/// A config error, `file:line:col: reason`.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}:{col}: {reason}")]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub col: usize,
+    pub reason: String,
+}
+
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(before.len(), |i| before.len() - i - 1) + 1;
+    (line, col)
+}
+
+impl Config {
+    pub fn parse(file: &str, text: &str) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let (line, col) = e.span().map_or((1, 1), |s| line_col(text, s.start));
+            ConfigError { file: file.into(), line, col, reason: e.message().to_string() }
+        })?;
+        let at = |key: &str, reason: String| {
+            let off = text.find(key).unwrap_or(0);
+            let (line, col) = line_col(text, off);
+            ConfigError { file: file.into(), line, col, reason }
+        };
+        if cfg.signals.interval_secs == 0 {
+            return Err(at("interval_secs", "signals.interval_secs: must be at least 1".into()));
+        }
+        if cfg.signals.history_secs < cfg.signals.interval_secs {
+            return Err(at("history_secs", "signals.history_secs: must be at least interval_secs".into()));
+        }
+        if cfg.playbooks.limits.max_operations == 0 {
+            return Err(at("max_operations", "playbooks.limits.max_operations: must be at least 1".into()));
+        }
+        if let Some(n) = &cfg.node {
+            if n.is_empty() || n.contains(['/', '+', '#']) || n.chars().any(char::is_whitespace) {
+                return Err(at("node", format!("node: {n:?} must be non-empty, without '/', '+', '#' or spaces")));
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Reads `path`, or the default file if it exists, or the defaults.
+    pub fn load(path: Option<&Path>) -> Result<(Self, Option<PathBuf>), anyhow::Error> {
+        let path = match path {
+            Some(p) => Some(p.to_path_buf()),
+            None => Some(PathBuf::from(DEFAULT_CONFIG)).filter(|p| p.exists()),
+        };
+        let Some(p) = path else { return Ok((Self::default(), None)) };
+        let text = std::fs::read_to_string(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+        Ok((Self::parse(&p.display().to_string(), &text)?, Some(p)))
+    }
+
+    pub fn node_name(&self) -> String {
+        self.node.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "localhost".into())
+        })
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir.clone().unwrap_or_else(default_state_dir)
+    }
+}
+
+/// `/var/lib/medic` for root; for anyone else a directory they can write.
+pub fn default_state_dir() -> PathBuf {
+    if rustix::process::geteuid().is_root() {
+        return "/var/lib/medic".into();
+    }
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|x| !x.is_empty()) {
+        return PathBuf::from(x).join("medic");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(h).join(".local/state/medic");
+    }
+    std::env::temp_dir().join(format!("medic-{}", rustix::process::getuid().as_raw()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_names_line_and_column() {
+        let e = Config::parse("m.toml", "node = \"a\"\n[signals]\nintervl_secs = 2\n").unwrap_err();
+        assert_eq!((e.line, e.col), (3, 1), "{e}");
+        assert!(e.reason.contains("intervl_secs"), "{e}");
+    }
+
+    #[test]
+    fn empty_file_is_defaults() {
+        assert_eq!(Config::parse("m.toml", "").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn zero_interval_rejected() {
+        let e = Config::parse("m.toml", "[signals]\ninterval_secs = 0\n").unwrap_err();
+        assert_eq!(e.line, 2);
+    }
+}

@@ -1,0 +1,13 @@
+//! medic: a host-level auto-remediation agent. Modules follow the data flow:
+//! `signals` (sense) → `playbooks` (decide) → `gate` → `actions` (act) → `audit` (record),
+//! with `config`, `cli`, `daemon` (the loop) and `telemetry` (logs) around them.
+
+pub mod actions;
+pub mod audit;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod gate;
+pub mod playbooks;
+pub mod signals;
+pub mod telemetry;

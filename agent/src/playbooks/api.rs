@@ -1,0 +1,348 @@
+//! The playbook API: what a script can see and do. `Node` is a read-only view of the current
+//! snapshot and the history; `State` is the playbook's own memory between evaluations; the
+//! action functions only *record* requests (in the evaluation's context, passed as the call's
+//! tag), and nothing they do touches the host.
+//!
+//! Every value a script reads through `Node` is noted, so each request carries the signal
+//! values that led to it (its trigger).
+
+use crate::actions::{ActionKind, ActionRequest};
+use crate::signals::history::{Cmp, History};
+use crate::signals::Snapshot;
+use rhai::{Array, Dynamic, Engine, EvalAltResult, Map, NativeCallContext};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
+
+/// Reads noted per evaluation are capped so a loop over every process cannot bloat a record.
+const MAX_NOTED_READS: usize = 64;
+/// Keys a playbook may keep in its state.
+const MAX_STATE_KEYS: usize = 1000;
+/// Signals a playbook may send.
+pub const SIGNALS: &[&str] = &["TERM", "KILL", "HUP", "INT", "QUIT", "USR1", "USR2", "STOP", "CONT"];
+
+/// What one evaluation accumulates.
+#[derive(Debug, Default)]
+pub struct EvalCtx {
+    pub requests: Vec<ActionRequest>,
+    pub reads: BTreeMap<String, Value>,
+    pub max_requests: usize,
+}
+
+/// The script's `node`: one snapshot, the history up to it, and the evaluation's context.
+#[derive(Clone)]
+pub struct Node {
+    pub snap: Arc<Snapshot>,
+    pub history: Arc<History>,
+    pub ctx: Arc<Mutex<EvalCtx>>,
+}
+
+impl Node {
+    pub fn new(snap: Arc<Snapshot>, history: Arc<History>, max_requests: usize) -> Self {
+        let ctx = EvalCtx { max_requests, ..Default::default() };
+        Self { snap, history, ctx: Arc::new(Mutex::new(ctx)) }
+    }
+
+    fn now(&self) -> i64 {
+        self.snap.ts_ms
+    }
+
+    fn note(&self, what: String, v: Option<f64>) -> Dynamic {
+        let mut ctx = self.ctx.lock().unwrap_or_else(|e| e.into_inner());
+        if ctx.reads.len() < MAX_NOTED_READS || ctx.reads.contains_key(&what) {
+            ctx.reads.insert(what, v.and_then(|v| serde_json::Number::from_f64(v).map(Value::Number)).unwrap_or(Value::Null));
+        }
+        v.map_or(Dynamic::UNIT, Dynamic::from_float)
+    }
+}
+
+/// The playbook's memory between evaluations (a map, bounded to 1000 keys).
+#[derive(Clone, Default, Debug)]
+pub struct State(pub Arc<Mutex<Map>>);
+
+impl State {
+    fn map(&self) -> std::sync::MutexGuard<'_, Map> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    pub fn snapshot(&self) -> Map {
+        self.map().clone()
+    }
+    pub fn restore(&self, m: Map) {
+        *self.map() = m;
+    }
+}
+
+fn err(msg: impl Into<String>) -> Box<EvalAltResult> {
+    msg.into().into()
+}
+
+/// Parses "30s", "5m", "1h 30m" into milliseconds.
+pub fn duration_ms(s: &str) -> Result<i64, String> {
+    humantime::parse_duration(s.trim())
+        .map(|d| d.as_millis().min(i64::MAX as u128) as i64)
+        .map_err(|e| format!("bad duration {s:?}: {e} (use e.g. \"30s\", \"5m\", \"2h\")"))
+}
+
+fn window(s: &str) -> RhaiResult<i64> {
+    duration_ms(s).map_err(err)
+}
+
+fn number(v: &Dynamic, what: &str) -> RhaiResult<f64> {
+    if let Ok(f) = v.as_float() {
+        return Ok(f);
+    }
+    v.as_int().map(|i| i as f64).map_err(|t| err(format!("{what}: expected a number, got {t}")))
+}
+
+fn cmp(op: &str) -> RhaiResult<Cmp> {
+    Cmp::parse(op).ok_or_else(|| err(format!("unknown comparison {op:?}: use >, >=, <, <=, == or !=")))
+}
+
+fn opt_int(v: Option<u64>) -> Dynamic {
+    v.map_or(Dynamic::UNIT, |v| Dynamic::from_int(v.min(i64::MAX as u64) as i64))
+}
+
+fn count_map(m: &BTreeMap<String, u64>) -> Map {
+    m.iter().map(|(k, v)| (k.as_str().into(), Dynamic::from_int(*v as i64))).collect()
+}
+
+fn process_map(p: &crate::signals::process::ProcessInfo) -> Map {
+    let mut m = Map::new();
+    m.insert("pid".into(), Dynamic::from_int(p.pid));
+    m.insert("name".into(), p.name.clone().into());
+    m.insert("cmdline".into(), p.cmdline.clone().into());
+    m.insert("unit".into(), p.unit.clone().map_or(Dynamic::UNIT, Into::into));
+    m.insert("cpu_pct".into(), p.cpu_pct.map_or(Dynamic::UNIT, Dynamic::from_float));
+    m.insert("rss_bytes".into(), opt_int(Some(p.rss_bytes)));
+    m.insert("fds".into(), opt_int(p.fds));
+    m.insert("threads".into(), opt_int(Some(p.threads)));
+    m.insert("start_time".into(), opt_int(Some(p.start_time)));
+    m.insert("state".into(), p.state.clone().into());
+    m.insert("close_wait".into(), opt_int(Some(p.tcp.get("close_wait").copied().unwrap_or(0))));
+    m.insert("tcp".into(), count_map(&p.tcp).into());
+    m
+}
+
+fn unit_map(u: &crate::signals::process::UnitInfo) -> Map {
+    let mut m = Map::new();
+    m.insert("unit".into(), u.unit.clone().into());
+    m.insert("processes".into(), opt_int(Some(u.processes)));
+    m.insert("cpu_pct".into(), Dynamic::from_float(u.cpu_pct));
+    m.insert("rss_bytes".into(), opt_int(Some(u.rss_bytes)));
+    m.insert("memory_bytes".into(), opt_int(u.memory_bytes));
+    m.insert("fds".into(), opt_int(Some(u.fds)));
+    m.insert("close_wait".into(), opt_int(Some(u.tcp.get("close_wait").copied().unwrap_or(0))));
+    m.insert("tcp".into(), count_map(&u.tcp).into());
+    m
+}
+
+fn mount_map(node: &Node, mnt: &crate::signals::disk::Mount) -> Map {
+    let mut m = Map::new();
+    m.insert("mount".into(), mnt.mount_point.clone().into());
+    m.insert("device".into(), mnt.device.clone().into());
+    m.insert("fs_type".into(), mnt.fs_type.clone().into());
+    for f in ["total_bytes", "used_bytes", "free_bytes", "used_pct", "inodes_used_pct"] {
+        let v = node.snap.metric(&format!("disk.{}.{f}", mnt.mount_point));
+        m.insert(f.into(), v.map_or(Dynamic::UNIT, Dynamic::from_float));
+    }
+    m
+}
+
+/// The evaluation context travels as the call's tag; action functions find it there.
+fn node_of(ctx: &NativeCallContext) -> RhaiResult<Node> {
+    ctx.tag()
+        .and_then(|t| t.clone().try_cast::<Node>())
+        .ok_or_else(|| err("actions can only be requested while evaluate() runs"))
+}
+
+fn request(ctx: &NativeCallContext, kind: ActionKind, target: String, params: BTreeMap<String, Value>, reason: &str) -> RhaiResult<bool> {
+    let node = node_of(ctx)?;
+    let mut c = node.ctx.lock().unwrap_or_else(|e| e.into_inner());
+    if c.requests.len() >= c.max_requests {
+        return Err(err(format!("more than {} action requests in one evaluation", c.max_requests)));
+    }
+    let signals = c.reads.clone();
+    c.requests.push(ActionRequest { kind, target, params, reason: reason.to_string(), signals });
+    Ok(true)
+}
+
+fn dyn_to_json(d: &Dynamic) -> Value {
+    serde_json::to_value(d).unwrap_or(Value::Null)
+}
+
+/// Registers the `Node` and `State` types and the action functions.
+pub fn register(e: &mut Engine, _max_requests: usize) {
+    e.register_type_with_name::<Node>("Node");
+    e.register_type_with_name::<State>("State");
+
+    // Current values and windowed aggregates.
+    e.register_fn("now", |n: &mut Node| n.now() / 1000);
+    e.register_fn("value", |n: &mut Node, key: &str| {
+        let v = n.snap.metric(key).or_else(|| n.history.latest(key, n.now()).filter(|_| key.starts_with("proc.") || key.starts_with("unit.")));
+        n.note(key.to_string(), v)
+    });
+    e.register_fn("has", |n: &mut Node, key: &str| n.snap.metrics.contains_key(key));
+    e.register_fn("keys", |n: &mut Node, prefix: &str| -> Array {
+        n.snap.metrics.range(prefix.to_string()..).take_while(|(k, _)| k.starts_with(prefix)).map(|(k, _)| k.as_str().into()).collect()
+    });
+    macro_rules! agg {
+        ($name:literal, $f:ident) => {
+            e.register_fn($name, |n: &mut Node, key: &str, w: &str| -> RhaiResult<Dynamic> {
+                let v = n.history.$f(key, n.now(), window(w)?);
+                Ok(n.note(format!(concat!($name, "({},{})"), key, w), v))
+            });
+        };
+    }
+    agg!("avg", avg);
+    agg!("min", min);
+    agg!("max", max);
+    agg!("rate", rate);
+    agg!("delta", delta);
+    e.register_fn("percentile", |n: &mut Node, key: &str, q: Dynamic, w: &str| -> RhaiResult<Dynamic> {
+        let q = number(&q, "percentile")?;
+        let v = n.history.percentile(key, n.now(), window(w)?, q);
+        Ok(n.note(format!("p{q}({key},{w})"), v))
+    });
+    e.register_fn("sustained", |n: &mut Node, key: &str, op: &str, thr: Dynamic, w: &str| -> RhaiResult<bool> {
+        let (c, t, w_ms) = (cmp(op)?, number(&thr, "threshold")?, window(w)?);
+        let ok = n.history.sustained(key, n.now(), w_ms, c, t);
+        let _ = n.note(format!("sustained({key}{op}{t},{w})"), Some(if ok { 1.0 } else { 0.0 }));
+        Ok(ok)
+    });
+    e.register_fn("x_of_y", |n: &mut Node, key: &str, op: &str, thr: Dynamic, x: i64, y: i64| -> RhaiResult<bool> {
+        let (c, t) = (cmp(op)?, number(&thr, "threshold")?);
+        let ok = n.history.x_of_last_y(key, n.now(), x.max(0) as usize, y.max(0) as usize, c, t);
+        let _ = n.note(format!("x_of_y({key}{op}{t},{x}/{y})"), Some(if ok { 1.0 } else { 0.0 }));
+        Ok(ok)
+    });
+
+    // Entities.
+    e.register_fn("processes", |n: &mut Node| -> Array { n.snap.processes.iter().map(|p| process_map(p).into()).collect() });
+    e.register_fn("process", |n: &mut Node, pid: i64| -> Dynamic {
+        n.snap.processes.iter().find(|p| p.pid == pid).map_or(Dynamic::UNIT, |p| process_map(p).into())
+    });
+    e.register_fn("units", |n: &mut Node| -> Array { n.snap.units.values().map(|u| unit_map(u).into()).collect() });
+    e.register_fn("unit", |n: &mut Node, name: &str| -> Dynamic { n.snap.units.get(name).map_or(Dynamic::UNIT, |u| unit_map(u).into()) });
+    e.register_fn("mounts", |n: &mut Node| -> Array {
+        let node = n.clone();
+        n.snap.mounts.iter().map(|m| mount_map(&node, m).into()).collect()
+    });
+    e.register_fn("tcp_peers", |n: &mut Node| -> Array {
+        n.snap
+            .tcp_peers
+            .iter()
+            .map(|p| {
+                let mut m = Map::new();
+                m.insert("peer".into(), p.peer.clone().into());
+                m.insert("sockets".into(), Dynamic::from_int(p.sockets as i64));
+                m.insert("retransmitting".into(), Dynamic::from_int(p.retransmitting as i64));
+                m.insert("timeouts".into(), Dynamic::from_int(p.timeouts as i64));
+                Dynamic::from_map(m)
+            })
+            .collect()
+    });
+    e.register_fn("available", |n: &mut Node, family: &str| !n.snap.unavailable.contains_key(family));
+
+    // State.
+    e.register_fn("get", |s: &mut State, k: &str| s.map().get(k).cloned().unwrap_or(Dynamic::UNIT));
+    e.register_fn("has", |s: &mut State, k: &str| s.map().contains_key(k));
+    e.register_fn("remove", |s: &mut State, k: &str| s.map().remove(k).unwrap_or(Dynamic::UNIT));
+    e.register_fn("set", |s: &mut State, k: &str, v: Dynamic| -> RhaiResult<()> {
+        let mut m = s.map();
+        if m.len() >= MAX_STATE_KEYS && !m.contains_key(k) {
+            return Err(err(format!("playbook state is full ({MAX_STATE_KEYS} keys)")));
+        }
+        m.insert(k.into(), v);
+        Ok(())
+    });
+    // Hysteresis: latches on when `fire` is true, releases only when `clear` is true.
+    e.register_fn("hysteresis", |s: &mut State, name: &str, fire: bool, clear: bool| -> bool {
+        let mut m = s.map();
+        let on = m.get(name).and_then(|v| v.as_bool().ok()).unwrap_or(false);
+        let next = if on { !clear } else { fire };
+        m.insert(name.into(), next.into());
+        next
+    });
+
+    // Actions: each records one request and returns true.
+    e.register_fn("restart_unit", |ctx: NativeCallContext, unit: &str, reason: &str| -> RhaiResult<bool> {
+        if unit.is_empty() || unit.contains('/') {
+            return Err(err(format!("restart_unit: {unit:?} is not a unit name")));
+        }
+        request(&ctx, ActionKind::RestartUnit, unit.to_string(), BTreeMap::new(), reason)
+    });
+    e.register_fn("signal_process", |ctx: NativeCallContext, pid: i64, signal: &str, reason: &str| -> RhaiResult<bool> {
+        let sig = signal.trim_start_matches("SIG");
+        if !SIGNALS.contains(&sig) {
+            return Err(err(format!("signal_process: unknown signal {signal:?} (one of {})", SIGNALS.join(", "))));
+        }
+        let node = node_of(&ctx)?;
+        // Only a process in this snapshot can be asked for; its start time guards against pid reuse.
+        let Some(p) = node.snap.processes.iter().find(|p| p.pid == pid) else { return Ok(false) };
+        let mut params = BTreeMap::new();
+        params.insert("pid".into(), pid.into());
+        params.insert("signal".into(), sig.into());
+        params.insert("start_time".into(), p.start_time.into());
+        params.insert("unit".into(), p.unit.clone().map_or(Value::Null, Value::String));
+        request(&ctx, ActionKind::SignalProcess, p.name.clone(), params, reason)
+    });
+    e.register_fn("clean_files", |ctx: NativeCallContext, dir: &str, opts: Map, reason: &str| -> RhaiResult<bool> {
+        if !dir.starts_with('/') {
+            return Err(err(format!("clean_files: directory {dir:?} must be an absolute path")));
+        }
+        let mut params = BTreeMap::new();
+        for (k, v) in &opts {
+            match k.as_str() {
+                "glob" | "order" => {
+                    let s = v.clone().into_string().map_err(|_| err(format!("clean_files: `{k}` must be a string")))?;
+                    if k == "order" && s != "oldest" && s != "largest" {
+                        return Err(err("clean_files: `order` is \"oldest\" or \"largest\""));
+                    }
+                    params.insert(k.to_string(), Value::String(s));
+                }
+                "older_than" => {
+                    let s = v.clone().into_string().map_err(|_| err("clean_files: `older_than` must be a duration string"))?;
+                    params.insert("older_than_secs".into(), (window(&s)? / 1000).into());
+                }
+                "target_free_bytes" => {
+                    params.insert(k.to_string(), v.as_int().map_err(|_| err("clean_files: `target_free_bytes` must be an integer"))?.into());
+                }
+                other => return Err(err(format!("clean_files: unknown option `{other}` (glob, older_than, target_free_bytes, order)"))),
+            }
+        }
+        if !params.contains_key("older_than_secs") {
+            return Err(err("clean_files: `older_than` is required (never delete fresh files)"));
+        }
+        params.entry("glob".into()).or_insert_with(|| "*".into());
+        params.entry("order".into()).or_insert_with(|| "oldest".into());
+        request(&ctx, ActionKind::CleanFiles, dir.to_string(), params, reason)
+    });
+    e.register_fn("run_command", |ctx: NativeCallContext, path: &str, args: Array, reason: &str| -> RhaiResult<bool> {
+        if !path.starts_with('/') {
+            return Err(err(format!("run_command: {path:?} must be an absolute path")));
+        }
+        let args: Vec<Value> = args.iter().map(|a| Value::String(a.to_string())).collect();
+        let mut params = BTreeMap::new();
+        params.insert("args".into(), Value::Array(args));
+        request(&ctx, ActionKind::RunCommand, path.to_string(), params, reason)
+    });
+    e.register_fn("notify", |ctx: NativeCallContext, subject: &str, details: Map| -> RhaiResult<bool> {
+        let mut params = BTreeMap::new();
+        params.insert("details".into(), dyn_to_json(&Dynamic::from_map(details)));
+        request(&ctx, ActionKind::Notify, subject.to_string(), params, subject)
+    });
+    e.register_fn("notify", |ctx: NativeCallContext, subject: &str| -> RhaiResult<bool> {
+        request(&ctx, ActionKind::Notify, subject.to_string(), BTreeMap::new(), subject)
+    });
+}
+
+/// The names of the action functions, for the static manifest check.
+pub const ACTION_FNS: [(&str, ActionKind); 5] = [
+    ("restart_unit", ActionKind::RestartUnit),
+    ("signal_process", ActionKind::SignalProcess),
+    ("clean_files", ActionKind::CleanFiles),
+    ("run_command", ActionKind::RunCommand),
+    ("notify", ActionKind::Notify),
+];

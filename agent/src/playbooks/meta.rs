@@ -1,0 +1,147 @@
+//! A playbook's metadata: the `const META = #{ ... };` map every playbook declares, parsed into
+//! [`Meta`]. Its `actions` list is the playbook's capability manifest: the only action kinds and
+//! targets it may ask for.
+
+use super::api::duration_ms;
+use crate::actions::ActionKind;
+use serde::{Deserialize, Serialize};
+
+/// One entry of the capability manifest: an action kind and a target pattern (`*` and `?`
+/// wildcards; for `signal_process` it matches the process name).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Capability {
+    pub kind: ActionKind,
+    pub target: String,
+}
+
+/// At most `max` executions per `per_ms` window, per (playbook, target).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct RateLimit {
+    pub max: u32,
+    pub per_ms: i64,
+}
+
+/// Parsed and checked metadata.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Meta {
+    pub name: String,
+    pub description: String,
+    pub interval_ms: i64,
+    pub tags: Vec<String>,
+    /// Forced dry-run: this playbook never acts, whatever the node's mode.
+    pub dry_run: bool,
+    pub actions: Vec<Capability>,
+    pub rate_limit: RateLimit,
+    /// Minimum time between two executions on the same (playbook, action, target).
+    pub cooldown_ms: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCap {
+    kind: String,
+    target: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRate {
+    max: i64,
+    per: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMeta {
+    name: String,
+    description: String,
+    interval: String,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    dry_run: bool,
+    actions: Vec<RawCap>,
+    rate_limit: RawRate,
+    cooldown: String,
+}
+
+/// Turns the META map into [`Meta`]; the error names the field at fault.
+pub fn parse(value: &rhai::Dynamic) -> Result<Meta, String> {
+    let raw: RawMeta = rhai::serde::from_dynamic(value).map_err(|e| format!("META: {}", e.to_string().trim()))?;
+    if raw.name.is_empty() || !raw.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(format!("META.name: {:?} must be non-empty letters, digits, '-' or '_'", raw.name));
+    }
+    let dur = |field: &str, s: &str| duration_ms(s).map_err(|e| format!("META.{field}: {e}"));
+    let interval_ms = dur("interval", &raw.interval)?;
+    if interval_ms < 1000 {
+        return Err("META.interval: must be at least 1s".into());
+    }
+    let mut actions = Vec::new();
+    for (i, c) in raw.actions.iter().enumerate() {
+        let kind = ActionKind::parse(&c.kind).ok_or_else(|| {
+            format!("META.actions[{i}].kind: unknown action {:?} (restart_unit, signal_process, clean_files, run_command, notify)", c.kind)
+        })?;
+        if c.target.is_empty() {
+            return Err(format!("META.actions[{i}].target: empty pattern"));
+        }
+        actions.push(Capability { kind, target: c.target.clone() });
+    }
+    if raw.rate_limit.max < 1 {
+        return Err("META.rate_limit.max: must be at least 1".into());
+    }
+    Ok(Meta {
+        name: raw.name,
+        description: raw.description,
+        interval_ms,
+        tags: raw.tags,
+        dry_run: raw.dry_run,
+        actions,
+        rate_limit: RateLimit { max: raw.rate_limit.max.min(u32::MAX as i64) as u32, per_ms: dur("rate_limit.per", &raw.rate_limit.per)? },
+        cooldown_ms: dur("cooldown", &raw.cooldown)?,
+    })
+}
+
+/// Glob match with `*` (any run) and `?` (one character).
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+impl Meta {
+    /// Whether the manifest allows `kind` on `target`.
+    pub fn allows(&self, kind: ActionKind, target: &str) -> bool {
+        self.actions.iter().any(|c| c.kind == kind && glob_match(&c.target, target))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("*.service", "nginx.service"));
+        assert!(!glob_match("*.service", "nginx.socket"));
+        assert!(glob_match("/var/log/*", "/var/log/app"));
+        assert!(glob_match("a?c", "abc"));
+        assert!(glob_match("*", ""));
+        assert!(!glob_match("/var/log/*", "/etc"));
+    }
+}

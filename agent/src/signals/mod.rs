@@ -1,0 +1,252 @@
+//! Sensing: turns procfs (and the cgroup tree under sysfs) into one [`Snapshot`] per tick, and
+//! keeps the [`history::History`] of those snapshots that playbooks aggregate over.
+//!
+//! One file per signal family (`cpu`, `memory`, `disk`, `sockets`, `tcp`, `process`); this module
+//! only sequences them. The `/proc` and `/sys` roots are injected so tests run on fixture trees.
+//! A family that cannot be read is *unavailable* (listed in [`Snapshot::unavailable`] with why),
+//! never a fake zero; a file that does not parse is an error naming file, line and field.
+
+pub mod cpu;
+pub mod disk;
+pub mod history;
+pub mod memory;
+pub mod parse;
+pub mod process;
+pub mod sockets;
+pub mod tcp;
+
+use parse::{read, ParseError};
+use process::{ProcContext, ProcTicks, ProcessInfo, UnitInfo};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+/// Everything sensed at one instant. Playbooks see it through a read-only view.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Snapshot {
+    /// Milliseconds since the epoch (the sampler's clock; simulated in playbook tests).
+    pub ts_ms: i64,
+    /// Node-wide metrics by key (see each family's module for its keys).
+    pub metrics: BTreeMap<String, f64>,
+    pub processes: Vec<ProcessInfo>,
+    pub units: BTreeMap<String, UnitInfo>,
+    pub mounts: Vec<disk::Mount>,
+    /// Remote peers with sockets retransmitting now (see [`sockets::PeerInfo`]).
+    pub tcp_peers: Vec<sockets::PeerInfo>,
+    /// Signal family → why it is unavailable on this node.
+    pub unavailable: BTreeMap<String, String>,
+    /// Files that could not be parsed this tick, `file:line: field: reason`.
+    pub errors: Vec<String>,
+}
+
+/// Where to read from.
+#[derive(Debug, Clone)]
+pub struct Roots {
+    pub proc: PathBuf,
+    pub sys: PathBuf,
+}
+
+impl Default for Roots {
+    fn default() -> Self {
+        Self { proc: "/proc".into(), sys: "/sys".into() }
+    }
+}
+
+/// Counters remembered from the previous sample, for rates.
+#[derive(Default)]
+struct Previous {
+    ts_ms: i64,
+    stat: Option<cpu::Stat>,
+    disks: Option<BTreeMap<String, disk::DiskCounters>>,
+    tcp: BTreeMap<String, f64>,
+    procs: HashMap<i64, ProcTicks>,
+}
+
+/// Reads snapshots; holds the previous counters so that rates and CPU % come out right.
+pub struct Sampler {
+    roots: Roots,
+    clk_tck: u64,
+    page_size: u64,
+    prev: Previous,
+}
+
+impl Sampler {
+    pub fn new(roots: Roots) -> Self {
+        Self {
+            roots,
+            clk_tck: rustix::param::clock_ticks_per_second().max(1),
+            page_size: rustix::param::page_size() as u64,
+            prev: Previous::default(),
+        }
+    }
+
+    /// Takes one sample at `ts_ms`. Never fails: what cannot be read is reported inside.
+    pub fn sample(&mut self, ts_ms: i64) -> Snapshot {
+        let mut s = Snapshot { ts_ms, ..Default::default() };
+        let secs = if self.prev.ts_ms > 0 { (ts_ms - self.prev.ts_ms) as f64 / 1000.0 } else { 0.0 };
+        let p = self.roots.proc.clone();
+
+        // CPU
+        let mut boot_time = 0;
+        match cpu::read_stat(&p) {
+            Ok(stat) => {
+                boot_time = stat.boot_time;
+                s.metrics.insert("cpu.count".into(), stat.cores.len() as f64);
+                if let Some(prev) = &self.prev.stat {
+                    cpu::utilisation(prev, &stat, &mut s.metrics);
+                }
+                self.prev.stat = Some(stat);
+            }
+            Err(e) => fail(&mut s, "cpu", e),
+        }
+        let f = p.join("loadavg");
+        if let Err(e) = read(&f).and_then(|t| cpu::parse_loadavg(&f, &t, &mut s.metrics)) {
+            fail(&mut s, "load", e);
+        }
+        for res in ["cpu", "memory", "io"] {
+            let f = p.join("pressure").join(res);
+            match read(&f) {
+                Ok(t) => {
+                    if let Err(e) = cpu::parse_psi(&f, res, &t, &mut s.metrics) {
+                        fail(&mut s, &format!("psi.{res}"), e);
+                    }
+                }
+                Err(e) => {
+                    s.unavailable.insert(format!("psi.{res}"), format!("kernel has no PSI here ({e})"));
+                }
+            }
+        }
+
+        // Memory
+        let f = p.join("meminfo");
+        if let Err(e) = read(&f).and_then(|t| memory::parse_meminfo(&f, &t, &mut s.metrics)) {
+            fail(&mut s, "mem", e);
+        }
+
+        // Disk
+        let f = p.join("self").join("mounts");
+        match read(&f).and_then(|t| disk::parse_mounts(&f, &t)) {
+            Ok(mounts) => {
+                for m in &mounts {
+                    if let Err(e) = disk::statvfs_into(m, &mut s.metrics) {
+                        s.errors.push(format!("statvfs {}: {e}", m.mount_point));
+                    }
+                }
+                s.mounts = mounts;
+            }
+            Err(e) => fail(&mut s, "disk", e),
+        }
+        let f = p.join("diskstats");
+        match read(&f).and_then(|t| disk::parse_diskstats(&f, &t)) {
+            Ok(cur) => {
+                disk::diskstats_into(self.prev.disks.as_ref(), &cur, secs, &mut s.metrics);
+                self.prev.disks = Some(cur);
+            }
+            Err(e) => fail(&mut s, "blk", e),
+        }
+
+        // TCP counters
+        let mut tcp_now = BTreeMap::new();
+        let f = p.join("net").join("snmp");
+        if let Err(e) = read(&f).and_then(|t| tcp::parse_snmp(&f, &t, &mut tcp_now)) {
+            fail(&mut s, "tcp", e);
+        }
+        let f = p.join("net").join("netstat");
+        if let Err(e) = read(&f).and_then(|t| tcp::parse_netstat(&f, &t, &mut tcp_now)) {
+            fail(&mut s, "tcp.ext", e);
+        }
+        if self.prev.ts_ms > 0 {
+            let prev = std::mem::take(&mut self.prev.tcp);
+            tcp::rates_into(&prev, secs, &mut tcp_now);
+        }
+        self.prev.tcp = tcp_now.iter().filter(|(k, _)| !k.ends_with("_per_s")).map(|(k, v)| (k.clone(), *v)).collect();
+        s.metrics.extend(tcp_now);
+
+        // Sockets
+        let mut counts = [0u64; 13];
+        let mut inodes = HashMap::new();
+        let mut peers = HashMap::new();
+        let mut sock_ok = false;
+        for table in ["tcp", "tcp6"] {
+            let f = p.join("net").join(table);
+            match read(&f) {
+                Ok(t) => match sockets::parse_tcp_table(&f, &t, &mut counts, &mut inodes, &mut peers) {
+                    Ok(()) => sock_ok = true,
+                    Err(e) => s.errors.push(e.to_string()),
+                },
+                // tcp6 is absent where IPv6 is off; that alone is not an error.
+                Err(e) if table == "tcp" => s.errors.push(e.to_string()),
+                Err(_) => {}
+            }
+        }
+        if sock_ok {
+            sockets::counts_into(&counts, &mut s.metrics);
+            s.tcp_peers = sockets::top_peers(peers);
+        } else {
+            s.unavailable.insert("sock".into(), "no readable /proc/net/tcp table".into());
+        }
+
+        // Processes
+        self.read_processes(&mut s, boot_time, secs, &inodes);
+        self.prev.ts_ms = ts_ms;
+        s
+    }
+
+    fn read_processes(&mut self, s: &mut Snapshot, boot_time: u64, secs: f64, inodes: &sockets::InodeStates) {
+        let Ok(dir) = std::fs::read_dir(&self.roots.proc) else {
+            s.unavailable.insert("proc".into(), "process table not readable".into());
+            return;
+        };
+        let mut ticks = HashMap::new();
+        let mut cgroups = BTreeMap::new();
+        let cx = ProcContext {
+            boot_time,
+            clk_tck: self.clk_tck,
+            page_size: self.page_size,
+            elapsed_secs: secs,
+            prev: &self.prev.procs,
+            sockets: inodes,
+        };
+        for entry in dir.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i64>().ok()) else { continue };
+            match process::read_process(&entry.path(), pid, &cx) {
+                Ok(Some((info, t, cgroup))) => {
+                    if let (Some(u), Some(cg)) = (&info.unit, cgroup) {
+                        cgroups.entry(u.clone()).or_insert(cg);
+                    }
+                    ticks.insert(pid, t);
+                    s.processes.push(info);
+                }
+                Ok(None) => {}
+                Err(e) => s.errors.push(e.to_string()),
+            }
+        }
+        s.processes.sort_by_key(|p| p.pid);
+        self.prev.procs = ticks;
+        s.units = process::units_of(&s.processes);
+        for (unit, u) in s.units.iter_mut() {
+            // The unit's cgroup is the path up to and including the unit's own component.
+            let Some(cg) = cgroups.get(unit) else { continue };
+            let Some(end) = cg.find(unit.as_str()) else { continue };
+            let path = self.roots.sys.join("fs/cgroup").join(cg[..end + unit.len()].trim_start_matches('/')).join("memory.current");
+            u.memory_bytes = std::fs::read_to_string(path).ok().and_then(|t| t.trim().parse().ok());
+        }
+    }
+}
+
+fn fail(s: &mut Snapshot, family: &str, e: ParseError) {
+    s.unavailable.insert(family.to_string(), e.to_string());
+    s.errors.push(e.to_string());
+}
+
+impl Snapshot {
+    /// The metric, if this node has it.
+    pub fn metric(&self, key: &str) -> Option<f64> {
+        self.metrics.get(key).copied()
+    }
+}
+
+/// For callers that only have a path at hand (CLI, tests).
+pub fn sample_once(roots: Roots, ts_ms: i64) -> Snapshot {
+    Sampler::new(roots).sample(ts_ms)
+}

@@ -1,0 +1,187 @@
+//! Per-process signals from `/proc/<pid>/{stat,cmdline,cgroup,fd}`: name, command line, systemd
+//! unit, CPU %, RSS, open fds, threads, start time, state and TCP sockets by state; and the
+//! per-unit roll-up of those (plus the unit's cgroup `memory.current` where cgroup v2 has it).
+
+use super::parse::{num, read, ParseError};
+use super::sockets::{socket_inode, InodeStates, STATES};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// One process as seen in one sample.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProcessInfo {
+    pub pid: i64,
+    pub name: String,
+    pub cmdline: String,
+    /// The systemd unit owning the process (`nginx.service`, `session-3.scope`), if any.
+    pub unit: Option<String>,
+    /// Share of one core over the last interval (200 = two cores); `None` on the first sample.
+    pub cpu_pct: Option<f64>,
+    pub rss_bytes: u64,
+    /// Open file descriptors; `None` when `/proc/<pid>/fd` cannot be read (not root).
+    pub fds: Option<u64>,
+    pub threads: u64,
+    /// Start time, seconds since the epoch.
+    pub start_time: u64,
+    /// One-letter kernel state (R, S, D, Z, T, ...).
+    pub state: String,
+    /// TCP sockets this process holds, per state name (only non-zero states).
+    pub tcp: BTreeMap<String, u64>,
+}
+
+/// Per-unit roll-up of the processes in it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct UnitInfo {
+    pub unit: String,
+    pub processes: u64,
+    pub cpu_pct: f64,
+    pub rss_bytes: u64,
+    pub fds: u64,
+    /// cgroup v2 `memory.current` of the unit, where readable.
+    pub memory_bytes: Option<u64>,
+    pub tcp: BTreeMap<String, u64>,
+}
+
+/// Raw counters of one process kept between samples to compute CPU %.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcTicks {
+    pub start_ticks: u64,
+    pub cpu_ticks: u64,
+}
+
+/// The parts of `/proc/<pid>/stat` we use.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PidStat {
+    pub name: String,
+    pub state: String,
+    pub cpu_ticks: u64,
+    pub threads: u64,
+    pub start_ticks: u64,
+    pub rss_pages: u64,
+}
+
+pub fn parse_pid_stat(file: &Path, text: &str) -> Result<PidStat, ParseError> {
+    // The name sits in parentheses and may itself contain spaces and parentheses.
+    let (Some(open), Some(close)) = (text.find('('), text.rfind(')')) else {
+        return Err(ParseError::new(file, 1, "comm", "no (name) field"));
+    };
+    if close < open {
+        return Err(ParseError::new(file, 1, "comm", "unbalanced parentheses"));
+    }
+    let name = text[open + 1..close].to_string();
+    // Fields after the name, numbered from 3 (state) as in proc(5).
+    let f: Vec<&str> = text[close + 1..].split_ascii_whitespace().collect();
+    let field = |n: usize| f.get(n - 3).copied();
+    let utime: u64 = num(file, 1, "utime (14)", field(14))?;
+    let stime: u64 = num(file, 1, "stime (15)", field(15))?;
+    Ok(PidStat {
+        name,
+        state: field(3).ok_or_else(|| ParseError::new(file, 1, "state (3)", "missing"))?.to_string(),
+        cpu_ticks: utime + stime,
+        threads: num(file, 1, "num_threads (20)", field(20))?,
+        start_ticks: num(file, 1, "starttime (22)", field(22))?,
+        rss_pages: num::<i64>(file, 1, "rss (24)", field(24))?.max(0) as u64,
+    })
+}
+
+/// The systemd unit and the cgroup v2 path from `/proc/<pid>/cgroup`.
+pub fn parse_cgroup(text: &str) -> (Option<String>, Option<String>) {
+    let mut path = None;
+    for line in text.lines() {
+        let mut it = line.splitn(3, ':');
+        let (Some(id), Some(ctrl), Some(p)) = (it.next(), it.next(), it.next()) else { continue };
+        // cgroup v2 line, or the v1 systemd hierarchy.
+        if (id == "0" && ctrl.is_empty()) || ctrl == "name=systemd" {
+            if path.is_none() || id == "0" {
+                path = Some(p.to_string());
+            }
+        }
+    }
+    let unit = path.as_deref().and_then(|p| {
+        p.rsplit('/')
+            .find(|c| c.ends_with(".service") || c.ends_with(".scope") || c.ends_with(".socket"))
+            .map(str::to_string)
+    });
+    let cgroup_v2 = text.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_string);
+    (unit, cgroup_v2)
+}
+
+/// Everything one process read needs from the rest of the sample.
+pub struct ProcContext<'a> {
+    pub boot_time: u64,
+    pub clk_tck: u64,
+    pub page_size: u64,
+    pub elapsed_secs: f64,
+    pub prev: &'a std::collections::HashMap<i64, ProcTicks>,
+    pub sockets: &'a InodeStates,
+}
+
+/// Reads one process. `Ok(None)` when it vanished while being read (normal on a busy host).
+pub fn read_process(dir: &Path, pid: i64, cx: &ProcContext<'_>) -> Result<Option<(ProcessInfo, ProcTicks, Option<String>)>, ParseError> {
+    let stat_file = dir.join("stat");
+    let text = match std::fs::read_to_string(&stat_file) {
+        Ok(t) => t,
+        Err(_) => return Ok(None),
+    };
+    let st = parse_pid_stat(&stat_file, &text)?;
+    let cmdline = std::fs::read(dir.join("cmdline"))
+        .map(|b| {
+            let s: Vec<String> = b.split(|c| *c == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+            s.join(" ")
+        })
+        .unwrap_or_default();
+    let (unit, cgroup) = read(&dir.join("cgroup")).map(|t| parse_cgroup(&t)).unwrap_or((None, None));
+    let mut tcp = BTreeMap::new();
+    let fds = match std::fs::read_dir(dir.join("fd")) {
+        Ok(entries) => {
+            let mut count = 0;
+            for e in entries.flatten() {
+                count += 1;
+                if let Ok(link) = std::fs::read_link(e.path()) {
+                    if let Some(state) = socket_inode(link.as_os_str().as_encoded_bytes()).and_then(|i| cx.sockets.get(&i)) {
+                        *tcp.entry(STATES[*state as usize].to_string()).or_insert(0) += 1;
+                    }
+                }
+            }
+            Some(count)
+        }
+        Err(_) => None,
+    };
+    let ticks = ProcTicks { start_ticks: st.start_ticks, cpu_ticks: st.cpu_ticks };
+    let cpu_pct = cx.prev.get(&pid).filter(|p| p.start_ticks == st.start_ticks && cx.elapsed_secs > 0.0).map(|p| {
+        st.cpu_ticks.saturating_sub(p.cpu_ticks) as f64 / cx.clk_tck as f64 / cx.elapsed_secs * 100.0
+    });
+    let info = ProcessInfo {
+        pid,
+        name: st.name,
+        cmdline,
+        unit,
+        cpu_pct,
+        rss_bytes: st.rss_pages * cx.page_size,
+        fds,
+        threads: st.threads,
+        start_time: cx.boot_time + st.start_ticks / cx.clk_tck.max(1),
+        state: st.state,
+        tcp,
+    };
+    Ok(Some((info, ticks, cgroup)))
+}
+
+/// Rolls processes up into their units.
+pub fn units_of(processes: &[ProcessInfo]) -> BTreeMap<String, UnitInfo> {
+    let mut units: BTreeMap<String, UnitInfo> = BTreeMap::new();
+    for p in processes {
+        let Some(unit) = &p.unit else { continue };
+        let u = units.entry(unit.clone()).or_insert_with(|| UnitInfo { unit: unit.clone(), ..Default::default() });
+        u.processes += 1;
+        u.cpu_pct += p.cpu_pct.unwrap_or(0.0);
+        u.rss_bytes += p.rss_bytes;
+        u.fds += p.fds.unwrap_or(0);
+        for (s, n) in &p.tcp {
+            *u.tcp.entry(s.clone()).or_insert(0) += n;
+        }
+    }
+    units
+}
