@@ -111,9 +111,10 @@ impl Sampler {
                         fail(&mut s, &format!("psi.{res}"), e);
                     }
                 }
-                Err(e) => {
+                Err(e) if !f.exists() => {
                     s.unavailable.insert(format!("psi.{res}"), format!("kernel has no PSI here ({e})"));
                 }
+                Err(e) => fail(&mut s, &format!("psi.{res}"), e),
             }
         }
 

@@ -121,8 +121,9 @@ pub struct ProcContext<'a> {
 /// Reads one process. `Ok(None)` when it vanished while being read (normal on a busy host).
 pub fn read_process(dir: &Path, pid: i64, cx: &ProcContext<'_>) -> Result<Option<(ProcessInfo, ProcTicks, Option<String>)>, ParseError> {
     let stat_file = dir.join("stat");
-    let text = match std::fs::read_to_string(&stat_file) {
-        Ok(t) => t,
+    let text = match std::fs::read(&stat_file) {
+        Ok(b) => String::from_utf8(b).map_err(|_| ParseError::new(&stat_file, 1, "content", "not valid UTF-8"))?,
+        // Gone between listing and reading (ENOENT/ESRCH): not an error.
         Err(_) => return Ok(None),
     };
     let st = parse_pid_stat(&stat_file, &text)?;

@@ -1,0 +1,8 @@
+//! medic's end-to-end tests: one binary, a flat module per area. They run the real `medic`
+//! binary and the library on real files, real processes and fixture /proc trees.
+
+mod audit;
+mod cli;
+mod playbooks;
+mod signals;
+mod util;

@@ -1,0 +1,213 @@
+//! Signal parsers on fixture /proc trees: every family read right from a good tree, and every
+//! file malformed or truncated gives an error naming it (or, where the cut still leaves valid
+//! content, a valid reading) and never a panic.
+
+use crate::util::{copy_tree, fixtures};
+use medic::signals::{self, cpu, disk, memory, sockets, tcp, Roots, Sampler};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+fn roots(p: &Path) -> Roots {
+    Roots { proc: p.join("proc"), sys: p.join("sys") }
+}
+
+#[test]
+fn fixture_tree_reads_every_family() {
+    let mut s = Sampler::new(roots(&fixtures()));
+    let first = s.sample(1_000_000);
+    let snap = s.sample(1_001_000);
+    assert!(first.errors.is_empty(), "{:?}", first.errors);
+    let m = &snap.metrics;
+    // CPU (the fixture does not change, so utilisation over the interval is 0), load, PSI.
+    assert_eq!(m["cpu.count"], 2.0);
+    assert_eq!(m["cpu.util_pct"], 0.0);
+    assert!(m.contains_key("cpu.core.1.util_pct"));
+    assert!(m.contains_key("load.1") && m.contains_key("load.15"));
+    assert!(m.contains_key("psi.cpu.some.avg10"), "{:?}", snap.unavailable);
+    assert!(m.contains_key("psi.io.full.total_us"));
+    // Memory.
+    assert!(m["mem.total_bytes"] > 0.0 && m["mem.available_bytes"] > 0.0);
+    // Disk: / from the fixture's mounts (statvfs of the real /), /proc and /sys skipped.
+    assert!(m["disk./.total_bytes"] > 0.0);
+    assert!(m.contains_key("disk./.inodes_used_pct"));
+    assert!(!m.keys().any(|k| k.starts_with("disk./proc")));
+    assert!(m.keys().any(|k| k.starts_with("blk.") && k.ends_with(".write_bytes_per_s")));
+    // Sockets: node-wide per state across tcp and tcp6.
+    assert_eq!(m["sock.tcp.listen"], 2.0);
+    assert_eq!(m["sock.tcp.close_wait"], 3.0);
+    assert_eq!(m["sock.tcp.established"], 1.0);
+    assert_eq!(m["sock.tcp.time_wait"], 1.0);
+    // TCP counters and rates.
+    assert!(m.contains_key("tcp.retrans_segs") && m.contains_key("tcp.listen_overflows"));
+    assert_eq!(m["tcp.retrans_segs_per_s"], 0.0);
+    assert!(m.contains_key("tcp.retrans_pct"));
+    // Processes: per-process sockets matched by inode, unit from the cgroup.
+    let p = snap.processes.iter().find(|p| p.pid == 4242).unwrap();
+    assert_eq!(p.name, "api server");
+    assert_eq!(p.cmdline, "/usr/bin/api --port 8080");
+    assert_eq!(p.unit.as_deref(), Some("api.service"));
+    assert_eq!(p.tcp.get("close_wait"), Some(&3));
+    assert_eq!(p.tcp.get("listen"), Some(&1));
+    assert_eq!(p.fds, Some(6));
+    assert_eq!(p.threads, 4);
+    assert_eq!(p.state, "S");
+    assert_eq!(p.start_time, 1_764_000_000 + 500_000 / 100);
+    assert_eq!(p.cpu_pct, Some(0.0));
+    let u = &snap.units["api.service"];
+    assert_eq!(u.memory_bytes, Some(524_288_000), "cgroup memory.current under the sys root");
+    assert_eq!(snap.processes.iter().find(|p| p.pid == 1).unwrap().unit.as_deref(), Some("init.scope"));
+    // Peers retransmitting now.
+    assert_eq!(snap.tcp_peers.len(), 1);
+    assert_eq!(snap.tcp_peers[0].peer, "127.0.0.1:50002");
+    assert_eq!(snap.tcp_peers[0].timeouts, 3);
+}
+
+#[test]
+fn missing_psi_is_unavailable_not_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(&fixtures(), dir.path());
+    std::fs::remove_dir_all(dir.path().join("proc/pressure")).unwrap();
+    let snap = Sampler::new(roots(dir.path())).sample(1000);
+    assert!(!snap.metrics.keys().any(|k| k.starts_with("psi.")));
+    for r in ["cpu", "memory", "io"] {
+        assert!(snap.unavailable.contains_key(&format!("psi.{r}")), "{:?}", snap.unavailable);
+    }
+    assert!(snap.metrics.contains_key("mem.total_bytes"), "other families keep working");
+}
+
+/// Every file of the fixture tree cut at many points and garbled: no panic, and a file whose
+/// content no longer parses is reported by name.
+#[test]
+fn truncated_and_malformed_files_never_panic() {
+    let files = [
+        "stat", "loadavg", "meminfo", "diskstats", "pressure/cpu", "pressure/io", "pressure/memory",
+        "self/mounts", "net/snmp", "net/netstat", "net/tcp", "net/tcp6", "4242/stat", "4242/cgroup",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(&fixtures(), dir.path());
+    let proc_root = dir.path().join("proc");
+    for f in files {
+        let path = proc_root.join(f);
+        let good = std::fs::read(&path).unwrap();
+        let mut variants: Vec<Vec<u8>> = Vec::new();
+        let n = good.len();
+        let cuts: Vec<usize> = if n <= 300 { (0..n).collect() } else { (0..n).step_by(n / 97 + 1).collect() };
+        for c in cuts {
+            variants.push(good[..c].to_vec());
+        }
+        // Digits turned into letters, and invalid UTF-8.
+        variants.push(good.iter().map(|b| if b.is_ascii_digit() { b'x' } else { *b }).collect());
+        variants.push([&good[..n / 2], &[0xff, 0xfe], &good[n / 2..]].concat());
+        for v in variants {
+            std::fs::write(&path, &v).unwrap();
+            let mut s = Sampler::new(roots(dir.path()));
+            s.sample(1000);
+            let snap = s.sample(2000);
+            let garbled = v.iter().any(|b| *b == b'x' || *b >= 0x80) && !good.iter().any(|b| *b == b'x');
+            if garbled && f != "4242/cgroup" {
+                assert!(
+                    snap.errors.iter().any(|e| e.contains(f)),
+                    "{f} garbled but no error names it: {:?}",
+                    snap.errors
+                );
+            }
+        }
+        std::fs::write(&path, &good).unwrap();
+    }
+}
+
+#[test]
+fn parse_errors_name_file_line_and_field() {
+    let f = Path::new("/proc/meminfo");
+    let mut out = BTreeMap::new();
+    let e = memory::parse_meminfo(f, "MemTotal: 12x kB\n", &mut out).unwrap_err();
+    assert_eq!(e.to_string(), "/proc/meminfo:1: MemTotal: expected a number, found \"12x\"");
+    let e = memory::parse_meminfo(f, "MemTotal: 1 kB\n", &mut out).unwrap_err();
+    assert!(e.to_string().contains("MemAvailable"), "{e}");
+
+    let f = Path::new("/proc/stat");
+    let e = cpu::parse_stat(f, "cpu 1 2 3\n").unwrap_err();
+    assert_eq!(e.line, 1);
+    assert!(e.field.contains("column 4"), "{e}");
+    let e = cpu::parse_stat(f, "intr 1\n").unwrap_err();
+    assert!(e.to_string().contains("no aggregate"), "{e}");
+
+    let f = Path::new("/proc/pressure/cpu");
+    let e = cpu::parse_psi(f, "cpu", "some avg10=0.00 avg60=0.00\n", &mut out).unwrap_err();
+    assert!(e.to_string().starts_with("/proc/pressure/cpu:1:"), "{e}");
+    let e = cpu::parse_psi(f, "cpu", "bogus avg10=1\n", &mut out).unwrap_err();
+    assert_eq!(e.line, 1);
+
+    let f = Path::new("/proc/loadavg");
+    let e = cpu::parse_loadavg(f, "0.5 0.4\n", &mut out).unwrap_err();
+    assert_eq!(e.field, "load.15");
+
+    let f = Path::new("/proc/net/snmp");
+    let e = tcp::parse_snmp(f, "Tcp: RtoAlgorithm RetransSegs\nTcp: 1\n", &mut out).unwrap_err();
+    assert!(e.to_string().contains("2 names but 1 values"), "{e}");
+    let e = tcp::parse_snmp(f, "Ip: a\nIp: 1\n", &mut out).unwrap_err();
+    assert!(e.to_string().contains("section not found"), "{e}");
+    let e = tcp::parse_netstat(Path::new("/proc/net/netstat"), "TcpExt: ListenDrops\n", &mut out).unwrap_err();
+    assert_eq!(e.line, 2);
+
+    let f = Path::new("/proc/net/tcp");
+    let (mut counts, mut inodes, mut peers) = ([0u64; 13], HashMap::new(), HashMap::new());
+    let hdr = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";
+    let e = sockets::parse_tcp_table(f, &format!("{hdr}   0: 0100007F:1F90 00000000:0000 ZZ 0:0 0:0 0 0 0 5\n"), &mut counts, &mut inodes, &mut peers).unwrap_err();
+    assert_eq!((e.line, e.field.as_str()), (2, "st"));
+    let e = sockets::parse_tcp_table(f, &format!("{hdr}   0: 0100007F:1F90\n"), &mut counts, &mut inodes, &mut peers).unwrap_err();
+    assert!(e.to_string().contains("at least 10 columns"), "{e}");
+
+    let f = Path::new("/proc/diskstats");
+    let e = disk::parse_diskstats(f, "   8 0 sda 1 2 3\n").unwrap_err();
+    assert!(e.to_string().starts_with("/proc/diskstats:1:"), "{e}");
+    let e = disk::parse_mounts(Path::new("/proc/self/mounts"), "/dev/sda1\n").unwrap_err();
+    assert_eq!(e.line, 1);
+
+    let f = Path::new("/proc/7/stat");
+    let e = signals::process::parse_pid_stat(f, "7 (x) S 1 2").unwrap_err();
+    assert!(e.to_string().contains("utime (14)"), "{e}");
+    let e = signals::process::parse_pid_stat(f, "7 x) S").unwrap_err();
+    assert!(e.to_string().contains("comm"), "{e}");
+}
+
+#[test]
+fn special_cases_parse() {
+    // A name with spaces and parentheses.
+    let st = signals::process::parse_pid_stat(
+        Path::new("stat"),
+        "9 (a (b) c) R 1 9 9 0 -1 0 0 0 0 0 7 3 0 0 20 0 2 0 77 0 10 0",
+    )
+    .unwrap();
+    assert_eq!((st.name.as_str(), st.cpu_ticks, st.threads, st.start_ticks, st.rss_pages), ("a (b) c", 10, 2, 77, 10));
+    // Escaped mount points; a later mount hides an earlier one on the same point.
+    let m = disk::parse_mounts(Path::new("m"), "/dev/a /mnt/my\\040disk ext4 rw 0 0\n/dev/b /x ext4 rw 0 0\n/dev/c /x xfs rw 0 0\n").unwrap();
+    assert_eq!(m[0].mount_point, "/mnt/my disk");
+    assert_eq!(m.len(), 2);
+    assert_eq!(m[1].device, "/dev/c");
+    // IPv6 and v4-mapped peers.
+    assert_eq!(sockets::decode_addr("0100007F:0050").as_deref(), Some("127.0.0.1:80"));
+    assert_eq!(sockets::decode_addr("0000000000000000FFFF00000100007F:1F90").as_deref(), Some("127.0.0.1:8080"));
+    assert_eq!(sockets::decode_addr("00000000000000000000000001000000:0016").as_deref(), Some("[::1]:22"));
+    assert_eq!(sockets::decode_addr("zz:1"), None);
+    // cgroup v1 systemd hierarchy.
+    let (u, _) = signals::process::parse_cgroup("12:name=systemd:/system.slice/cron.service\n3:cpu:/\n");
+    assert_eq!(u.as_deref(), Some("cron.service"));
+}
+
+#[test]
+fn live_host_sample_has_this_process() {
+    let mut s = Sampler::new(Roots::default());
+    s.sample(signals_now() - 500);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let snap = s.sample(signals_now());
+    let me = std::process::id() as i64;
+    let p = snap.processes.iter().find(|p| p.pid == me).expect("own process listed");
+    assert!(p.rss_bytes > 0 && p.threads >= 1);
+    assert!(snap.metrics.contains_key("cpu.util_pct"));
+    assert!(snap.metrics.contains_key("mem.used_pct"));
+}
+
+fn signals_now() -> i64 {
+    medic::audit::now_ms()
+}

@@ -1,0 +1,61 @@
+//! Helpers shared by the e2e modules.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn medic() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_medic"));
+    c.env_remove("MEDIC_LOG").env("NO_COLOR", "1");
+    c
+}
+
+pub fn run(args: &[&str]) -> Output {
+    medic().args(args).output().expect("medic runs")
+}
+
+pub fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+pub fn fixtures() -> PathBuf {
+    repo().join("tests/fixtures")
+}
+
+/// Copies a directory tree, symlinks as symlinks.
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let ft = e.file_type().unwrap();
+        let dest = to.join(e.file_name());
+        if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(e.path()).unwrap(), dest).unwrap();
+        } else if ft.is_dir() {
+            copy_tree(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+/// Writes a config for a fixture-driven agent: state dir, playbooks dir and procfs root.
+pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
+    let p = dir.join("medic.toml");
+    std::fs::write(&p, format!("node = \"test-node\"\n{extra}")).unwrap();
+    p
+}
+
+pub fn audit_lines(state: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(state.join("audit.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+pub fn kinds(state: &Path) -> Vec<String> {
+    audit_lines(state).iter().map(|r| r["kind"].as_str().unwrap().to_string()).collect()
+}
