@@ -39,7 +39,13 @@ fn run_once_writes_a_chain_that_verifies_and_any_changed_byte_breaks_it() {
     let len = lines[2].len() - 1; // every byte of record 3 but its newline
     for i in start..start + len {
         let mut bad = good.clone();
-        bad[i] = if bad[i] == b'0' { b'1' } else if bad[i] ^ 1 == b'\n' { b'x' } else { bad[i] ^ 1 };
+        bad[i] = if bad[i] == b'0' {
+            b'1'
+        } else if bad[i] ^ 1 == b'\n' {
+            b'x'
+        } else {
+            bad[i] ^ 1
+        };
         std::fs::write(&log, &bad).unwrap();
         let brk = verify(&log).unwrap().expect_err("a changed byte must break the chain");
         assert_eq!(brk.seq, 3, "byte {} of record 3 changed: {brk}", i - start);

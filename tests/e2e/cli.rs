@@ -1,1 +1,61 @@
-//! placeholder
+//! The command line as a user meets it: help that explains, `signals` in both forms, defaults
+//! that work for a non-root user with no config, usage errors with exit code 2.
+
+use crate::util::{fixtures, medic, run, text, write_config};
+use std::os::unix::process::CommandExt;
+
+#[test]
+fn help_lists_every_command() {
+    let o = run(&["--help"]);
+    assert!(o.status.success());
+    let out = text(&o);
+    for c in ["run", "validate", "playbook", "signals", "audit", "dry-run"] {
+        assert!(out.contains(c), "{c} missing from --help:\n{out}");
+    }
+    let o = run(&["run", "--help"]);
+    for f in ["--config", "--playbooks", "--state-dir", "--once"] {
+        assert!(text(&o).contains(f), "{f}");
+    }
+    assert_eq!(run(&["frobnicate"]).status.code(), Some(2));
+    assert_eq!(run(&["playbook", "check"]).status.code(), Some(2), "check needs a file");
+}
+
+#[test]
+fn signals_prints_a_snapshot_in_text_and_json() {
+    let o = run(&["signals", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for k in ["cpu.util_pct", "mem.available_bytes", "load.1", "sock.tcp.established", "tcp.retrans_segs"] {
+        assert!(v["metrics"].get(k).is_some(), "{k} missing");
+    }
+    assert!(v["processes"].as_array().unwrap().iter().any(|p| p["name"] == "medic"), "medic sees itself");
+    let o = run(&["signals"]);
+    let out = text(&o);
+    assert!(out.contains("# metrics") && out.contains("cpu.util_pct") && out.contains("# processes"), "{out}");
+}
+
+#[test]
+fn run_once_on_a_fixture_tree_with_a_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let proc_root = fixtures().join("proc");
+    let cfg = write_config(
+        dir.path(),
+        &format!("state_dir = \"{}\"\n[signals]\nproc_root = \"{}\"\n", dir.path().join("s").display(), proc_root.display()),
+    );
+    let o = run(&["run", "--once", "--config", cfg.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let log = std::fs::read_to_string(dir.path().join("s/audit.log")).unwrap();
+    assert!(log.contains("\"node\":\"test-node\""));
+}
+
+#[test]
+fn defaults_work_for_a_non_root_user_without_a_config() {
+    let home = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(home.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let o = medic().args(["run", "--once"]).env("HOME", home.path()).env_remove("XDG_STATE_HOME").uid(65534).gid(65534).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let state = home.path().join(".local/state/medic");
+    assert!(state.join("audit.log").exists());
+    let o = medic().args(["audit", "verify"]).env("HOME", home.path()).uid(65534).gid(65534).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+}

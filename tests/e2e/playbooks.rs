@@ -1,1 +1,285 @@
-//! placeholder
+//! Playbooks end to end: `validate` and `playbook check` point at the file, line and column of
+//! each kind of mistake; limits stop runaway scripts without hanging, disable and record them
+//! while the other playbooks still evaluate in the same tick; a running agent keeps its last
+//! good set on a bad reload; the bundled playbooks pass their own test cases.
+
+use crate::util::{audit_lines, kinds, medic, run, text, write_config};
+
+use std::time::{Duration, Instant};
+
+fn meta(name: &str, actions: &str, extra: &str) -> String {
+    format!(
+        "const META = #{{ name: \"{name}\", description: \"test\", interval: \"1s\",\n    actions: [{actions}],\n    rate_limit: #{{ max: 1000, per: \"1h\" }}{extra} }};\n"
+    )
+}
+
+fn notify_meta(name: &str) -> String {
+    meta(name, "#{ kind: \"notify\", target: \"*\" }", ", cooldown: \"0s\"")
+}
+
+const ALWAYS_BODY: &str = "fn evaluate(node, state) { notify(\"tick\", #{ load: node.value(\"load.1\") }); }\n";
+
+/// Each mistake, the file content, and the `line:col: ...reason` expected.
+fn broken_playbooks() -> Vec<(&'static str, String, &'static str)> {
+    vec![
+        ("syntax.rhai", format!("{}fn evaluate(node, state) {{\n    let x = ;\n}}\n", notify_meta("syntax")), ":5:13: "),
+        (
+            "unknown_fn.rhai",
+            format!("{}fn evaluate(node, state) {{\n    frobnicate(1);\n}}\n", notify_meta("unknown-fn")),
+            ":5:5: unknown function `frobnicate`",
+        ),
+        (
+            "unknown_method.rhai",
+            format!(
+                "{}fn evaluate(node, state) {{\n    let v = node.averge(\"cpu.util_pct\", \"1m\");\n}}\n",
+                notify_meta("unknown-method")
+            ),
+            ":5:18: unknown method `averge`",
+        ),
+        (
+            "missing_field.rhai",
+            format!("// header\n{}{ALWAYS_BODY}", meta("missing-field", "#{ kind: \"notify\", target: \"*\" }", "")),
+            ":2:1: META: missing field `cooldown`",
+        ),
+        (
+            "outside_manifest.rhai",
+            format!(
+                "{}fn evaluate(node, state) {{\n    notify(\"x\");\n    restart_unit(\"nginx.service\", \"why not\");\n}}\n",
+                notify_meta("outside")
+            ),
+            ":6:5: action `restart_unit` is not in this playbook's manifest",
+        ),
+        (
+            "outside_target.rhai",
+            format!(
+                "{}fn evaluate(node, state) {{\n    restart_unit(\"sshd.service\", \"no\");\n}}\n",
+                meta("outside-target", "#{ kind: \"restart_unit\", target: \"app-*.service\" }", ", cooldown: \"1m\"")
+            ),
+            ":5:5: `restart_unit` on \"sshd.service\" is outside the manifest's targets",
+        ),
+        ("no_meta.rhai", ALWAYS_BODY.to_string(), ":1:1: missing metadata"),
+        ("import.rhai", format!("import \"os\" as os;\n{}{ALWAYS_BODY}", notify_meta("import")), ":1:"),
+        ("eval.rhai", format!("{}fn evaluate(node, state) {{\n    eval(\"1\");\n}}\n", notify_meta("eval")), ":5:"),
+    ]
+}
+
+#[test]
+fn check_and_validate_point_at_each_mistake() {
+    let dir = tempfile::tempdir().unwrap();
+    for (file, src, want) in broken_playbooks() {
+        let p = dir.path().join(file);
+        std::fs::write(&p, &src).unwrap();
+        let o = run(&["playbook", "check", p.to_str().unwrap()]);
+        let out = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{file}: {out}");
+        let expected = format!("{}{want}", p.display());
+        assert!(out.contains(&expected), "{file}: expected {expected:?} in:\n{out}");
+    }
+    let o = run(&["validate", "--playbooks", dir.path().to_str().unwrap()]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    for (file, _, want) in broken_playbooks() {
+        assert!(out.contains(&format!("{}{want}", dir.path().join(file).display())), "{file}: {out}");
+    }
+}
+
+#[test]
+fn validate_accepts_the_bundled_set_and_rejects_a_bad_config() {
+    let o = run(&["validate"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(text(&o).matches(": ok (").count(), 5, "{}", text(&o));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "[signals]\ninterval_secs = 1\nhistroy_secs = 60\n");
+    let o = run(&["validate", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains(&format!("{}:4:1: unknown field `histroy_secs`", cfg.display())), "{}", text(&o));
+    let o = run(&["run", "--once", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "run refuses a bad config too");
+}
+
+#[test]
+fn limits_stop_runaway_playbooks_and_the_others_still_evaluate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pbs, state) = (dir.path().join("pb"), dir.path().join("state"));
+    std::fs::create_dir_all(&pbs).unwrap();
+    let bad = [
+        ("a_loop.rhai", "loop", "fn evaluate(node, state) { let i = 0; loop { i += 1; } }"),
+        ("b_recursion.rhai", "recursion", "fn deeper(n) { deeper(n + 1) }\nfn evaluate(node, state) { deeper(0); }"),
+        ("c_string.rhai", "string", "fn evaluate(node, state) { let s = \"x\"; loop { s += s; } }"),
+        ("d_array.rhai", "array", "fn evaluate(node, state) { let a = []; loop { a.push(1); } }"),
+        ("e_error.rhai", "error", "fn evaluate(node, state) { throw \"broken on purpose\"; }"),
+        ("f_requests.rhai", "requests", "fn evaluate(node, state) { for i in 0..100 { notify(`n${i}`); } }"),
+    ];
+    for (file, name, body) in bad {
+        std::fs::write(pbs.join(file), format!("{}{body}\n", notify_meta(name))).unwrap();
+    }
+    std::fs::write(pbs.join("z_always.rhai"), format!("{}{ALWAYS_BODY}", notify_meta("always"))).unwrap();
+
+    // `playbook check` does not run scripts, so it cannot hang on them.
+    let files: Vec<String> = bad.iter().map(|(f, ..)| pbs.join(f).display().to_string()).collect();
+    let mut args = vec!["playbook", "check"];
+    args.extend(files.iter().map(String::as_str));
+    let t = Instant::now();
+    assert!(run(&args).status.success());
+    assert!(t.elapsed() < Duration::from_secs(30));
+
+    let t = Instant::now();
+    let o = run(&["run", "--once", "--playbooks", pbs.to_str().unwrap(), "--state-dir", state.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(t.elapsed() < Duration::from_secs(30), "run --once must not hang: {:?}", t.elapsed());
+    let recs = audit_lines(&state);
+    let disabled: Vec<(&str, &str, &str)> = recs
+        .iter()
+        .filter(|r| r["kind"] == "playbook_disabled")
+        .map(|r| (r["playbook"]["name"].as_str().unwrap(), r["error_code"].as_str().unwrap(), r["error"].as_str().unwrap()))
+        .collect();
+    let code = |n: &str| disabled.iter().find(|d| d.0 == n).map(|d| d.1).unwrap_or_else(|| panic!("{n} not disabled: {disabled:?}"));
+    assert_eq!(code("loop"), "limit_exceeded");
+    assert_eq!(code("recursion"), "limit_exceeded");
+    assert_eq!(code("string"), "limit_exceeded");
+    assert_eq!(code("array"), "limit_exceeded");
+    assert_eq!(code("error"), "runtime_error");
+    assert_eq!(code("requests"), "runtime_error");
+    assert!(disabled.iter().all(|d| d.2.contains(".rhai:")), "errors carry file:line:col: {disabled:?}");
+    // The good playbook evaluated in the same tick, after the bad ones.
+    assert!(recs.iter().any(|r| r["kind"] == "action" && r["playbook"]["name"] == "always"));
+}
+
+#[test]
+fn a_running_agent_keeps_its_last_good_set_on_a_bad_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pbs, state) = (dir.path().join("pb"), dir.path().join("state"));
+    std::fs::create_dir_all(&pbs).unwrap();
+    let pb = pbs.join("always.rhai");
+    std::fs::write(&pb, format!("{}{ALWAYS_BODY}", notify_meta("always"))).unwrap();
+    let cfg = write_config(dir.path(), "[signals]\ninterval_secs = 1\n");
+    let mut child = medic()
+        .args(["run", "--config", cfg.to_str().unwrap(), "--playbooks", pbs.to_str().unwrap(), "--state-dir", state.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let wait_for = |what: &dyn Fn(&[serde_json::Value]) -> bool| {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(20) {
+            if what(&audit_lines(&state)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    };
+    let actions = |r: &[serde_json::Value]| r.iter().filter(|r| r["kind"] == "action").count();
+    assert!(wait_for(&|r| actions(r) >= 1), "agent evaluates");
+    std::fs::write(&pb, "const META = #{ name: \"always\"; broken\n").unwrap();
+    rustix::process::kill_process(rustix::process::Pid::from_raw(pid).unwrap(), rustix::process::Signal::HUP).unwrap();
+    assert!(wait_for(&|r| r.iter().any(|r| r["kind"] == "playbook_rejected")), "rejection recorded");
+    let rejected_at = audit_lines(&state).len();
+    assert!(
+        wait_for(&|r| r[rejected_at..].iter().any(|r| r["kind"] == "action" && r["playbook"]["name"] == "always")),
+        "old version still runs"
+    );
+    let rec = audit_lines(&state).into_iter().find(|r| r["kind"] == "playbook_rejected").unwrap();
+    assert_eq!(rec["kept"]["name"], "always");
+    assert!(rec["error"].as_str().unwrap().contains("always.rhai:1:"), "{rec}");
+    rustix::process::kill_process(rustix::process::Pid::from_raw(pid).unwrap(), rustix::process::Signal::TERM).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(kinds(&state).last().map(String::as_str), Some("agent_stopped"));
+    assert!(run(&["audit", "verify", "--state-dir", state.to_str().unwrap()]).status.success());
+}
+
+#[test]
+fn a_disabled_playbook_comes_back_after_its_backoff() {
+    use medic::config::Config;
+    use medic::daemon::Agent;
+    use medic::signals::Snapshot;
+    let dir = tempfile::tempdir().unwrap();
+    let (pbs, state) = (dir.path().join("pb"), dir.path().join("state"));
+    std::fs::create_dir_all(&pbs).unwrap();
+    // Fails while `x` is above 0.
+    std::fs::write(
+        pbs.join("flaky.rhai"),
+        format!(
+            "{}fn evaluate(node, state) {{ if node.value(\"x\") > 0 {{ throw \"x is up\"; }} notify(\"fine\"); }}\n",
+            notify_meta("flaky")
+        ),
+    )
+    .unwrap();
+    let mut cfg = Config::default();
+    cfg.playbooks.disable_secs = 60;
+    let mut agent = Agent::start(&cfg, Some(pbs), state.clone()).unwrap();
+    let snap = |t: i64, x: f64| {
+        let mut s = Snapshot { ts_ms: 4_000_000_000_000 + t * 1000, ..Default::default() };
+        s.metrics.insert("x".into(), x);
+        s
+    };
+    assert_eq!(agent.tick_with(snap(0, 1.0)).unwrap().disabled.len(), 1);
+    assert!(agent.tick_with(snap(30, 0.0)).unwrap().evaluated.is_empty(), "still disabled");
+    let r = agent.tick_with(snap(61, 0.0)).unwrap();
+    assert_eq!(r.decisions.len(), 1, "back after 60 s");
+    // A second failure in a row doubles the back-off? No: a success in between reset it.
+    agent.tick_with(snap(62, 1.0)).unwrap();
+    assert!(agent.tick_with(snap(100, 0.0)).unwrap().evaluated.is_empty());
+    assert_eq!(agent.tick_with(snap(123, 0.0)).unwrap().decisions.len(), 1);
+    agent.stop("test").unwrap();
+    let k = kinds(&state);
+    assert_eq!(k.iter().filter(|k| *k == "playbook_disabled").count(), 2);
+    assert_eq!(k.iter().filter(|k| *k == "playbook_enabled").count(), 2);
+}
+
+#[test]
+fn bundled_playbooks_pass_their_cases_and_each_has_a_firing_and_a_quiet_case() {
+    let o = run(&["playbook", "test"]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains(" passed, 0 failed"), "{out}");
+    for (file, _, tests) in medic::playbooks::bundled::PLAYBOOKS {
+        let t: toml::Value = toml::from_str(tests).unwrap();
+        let cases = t["case"].as_array().unwrap();
+        assert!(cases.iter().any(|c| c.get("expect_none").and_then(|v| v.as_bool()) == Some(true)), "{file}: no must-not-fire case");
+        assert!(cases.iter().any(|c| c.get("expect").is_some()), "{file}: no must-fire case");
+    }
+    // The same cases from the files on disk, and a case that fails makes the command fail.
+    let o = run(&["playbook", "test", crate::util::repo().join("playbooks").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let dir = tempfile::tempdir().unwrap();
+    let src = crate::util::repo().join("playbooks");
+    std::fs::copy(src.join("runaway_process.rhai"), dir.path().join("r.rhai")).unwrap();
+    std::fs::write(
+        dir.path().join("r.test.toml"),
+        "[[case]]\nname = \"wrong on purpose\"\nduration = \"1m\"\nexpect = [{ kind = \"signal_process\" }]\n",
+    )
+    .unwrap();
+    let o = run(&["playbook", "test", dir.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("FAIL") && text(&o).contains("0 passed, 1 failed"), "{}", text(&o));
+}
+
+#[test]
+fn evaluation_is_deterministic() {
+    use medic::playbooks::{api::State, Runtime};
+    use medic::signals::{history::History, Snapshot};
+    use std::sync::Arc;
+    let rt = Runtime::new(Default::default());
+    let (file, src, _) = medic::playbooks::bundled::PLAYBOOKS[2];
+    let pb = rt.compile(file, src).unwrap();
+    let play = || {
+        let mut h = History::new(3_600_000, 30_000, 1000);
+        let state = State::default();
+        let mut out = Vec::new();
+        for t in 0..40 {
+            let mut s = Snapshot { ts_ms: t * 30_000, ..Default::default() };
+            s.processes.push(medic::signals::process::ProcessInfo {
+                pid: 9,
+                name: "spin".into(),
+                cmdline: "spin".into(),
+                cpu_pct: Some(if t % 7 == 0 { 50.0 } else { 99.0 }),
+                ..Default::default()
+            });
+            h.push(&s);
+            out.push(rt.evaluate(&pb, Arc::new(s), Arc::new(h.clone()), &state).unwrap());
+        }
+        out
+    };
+    assert_eq!(play(), play());
+}

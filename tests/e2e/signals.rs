@@ -80,8 +80,20 @@ fn missing_psi_is_unavailable_not_zero() {
 #[test]
 fn truncated_and_malformed_files_never_panic() {
     let files = [
-        "stat", "loadavg", "meminfo", "diskstats", "pressure/cpu", "pressure/io", "pressure/memory",
-        "self/mounts", "net/snmp", "net/netstat", "net/tcp", "net/tcp6", "4242/stat", "4242/cgroup",
+        "stat",
+        "loadavg",
+        "meminfo",
+        "diskstats",
+        "pressure/cpu",
+        "pressure/io",
+        "pressure/memory",
+        "self/mounts",
+        "net/snmp",
+        "net/netstat",
+        "net/tcp",
+        "net/tcp6",
+        "4242/stat",
+        "4242/cgroup",
     ];
     let dir = tempfile::tempdir().unwrap();
     copy_tree(&fixtures(), dir.path());
@@ -103,13 +115,9 @@ fn truncated_and_malformed_files_never_panic() {
             let mut s = Sampler::new(roots(dir.path()));
             s.sample(1000);
             let snap = s.sample(2000);
-            let garbled = v.iter().any(|b| *b == b'x' || *b >= 0x80) && !good.iter().any(|b| *b == b'x');
+            let garbled = v.iter().any(|b| *b == b'x' || *b >= 0x80) && !good.contains(&b'x');
             if garbled && f != "4242/cgroup" {
-                assert!(
-                    snap.errors.iter().any(|e| e.contains(f)),
-                    "{f} garbled but no error names it: {:?}",
-                    snap.errors
-                );
+                assert!(snap.errors.iter().any(|e| e.contains(f)), "{f} garbled but no error names it: {:?}", snap.errors);
             }
         }
         std::fs::write(&path, &good).unwrap();
@@ -153,7 +161,14 @@ fn parse_errors_name_file_line_and_field() {
     let f = Path::new("/proc/net/tcp");
     let (mut counts, mut inodes, mut peers) = ([0u64; 13], HashMap::new(), HashMap::new());
     let hdr = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";
-    let e = sockets::parse_tcp_table(f, &format!("{hdr}   0: 0100007F:1F90 00000000:0000 ZZ 0:0 0:0 0 0 0 5\n"), &mut counts, &mut inodes, &mut peers).unwrap_err();
+    let e = sockets::parse_tcp_table(
+        f,
+        &format!("{hdr}   0: 0100007F:1F90 00000000:0000 ZZ 0:0 0:0 0 0 0 5\n"),
+        &mut counts,
+        &mut inodes,
+        &mut peers,
+    )
+    .unwrap_err();
     assert_eq!((e.line, e.field.as_str()), (2, "st"));
     let e = sockets::parse_tcp_table(f, &format!("{hdr}   0: 0100007F:1F90\n"), &mut counts, &mut inodes, &mut peers).unwrap_err();
     assert!(e.to_string().contains("at least 10 columns"), "{e}");
@@ -174,14 +189,11 @@ fn parse_errors_name_file_line_and_field() {
 #[test]
 fn special_cases_parse() {
     // A name with spaces and parentheses.
-    let st = signals::process::parse_pid_stat(
-        Path::new("stat"),
-        "9 (a (b) c) R 1 9 9 0 -1 0 0 0 0 0 7 3 0 0 20 0 2 0 77 0 10 0",
-    )
-    .unwrap();
+    let st = signals::process::parse_pid_stat(Path::new("stat"), "9 (a (b) c) R 1 9 9 0 -1 0 0 0 0 0 7 3 0 0 20 0 2 0 77 0 10 0").unwrap();
     assert_eq!((st.name.as_str(), st.cpu_ticks, st.threads, st.start_ticks, st.rss_pages), ("a (b) c", 10, 2, 77, 10));
     // Escaped mount points; a later mount hides an earlier one on the same point.
-    let m = disk::parse_mounts(Path::new("m"), "/dev/a /mnt/my\\040disk ext4 rw 0 0\n/dev/b /x ext4 rw 0 0\n/dev/c /x xfs rw 0 0\n").unwrap();
+    let m =
+        disk::parse_mounts(Path::new("m"), "/dev/a /mnt/my\\040disk ext4 rw 0 0\n/dev/b /x ext4 rw 0 0\n/dev/c /x xfs rw 0 0\n").unwrap();
     assert_eq!(m[0].mount_point, "/mnt/my disk");
     assert_eq!(m.len(), 2);
     assert_eq!(m[1].device, "/dev/c");

@@ -49,11 +49,7 @@ pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
 }
 
 pub fn audit_lines(state: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(state.join("audit.log"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    std::fs::read_to_string(state.join("audit.log")).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 pub fn kinds(state: &Path) -> Vec<String> {

@@ -23,8 +23,7 @@ pub enum ActionKind {
 }
 
 impl ActionKind {
-    pub const ALL: [ActionKind; 5] =
-        [Self::RestartUnit, Self::SignalProcess, Self::CleanFiles, Self::RunCommand, Self::Notify];
+    pub const ALL: [ActionKind; 5] = [Self::RestartUnit, Self::SignalProcess, Self::CleanFiles, Self::RunCommand, Self::Notify];
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -162,7 +162,8 @@ impl AuditLog {
         let (seq, last_hash) = match &last {
             None => (0, GENESIS.to_string()),
             Some(l) => {
-                let m: Map<String, Value> = serde_json::from_str(l).map_err(|e| AuditError::Corrupt { path: path.clone(), reason: e.to_string() })?;
+                let m: Map<String, Value> =
+                    serde_json::from_str(l).map_err(|e| AuditError::Corrupt { path: path.clone(), reason: e.to_string() })?;
                 let seq = m.get("seq").and_then(Value::as_u64);
                 let hash = m.get("hash").and_then(Value::as_str);
                 match (seq, hash) {
@@ -184,10 +185,13 @@ impl AuditLog {
             log.file.set_len(good_len).and_then(|_| log.file.sync_all()).map_err(io(&path))?;
             let t = TornTail { bytes: bytes.len() as u64, saved_as, sha256: hex::encode(Sha256::digest(&bytes)) };
             let mut body = Map::new();
-            body.insert("torn".into(), serde_json::json!({
-                "bytes": t.bytes, "saved_as": t.saved_as.display().to_string(), "sha256": t.sha256,
-                "after_seq": log.seq,
-            }));
+            body.insert(
+                "torn".into(),
+                serde_json::json!({
+                    "bytes": t.bytes, "saved_as": t.saved_as.display().to_string(), "sha256": t.sha256,
+                    "after_seq": log.seq,
+                }),
+            );
             log.append("audit_torn_tail", body)?;
             torn = Some(t);
         }

@@ -13,14 +13,19 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "medic", version, about = "Host-level auto-remediation agent.", long_about = "\
+#[command(
+    name = "medic",
+    version,
+    about = "Host-level auto-remediation agent.",
+    long_about = "\
 medic senses CPU, memory, disk, socket and TCP signals, evaluates Rhai playbooks against them, \
 passes every requested action through one gate, and records every decision in a local, \
 hash-chained, fsync'd audit log. This release always runs in dry-run: it decides and records \
 what it would do, and changes nothing on the host.
 
 Run `medic run` to start the agent on its defaults (bundled playbooks, dry-run, a state dir you \
-can write).")]
+can write)."
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -146,7 +151,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 for (pb, err) in &report.disabled {
                     println!("{pb}: disabled: {err}");
                 }
-                println!("evaluated {} playbook(s), {} decision(s); audit log {}", report.evaluated.len(), report.decisions.len(), agent.audit_path().display());
+                println!(
+                    "evaluated {} playbook(s), {} decision(s); audit log {}",
+                    report.evaluated.len(),
+                    report.decisions.len(),
+                    agent.audit_path().display()
+                );
                 agent.stop("--once")?;
                 return Ok(ExitCode::SUCCESS);
             }
@@ -169,7 +179,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let dir = playbooks.or(cfg.playbooks_dir.clone());
             let rt = Runtime::new(cfg.playbooks.limits);
-            let loaded = playbooks::load(&rt, dir.as_deref()).map_err(|e| anyhow!("{}: {e}", dir.as_deref().unwrap_or(Path::new("")).display()))?;
+            let loaded =
+                playbooks::load(&rt, dir.as_deref()).map_err(|e| anyhow!("{}: {e}", dir.as_deref().unwrap_or(Path::new("")).display()))?;
             for r in loaded {
                 match r {
                     Ok(pb) => println!("{}: ok ({})", pb.file, pb.meta.name),
@@ -331,16 +342,22 @@ fn print_snapshot(s: &crate::signals::Snapshot) {
     }
 }
 
-/// (playbook label, source, tests label, tests source) for what PATH names.
-fn test_sources(path: Option<&Path>) -> anyhow::Result<Vec<(String, String, String, Option<String>)>> {
+/// (playbook label, source, tests label, tests source if the file exists).
+type TestSource = (String, String, String, Option<String>);
+
+/// The playbooks and test files PATH names.
+fn test_sources(path: Option<&Path>) -> anyhow::Result<Vec<TestSource>> {
     let Some(path) = path else {
         return Ok(bundled::PLAYBOOKS
             .iter()
-            .map(|(f, s, t)| (format!("bundled:{f}"), s.to_string(), format!("bundled:{}", f.replace(".rhai", ".test.toml")), Some(t.to_string())))
+            .map(|(f, s, t)| {
+                (format!("bundled:{f}"), s.to_string(), format!("bundled:{}", f.replace(".rhai", ".test.toml")), Some(t.to_string()))
+            })
             .collect());
     };
     let files: Vec<PathBuf> = if path.is_dir() {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(path)?.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "rhai")).collect();
+        let mut v: Vec<PathBuf> =
+            std::fs::read_dir(path)?.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "rhai")).collect();
         v.sort();
         v
     } else if path.to_string_lossy().ends_with(".test.toml") {

@@ -122,7 +122,8 @@ impl Agent {
             Err(e) => {
                 let dir = self.playbooks_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default();
                 tracing::error!(message = "Playbooks directory unreadable; keeping the loaded set.", dir = %dir, error = %e);
-                self.audit.append("playbook_rejected", obj(json!({ "file": dir, "error": e.to_string(), "kept": self.playbook_names() })))?;
+                self.audit
+                    .append("playbook_rejected", obj(json!({ "file": dir, "error": e.to_string(), "kept": self.playbook_names() })))?;
                 return Ok(());
             }
         };
@@ -136,7 +137,10 @@ impl Agent {
                     }
                     tracing::info!(message = "Playbook loaded.", playbook = %pb.meta.name, file = %pb.file);
                     self.audit.append("playbook_loaded", obj(json!({ "playbook": pb_ref(&pb), "file": pb.file, "meta": pb.meta })))?;
-                    self.slots.insert(pb.file.clone(), Slot { pb, state: State::default(), last_eval_ms: None, disabled_until: None, failures: 0 });
+                    self.slots.insert(
+                        pb.file.clone(),
+                        Slot { pb, state: State::default(), last_eval_ms: None, disabled_until: None, failures: 0 },
+                    );
                 }
                 Err(e) => {
                     seen.push(e.file.clone());

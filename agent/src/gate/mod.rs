@@ -77,8 +77,7 @@ impl Gate {
     pub fn decide(&mut self, meta: &Meta, req: &ActionRequest, mode: Mode, now_ms: i64) -> Verdict {
         let verdict = |decision, rule, detail: String| Verdict { decision, rule, detail };
         if !meta.allows(req.kind, &req.target) {
-            let allowed: Vec<String> =
-                meta.actions.iter().filter(|c| c.kind == req.kind).map(|c| c.target.clone()).collect();
+            let allowed: Vec<String> = meta.actions.iter().filter(|c| c.kind == req.kind).map(|c| c.target.clone()).collect();
             return verdict(
                 Decision::Denied,
                 "manifest",

@@ -152,9 +152,7 @@ fn mount_map(node: &Node, mnt: &crate::signals::disk::Mount) -> Map {
 
 /// The evaluation context travels as the call's tag; action functions find it there.
 fn node_of(ctx: &NativeCallContext) -> RhaiResult<Node> {
-    ctx.tag()
-        .and_then(|t| t.clone().try_cast::<Node>())
-        .ok_or_else(|| err("actions can only be requested while evaluate() runs"))
+    ctx.tag().and_then(|t| t.clone().try_cast::<Node>()).ok_or_else(|| err("actions can only be requested while evaluate() runs"))
 }
 
 fn request(ctx: &NativeCallContext, kind: ActionKind, target: String, params: BTreeMap<String, Value>, reason: &str) -> RhaiResult<bool> {
@@ -180,7 +178,8 @@ pub fn register(e: &mut Engine, _max_requests: usize) {
     // Current values and windowed aggregates.
     e.register_fn("now", |n: &mut Node| n.now() / 1000);
     e.register_fn("value", |n: &mut Node, key: &str| {
-        let v = n.snap.metric(key).or_else(|| n.history.latest(key, n.now()).filter(|_| key.starts_with("proc.") || key.starts_with("unit.")));
+        let v =
+            n.snap.metric(key).or_else(|| n.history.latest(key, n.now()).filter(|_| key.starts_with("proc.") || key.starts_with("unit.")));
         n.note(key.to_string(), v)
     });
     e.register_fn("has", |n: &mut Node, key: &str| n.snap.metrics.contains_key(key));
@@ -307,7 +306,8 @@ pub fn register(e: &mut Engine, _max_requests: usize) {
                     params.insert("older_than_secs".into(), (window(&s)? / 1000).into());
                 }
                 "target_free_bytes" => {
-                    params.insert(k.to_string(), v.as_int().map_err(|_| err("clean_files: `target_free_bytes` must be an integer"))?.into());
+                    params
+                        .insert(k.to_string(), v.as_int().map_err(|_| err("clean_files: `target_free_bytes` must be an integer"))?.into());
                 }
                 other => return Err(err(format!("clean_files: unknown option `{other}` (glob, older_than, target_free_bytes, order)"))),
             }

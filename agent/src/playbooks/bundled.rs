@@ -3,9 +3,29 @@
 
 /// (file name, playbook source, test cases source).
 pub const PLAYBOOKS: &[(&str, &str, &str)] = &[
-    ("disk_old_logs.rhai", include_str!("../../../playbooks/disk_old_logs.rhai"), include_str!("../../../playbooks/disk_old_logs.test.toml")),
-    ("close_wait_leak.rhai", include_str!("../../../playbooks/close_wait_leak.rhai"), include_str!("../../../playbooks/close_wait_leak.test.toml")),
-    ("runaway_process.rhai", include_str!("../../../playbooks/runaway_process.rhai"), include_str!("../../../playbooks/runaway_process.test.toml")),
-    ("unit_memory_growth.rhai", include_str!("../../../playbooks/unit_memory_growth.rhai"), include_str!("../../../playbooks/unit_memory_growth.test.toml")),
-    ("tcp_retransmit_storm.rhai", include_str!("../../../playbooks/tcp_retransmit_storm.rhai"), include_str!("../../../playbooks/tcp_retransmit_storm.test.toml")),
+    (
+        "disk_old_logs.rhai",
+        include_str!("../../../playbooks/disk_old_logs.rhai"),
+        include_str!("../../../playbooks/disk_old_logs.test.toml"),
+    ),
+    (
+        "close_wait_leak.rhai",
+        include_str!("../../../playbooks/close_wait_leak.rhai"),
+        include_str!("../../../playbooks/close_wait_leak.test.toml"),
+    ),
+    (
+        "runaway_process.rhai",
+        include_str!("../../../playbooks/runaway_process.rhai"),
+        include_str!("../../../playbooks/runaway_process.test.toml"),
+    ),
+    (
+        "unit_memory_growth.rhai",
+        include_str!("../../../playbooks/unit_memory_growth.rhai"),
+        include_str!("../../../playbooks/unit_memory_growth.test.toml"),
+    ),
+    (
+        "tcp_retransmit_storm.rhai",
+        include_str!("../../../playbooks/tcp_retransmit_storm.rhai"),
+        include_str!("../../../playbooks/tcp_retransmit_storm.test.toml"),
+    ),
 ];

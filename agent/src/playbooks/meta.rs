@@ -67,7 +67,12 @@ struct RawMeta {
 
 /// Turns the META map into [`Meta`]; the error names the field at fault.
 pub fn parse(value: &rhai::Dynamic) -> Result<Meta, String> {
-    let raw: RawMeta = rhai::serde::from_dynamic(value).map_err(|e| format!("META: {}", e.to_string().trim()))?;
+    let raw: RawMeta = rhai::serde::from_dynamic(value).map_err(|e| {
+        // rhai wraps serde's message ("missing field `x`") as a syntax error; keep serde's words.
+        let msg = e.to_string();
+        let msg = msg.trim().trim_start_matches("Syntax error: ");
+        format!("META: {}", msg.split(" (line ").next().unwrap_or(msg))
+    })?;
     if raw.name.is_empty() || !raw.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
         return Err(format!("META.name: {:?} must be non-empty letters, digits, '-' or '_'", raw.name));
     }

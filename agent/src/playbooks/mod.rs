@@ -21,7 +21,7 @@ use crate::signals::history::History;
 use crate::signals::Snapshot;
 use api::{Node, State};
 use meta::Meta;
-use rhai::{ASTNode, CallFnOptions, Dynamic, Engine, EvalAltResult, Expr, Position, AST};
+use rhai::{ASTNode, CallFnOptions, Dynamic, Engine, EvalAltResult, Expr, Position, Stmt, AST};
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::fmt;
@@ -148,6 +148,12 @@ impl Runtime {
             let (call, pos, method) = match path.last() {
                 Some(ASTNode::Expr(Expr::FnCall(x, pos))) => (x, *pos, false),
                 Some(ASTNode::Expr(Expr::MethodCall(x, pos))) => (x, *pos, true),
+                // A call used as a statement is a statement node of its own.
+                Some(ASTNode::Stmt(Stmt::FnCall(x, pos))) => (x, *pos, false),
+                Some(ASTNode::Stmt(Stmt::Import(_, pos))) => {
+                    found = Some(err_at(file, *pos, "`import`: modules are not available to playbooks"));
+                    return false;
+                }
                 _ => return true,
             };
             if call.op_token.is_some() || !call.name.starts_with(|c: char| c.is_alphabetic() || c == '_') {
@@ -183,7 +189,13 @@ impl Runtime {
 
     /// Evaluates one playbook against a snapshot and its history. State changes are kept only
     /// when the evaluation succeeds.
-    pub fn evaluate(&self, pb: &Playbook, snap: Arc<Snapshot>, history: Arc<History>, state: &State) -> Result<Vec<ActionRequest>, EvalError> {
+    pub fn evaluate(
+        &self,
+        pb: &Playbook,
+        snap: Arc<Snapshot>,
+        history: Arc<History>,
+        state: &State,
+    ) -> Result<Vec<ActionRequest>, EvalError> {
         let node = Node::new(snap, history, self.limits.max_requests);
         let before = state.snapshot();
         let options = CallFnOptions::new().eval_ast(true).rewind_scope(true).with_tag(node.clone());
@@ -218,11 +230,8 @@ pub fn load(rt: &Runtime, dir: Option<&Path>) -> Result<Loaded, std::io::Error> 
     let sources: Vec<(String, String)> = match dir {
         None => bundled::PLAYBOOKS.iter().map(|(f, s, _)| (format!("bundled:{f}"), s.to_string())).collect(),
         Some(dir) => {
-            let mut files: Vec<_> = std::fs::read_dir(dir)?
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|e| e == "rhai"))
-                .collect();
+            let mut files: Vec<_> =
+                std::fs::read_dir(dir)?.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "rhai")).collect();
             files.sort();
             let mut v = Vec::new();
             for f in files {
@@ -239,7 +248,12 @@ pub fn load(rt: &Runtime, dir: Option<&Path>) -> Result<Loaded, std::io::Error> 
             let pb = rt.compile(&file, &src)?;
             if !names.insert(pb.meta.name.clone()) {
                 let (line, col) = meta_pos(&src);
-                return Err(PlaybookError { file, line, col, reason: format!("META.name: {:?} is already used by another playbook", pb.meta.name) });
+                return Err(PlaybookError {
+                    file,
+                    line,
+                    col,
+                    reason: format!("META.name: {:?} is already used by another playbook", pb.meta.name),
+                });
             }
             Ok(pb)
         })

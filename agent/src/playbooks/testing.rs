@@ -156,12 +156,16 @@ fn run_case(rt: &Runtime, pb: &super::Playbook, case: &Case) -> Result<CaseResul
         Arc::make_mut(&mut history).push(&cur);
         if last_eval.is_none_or(|l| t - l >= pb.meta.interval_ms) {
             last_eval = Some(t);
-            let reqs = rt
-                .evaluate(pb, Arc::new(cur.clone()), history.clone(), &state)
-                .map_err(|e| format!("at {}s: {e}", t / 1000))?;
+            let reqs = rt.evaluate(pb, Arc::new(cur.clone()), history.clone(), &state).map_err(|e| format!("at {}s: {e}", t / 1000))?;
             for req in reqs {
                 let v = gate.decide(&pb.meta, &req, Mode::DryRun, cur.ts_ms);
-                outcomes.push(Outcome { at_ms: t, kind: req.kind.to_string(), target: req.target, decision: v.decision.as_str().into(), rule: v.rule.into() });
+                outcomes.push(Outcome {
+                    at_ms: t,
+                    kind: req.kind.to_string(),
+                    target: req.target,
+                    decision: v.decision.as_str().into(),
+                    rule: v.rule.into(),
+                });
             }
         }
         t += step;
@@ -170,7 +174,11 @@ fn run_case(rt: &Runtime, pb: &super::Playbook, case: &Case) -> Result<CaseResul
         if outcomes.is_empty() {
             "  (no requests)".to_string()
         } else {
-            outcomes.iter().map(|o| format!("  at {}s: {} {:?} → {} ({})", o.at_ms / 1000, o.kind, o.target, o.decision, o.rule)).collect::<Vec<_>>().join("\n")
+            outcomes
+                .iter()
+                .map(|o| format!("  at {}s: {} {:?} → {} ({})", o.at_ms / 1000, o.kind, o.target, o.decision, o.rule))
+                .collect::<Vec<_>>()
+                .join("\n")
         }
     };
     let mut failures = Vec::new();

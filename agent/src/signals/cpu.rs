@@ -79,9 +79,8 @@ fn pct(num: u64, den: u64) -> f64 {
 
 /// Utilisation between two readings of `/proc/stat`, into `out`.
 pub fn utilisation(prev: &Stat, cur: &Stat, out: &mut BTreeMap<String, f64>) {
-    let d = |a: &CpuTimes, b: &CpuTimes| {
-        (b.busy.saturating_sub(a.busy), b.iowait.saturating_sub(a.iowait), b.total.saturating_sub(a.total))
-    };
+    let d =
+        |a: &CpuTimes, b: &CpuTimes| (b.busy.saturating_sub(a.busy), b.iowait.saturating_sub(a.iowait), b.total.saturating_sub(a.total));
     let (busy, iowait, total) = d(&prev.total, &cur.total);
     out.insert("cpu.util_pct".into(), pct(busy, total));
     out.insert("cpu.iowait_pct".into(), pct(iowait, total));

@@ -21,9 +21,31 @@ pub struct Mount {
 
 /// Filesystems that hold no user data (or are always full, like squashfs): never reported.
 const PSEUDO_FS: &[&str] = &[
-    "proc", "sysfs", "cgroup", "cgroup2", "devpts", "mqueue", "debugfs", "tracefs", "securityfs",
-    "pstore", "bpf", "configfs", "fusectl", "hugetlbfs", "autofs", "binfmt_misc", "nsfs", "devtmpfs",
-    "rpc_pipefs", "efivarfs", "squashfs", "ramfs", "nfsd", "selinuxfs", "overlay_lower",
+    "proc",
+    "sysfs",
+    "cgroup",
+    "cgroup2",
+    "devpts",
+    "mqueue",
+    "debugfs",
+    "tracefs",
+    "securityfs",
+    "pstore",
+    "bpf",
+    "configfs",
+    "fusectl",
+    "hugetlbfs",
+    "autofs",
+    "binfmt_misc",
+    "nsfs",
+    "devtmpfs",
+    "rpc_pipefs",
+    "efivarfs",
+    "squashfs",
+    "ramfs",
+    "nfsd",
+    "selinuxfs",
+    "overlay_lower",
 ];
 
 /// Undoes the octal escapes (`\040` for a space) the kernel writes in mount paths.

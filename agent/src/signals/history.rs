@@ -142,10 +142,7 @@ impl History {
     /// The points of `key` within `[now - window, now]`.
     pub fn window(&self, key: &str, now: i64, window_ms: i64) -> impl Iterator<Item = (i64, f64)> + '_ {
         let start = now - window_ms;
-        self.series
-            .get(key)
-            .into_iter()
-            .flat_map(move |s| s.iter().copied().filter(move |(t, _)| *t >= start && *t <= now))
+        self.series.get(key).into_iter().flat_map(move |s| s.iter().copied().filter(move |(t, _)| *t >= start && *t <= now))
     }
 
     /// The latest value of `key` at or before `now`.
@@ -245,7 +242,9 @@ mod tests {
         let h = hist(&[(0, 95.0), (1000, 96.0), (2000, 97.0)]);
         assert!(h.sustained("x", 2000, 2000, Cmp::Gt, 90.0));
         assert!(!h.sustained("x", 2000, 3000, Cmp::Gt, 90.0), "history shorter than the window");
-        assert!(h.x_of_last_y("x", 2000, 2, 3, Cmp::Gt, 95.5) == false);
+        assert!(!h.x_of_last_y("x", 2000, 3, 3, Cmp::Gt, 95.5));
+        assert!(h.x_of_last_y("x", 2000, 2, 3, Cmp::Gt, 95.5));
+        assert!(!h.x_of_last_y("x", 2000, 1, 4, Cmp::Gt, 0.0), "fewer than y points");
         assert!(h.x_of_last_y("x", 2000, 2, 3, Cmp::Gt, 95.0));
     }
 

@@ -8,8 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 pub fn parse_meminfo(file: &Path, text: &str, out: &mut BTreeMap<String, f64>) -> Result<(), ParseError> {
-    let mut want: [(&str, Option<u64>); 4] =
-        [("MemTotal", None), ("MemAvailable", None), ("SwapTotal", None), ("SwapFree", None)];
+    let mut want: [(&str, Option<u64>); 4] = [("MemTotal", None), ("MemAvailable", None), ("SwapTotal", None), ("SwapFree", None)];
     for (i, line) in text.lines().enumerate() {
         let Some((key, rest)) = line.split_once(':') else { continue };
         if let Some(slot) = want.iter_mut().find(|(k, _)| *k == key) {

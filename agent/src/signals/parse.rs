@@ -39,22 +39,15 @@ impl ParseError {
 /// do not read this way (`/proc/net/tcp` on a busy host is read line by line by its parser).
 pub fn read(path: &Path) -> Result<String, ParseError> {
     match std::fs::read(path) {
-        Ok(bytes) => String::from_utf8(bytes)
-            .map_err(|_| ParseError::new(path, 0, "content", "not valid UTF-8")),
+        Ok(bytes) => String::from_utf8(bytes).map_err(|_| ParseError::new(path, 0, "content", "not valid UTF-8")),
         Err(e) => Err(ParseError::new(path, 0, "file", e.to_string())),
     }
 }
 
 /// Parses one whitespace-separated field as a number, naming it on failure.
-pub fn num<T: std::str::FromStr>(
-    file: &Path,
-    line: usize,
-    field: &str,
-    text: Option<&str>,
-) -> Result<T, ParseError> {
+pub fn num<T: std::str::FromStr>(file: &Path, line: usize, field: &str, text: Option<&str>) -> Result<T, ParseError> {
     let Some(text) = text else {
         return Err(ParseError::new(file, line, field, "missing (line truncated?)"));
     };
-    text.parse::<T>()
-        .map_err(|_| ParseError::new(file, line, field, format!("expected a number, found {text:?}")))
+    text.parse::<T>().map_err(|_| ParseError::new(file, line, field, format!("expected a number, found {text:?}")))
 }

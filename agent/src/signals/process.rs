@@ -92,17 +92,14 @@ pub fn parse_cgroup(text: &str) -> (Option<String>, Option<String>) {
     for line in text.lines() {
         let mut it = line.splitn(3, ':');
         let (Some(id), Some(ctrl), Some(p)) = (it.next(), it.next(), it.next()) else { continue };
-        // cgroup v2 line, or the v1 systemd hierarchy.
-        if (id == "0" && ctrl.is_empty()) || ctrl == "name=systemd" {
-            if path.is_none() || id == "0" {
-                path = Some(p.to_string());
-            }
+        let v2 = id == "0" && ctrl.is_empty();
+        // The v2 line wins over the v1 systemd hierarchy when both exist.
+        if v2 || (ctrl == "name=systemd" && path.is_none()) {
+            path = Some(p.to_string());
         }
     }
     let unit = path.as_deref().and_then(|p| {
-        p.rsplit('/')
-            .find(|c| c.ends_with(".service") || c.ends_with(".scope") || c.ends_with(".socket"))
-            .map(str::to_string)
+        p.rsplit('/').find(|c| c.ends_with(".service") || c.ends_with(".scope") || c.ends_with(".socket")).map(str::to_string)
     });
     let cgroup_v2 = text.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_string);
     (unit, cgroup_v2)
@@ -151,9 +148,11 @@ pub fn read_process(dir: &Path, pid: i64, cx: &ProcContext<'_>) -> Result<Option
         Err(_) => None,
     };
     let ticks = ProcTicks { start_ticks: st.start_ticks, cpu_ticks: st.cpu_ticks };
-    let cpu_pct = cx.prev.get(&pid).filter(|p| p.start_ticks == st.start_ticks && cx.elapsed_secs > 0.0).map(|p| {
-        st.cpu_ticks.saturating_sub(p.cpu_ticks) as f64 / cx.clk_tck as f64 / cx.elapsed_secs * 100.0
-    });
+    let cpu_pct = cx
+        .prev
+        .get(&pid)
+        .filter(|p| p.start_ticks == st.start_ticks && cx.elapsed_secs > 0.0)
+        .map(|p| st.cpu_ticks.saturating_sub(p.cpu_ticks) as f64 / cx.clk_tck as f64 / cx.elapsed_secs * 100.0);
     let info = ProcessInfo {
         pid,
         name: st.name,

@@ -11,8 +11,19 @@ use std::path::Path;
 
 /// TCP states in the kernel's numbering (include/net/tcp_states.h), index = state number.
 pub const STATES: [&str; 13] = [
-    "unknown", "established", "syn_sent", "syn_recv", "fin_wait1", "fin_wait2", "time_wait",
-    "close", "close_wait", "last_ack", "listen", "closing", "new_syn_recv",
+    "unknown",
+    "established",
+    "syn_sent",
+    "syn_recv",
+    "fin_wait1",
+    "fin_wait2",
+    "time_wait",
+    "close",
+    "close_wait",
+    "last_ack",
+    "listen",
+    "closing",
+    "new_syn_recv",
 ];
 
 /// Socket inode → TCP state index, for every socket in the table.
@@ -75,12 +86,12 @@ pub fn parse_tcp_table(
         if f.len() < 10 {
             return Err(ParseError::new(file, n, "socket entry", format!("expected at least 10 columns, found {}", f.len())));
         }
-        let st = u8::from_str_radix(f[3], 16)
-            .map_err(|_| ParseError::new(file, n, "st", format!("expected a hex state, found {:?}", f[3])))?;
+        let st =
+            u8::from_str_radix(f[3], 16).map_err(|_| ParseError::new(file, n, "st", format!("expected a hex state, found {:?}", f[3])))?;
         let st = if (st as usize) < STATES.len() { st } else { 0 };
         counts[st as usize] += 1;
-        let retrnsmt = u64::from_str_radix(f[6], 16)
-            .map_err(|_| ParseError::new(file, n, "retrnsmt", format!("expected hex, found {:?}", f[6])))?;
+        let retrnsmt =
+            u64::from_str_radix(f[6], 16).map_err(|_| ParseError::new(file, n, "retrnsmt", format!("expected hex, found {:?}", f[6])))?;
         // Listening sockets have no peer.
         if st != 10 {
             let peer = decode_addr(f[2]).ok_or_else(|| ParseError::new(file, n, "rem_address", format!("bad address {:?}", f[2])))?;

@@ -54,12 +54,7 @@ pub fn parse_pairs(
         let names: Vec<&str> = names.split_ascii_whitespace().collect();
         let values: Vec<&str> = values.split_ascii_whitespace().collect();
         if names.len() != values.len() {
-            return Err(ParseError::new(
-                file,
-                i + 2,
-                prefix,
-                format!("{} names but {} values (truncated?)", names.len(), values.len()),
-            ));
+            return Err(ParseError::new(file, i + 2, prefix, format!("{} names but {} values (truncated?)", names.len(), values.len())));
         }
         for (name, value) in names.iter().zip(&values) {
             if let Some((_, key)) = fields.iter().find(|(n, _)| n == name) {
