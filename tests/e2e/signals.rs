@@ -223,3 +223,22 @@ fn live_host_sample_has_this_process() {
 fn signals_now() -> i64 {
     medic::audit::now_ms()
 }
+
+#[test]
+fn socket_tables_are_read_every_nth_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(&fixtures(), dir.path());
+    let mut s = Sampler::with_socket_scan_every(roots(dir.path()), 3);
+    assert_eq!(s.sample(1000).metrics["sock.tcp.close_wait"], 3.0);
+    // Drop the CLOSE_WAIT sockets from the table: the next two samples reuse the last scan.
+    let tcp = dir.path().join("proc/net/tcp");
+    let text: String = std::fs::read_to_string(&tcp).unwrap().lines().filter(|l| !l.contains(" 08 ")).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&tcp, text).unwrap();
+    let second = s.sample(2000);
+    assert_eq!(second.metrics["sock.tcp.close_wait"], 3.0);
+    assert_eq!(second.processes.iter().find(|p| p.pid == 4242).unwrap().tcp.get("close_wait"), Some(&3));
+    s.sample(3000);
+    let fourth = s.sample(4000);
+    assert_eq!(fourth.metrics["sock.tcp.close_wait"], 1.0, "tcp6 still has one");
+    assert_eq!(fourth.processes.iter().find(|p| p.pid == 4242).unwrap().tcp.get("close_wait"), Some(&1));
+}

@@ -37,6 +37,9 @@ pub struct SignalsConfig {
     pub history_secs: u64,
     /// Most time series kept (bounds memory; see docs/ARCHITECTURE.md).
     pub max_series: usize,
+    /// The TCP tables (socket counts per state, peers) and per-process fds (open fds, sockets
+    /// per process) are read every this many samples: they are the costliest part of a sample.
+    pub socket_scan_every: u64,
     /// procfs root (tests point it at fixture trees).
     pub proc_root: PathBuf,
     /// sysfs root.
@@ -45,7 +48,14 @@ pub struct SignalsConfig {
 
 impl Default for SignalsConfig {
     fn default() -> Self {
-        Self { interval_secs: 1, history_secs: 600, max_series: 1024, proc_root: "/proc".into(), sys_root: "/sys".into() }
+        Self {
+            interval_secs: 1,
+            history_secs: 600,
+            max_series: 1024,
+            socket_scan_every: 5,
+            proc_root: "/proc".into(),
+            sys_root: "/sys".into(),
+        }
     }
 }
 

@@ -70,7 +70,7 @@ impl Agent {
             tracing::warn!(message = "Torn audit record set aside.", bytes = t.bytes, saved_as = %t.saved_as.display());
         }
         let roots = Roots { proc: cfg.signals.proc_root.clone(), sys: cfg.signals.sys_root.clone() };
-        let mut sampler = Sampler::new(roots);
+        let mut sampler = Sampler::with_socket_scan_every(roots, cfg.signals.socket_scan_every);
         let interval_ms = cfg.signals.interval_secs as i64 * 1000;
         let mut history = History::new(cfg.signals.history_secs as i64 * 1000, interval_ms, cfg.signals.max_series);
         let first = sampler.sample(crate::audit::now_ms());

@@ -219,6 +219,28 @@ pub fn register(e: &mut Engine, _max_requests: usize) {
 
     // Entities.
     e.register_fn("processes", |n: &mut Node| -> Array { n.snap.processes.iter().map(|p| process_map(p).into()).collect() });
+    // Only the processes whose numeric field passes the test: far cheaper than building every
+    // process's map when a playbook looks for a few outliers.
+    e.register_fn("processes", |n: &mut Node, field: &str, op: &str, thr: Dynamic| -> RhaiResult<Array> {
+        let (c, t) = (cmp(op)?, number(&thr, "threshold")?);
+        let get = |p: &crate::signals::process::ProcessInfo| -> RhaiResult<Option<f64>> {
+            Ok(match field {
+                "cpu_pct" => p.cpu_pct,
+                "rss_bytes" => Some(p.rss_bytes as f64),
+                "fds" => p.fds.map(|f| f as f64),
+                "threads" => Some(p.threads as f64),
+                "close_wait" => Some(p.tcp.get("close_wait").copied().unwrap_or(0) as f64),
+                other => return Err(err(format!("processes: cannot filter on {other:?} (cpu_pct, rss_bytes, fds, threads, close_wait)"))),
+            })
+        };
+        let mut out = Array::new();
+        for p in &n.snap.processes {
+            if get(p)?.is_some_and(|v| c.test(v, t)) {
+                out.push(process_map(p).into());
+            }
+        }
+        Ok(out)
+    });
     e.register_fn("process", |n: &mut Node, pid: i64| -> Dynamic {
         n.snap.processes.iter().find(|p| p.pid == pid).map_or(Dynamic::UNIT, |p| process_map(p).into())
     });

@@ -16,7 +16,7 @@ pub mod sockets;
 pub mod tcp;
 
 use parse::{read, ParseError};
-use process::{ProcContext, ProcTicks, ProcessInfo, UnitInfo};
+use process::{ProcContext, ProcMemo, ProcessInfo, UnitInfo};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -59,12 +59,25 @@ struct Previous {
     stat: Option<cpu::Stat>,
     disks: Option<BTreeMap<String, disk::DiskCounters>>,
     tcp: BTreeMap<String, f64>,
-    procs: HashMap<i64, ProcTicks>,
+    procs: HashMap<i64, ProcMemo>,
+    sockets: Option<SocketScan>,
+}
+
+/// The last read of the TCP tables.
+#[derive(Default)]
+struct SocketScan {
+    ok: bool,
+    counts: [u64; 13],
+    inodes: sockets::InodeStates,
+    peers: Vec<sockets::PeerInfo>,
 }
 
 /// Reads snapshots; holds the previous counters so that rates and CPU % come out right.
 pub struct Sampler {
     roots: Roots,
+    /// The TCP tables and per-process fds are read every this many samples (the first always).
+    socket_scan_every: u64,
+    samples: u64,
     clk_tck: u64,
     page_size: u64,
     prev: Previous,
@@ -72,8 +85,16 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn new(roots: Roots) -> Self {
+        Self::with_socket_scan_every(roots, 1)
+    }
+
+    /// As [`new`](Self::new), reading sockets (the TCP tables and each process's fds) only every
+    /// `n` samples: the costliest part of a sample, for counts that move slowly.
+    pub fn with_socket_scan_every(roots: Roots, n: u64) -> Self {
         Self {
             roots,
+            socket_scan_every: n.max(1),
+            samples: 0,
             clk_tck: rustix::param::clock_ticks_per_second().max(1),
             page_size: rustix::param::page_size() as u64,
             prev: Previous::default(),
@@ -163,16 +184,38 @@ impl Sampler {
         self.prev.tcp = tcp_now.iter().filter(|(k, _)| !k.ends_with("_per_s")).map(|(k, v)| (k.clone(), *v)).collect();
         s.metrics.extend(tcp_now);
 
-        // Sockets
-        let mut counts = [0u64; 13];
-        let mut inodes = HashMap::new();
+        // Sockets: reading the tables makes the kernel walk its whole TCP hash table (about
+        // 3 ms per file here, whatever the socket count), so they are read every
+        // `socket_scan_every` samples, with the per-process fd scans that need them.
+        let scan = self.samples % self.socket_scan_every == 0;
+        self.samples += 1;
+        if scan {
+            self.prev.sockets = Some(self.read_sockets(&mut s));
+        }
+        let empty = SocketScan::default();
+        let sock = self.prev.sockets.take().unwrap_or(empty);
+        if sock.ok {
+            sockets::counts_into(&sock.counts, &mut s.metrics);
+            s.tcp_peers = sock.peers.clone();
+        } else {
+            s.unavailable.insert("sock".into(), "no readable /proc/net/tcp table".into());
+        }
+
+        // Processes
+        self.read_processes(&mut s, boot_time, secs, &sock.inodes, scan);
+        self.prev.sockets = Some(sock);
+        self.prev.ts_ms = ts_ms;
+        s
+    }
+
+    fn read_sockets(&self, s: &mut Snapshot) -> SocketScan {
+        let mut scan = SocketScan::default();
         let mut peers = HashMap::new();
-        let mut sock_ok = false;
         for table in ["tcp", "tcp6"] {
-            let f = p.join("net").join(table);
-            match read(&f) {
-                Ok(t) => match sockets::parse_tcp_table(&f, &t, &mut counts, &mut inodes, &mut peers) {
-                    Ok(()) => sock_ok = true,
+            let f = self.roots.proc.join("net").join(table);
+            match parse::read_seq(&f) {
+                Ok(t) => match sockets::parse_tcp_table(&f, &t, &mut scan.counts, &mut scan.inodes, &mut peers) {
+                    Ok(()) => scan.ok = true,
                     Err(e) => s.errors.push(e.to_string()),
                 },
                 // tcp6 is absent where IPv6 is off; that alone is not an error.
@@ -180,20 +223,11 @@ impl Sampler {
                 Err(_) => {}
             }
         }
-        if sock_ok {
-            sockets::counts_into(&counts, &mut s.metrics);
-            s.tcp_peers = sockets::top_peers(peers);
-        } else {
-            s.unavailable.insert("sock".into(), "no readable /proc/net/tcp table".into());
-        }
-
-        // Processes
-        self.read_processes(&mut s, boot_time, secs, &inodes);
-        self.prev.ts_ms = ts_ms;
-        s
+        scan.peers = sockets::top_peers(peers);
+        scan
     }
 
-    fn read_processes(&mut self, s: &mut Snapshot, boot_time: u64, secs: f64, inodes: &sockets::InodeStates) {
+    fn read_processes(&mut self, s: &mut Snapshot, boot_time: u64, secs: f64, inodes: &sockets::InodeStates, scan_fds: bool) {
         let Ok(dir) = std::fs::read_dir(&self.roots.proc) else {
             s.unavailable.insert("proc".into(), "process table not readable".into());
             return;
@@ -207,15 +241,16 @@ impl Sampler {
             elapsed_secs: secs,
             prev: &self.prev.procs,
             sockets: inodes,
+            scan_fds,
         };
         for entry in dir.flatten() {
             let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i64>().ok()) else { continue };
             match process::read_process(&entry.path(), pid, &cx) {
-                Ok(Some((info, t, cgroup))) => {
-                    if let (Some(u), Some(cg)) = (&info.unit, cgroup) {
-                        cgroups.entry(u.clone()).or_insert(cg);
+                Ok(Some((info, memo))) => {
+                    if let (Some(u), Some(cg)) = (&info.unit, &memo.cgroup) {
+                        cgroups.entry(u.clone()).or_insert(cg.clone());
                     }
-                    ticks.insert(pid, t);
+                    ticks.insert(pid, memo);
                     s.processes.push(info);
                 }
                 Ok(None) => {}

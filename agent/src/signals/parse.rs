@@ -51,3 +51,24 @@ pub fn num<T: std::str::FromStr>(file: &Path, line: usize, field: &str, text: Op
     };
     text.parse::<T>().map_err(|_| ParseError::new(file, line, field, format!("expected a number, found {text:?}")))
 }
+
+/// Reads a seq_file-backed procfs file (`/proc/net/tcp`) with as few `read` calls as possible.
+/// Each call makes the kernel walk its table from the start, and a seq_file read fills the
+/// buffer as far as the content goes, so a short read means the end: the usual extra read that
+/// returns 0 would cost one more full walk.
+pub fn read_seq(path: &Path) -> Result<String, ParseError> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| ParseError::new(path, 0, "file", e.to_string()))?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut len = 0;
+    loop {
+        let n = f.read(&mut buf[len..]).map_err(|e| ParseError::new(path, 0, "file", e.to_string()))?;
+        len += n;
+        if n == 0 || len < buf.len() {
+            break;
+        }
+        buf.resize(buf.len() * 2, 0);
+    }
+    buf.truncate(len);
+    String::from_utf8(buf).map_err(|_| ParseError::new(path, 0, "content", "not valid UTF-8"))
+}

@@ -44,11 +44,19 @@ pub struct UnitInfo {
     pub tcp: BTreeMap<String, u64>,
 }
 
-/// Raw counters of one process kept between samples to compute CPU %.
-#[derive(Debug, Clone, Copy)]
-pub struct ProcTicks {
+/// What is kept of a process between samples: its CPU ticks (for CPU %), and what rarely
+/// changes or is costly to read (command line, unit, the fd scan), reused while the process
+/// (same pid and start time, same name) is the same.
+#[derive(Debug, Clone)]
+pub struct ProcMemo {
     pub start_ticks: u64,
     pub cpu_ticks: u64,
+    pub name: String,
+    pub cmdline: String,
+    pub unit: Option<String>,
+    pub cgroup: Option<String>,
+    pub fds: Option<u64>,
+    pub tcp: BTreeMap<String, u64>,
 }
 
 /// The parts of `/proc/<pid>/stat` we use.
@@ -111,12 +119,30 @@ pub struct ProcContext<'a> {
     pub clk_tck: u64,
     pub page_size: u64,
     pub elapsed_secs: f64,
-    pub prev: &'a std::collections::HashMap<i64, ProcTicks>,
+    pub prev: &'a std::collections::HashMap<i64, ProcMemo>,
     pub sockets: &'a InodeStates,
+    /// Scan `/proc/<pid>/fd` this sample (else reuse the last scan of the same process).
+    pub scan_fds: bool,
+}
+
+/// Counts a process's fds and the TCP sockets among them, by state.
+fn scan_fds(dir: &Path, sockets: &InodeStates) -> (Option<u64>, BTreeMap<String, u64>) {
+    let mut tcp = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(dir.join("fd")) else { return (None, tcp) };
+    let mut count = 0;
+    for e in entries.flatten() {
+        count += 1;
+        if let Ok(link) = std::fs::read_link(e.path()) {
+            if let Some(state) = socket_inode(link.as_os_str().as_encoded_bytes()).and_then(|i| sockets.get(&i)) {
+                *tcp.entry(STATES[*state as usize].to_string()).or_insert(0) += 1;
+            }
+        }
+    }
+    (Some(count), tcp)
 }
 
 /// Reads one process. `Ok(None)` when it vanished while being read (normal on a busy host).
-pub fn read_process(dir: &Path, pid: i64, cx: &ProcContext<'_>) -> Result<Option<(ProcessInfo, ProcTicks, Option<String>)>, ParseError> {
+pub fn read_process(dir: &Path, pid: i64, cx: &ProcContext<'_>) -> Result<Option<(ProcessInfo, ProcMemo)>, ParseError> {
     let stat_file = dir.join("stat");
     let text = match std::fs::read(&stat_file) {
         Ok(b) => String::from_utf8(b).map_err(|_| ParseError::new(&stat_file, 1, "content", "not valid UTF-8"))?,
@@ -124,35 +150,40 @@ pub fn read_process(dir: &Path, pid: i64, cx: &ProcContext<'_>) -> Result<Option
         Err(_) => return Ok(None),
     };
     let st = parse_pid_stat(&stat_file, &text)?;
-    let cmdline = std::fs::read(dir.join("cmdline"))
-        .map(|b| {
-            let s: Vec<String> = b.split(|c| *c == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-            s.join(" ")
-        })
-        .unwrap_or_default();
-    let (unit, cgroup) = read(&dir.join("cgroup")).map(|t| parse_cgroup(&t)).unwrap_or((None, None));
-    let mut tcp = BTreeMap::new();
-    let fds = match std::fs::read_dir(dir.join("fd")) {
-        Ok(entries) => {
-            let mut count = 0;
-            for e in entries.flatten() {
-                count += 1;
-                if let Ok(link) = std::fs::read_link(e.path()) {
-                    if let Some(state) = socket_inode(link.as_os_str().as_encoded_bytes()).and_then(|i| cx.sockets.get(&i)) {
-                        *tcp.entry(STATES[*state as usize].to_string()).or_insert(0) += 1;
-                    }
-                }
-            }
-            Some(count)
+    let prev = cx.prev.get(&pid).filter(|p| p.start_ticks == st.start_ticks);
+    // Same process as last time (an exec changes the name): reuse what rarely changes.
+    let same = prev.filter(|p| p.name == st.name);
+    let (cmdline, unit, cgroup) = match same {
+        Some(p) => (p.cmdline.clone(), p.unit.clone(), p.cgroup.clone()),
+        None => {
+            let cmdline = std::fs::read(dir.join("cmdline"))
+                .map(|b| {
+                    let s: Vec<String> =
+                        b.split(|c| *c == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+                    s.join(" ")
+                })
+                .unwrap_or_default();
+            let (unit, cgroup) = read(&dir.join("cgroup")).map(|t| parse_cgroup(&t)).unwrap_or((None, None));
+            (cmdline, unit, cgroup)
         }
-        Err(_) => None,
     };
-    let ticks = ProcTicks { start_ticks: st.start_ticks, cpu_ticks: st.cpu_ticks };
-    let cpu_pct = cx
-        .prev
-        .get(&pid)
-        .filter(|p| p.start_ticks == st.start_ticks && cx.elapsed_secs > 0.0)
+    let (fds, tcp) = match same.filter(|_| !cx.scan_fds) {
+        Some(p) => (p.fds, p.tcp.clone()),
+        None => scan_fds(dir, cx.sockets),
+    };
+    let cpu_pct = prev
+        .filter(|_| cx.elapsed_secs > 0.0)
         .map(|p| st.cpu_ticks.saturating_sub(p.cpu_ticks) as f64 / cx.clk_tck as f64 / cx.elapsed_secs * 100.0);
+    let memo = ProcMemo {
+        start_ticks: st.start_ticks,
+        cpu_ticks: st.cpu_ticks,
+        name: st.name.clone(),
+        cmdline: cmdline.clone(),
+        unit: unit.clone(),
+        cgroup,
+        fds,
+        tcp: tcp.clone(),
+    };
     let info = ProcessInfo {
         pid,
         name: st.name,
@@ -166,7 +197,7 @@ pub fn read_process(dir: &Path, pid: i64, cx: &ProcContext<'_>) -> Result<Option
         state: st.state,
         tcp,
     };
-    Ok(Some((info, ticks, cgroup)))
+    Ok(Some((info, memo)))
 }
 
 /// Rolls processes up into their units.
