@@ -1,7 +1,7 @@
 //! The command line as a user meets it: help that explains, `signals` in both forms, defaults
 //! that work for a non-root user with no config, usage errors with exit code 2.
 
-use crate::util::{fixtures, medic, run, text, write_config};
+use crate::util::{fixtures, run, text, write_config};
 use std::os::unix::process::CommandExt;
 
 #[test]
@@ -50,12 +50,45 @@ fn run_once_on_a_fixture_tree_with_a_config() {
 
 #[test]
 fn defaults_work_for_a_non_root_user_without_a_config() {
+    use std::os::unix::fs::PermissionsExt;
     let home = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(home.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-    let o = medic().args(["run", "--once"]).env("HOME", home.path()).env_remove("XDG_STATE_HOME").uid(65534).gid(65534).output().unwrap();
+    std::fs::set_permissions(home.path(), PermissionsExt::from_mode(0o777)).unwrap();
+    // The build tree may sit under a directory only root can enter: run a copy from /tmp.
+    let bin_dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(bin_dir.path(), PermissionsExt::from_mode(0o755)).unwrap();
+    let bin = bin_dir.path().join("medic");
+    std::fs::copy(env!("CARGO_BIN_EXE_medic"), &bin).unwrap();
+    let medic = |args: &[&str]| {
+        std::process::Command::new(&bin)
+            .args(args)
+            .env_remove("XDG_STATE_HOME")
+            .env("HOME", home.path())
+            .current_dir(home.path())
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap()
+    };
+    let o = medic(&["run", "--once"]);
     assert!(o.status.success(), "{}", text(&o));
     let state = home.path().join(".local/state/medic");
     assert!(state.join("audit.log").exists());
-    let o = medic().args(["audit", "verify"]).env("HOME", home.path()).uid(65534).gid(65534).output().unwrap();
+    let o = medic(&["audit", "verify"]);
     assert!(o.status.success(), "{}", text(&o));
+}
+
+#[test]
+fn the_packaged_config_is_valid_and_documents_the_defaults() {
+    let path = crate::util::repo().join("packaging/medic.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let cfg = medic::config::Config::parse(&path.display().to_string(), &text).unwrap();
+    assert_eq!(cfg.playbooks_dir.as_deref(), Some(std::path::Path::new("/etc/medic/playbooks")));
+    // Uncommenting every default must give the defaults back.
+    let uncommented: String = text
+        .lines()
+        .map(|l| l.strip_prefix("# ").filter(|r| r.contains(" = ") && !r.starts_with("node") && !r.starts_with("state_dir")).unwrap_or(l))
+        .map(|l| format!("{}\n", l.split("  #").next().unwrap()))
+        .collect();
+    let all = medic::config::Config::parse("uncommented", &uncommented).unwrap();
+    assert_eq!(all, cfg, "a commented default differs from the real one:\n{uncommented}");
 }
