@@ -6,6 +6,7 @@ pub mod actions;
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod gate;
 pub mod playbooks;

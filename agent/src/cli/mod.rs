@@ -68,6 +68,65 @@ enum Command {
     /// Read or verify the audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Switch the running agent to live or dry-run (through its local control socket). The
+    /// change, its actor (from the socket's peer credentials) and reason are audit records.
+    Mode {
+        /// `live` or `dry-run`.
+        #[arg(value_parser = ["live", "dry-run"])]
+        mode: String,
+        /// Why (recorded).
+        #[arg(long)]
+        reason: String,
+        /// Revert to the current mode by itself after this long (e.g. 30m, 2h).
+        #[arg(long, value_name = "DURATION")]
+        ttl: Option<String>,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// Show the running agent's mode, playbooks, budgets, breakers and audit health.
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// List or reset circuit breakers opened by actions that did not help.
+    #[command(subcommand)]
+    Breaker(BreakerCmd),
+}
+
+/// How to reach the running agent.
+#[derive(clap::Args)]
+struct ControlArgs {
+    /// Config file, to find the socket. Default: /etc/medic/medic.toml if it exists.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The control socket. Default: control.socket from the config, /run/medic/control.sock as
+    /// root, else <state dir>/control.sock.
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum BreakerCmd {
+    /// Open breakers.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// Re-arm one breaker: the playbook may act on that target again.
+    Reset {
+        playbook: String,
+        /// The action kind (restart_unit, signal_process, clean_files, run_command).
+        action: String,
+        target: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -125,8 +184,96 @@ fn state_dir_of(arg: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     Ok(cfg.state_dir())
 }
 
+fn socket_of(c: &ControlArgs) -> anyhow::Result<PathBuf> {
+    if let Some(s) = &c.socket {
+        return Ok(s.clone());
+    }
+    let (cfg, _) = Config::load(c.config.as_deref())?;
+    Ok(cfg.control_socket(&cfg.state_dir()))
+}
+
+/// Sends a control request; prints an error and returns exit code 3 when it fails.
+fn control_call(c: &ControlArgs, req: &crate::control::Request) -> anyhow::Result<Result<serde_json::Value, ExitCode>> {
+    let socket = socket_of(c)?;
+    match crate::control::call(&socket, req) {
+        Ok(r) if r.ok => Ok(Ok(r.result)),
+        Ok(r) => {
+            eprintln!("medic: {}", r.error.unwrap_or_default());
+            Ok(Err(ExitCode::from(1)))
+        }
+        Err(e) => {
+            eprintln!("medic: {e}");
+            Ok(Err(ExitCode::from(3)))
+        }
+    }
+}
+
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    use crate::control::Request;
     match cli.command {
+        Command::Mode { mode, reason, ttl, control } => {
+            let ttl_secs = match ttl.as_deref().map(humantime::parse_duration).transpose() {
+                Ok(t) => t.map(|d| d.as_secs().max(1)),
+                Err(e) => {
+                    eprintln!("medic: --ttl: {e} (e.g. 30m, 2h)");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            match control_call(&control, &Request::SetMode { mode, reason, ttl_secs })? {
+                Ok(m) => {
+                    let exp = m
+                        .get("expires")
+                        .and_then(|v| v.as_str())
+                        .map(|e| format!(" until {e}, then {}", m["revert_to"].as_str().unwrap_or("?")))
+                        .unwrap_or_default();
+                    println!("mode: {}{exp} (set by {})", m["mode"].as_str().unwrap_or("?"), m["actor"].as_str().unwrap_or("?"));
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(code) => Ok(code),
+            }
+        }
+        Command::Status { json, control } => match control_call(&control, &Request::Status)? {
+            Ok(st) => {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&st)?);
+                } else {
+                    print_status(&st);
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(code) => Ok(code),
+        },
+        Command::Breaker(BreakerCmd::List { json, control }) => match control_call(&control, &Request::Breakers)? {
+            Ok(list) => {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&list)?);
+                } else if list.as_array().is_none_or(|a| a.is_empty()) {
+                    println!("no open breakers");
+                } else {
+                    for b in list.as_array().into_iter().flatten() {
+                        println!(
+                            "{} {} {} ({}), open since {}",
+                            b["playbook"].as_str().unwrap_or(""),
+                            b["action"].as_str().unwrap_or(""),
+                            b["target"],
+                            b["mode"].as_str().unwrap_or(""),
+                            audit::now_rfc3339(b["open_since_ms"].as_i64().unwrap_or(0))
+                        );
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(code) => Ok(code),
+        },
+        Command::Breaker(BreakerCmd::Reset { playbook, action, target, reason, control }) => {
+            match control_call(&control, &Request::ResetBreaker { playbook, action, target, reason })? {
+                Ok(_) => {
+                    println!("breaker reset");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(code) => Ok(code),
+            }
+        }
         Command::Run { config, playbooks, state_dir, once } => {
             let (cfg, _) = match Config::load(config.as_deref()) {
                 Ok(c) => c,
@@ -161,7 +308,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            rt.block_on(crate::daemon::run(agent, cfg.signals.interval_secs))?;
+            let socket = cfg.control_socket(&state_dir);
+            rt.block_on(crate::daemon::run(agent, cfg.signals.interval_secs, socket, cfg.control.group.clone()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { config, playbooks } => {
@@ -270,6 +418,45 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+fn print_status(st: &serde_json::Value) {
+    let m = &st["mode"];
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
+    println!("node:     {} (medic {})", s(&st["node"]), s(&st["version"]));
+    let exp = m["expires"].as_str().map(|e| format!(", reverts to {} at {e}", s(&m["revert_to"]))).unwrap_or_default();
+    println!("mode:     {}{exp}\n          set by {}: {}", s(&m["mode"]), s(&m["actor"]), s(&m["reason"]));
+    let a = &st["audit"];
+    if a["writable"] == serde_json::Value::Bool(false) {
+        println!(
+            "audit:    NOT WRITABLE since {}: {}\n          no action is decided or started until it is",
+            s(&a["down_since"]),
+            s(&a["error"])
+        );
+    } else {
+        println!("audit:    {} (last seq {})", s(&a["path"]), st["last_seq"]);
+    }
+    println!(
+        "budget:   {} live, {} dry-run actions left this hour; {} running",
+        st["budget_left"]["live"], st["budget_left"]["dry-run"], st["running_actions"]
+    );
+    println!("playbooks:");
+    for p in st["playbooks"].as_array().into_iter().flatten() {
+        let state = match p["disabled_until"].as_str() {
+            Some(u) => format!("DISABLED until {u}: {}", s(&p["last_error"])),
+            None if p["forced_dry_run"] == serde_json::Value::Bool(true) => "loaded (forced dry-run)".into(),
+            None => "loaded".into(),
+        };
+        println!("  {:<24} {state}", s(&p["name"]));
+    }
+    let breakers = st["open_breakers"].as_array().cloned().unwrap_or_default();
+    println!(
+        "breakers: {}",
+        if breakers.is_empty() { "none open".to_string() } else { format!("{} open (medic breaker list)", breakers.len()) }
+    );
+    if let Some(u) = st["unavailable_signals"].as_object().filter(|u| !u.is_empty()) {
+        println!("unavailable signals: {}", u.keys().cloned().collect::<Vec<_>>().join(", "));
     }
 }
 

@@ -25,7 +25,103 @@ pub struct Config {
     pub playbooks_dir: Option<PathBuf>,
     pub signals: SignalsConfig,
     pub playbooks: PlaybooksConfig,
+    pub policy: PolicyConfig,
+    pub actions: ActionsConfig,
+    pub control: ControlConfig,
     pub log: LogConfig,
+}
+
+/// Node policy: what may ever be touched, and how much acting a node allows. The gate applies
+/// it after the playbook's own manifest; see docs/SAFETY.md.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Unit patterns `restart_unit` may touch.
+    pub allowed_units: Vec<String>,
+    /// Units never touched, beyond the built-in ones (ssh, journald, dbus, medic).
+    pub protected_units: Vec<String>,
+    /// Process names never signalled, beyond the built-in ones (PID 1 and medic itself always).
+    pub protected_processes: Vec<String>,
+    /// Directories under which `clean_files` may delete.
+    pub allowed_paths: Vec<PathBuf>,
+    /// Commands `run_command` may run.
+    pub commands: Vec<CommandRule>,
+    /// Node-wide actions per hour, all playbooks together.
+    pub budget_per_hour: u32,
+    /// Actions running at once.
+    pub max_concurrent: u32,
+    /// The breaker opens when the same action on the same target ran this many times within
+    /// `breaker_window_secs` and the playbook still asks for it.
+    pub breaker_after: u32,
+    pub breaker_window_secs: u64,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            allowed_units: vec!["*.service".into()],
+            protected_units: Vec::new(),
+            protected_processes: Vec::new(),
+            allowed_paths: vec!["/var/log".into()],
+            commands: Vec::new(),
+            budget_per_hour: 20,
+            max_concurrent: 2,
+            breaker_after: 3,
+            breaker_window_secs: 3600,
+        }
+    }
+}
+
+/// One allowed command: an absolute path, argument patterns (`*`, `?`) matched one to one, the
+/// user it runs as, and its timeout.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CommandRule {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default = "nobody")]
+    pub user: String,
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn nobody() -> String {
+    "nobody".into()
+}
+
+const fn default_timeout() -> u64 {
+    30
+}
+
+/// How actions run.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActionsConfig {
+    /// Timeout of `restart_unit`, `signal_process` and `clean_files`.
+    pub timeout_secs: u64,
+    /// After SIGTERM, how long `signal_process` waits before SIGKILL (0: never KILL).
+    pub kill_after_secs: u64,
+    /// D-Bus address of systemd's bus. Default: the system bus.
+    pub systemd_bus: Option<String>,
+    /// Bytes of a command's stdout and of its stderr kept in the record.
+    pub max_output_bytes: usize,
+}
+
+impl Default for ActionsConfig {
+    fn default() -> Self {
+        Self { timeout_secs: 30, kill_after_secs: 10, systemd_bus: None, max_output_bytes: 4096 }
+    }
+}
+
+/// The local control socket (`medic mode`, `medic status`, `medic breaker`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Default: `/run/medic/control.sock` as root, else `<state_dir>/control.sock`.
+    pub socket: Option<PathBuf>,
+    /// A group whose members may use the socket besides root.
+    pub group: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -126,6 +222,25 @@ impl Config {
         if cfg.playbooks.limits.max_operations == 0 {
             return Err(at("max_operations", "playbooks.limits.max_operations: must be at least 1".into()));
         }
+        for (i, c) in cfg.policy.commands.iter().enumerate() {
+            if !c.path.is_absolute() {
+                return Err(at("path", format!("policy.commands[{i}].path: {:?} must be absolute", c.path)));
+            }
+            if c.timeout_secs == 0 {
+                return Err(at("timeout_secs", format!("policy.commands[{i}].timeout_secs: must be at least 1")));
+            }
+        }
+        for p in &cfg.policy.allowed_paths {
+            if !p.is_absolute() || p == Path::new("/") {
+                return Err(at("allowed_paths", format!("policy.allowed_paths: {p:?} must be an absolute path other than /")));
+            }
+        }
+        if cfg.policy.breaker_after == 0 || cfg.policy.max_concurrent == 0 {
+            return Err(at("policy", "policy.breaker_after and policy.max_concurrent: must be at least 1".into()));
+        }
+        if cfg.actions.timeout_secs == 0 {
+            return Err(at("timeout_secs", "actions.timeout_secs: must be at least 1".into()));
+        }
         if let Some(n) = &cfg.node {
             if n.is_empty() || n.contains(['/', '+', '#']) || n.chars().any(char::is_whitespace) {
                 return Err(at("node", format!("node: {n:?} must be non-empty, without '/', '+', '#' or spaces")));
@@ -157,6 +272,16 @@ impl Config {
 
     pub fn state_dir(&self) -> PathBuf {
         self.state_dir.clone().unwrap_or_else(default_state_dir)
+    }
+
+    pub fn control_socket(&self, state_dir: &Path) -> PathBuf {
+        self.control.socket.clone().unwrap_or_else(|| {
+            if rustix::process::geteuid().is_root() {
+                "/run/medic/control.sock".into()
+            } else {
+                state_dir.join("control.sock")
+            }
+        })
     }
 }
 

@@ -1,18 +1,32 @@
-//! The core loop: every tick, sense → push to history → evaluate the due playbooks → gate each
-//! request → record each decision (fsync'd) before moving on. Also start-up (open the audit
-//! log, load playbooks), reload (SIGHUP: a broken file is rejected and its last good version
-//! stays), and an orderly stop (the last record is `agent_stopped`).
+//! The core loop: every tick, record the outcomes of finished actions → expire a timed mode
+//! change → sense → push to history → evaluate the due playbooks → gate each request → record
+//! each decision (fsync'd) → only then start an executed action on a thread of its own.
+//!
+//! Also start-up (open the audit log, rebuild the gate's ledgers from it, record the outcome of
+//! any action the previous run did not see end as `unknown`, load the mode and playbooks),
+//! reload (SIGHUP: a broken file is rejected and its last good version stays), the control
+//! socket's requests, and an orderly stop (running actions end and are recorded, then
+//! `agent_stopped`).
+//!
+//! Fail-closed: when a record cannot be written, nothing is decided or started; the agent keeps
+//! sensing, says why in its log and in `medic status`, tries again every tick, and records the
+//! outage (`audit_recovered`) as soon as it can write again.
 
+use crate::actions::{self, ActionRequest, ExecContext, Outcome, Status};
 use crate::audit::{AuditError, AuditLog};
 use crate::config::Config;
-use crate::gate::{Gate, Mode};
+use crate::control::mode::ModeState;
+use crate::control::{Peer, Request, Response};
+use crate::gate::{Decision, Gate, Mode};
 use crate::playbooks::{self, api::State, Playbook, Runtime};
 use crate::signals::history::History;
 use crate::signals::{Roots, Sampler, Snapshot};
 use serde_json::{json, Map, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::mpsc;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// One loaded playbook and its run-time state.
 struct Slot {
@@ -21,6 +35,15 @@ struct Slot {
     last_eval_ms: Option<i64>,
     disabled_until: Option<i64>,
     failures: u32,
+    last_error: Option<String>,
+}
+
+/// An action that ended on its thread, waiting to be recorded.
+struct Finished {
+    seq: u64,
+    playbook: Value,
+    req: ActionRequest,
+    outcome: Outcome,
 }
 
 /// What one tick decided, for `--once` output and tests.
@@ -31,22 +54,6 @@ pub struct TickReport {
     pub decisions: Vec<(String, String, String, String, String)>,
     /// (playbook, error)
     pub disabled: Vec<(String, String)>,
-}
-
-/// The running agent.
-pub struct Agent {
-    pub node: String,
-    rt: Runtime,
-    /// Keyed by file, so a reload replaces each file's playbook in place.
-    slots: BTreeMap<String, Slot>,
-    gate: Gate,
-    audit: AuditLog,
-    sampler: Sampler,
-    history: Arc<History>,
-    playbooks_dir: Option<PathBuf>,
-    disable_ms: i64,
-    max_disable_ms: i64,
-    mode: Mode,
 }
 
 fn obj(v: Value) -> Map<String, Value> {
@@ -60,15 +67,74 @@ fn pb_ref(pb: &Playbook) -> Value {
     json!({ "name": pb.meta.name, "sha256": pb.sha256 })
 }
 
+/// The running agent.
+pub struct Agent {
+    pub node: String,
+    rt: Runtime,
+    /// Keyed by file, so a reload replaces each file's playbook in place.
+    slots: BTreeMap<String, Slot>,
+    gate: Gate,
+    audit: AuditLog,
+    sampler: Sampler,
+    history: Arc<History>,
+    playbooks_dir: Option<PathBuf>,
+    state_dir: PathBuf,
+    disable_ms: i64,
+    max_disable_ms: i64,
+    mode: ModeState,
+    exec: ExecContext,
+    done_tx: mpsc::Sender<Finished>,
+    done_rx: mpsc::Receiver<Finished>,
+    /// Finished actions whose outcome could not be recorded yet.
+    unrecorded: Vec<Finished>,
+    /// seq of executed decisions still running.
+    running: BTreeSet<u64>,
+    /// Since when (ms) and why records cannot be written.
+    audit_down: Option<(i64, String)>,
+    unavailable: BTreeMap<String, String>,
+}
+
 impl Agent {
-    /// Opens the audit log, records the start, loads the playbooks (recording each), and takes
-    /// a first sample so that rates are known from the first tick.
+    /// Opens the audit log, rebuilds the gate from it, records the start and any action whose
+    /// end the previous run did not record, loads the mode and the playbooks, and takes a first
+    /// sample so that rates are known from the first tick.
     pub fn start(cfg: &Config, playbooks_dir: Option<PathBuf>, state_dir: PathBuf) -> anyhow::Result<Self> {
         let node = cfg.node_name();
         let (mut audit, torn) = AuditLog::open(&state_dir, &node)?;
         if let Some(t) = torn {
             tracing::warn!(message = "Torn audit record set aside.", bytes = t.bytes, saved_as = %t.saved_as.display());
         }
+        // One pass over the log: the gate's ledgers, and executed actions without an outcome.
+        let mut gate = Gate::new(cfg.policy.clone());
+        let mut pending: BTreeMap<u64, Map<String, Value>> = BTreeMap::new();
+        for rec in crate::audit::read_all(audit.path())?.into_iter().flatten() {
+            gate.replay(&rec);
+            let seq = rec.get("seq").and_then(Value::as_u64).unwrap_or(0);
+            match rec.get("kind").and_then(Value::as_str) {
+                Some("action")
+                    if rec.get("decision").and_then(Value::as_str) == Some("executed")
+                        && rec.get("action").and_then(|a| a.get("kind")) != Some(&json!("notify")) =>
+                {
+                    pending.insert(seq, rec);
+                }
+                Some("action_outcome") => {
+                    if let Some(r) = rec.get("ref_seq").and_then(Value::as_u64) {
+                        pending.remove(&r);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let (mode, mode_problem) = match ModeState::load(&state_dir) {
+            Ok(Some(m)) => (m, None),
+            Ok(None) => (ModeState::fresh(), None),
+            Err(e) => {
+                tracing::error!(message = "Persisted mode unreadable; staying in dry-run.", error = %e);
+                let mut m = ModeState::fresh();
+                m.reason = format!("persisted mode unreadable ({e}); dry-run until an operator sets it");
+                (m, Some(e))
+            }
+        };
         let roots = Roots { proc: cfg.signals.proc_root.clone(), sys: cfg.signals.sys_root.clone() };
         let mut sampler = Sampler::with_socket_scan_every(roots, cfg.signals.socket_scan_every);
         let interval_ms = cfg.signals.interval_secs as i64 * 1000;
@@ -82,26 +148,60 @@ impl Agent {
             "agent_started",
             obj(json!({
                 "version": env!("CARGO_PKG_VERSION"),
-                "mode": Mode::DryRun.as_str(),
+                "mode": mode.mode.as_str(),
+                "mode_state": mode,
                 "pid": std::process::id(),
                 "playbooks_dir": playbooks_dir.as_ref().map_or("bundled".to_string(), |p| p.display().to_string()),
                 "unavailable": first.unavailable,
                 "history_bound_bytes": history.bound_bytes(),
             })),
         )?;
+        if let Some(e) = mode_problem {
+            audit.append("mode_unknown", obj(json!({ "error": e, "mode": "dry-run" })))?;
+        }
+        for (seq, rec) in pending {
+            tracing::warn!(message = "Action outcome unknown: the agent stopped while it ran.", seq);
+            audit.append(
+                "action_outcome",
+                obj(json!({
+                    "ref_seq": seq,
+                    "playbook": rec.get("playbook"),
+                    "action": rec.get("action"),
+                    "outcome": { "status": Status::Unknown, "error_code": "agent_restarted", "error": "the agent stopped before this action's end was recorded", "verified": false },
+                })),
+            )?;
+        }
+        let (done_tx, done_rx) = mpsc::channel();
+        let exec = ExecContext {
+            timeout: Duration::from_secs(cfg.actions.timeout_secs),
+            kill_after: Duration::from_secs(cfg.actions.kill_after_secs),
+            systemd_bus: cfg.actions.systemd_bus.clone(),
+            max_output_bytes: cfg.actions.max_output_bytes,
+            allowed_paths: cfg.policy.allowed_paths.clone(),
+            command: None,
+        };
         let mut agent = Self {
             node,
             rt: Runtime::new(cfg.playbooks.limits),
             slots: BTreeMap::new(),
-            gate: Gate::new(),
+            gate,
             audit,
             sampler,
             history: Arc::new(history),
             playbooks_dir,
+            state_dir,
             disable_ms: cfg.playbooks.disable_secs as i64 * 1000,
             max_disable_ms: cfg.playbooks.max_disable_secs as i64 * 1000,
-            mode: Mode::DryRun,
+            mode,
+            exec,
+            done_tx,
+            done_rx,
+            unrecorded: Vec::new(),
+            running: BTreeSet::new(),
+            audit_down: None,
+            unavailable: first.unavailable.clone(),
         };
+        agent.expire_mode(crate::audit::now_ms())?;
         agent.reload()?;
         Ok(agent)
     }
@@ -114,16 +214,35 @@ impl Agent {
         self.slots.values().map(|s| s.pb.meta.name.clone()).collect()
     }
 
+    pub fn mode(&self) -> &ModeState {
+        &self.mode
+    }
+
+    /// Appends a record; on failure the agent falls back to observing (see the module note).
+    fn record(&mut self, kind: &str, body: Map<String, Value>, ts: i64) -> Result<u64, AuditError> {
+        match self.audit.append_at(kind, body, ts) {
+            Ok(seq) => Ok(seq),
+            Err(e) => {
+                if self.audit_down.is_none() {
+                    tracing::error!(message = "AUDIT LOG NOT WRITABLE: no action will be decided or started until it is.", error_code = e.code(), error = %e);
+                    self.audit_down = Some((ts, e.to_string()));
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// (Re)loads the playbooks directory. A file that fails keeps its last good version (if
     /// any) and is recorded as rejected; a file that disappeared is unloaded.
     pub fn reload(&mut self) -> Result<(), AuditError> {
+        let now = crate::audit::now_ms();
         let loaded = match playbooks::load(&self.rt, self.playbooks_dir.as_deref()) {
             Ok(l) => l,
             Err(e) => {
                 let dir = self.playbooks_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default();
                 tracing::error!(message = "Playbooks directory unreadable; keeping the loaded set.", dir = %dir, error = %e);
-                self.audit
-                    .append("playbook_rejected", obj(json!({ "file": dir, "error": e.to_string(), "kept": self.playbook_names() })))?;
+                let kept = self.playbook_names();
+                self.record("playbook_rejected", obj(json!({ "file": dir, "error": e.to_string(), "kept": kept })), now)?;
                 return Ok(());
             }
         };
@@ -136,27 +255,102 @@ impl Agent {
                         continue;
                     }
                     tracing::info!(message = "Playbook loaded.", playbook = %pb.meta.name, file = %pb.file);
-                    self.audit.append("playbook_loaded", obj(json!({ "playbook": pb_ref(&pb), "file": pb.file, "meta": pb.meta })))?;
+                    self.record("playbook_loaded", obj(json!({ "playbook": pb_ref(&pb), "file": pb.file, "meta": pb.meta })), now)?;
                     self.slots.insert(
                         pb.file.clone(),
-                        Slot { pb, state: State::default(), last_eval_ms: None, disabled_until: None, failures: 0 },
+                        Slot { pb, state: State::default(), last_eval_ms: None, disabled_until: None, failures: 0, last_error: None },
                     );
                 }
                 Err(e) => {
                     seen.push(e.file.clone());
                     let kept = self.slots.get(&e.file).map(|s| pb_ref(&s.pb));
                     tracing::error!(message = "Playbook rejected.", error = %e, kept_previous = kept.is_some());
-                    self.audit.append("playbook_rejected", obj(json!({ "file": e.file, "error": e.to_string(), "kept": kept })))?;
+                    self.record("playbook_rejected", obj(json!({ "file": e.file, "error": e.to_string(), "kept": kept })), now)?;
                 }
             }
         }
         let gone: Vec<String> = self.slots.keys().filter(|k| !seen.contains(k)).cloned().collect();
         for file in gone {
             if let Some(s) = self.slots.remove(&file) {
-                self.audit.append("playbook_unloaded", obj(json!({ "playbook": pb_ref(&s.pb), "file": file })))?;
+                self.record("playbook_unloaded", obj(json!({ "playbook": pb_ref(&s.pb), "file": file })), now)?;
             }
         }
         Ok(())
+    }
+
+    /// Reverts a mode change whose TTL has passed, and records it.
+    fn expire_mode(&mut self, now: i64) -> Result<(), AuditError> {
+        if !self.mode.expired(now) {
+            return Ok(());
+        }
+        let to = self.mode.revert_to.unwrap_or(Mode::DryRun);
+        let old = self.mode.clone();
+        let next = ModeState {
+            mode: to,
+            since_ms: now,
+            actor: "medic (ttl expiry)".into(),
+            reason: format!("ttl of the change by {} expired", old.actor),
+            expires_ms: None,
+            revert_to: None,
+        };
+        self.apply_mode(next, &old, "mode_expired", now)
+    }
+
+    /// Persists and records a mode change: the safer state is always durable first (a switch to
+    /// dry-run is saved before it is recorded; a switch to live is recorded before it is saved).
+    fn apply_mode(&mut self, next: ModeState, old: &ModeState, kind: &str, now: i64) -> Result<(), AuditError> {
+        let body = obj(json!({
+            "from": old.mode.as_str(), "to": next.mode.as_str(), "actor": next.actor, "reason": next.reason,
+            "expires": next.expires_ms.map(crate::audit::now_rfc3339), "revert_to": next.revert_to.map(Mode::as_str),
+        }));
+        let save = |m: &ModeState, dir: &std::path::Path| {
+            m.save(dir).map_err(|source| AuditError::Io { path: dir.join(crate::control::mode::FILE_NAME), source })
+        };
+        if next.mode == Mode::DryRun {
+            self.mode = next.clone();
+            save(&next, &self.state_dir)?;
+            self.record(kind, body, now)?;
+        } else {
+            self.record(kind, body, now)?;
+            save(&next, &self.state_dir)?;
+            self.mode = next.clone();
+        }
+        tracing::warn!(message = "Mode changed.", from = old.mode.as_str(), to = next.mode.as_str(), actor = %next.actor, reason = %next.reason);
+        Ok(())
+    }
+
+    /// Records the outcomes of actions that ended.
+    fn record_finished(&mut self) {
+        while let Ok(f) = self.done_rx.try_recv() {
+            self.unrecorded.push(f);
+        }
+        while let Some(f) = self.unrecorded.first() {
+            let body = obj(
+                json!({ "ref_seq": f.seq, "playbook": f.playbook, "action": { "kind": f.req.kind, "target": f.req.target }, "outcome": f.outcome }),
+            );
+            if self.record("action_outcome", body, crate::audit::now_ms()).is_err() {
+                return;
+            }
+            let f = self.unrecorded.remove(0);
+            tracing::info!(message = "Action ended.", seq = f.seq, action = %f.req.kind, target = %f.req.target, status = ?f.outcome.status, error_code = f.outcome.error_code.unwrap_or(""));
+            self.running.remove(&f.seq);
+            self.gate.finished(f.req.kind, &f.req.target);
+        }
+    }
+
+    /// Starts an executed action on its own thread.
+    fn launch(&mut self, seq: u64, playbook: Value, req: ActionRequest) {
+        let mut cx = self.exec.clone();
+        cx.command = self.gate.command_rule(&req).cloned();
+        let tx = self.done_tx.clone();
+        self.running.insert(seq);
+        let spawned = std::thread::Builder::new().name(format!("action-{seq}")).spawn(move || {
+            let outcome = actions::execute(&req, &cx);
+            let _ = tx.send(Finished { seq, playbook, req, outcome });
+        });
+        if let Err(e) = spawned {
+            tracing::error!(message = "Could not start an action thread.", seq, error = %e);
+        }
     }
 
     /// One tick at `now_ms`: sample, then evaluate what is due.
@@ -169,17 +363,31 @@ impl Agent {
     pub fn tick_with(&mut self, snap: Snapshot) -> Result<TickReport, AuditError> {
         let now = snap.ts_ms;
         Arc::make_mut(&mut self.history).push(&snap);
+        self.unavailable = snap.unavailable.clone();
+        self.record_finished();
+        if let Some((since, error)) = self.audit_down.clone() {
+            let body = obj(json!({ "since": crate::audit::now_rfc3339(since), "error": error, "running_actions": self.running.len() }));
+            self.audit.append_at("audit_recovered", body, now)?;
+            tracing::warn!(message = "Audit log writable again; acting resumes.", down_since = %crate::audit::now_rfc3339(since));
+            self.audit_down = None;
+            self.record_finished();
+        }
+        self.expire_mode(now)?;
         let snap = Arc::new(snap);
         let mut report = TickReport::default();
-        for slot in self.slots.values_mut() {
+        let files: Vec<String> = self.slots.keys().cloned().collect();
+        for file in files {
+            let slot = self.slots.get_mut(&file).expect("listed");
             let name = slot.pb.meta.name.clone();
+            let pbref = pb_ref(&slot.pb);
             if let Some(until) = slot.disabled_until {
                 if now < until {
                     continue;
                 }
                 slot.disabled_until = None;
-                self.audit.append_at("playbook_enabled", obj(json!({ "playbook": pb_ref(&slot.pb) })), now)?;
+                self.record("playbook_enabled", obj(json!({ "playbook": pbref })), now)?;
             }
+            let slot = self.slots.get_mut(&file).expect("listed");
             if slot.last_eval_ms.is_some_and(|t| now - t < slot.pb.meta.interval_ms) {
                 continue;
             }
@@ -188,37 +396,52 @@ impl Agent {
             match self.rt.evaluate(&slot.pb, snap.clone(), self.history.clone(), &slot.state) {
                 Ok(requests) => {
                     slot.failures = 0;
+                    let meta = slot.pb.meta.clone();
                     for req in requests {
-                        let v = self.gate.decide(&slot.pb.meta, &req, self.mode, now);
+                        let v = self.gate.decide(&meta, &req, self.mode.mode, now);
                         let body = json!({
-                            "playbook": pb_ref(&slot.pb),
+                            "playbook": pbref,
                             "trigger": { "signals": req.signals, "reason": req.reason },
                             "action": { "kind": req.kind, "target": req.target, "params": req.params },
-                            "mode": self.mode.as_str(),
+                            "mode": v.mode.as_str(),
                             "decision": v.decision.as_str(),
                             "rule": v.rule,
                             "detail": v.detail,
                             "outcome": Value::Null,
                         });
-                        self.audit.append_at("action", obj(body), now)?;
-                        tracing::info!(message = "Decision.", playbook = %name, action = %req.kind, target = %req.target, decision = v.decision.as_str(), rule = v.rule);
-                        report.decisions.push((name.clone(), req.kind.to_string(), req.target, v.decision.as_str().into(), v.rule.into()));
+                        // Write-ahead: the decision is durable before the action starts.
+                        let seq = match self.record("action", obj(body), now) {
+                            Ok(seq) => seq,
+                            Err(e) => {
+                                if v.decision == Decision::Executed {
+                                    self.gate.finished(req.kind, &req.target);
+                                }
+                                return Err(e);
+                            }
+                        };
+                        tracing::info!(message = "Decision.", seq, playbook = %name, action = %req.kind, target = %req.target, decision = v.decision.as_str(), rule = v.rule);
+                        report.decisions.push((
+                            name.clone(),
+                            req.kind.to_string(),
+                            req.target.clone(),
+                            v.decision.as_str().into(),
+                            v.rule.into(),
+                        ));
+                        if v.decision == Decision::Executed && req.kind != actions::ActionKind::Notify {
+                            self.launch(seq, pbref.clone(), req);
+                        }
                     }
                 }
                 Err(e) => {
                     slot.failures += 1;
+                    slot.last_error = Some(e.to_string());
                     let backoff = self.disable_ms.saturating_mul(1 << (slot.failures - 1).min(16)).min(self.max_disable_ms);
                     slot.disabled_until = Some(now + backoff);
+                    let failures = slot.failures;
                     tracing::warn!(message = "Playbook disabled.", playbook = %name, error_code = e.code, error = %e.message, for_secs = backoff / 1000);
-                    self.audit.append_at(
+                    self.record(
                         "playbook_disabled",
-                        obj(json!({
-                            "playbook": pb_ref(&slot.pb),
-                            "error_code": e.code,
-                            "error": e.message,
-                            "until": crate::audit::now_rfc3339(now + backoff),
-                            "failures": slot.failures,
-                        })),
+                        obj(json!({ "playbook": pbref, "error_code": e.code, "error": e.message, "until": crate::audit::now_rfc3339(now + backoff), "failures": failures })),
                         now,
                     )?;
                     report.disabled.push((name, e.to_string()));
@@ -228,29 +451,172 @@ impl Agent {
         Ok(report)
     }
 
-    /// Records the stop; the last record of an orderly run.
+    /// Waits up to `max` for running actions to end, recording their outcomes.
+    pub fn wait_actions(&mut self, max: Duration) {
+        let deadline = std::time::Instant::now() + max;
+        while !self.running.is_empty() && std::time::Instant::now() < deadline {
+            if let Ok(f) = self.done_rx.recv_timeout(Duration::from_millis(50)) {
+                self.unrecorded.push(f);
+            }
+            self.record_finished();
+        }
+    }
+
+    /// Answers one control request from `peer`.
+    pub fn control(&mut self, req: Request, peer: &Peer) -> Response {
+        let now = crate::audit::now_ms();
+        match req {
+            Request::Status => Response::ok(self.status(now)),
+            Request::SetMode { mode, reason, ttl_secs } => {
+                let Some(to) = Mode::parse(&mode) else { return Response::err(format!("unknown mode {mode:?}: live or dry-run")) };
+                if reason.trim().is_empty() {
+                    return Response::err("a reason is required");
+                }
+                let old = self.mode.clone();
+                let next = ModeState {
+                    mode: to,
+                    since_ms: now,
+                    actor: peer.actor(),
+                    reason,
+                    expires_ms: ttl_secs.map(|t| now + t.min(365 * 86_400) as i64 * 1000),
+                    revert_to: ttl_secs.map(|_| old.mode),
+                };
+                match self.apply_mode(next, &old, "mode_change", now) {
+                    Ok(()) => Response::ok(self.status(now)["mode"].clone()),
+                    Err(e) => Response::err(format!("mode not changed: {e}")),
+                }
+            }
+            Request::Breakers => Response::ok(json!(self.gate.open_breakers())),
+            Request::ResetBreaker { playbook, action, target, reason } => {
+                let Some(kind) = actions::ActionKind::parse(&action) else { return Response::err(format!("unknown action {action:?}")) };
+                let key = (playbook.clone(), kind, target.clone());
+                if !self.gate.open_breakers().iter().any(|b| b.playbook == playbook && b.action == kind && b.target == target) {
+                    return Response::err(format!("no open breaker for {playbook} {action} {target:?}"));
+                }
+                let body =
+                    obj(json!({ "playbook": playbook, "action": action, "target": target, "actor": peer.actor(), "reason": reason }));
+                match self.record("breaker_reset", body, now) {
+                    Ok(_) => {
+                        self.gate.reset(&key);
+                        Response::ok(json!({ "reset": true }))
+                    }
+                    Err(e) => Response::err(format!("breaker not reset: {e}")),
+                }
+            }
+        }
+    }
+
+    /// What `medic status` shows.
+    pub fn status(&self, now: i64) -> Value {
+        let m = &self.mode;
+        let playbooks: Vec<Value> = self
+            .slots
+            .values()
+            .map(|s| {
+                json!({
+                    "name": s.pb.meta.name, "file": s.pb.file, "sha256": s.pb.sha256, "forced_dry_run": s.pb.meta.dry_run,
+                    "disabled_until": s.disabled_until.filter(|u| *u > now).map(crate::audit::now_rfc3339),
+                    "last_error": s.last_error,
+                })
+            })
+            .collect();
+        json!({
+            "node": self.node,
+            "version": env!("CARGO_PKG_VERSION"),
+            "mode": {
+                "mode": m.mode.as_str(), "since": (m.since_ms > 0).then(|| crate::audit::now_rfc3339(m.since_ms)),
+                "actor": m.actor, "reason": m.reason, "expires": m.expires_ms.map(crate::audit::now_rfc3339),
+                "revert_to": m.revert_to.map(Mode::as_str),
+            },
+            "playbooks": playbooks,
+            "budget_left": self.gate.budget_left(now),
+            "open_breakers": self.gate.open_breakers(),
+            "running_actions": self.running.len(),
+            "last_seq": self.audit.last_seq(),
+            "audit": {
+                "path": self.audit.path().display().to_string(),
+                "writable": self.audit_down.is_none(),
+                "down_since": self.audit_down.as_ref().map(|(t, _)| crate::audit::now_rfc3339(*t)),
+                "error": self.audit_down.as_ref().map(|(_, e)| e.clone()),
+            },
+            "unavailable_signals": self.unavailable,
+        })
+    }
+
+    /// Lets running actions end (recording them), then records the stop.
     pub fn stop(mut self, reason: &str) -> Result<(), AuditError> {
-        self.audit.append("agent_stopped", obj(json!({ "reason": reason })))?;
+        self.wait_actions(self.exec.timeout + Duration::from_secs(5));
+        let still = self.running.len();
+        self.audit.append("agent_stopped", obj(json!({ "reason": reason, "actions_still_running": still })))?;
         Ok(())
     }
 }
 
-/// Runs the agent until SIGTERM/SIGINT; SIGHUP reloads the playbooks.
-pub async fn run(mut agent: Agent, interval_secs: u64) -> anyhow::Result<()> {
+/// Binds the control socket: only root (or the agent's user, or `group`) may connect.
+fn bind_control(path: &std::path::Path, group: Option<&str>) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!("{} is in use: another medic is running", path.display());
+        }
+        std::fs::remove_file(path)?;
+    }
+    let l = tokio::net::UnixListener::bind(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let gid = group.and_then(crate::control::group_id);
+    if let (Some(g), Some(name)) = (gid, group) {
+        rustix::fs::chown(path, None, Some(rustix::process::Gid::from_raw(g)))
+            .map_err(|e| anyhow::anyhow!("{}: chown to group {name}: {e}", path.display()))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(if gid.is_some() { 0o660 } else { 0o600 }))?;
+    Ok(l)
+}
+
+/// Reads one request from a control connection, answers it, closes.
+async fn serve(agent: &mut Agent, stream: tokio::net::UnixStream, group: Option<&str>) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let Ok(cred) = stream.peer_cred() else { return };
+    let peer = Peer { uid: cred.uid(), gid: cred.gid(), pid: cred.pid().unwrap_or(0) };
+    let (r, mut w) = stream.into_split();
+    let answer = if !peer.allowed(group) {
+        tracing::warn!(message = "Control request refused.", actor = %peer.actor());
+        Response::err("permission denied: only root or the control group may use this socket")
+    } else {
+        let mut line = String::new();
+        let mut reader = BufReader::new(r.take(crate::control::MAX_REQUEST as u64));
+        match tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await {
+            Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
+                Ok(req) => agent.control(req, &peer),
+                Err(e) => Response::err(format!("bad request: {e}")),
+            },
+            _ => Response::err("no request within 5 s"),
+        }
+    };
+    let mut out = serde_json::to_string(&answer).unwrap_or_default();
+    out.push('\n');
+    let _ = w.write_all(out.as_bytes()).await;
+}
+
+/// Runs the agent until SIGTERM/SIGINT; SIGHUP reloads the playbooks; the control socket
+/// answers between ticks.
+pub async fn run(mut agent: Agent, interval_secs: u64, control: PathBuf, group: Option<String>) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
+    let listener = bind_control(&control, group.as_deref())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
-    let mut ticker = tokio::time::interval(std::time::Duration::from_secs(interval_secs));
+    let mut ticker = tokio::time::interval(Duration::from_secs(interval_secs));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let reason = loop {
         tokio::select! {
             _ = ticker.tick() => {
                 if let Err(e) = agent.tick(crate::audit::now_ms()) {
-                    // Fail closed: nothing counts as decided until it is recorded.
                     tracing::error!(message = "Audit log not writable; no decisions this tick.", error_code = e.code(), error = %e);
                 }
             }
+            Ok((stream, _)) = listener.accept() => serve(&mut agent, stream, group.as_deref()).await,
             _ = hup.recv() => {
                 tracing::info!(message = "Reloading playbooks (SIGHUP).");
                 if let Err(e) = agent.reload() {
@@ -262,6 +628,7 @@ pub async fn run(mut agent: Agent, interval_secs: u64) -> anyhow::Result<()> {
         }
     };
     tracing::info!(message = "Stopping.", reason);
+    let _ = std::fs::remove_file(&control);
     agent.stop(reason)?;
     Ok(())
 }

@@ -1,31 +1,55 @@
 //! The gate: the single place that decides what becomes of an action request. Rules run in a
-//! fixed order and the first that decides names itself in the audit record:
+//! fixed order and the first that decides names itself in the audit record (`rule`):
 //!
-//! 1. `manifest`: the request is outside the playbook's capability manifest → `denied`;
-//! 2. `cooldown`: the same (playbook, action, target) ran less than the cooldown ago → `suppressed`;
-//! 3. `rate_limit`: the playbook already ran `max` times on this target within `per` → `suppressed`;
-//! 4. `mode`: the node is in dry-run (always, in this release) or the playbook forces dry-run
-//!    → `would_execute`; a `notify` only records, so it is `executed` whatever the mode.
+//! 1. **mode** (node, then playbook): a playbook's forced dry-run wins over a live node. The
+//!    mode decides whether a request that passes every rule below runs (`executed`) or only
+//!    would run (`would_execute`); the record's `mode` is this effective mode.
+//! 2. **manifest**: outside the playbook's capability manifest → `denied`.
+//! 3. **policy**: protected things (PID 1, medic itself, ssh, journald, dbus, and what the config
+//!    lists) and the node's allowlists (units, paths, commands) → `denied`.
+//! 4. **limits**: `cooldown` per (playbook, action, target), `rate_limit` per (playbook,
+//!    target) and window, the node-wide hourly `budget`, one action `in_flight` per target, and
+//!    a cap on `concurrency` → `suppressed`.
+//! 5. **breaker**: the same action on the same target ran `breaker_after` times within the
+//!    window and the playbook still asks → `escalated`, and every later request for it is
+//!    `suppressed` (`breaker_open`) until an operator resets it.
 //!
-//! `would_execute` counts against cooldowns and rate limits exactly as an execution would, so
-//! dry-run shows what live mode would do. Time comes from the caller (the snapshot's clock), so
-//! the same requests at the same times always get the same decisions.
+//! Live and dry-run keep separate ledgers, so a dry-run period never uses up a live budget,
+//! and dry-run still shows what live mode would do. Time comes from the caller (the snapshot's
+//! clock). The ledgers are rebuilt from the audit log at start ([`Gate::replay`]): a restart
+//! never refills a budget, resets a cooldown or closes a breaker.
 
 use crate::actions::{ActionKind, ActionRequest};
-use crate::playbooks::meta::Meta;
-use serde::Serialize;
-use std::collections::{HashMap, VecDeque};
+use crate::config::PolicyConfig;
+use crate::playbooks::meta::{glob_match, Meta};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::path::{Component, Path, PathBuf};
 
-/// The node's mode. Only dry-run exists until live mode lands with the safe executors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// The node's mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Mode {
     #[serde(rename = "dry-run")]
     DryRun,
+    #[serde(rename = "live")]
+    Live,
 }
 
 impl Mode {
     pub fn as_str(self) -> &'static str {
-        "dry-run"
+        match self {
+            Self::DryRun => "dry-run",
+            Self::Live => "live",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "dry-run" => Some(Self::DryRun),
+            "live" => Some(Self::Live),
+            _ => None,
+        }
     }
 }
 
@@ -37,6 +61,7 @@ pub enum Decision {
     WouldExecute,
     Suppressed,
     Denied,
+    Escalated,
 }
 
 impl Decision {
@@ -46,76 +71,359 @@ impl Decision {
             Self::WouldExecute => "would_execute",
             Self::Suppressed => "suppressed",
             Self::Denied => "denied",
+            Self::Escalated => "escalated",
         }
     }
 }
 
-/// A decision, the rule that made it, and a sentence for humans.
+/// A decision, the rule that made it, the effective mode, and a sentence for humans.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Verdict {
     pub decision: Decision,
     pub rule: &'static str,
+    pub mode: Mode,
     pub detail: String,
 }
 
-/// Cooldown and rate-limit memory (in memory; persisted across restarts with live mode).
-#[derive(Debug, Default)]
-pub struct Gate {
-    last_run: HashMap<(String, ActionKind, String), i64>,
-    runs: HashMap<(String, String), VecDeque<i64>>,
+/// Units no playbook may restart, whatever the config says.
+pub const PROTECTED_UNITS: &[&str] = &[
+    "ssh.service",
+    "sshd.service",
+    "systemd-journald.service",
+    "systemd-journald.socket",
+    "dbus.service",
+    "dbus-broker.service",
+    "dbus.socket",
+    "medic.service",
+    "init.scope",
+    "-.slice",
+];
+/// Process names no playbook may signal, whatever the config says (PID 1 and medic's own PID
+/// are protected by number).
+pub const PROTECTED_PROCESSES: &[&str] =
+    &["systemd", "init", "sshd", "systemd-journal", "systemd-journald", "dbus-daemon", "dbus-broker", "medic"];
+
+/// A breaker's key: (playbook, action, target).
+pub type BreakerKey = (String, ActionKind, String);
+
+#[derive(Debug, Default, Clone)]
+struct Breaker {
+    runs: VecDeque<i64>,
+    open_since: Option<i64>,
 }
 
-fn secs(ms: i64) -> String {
-    humantime::format_duration(std::time::Duration::from_millis(ms.max(0) as u64 / 1000 * 1000)).to_string()
+/// Cooldown, rate-limit, budget and breaker memory of one mode.
+#[derive(Debug, Default)]
+struct Ledger {
+    last_run: HashMap<BreakerKey, i64>,
+    runs: HashMap<(String, String), VecDeque<i64>>,
+    budget: VecDeque<i64>,
+    breakers: HashMap<BreakerKey, Breaker>,
+}
+
+const HOUR_MS: i64 = 3_600_000;
+
+impl Ledger {
+    fn note_run(&mut self, key: &BreakerKey, counts_budget: bool, now: i64) {
+        self.last_run.insert(key.clone(), now);
+        self.runs.entry((key.0.clone(), key.2.clone())).or_default().push_back(now);
+        if counts_budget {
+            self.budget.push_back(now);
+        }
+        self.breakers.entry(key.clone()).or_default().runs.push_back(now);
+    }
+}
+
+/// An open breaker, for `medic status` and `medic breaker list`.
+#[derive(Debug, Clone, Serialize)]
+pub struct OpenBreaker {
+    pub playbook: String,
+    pub action: ActionKind,
+    pub target: String,
+    pub mode: Mode,
+    pub open_since_ms: i64,
+}
+
+/// The gate and its memory.
+#[derive(Debug)]
+pub struct Gate {
+    policy: PolicyConfig,
+    self_pid: i64,
+    dry: Ledger,
+    live: Ledger,
+    in_flight: HashSet<(ActionKind, String)>,
+    running: u32,
+}
+
+/// `path` without `.` and `..` components and relative parts (no symlink resolution: the
+/// executor refuses symlinks itself).
+fn normal(path: &Path) -> Option<PathBuf> {
+    if !path.is_absolute() {
+        return None;
+    }
+    let mut out = PathBuf::from("/");
+    for c in path.components() {
+        match c {
+            Component::Normal(x) => out.push(x),
+            Component::ParentDir => return None,
+            _ => {}
+        }
+    }
+    Some(out)
 }
 
 impl Gate {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(policy: PolicyConfig) -> Self {
+        Self {
+            policy,
+            self_pid: std::process::id() as i64,
+            dry: Ledger::default(),
+            live: Ledger::default(),
+            in_flight: HashSet::new(),
+            running: 0,
+        }
     }
 
-    pub fn decide(&mut self, meta: &Meta, req: &ActionRequest, mode: Mode, now_ms: i64) -> Verdict {
-        let verdict = |decision, rule, detail: String| Verdict { decision, rule, detail };
+    pub fn policy(&self) -> &PolicyConfig {
+        &self.policy
+    }
+
+    fn ledger(&mut self, mode: Mode) -> &mut Ledger {
+        match mode {
+            Mode::DryRun => &mut self.dry,
+            Mode::Live => &mut self.live,
+        }
+    }
+
+    /// The node policy's verdict on a request: `Some(reason)` when it is refused.
+    pub fn policy_refuses(&self, req: &ActionRequest) -> Option<(&'static str, String)> {
+        let p = &self.policy;
+        match req.kind {
+            ActionKind::RestartUnit => {
+                let u = req.target.as_str();
+                if PROTECTED_UNITS.contains(&u) || p.protected_units.iter().any(|pat| glob_match(pat, u)) {
+                    return Some(("protected", format!("{u} is protected")));
+                }
+                if !p.allowed_units.iter().any(|pat| glob_match(pat, u)) {
+                    return Some(("allowlist", format!("{u} is not in policy.allowed_units {:?}", p.allowed_units)));
+                }
+            }
+            ActionKind::SignalProcess => {
+                let pid = req.params.get("pid").and_then(Value::as_i64).unwrap_or(0);
+                let name = req.target.as_str();
+                if pid <= 1 || pid == self.self_pid {
+                    return Some(("protected", format!("pid {pid} is protected (PID 1 or medic itself)")));
+                }
+                if PROTECTED_PROCESSES.contains(&name) || p.protected_processes.iter().any(|pat| glob_match(pat, name)) {
+                    return Some(("protected", format!("process {name:?} is protected")));
+                }
+                if let Some(u) = req.params.get("unit").and_then(Value::as_str) {
+                    if PROTECTED_UNITS.contains(&u) || p.protected_units.iter().any(|pat| glob_match(pat, u)) {
+                        return Some(("protected", format!("pid {pid} belongs to protected unit {u}")));
+                    }
+                }
+            }
+            ActionKind::CleanFiles => {
+                let Some(dir) = normal(Path::new(&req.target)) else {
+                    return Some(("allowlist", format!("{:?} is not a plain absolute path", req.target)));
+                };
+                if !p.allowed_paths.iter().any(|root| normal(root).is_some_and(|r| dir.starts_with(&r))) {
+                    return Some(("allowlist", format!("{} is outside policy.allowed_paths {:?}", dir.display(), p.allowed_paths)));
+                }
+            }
+            ActionKind::RunCommand => {
+                if self.command_rule(req).is_none() {
+                    return Some(("allowlist", format!("{} with these arguments is not in policy.commands", req.target)));
+                }
+            }
+            ActionKind::Notify => {}
+        }
+        None
+    }
+
+    /// The allowlist entry a `run_command` request matches (path equal, arguments matched one
+    /// to one against the entry's patterns).
+    pub fn command_rule(&self, req: &ActionRequest) -> Option<&crate::config::CommandRule> {
+        let args: Vec<&str> =
+            req.params.get("args").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+        self.policy.commands.iter().find(|c| {
+            c.path == Path::new(&req.target) && c.args.len() == args.len() && c.args.iter().zip(&args).all(|(pat, a)| glob_match(pat, a))
+        })
+    }
+
+    pub fn decide(&mut self, meta: &Meta, req: &ActionRequest, node_mode: Mode, now: i64) -> Verdict {
+        let mode = if meta.dry_run { Mode::DryRun } else { node_mode };
+        let v = |decision, rule, detail: String| Verdict { decision, rule, mode, detail };
         if !meta.allows(req.kind, &req.target) {
-            let allowed: Vec<String> = meta.actions.iter().filter(|c| c.kind == req.kind).map(|c| c.target.clone()).collect();
-            return verdict(
+            let allowed: Vec<&str> = meta.actions.iter().filter(|c| c.kind == req.kind).map(|c| c.target.as_str()).collect();
+            return v(
                 Decision::Denied,
                 "manifest",
-                format!("{} on {:?} is outside the manifest (allowed targets: {:?})", req.kind, req.target, allowed),
+                format!("{} on {:?} is outside the manifest (allowed targets: {allowed:?})", req.kind, req.target),
             );
         }
-        let ckey = (meta.name.clone(), req.kind, req.target.clone());
-        if let Some(last) = self.last_run.get(&ckey) {
-            let since = now_ms - last;
-            if since < meta.cooldown_ms {
-                return verdict(
+        if let Some((rule, why)) = self.policy_refuses(req) {
+            let rule = if rule == "protected" { "policy:protected" } else { "policy:allowlist" };
+            return v(Decision::Denied, rule, why);
+        }
+        let key: BreakerKey = (meta.name.clone(), req.kind, req.target.clone());
+        let acts = req.kind != ActionKind::Notify;
+        let (budget_max, max_concurrent, k, window) = (
+            self.policy.budget_per_hour as usize,
+            self.policy.max_concurrent,
+            self.policy.breaker_after as usize,
+            self.policy.breaker_window_secs as i64 * 1000,
+        );
+        let in_flight = self.in_flight.contains(&(req.kind, req.target.clone()));
+        let running = self.running;
+        let ledger = self.ledger(mode);
+        if let Some(last) = ledger.last_run.get(&key) {
+            if now - last < meta.cooldown_ms {
+                return v(
                     Decision::Suppressed,
                     "cooldown",
-                    format!("cooldown {}: last ran {} ago", secs(meta.cooldown_ms), secs(since)),
+                    format!("cooldown {}: last ran {} ago", secs(meta.cooldown_ms), secs(now - last)),
                 );
             }
         }
-        let rkey = (meta.name.clone(), req.target.clone());
-        let window = self.runs.entry(rkey).or_default();
-        while window.front().is_some_and(|t| *t <= now_ms - meta.rate_limit.per_ms) {
-            window.pop_front();
+        let runs = ledger.runs.entry((key.0.clone(), key.2.clone())).or_default();
+        while runs.front().is_some_and(|t| *t <= now - meta.rate_limit.per_ms) {
+            runs.pop_front();
         }
-        if window.len() >= meta.rate_limit.max as usize {
-            return verdict(
+        if runs.len() >= meta.rate_limit.max as usize {
+            return v(
                 Decision::Suppressed,
                 "rate_limit",
                 format!("rate limit {} per {} reached", meta.rate_limit.max, secs(meta.rate_limit.per_ms)),
             );
         }
-        window.push_back(now_ms);
-        self.last_run.insert(ckey, now_ms);
-        if req.kind == ActionKind::Notify {
-            return verdict(Decision::Executed, "notify", "a notification only records; nothing on the host changes".into());
+        if acts {
+            while ledger.budget.front().is_some_and(|t| *t <= now - HOUR_MS) {
+                ledger.budget.pop_front();
+            }
+            if ledger.budget.len() >= budget_max {
+                return v(Decision::Suppressed, "budget", format!("node budget of {budget_max} actions per hour used up"));
+            }
+            if mode == Mode::Live && in_flight {
+                return v(Decision::Suppressed, "in_flight", format!("an action on {:?} is still running", req.target));
+            }
+            if mode == Mode::Live && running >= max_concurrent {
+                return v(Decision::Suppressed, "concurrency", format!("{running} actions running (policy.max_concurrent)"));
+            }
+            let b = ledger.breakers.entry(key.clone()).or_default();
+            if let Some(since) = b.open_since {
+                return v(
+                    Decision::Suppressed,
+                    "breaker_open",
+                    format!("breaker open since {}; `medic breaker reset` to re-arm", crate::audit::now_rfc3339(since)),
+                );
+            }
+            while b.runs.front().is_some_and(|t| *t <= now - window) {
+                b.runs.pop_front();
+            }
+            if b.runs.len() >= k {
+                b.open_since = Some(now);
+                return v(
+                    Decision::Escalated,
+                    "breaker",
+                    format!(
+                        "{} on {:?} ran {} times in {} and the playbook still asks: leaving it to an operator",
+                        req.kind,
+                        req.target,
+                        b.runs.len(),
+                        secs(window)
+                    ),
+                );
+            }
         }
-        let why = match (mode, meta.dry_run) {
-            (_, true) => "the playbook forces dry-run",
-            (Mode::DryRun, false) => "the node is in dry-run",
-        };
-        verdict(Decision::WouldExecute, "mode", format!("{}: nothing was changed", why))
+        ledger.note_run(&key, acts, now);
+        if !acts {
+            return v(Decision::Executed, "notify", "a notification only records; nothing on the host changes".into());
+        }
+        match mode {
+            Mode::Live => {
+                self.in_flight.insert((req.kind, req.target.clone()));
+                self.running += 1;
+                v(Decision::Executed, "mode", "the node is live".into())
+            }
+            Mode::DryRun => {
+                let why = if meta.dry_run { "the playbook forces dry-run" } else { "the node is in dry-run" };
+                v(Decision::WouldExecute, "mode", format!("{why}: nothing was changed"))
+            }
+        }
     }
+
+    /// An executed action ended (whatever its outcome).
+    pub fn finished(&mut self, kind: ActionKind, target: &str) {
+        if self.in_flight.remove(&(kind, target.to_string())) {
+            self.running = self.running.saturating_sub(1);
+        }
+    }
+
+    /// Rebuilds the ledgers from one audit record (called for every record at start).
+    pub fn replay(&mut self, rec: &Map<String, Value>) {
+        let s = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or("").to_string();
+        let Some(ts) = rec.get("ts").and_then(Value::as_str).and_then(|t| humantime::parse_rfc3339_weak(t).ok()) else { return };
+        let now = ts.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        match rec.get("kind").and_then(Value::as_str) {
+            Some("action") => {
+                let Some(kind) = rec.get("action").and_then(|a| a.get("kind")).and_then(Value::as_str).and_then(ActionKind::parse) else {
+                    return;
+                };
+                let key = (s(rec.get("playbook").and_then(|p| p.get("name"))), kind, s(rec.get("action").and_then(|a| a.get("target"))));
+                let mode = Mode::parse(&s(rec.get("mode"))).unwrap_or(Mode::DryRun);
+                match s(rec.get("decision")).as_str() {
+                    "executed" | "would_execute" => self.ledger(mode).note_run(&key, kind != ActionKind::Notify, now),
+                    "escalated" => self.ledger(mode).breakers.entry(key).or_default().open_since = Some(now),
+                    _ => {}
+                }
+            }
+            Some("breaker_reset") => {
+                let Some(kind) = rec.get("action").and_then(Value::as_str).and_then(ActionKind::parse) else { return };
+                let key = (s(rec.get("playbook")), kind, s(rec.get("target")));
+                self.reset(&key);
+            }
+            _ => {}
+        }
+    }
+
+    pub fn open_breakers(&self) -> Vec<OpenBreaker> {
+        let mut v = Vec::new();
+        for (mode, l) in [(Mode::Live, &self.live), (Mode::DryRun, &self.dry)] {
+            for (k, b) in &l.breakers {
+                if let Some(since) = b.open_since {
+                    v.push(OpenBreaker { playbook: k.0.clone(), action: k.1, target: k.2.clone(), mode, open_since_ms: since });
+                }
+            }
+        }
+        v.sort_by(|a, b| (a.open_since_ms, &a.playbook, &a.target).cmp(&(b.open_since_ms, &b.playbook, &b.target)));
+        v
+    }
+
+    /// Closes the breaker (in both modes) and forgets its runs. Returns whether one was open.
+    pub fn reset(&mut self, key: &BreakerKey) -> bool {
+        let mut was = false;
+        for l in [&mut self.live, &mut self.dry] {
+            if let Some(b) = l.breakers.get_mut(key) {
+                was |= b.open_since.is_some();
+                *b = Breaker::default();
+            }
+        }
+        was
+    }
+
+    /// Actions left in the hourly budget, per mode.
+    pub fn budget_left(&self, now: i64) -> BTreeMap<&'static str, u64> {
+        let max = self.policy.budget_per_hour as u64;
+        let used = |l: &Ledger| l.budget.iter().filter(|t| **t > now - HOUR_MS).count() as u64;
+        BTreeMap::from([("live", max.saturating_sub(used(&self.live))), ("dry-run", max.saturating_sub(used(&self.dry)))])
+    }
+
+    pub fn running(&self) -> u32 {
+        self.running
+    }
+}
+
+fn secs(ms: i64) -> String {
+    humantime::format_duration(std::time::Duration::from_millis(ms.max(0) as u64 / 1000 * 1000)).to_string()
 }

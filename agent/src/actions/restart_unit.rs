@@ -1,0 +1,80 @@
+//! `restart_unit`: restarts a systemd unit through systemd's D-Bus API (`RestartUnit` with mode
+//! `replace`), then watches the unit: verified when it is `active` again with a new
+//! `InvocationID` (a restart that systemd merged into another job, or that left the unit
+//! inactive, is not verified). The bus is the system bus unless `actions.systemd_bus` names
+//! another address (tests use a container's).
+
+use super::{ActionRequest, ExecContext, Outcome, Status};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use zbus::zvariant::OwnedObjectPath;
+
+const DEST: &str = "org.freedesktop.systemd1";
+
+async fn connect(bus: Option<&str>) -> zbus::Result<zbus::Connection> {
+    match bus {
+        Some(addr) => zbus::connection::Builder::address(addr)?.build().await,
+        None => zbus::Connection::system().await,
+    }
+}
+
+async fn unit_props(conn: &zbus::Connection, path: &OwnedObjectPath) -> zbus::Result<(String, String)> {
+    let unit = zbus::Proxy::new(conn, DEST, path.as_str(), "org.freedesktop.systemd1.Unit").await?;
+    let state: String = unit.get_property("ActiveState").await?;
+    let id: Vec<u8> = unit.get_property("InvocationID").await?;
+    Ok((state, hex::encode(id)))
+}
+
+async fn restart(unit: &str, cx: &ExecContext) -> Outcome {
+    let fail = |code, e: String| Outcome::fail(Status::Failed, code, e, Value::Null);
+    let conn = match connect(cx.systemd_bus.as_deref()).await {
+        Ok(c) => c,
+        Err(e) => return fail("dbus_connect", format!("cannot reach systemd's bus: {e}")),
+    };
+    let mgr = match zbus::Proxy::new(&conn, DEST, "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager").await {
+        Ok(m) => m,
+        Err(e) => return fail("dbus_call", e.to_string()),
+    };
+    let path: OwnedObjectPath = match mgr.call("LoadUnit", &(unit,)).await {
+        Ok(p) => p,
+        Err(e) => return fail("no_such_unit", format!("{unit}: {e}")),
+    };
+    let (state_before, before) = match unit_props(&conn, &path).await {
+        Ok(v) => v,
+        Err(e) => return fail("dbus_call", e.to_string()),
+    };
+    if let Err(e) = mgr.call::<_, _, OwnedObjectPath>("RestartUnit", &(unit, "replace")).await {
+        return fail("restart_refused", format!("{unit}: {e}"));
+    }
+    let start = Instant::now();
+    let mut last = (state_before.clone(), before.clone());
+    while start.elapsed() < cx.timeout {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        match unit_props(&conn, &path).await {
+            Ok((state, id)) => {
+                let detail = json!({ "unit": unit, "active_state": state, "invocation_id_before": before, "invocation_id_after": id, "state_before": state_before });
+                if state == "active" && !id.is_empty() && id != before {
+                    return Outcome::ok(detail);
+                }
+                if state == "failed" {
+                    return Outcome::fail(Status::Failed, "unit_failed", format!("{unit} entered failed"), detail);
+                }
+                last = (state, id);
+            }
+            Err(e) => return fail("dbus_call", e.to_string()),
+        }
+    }
+    let detail = json!({ "unit": unit, "active_state": last.0, "invocation_id_before": before, "invocation_id_after": last.1 });
+    if last.1 != before && !last.1.is_empty() {
+        return Outcome::fail(Status::Unverified, "not_active", format!("{unit} restarted but is {}", last.0), detail);
+    }
+    Outcome::fail(Status::TimedOut, "timeout", format!("{unit} did not come back within {:?}", cx.timeout), detail)
+}
+
+pub fn run(req: &ActionRequest, cx: &ExecContext) -> Outcome {
+    // Executors run on their own threads; zbus's async API gets a small runtime of its own.
+    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt.block_on(restart(&req.target, cx)),
+        Err(e) => Outcome::fail(Status::Failed, "runtime", e.to_string(), Value::Null),
+    }
+}

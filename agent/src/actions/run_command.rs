@@ -1,0 +1,101 @@
+//! `run_command`: runs an allowlisted executable (absolute path, arguments matched against the
+//! entry's patterns by the gate) as the entry's user, with a clean environment, no stdin, in a
+//! process group of its own, killed as a group at the timeout. Its stdout and stderr, bounded,
+//! go into the record. Verified by exit status 0.
+
+use super::{ActionRequest, ExecContext, Outcome, Status};
+use serde_json::{json, Value};
+use std::io::Read;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// (uid, gid) of a user from /etc/passwd.
+fn lookup_user(name: &str) -> Option<(u32, u32)> {
+    let text = std::fs::read_to_string("/etc/passwd").ok()?;
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 4 && f[0] == name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+    })
+}
+
+/// Reads a pipe to its end, keeping the first `max` bytes and counting the rest.
+fn drain(mut r: impl Read + Send + 'static, max: usize) -> std::thread::JoinHandle<(Vec<u8>, u64)> {
+    std::thread::spawn(move || {
+        let (mut kept, mut total, mut buf) = (Vec::new(), 0u64, [0u8; 8192]);
+        while let Ok(n) = r.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+            let room = max.saturating_sub(kept.len());
+            kept.extend_from_slice(&buf[..n.min(room)]);
+        }
+        (kept, total)
+    })
+}
+
+pub fn run(req: &ActionRequest, cx: &ExecContext) -> Outcome {
+    let Some(rule) = &cx.command else {
+        return Outcome::fail(Status::Failed, "not_allowed", format!("{} is not in policy.commands", req.target), Value::Null);
+    };
+    let args: Vec<String> = req
+        .params
+        .get("args")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        .unwrap_or_default();
+    let Some((uid, gid)) = lookup_user(&rule.user) else {
+        return Outcome::fail(Status::Failed, "no_such_user", format!("user {:?} not found", rule.user), Value::Null);
+    };
+    let mut cmd = Command::new(&rule.path);
+    cmd.args(&args).env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").env("LANG", "C.UTF-8");
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).current_dir("/").process_group(0);
+    if rustix::process::geteuid().is_root() {
+        cmd.uid(uid).gid(gid);
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return Outcome::fail(Status::Failed, "spawn_failed", format!("{}: {e}", rule.path.display()), Value::Null),
+    };
+    let out = drain(child.stdout.take().expect("piped"), cx.max_output_bytes);
+    let err = drain(child.stderr.take().expect("piped"), cx.max_output_bytes);
+    let timeout = Duration::from_secs(rule.timeout_secs);
+    let start = Instant::now();
+    let pgid = rustix::process::Pid::from_raw(child.id() as i32);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break Some(s),
+            Ok(None) if start.elapsed() < timeout => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                if let Some(pg) = pgid {
+                    let _ = rustix::process::kill_process_group(pg, rustix::process::Signal::KILL);
+                }
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    // A grandchild that kept the pipes open is in the same group and was killed with it.
+    let (o, ot) = out.join().unwrap_or_default();
+    let (e, et) = err.join().unwrap_or_default();
+    let detail = json!({
+        "command": rule.path.display().to_string(),
+        "args": args,
+        "user": rule.user,
+        "exit_code": status.and_then(|s| s.code()),
+        "signal": status.and_then(|s| s.signal()),
+        "stdout": String::from_utf8_lossy(&o),
+        "stdout_bytes": ot,
+        "stderr": String::from_utf8_lossy(&e),
+        "stderr_bytes": et,
+    });
+    match status {
+        None => Outcome::fail(Status::TimedOut, "timeout", format!("killed after {}s", rule.timeout_secs), detail),
+        Some(s) if s.success() => Outcome::ok(detail),
+        Some(s) if s.code().is_some() => {
+            Outcome::fail(Status::Failed, "exit_status", format!("exited with {}", s.code().unwrap_or(-1)), detail)
+        }
+        Some(s) => Outcome::fail(Status::Failed, "killed_by_signal", format!("killed by signal {}", s.signal().unwrap_or(0)), detail),
+    }
+}
