@@ -1,6 +1,7 @@
 //! medic's end-to-end tests: one binary, a flat module per area. They run the real `medic`
 //! binary and the library on real files, real processes and fixture /proc trees.
 
+mod acting;
 mod audit;
 mod cli;
 mod playbooks;

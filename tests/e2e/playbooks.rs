@@ -153,12 +153,14 @@ fn a_running_agent_keeps_its_last_good_set_on_a_bad_reload() {
     let pb = pbs.join("always.rhai");
     std::fs::write(&pb, format!("{}{ALWAYS_BODY}", notify_meta("always"))).unwrap();
     let cfg = write_config(dir.path(), "[signals]\ninterval_secs = 1\n");
-    let mut child = medic()
-        .args(["run", "--config", cfg.to_str().unwrap(), "--playbooks", pbs.to_str().unwrap(), "--state-dir", state.to_str().unwrap()])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = child.id() as i32;
+    let child = crate::util::Reaped(
+        medic()
+            .args(["run", "--config", cfg.to_str().unwrap(), "--playbooks", pbs.to_str().unwrap(), "--state-dir", state.to_str().unwrap()])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = child.0.id() as i32;
     let wait_for = |what: &dyn Fn(&[serde_json::Value]) -> bool| {
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(20) {
@@ -182,8 +184,7 @@ fn a_running_agent_keeps_its_last_good_set_on_a_bad_reload() {
     let rec = audit_lines(&state).into_iter().find(|r| r["kind"] == "playbook_rejected").unwrap();
     assert_eq!(rec["kept"]["name"], "always");
     assert!(rec["error"].as_str().unwrap().contains("always.rhai:1:"), "{rec}");
-    rustix::process::kill_process(rustix::process::Pid::from_raw(pid).unwrap(), rustix::process::Signal::TERM).unwrap();
-    assert!(child.wait().unwrap().success());
+    assert!(child.stop());
     assert_eq!(kinds(&state).last().map(String::as_str), Some("agent_stopped"));
     assert!(run(&["audit", "verify", "--state-dir", state.to_str().unwrap()]).status.success());
 }

@@ -55,3 +55,35 @@ pub fn audit_lines(state: &Path) -> Vec<serde_json::Value> {
 pub fn kinds(state: &Path) -> Vec<String> {
     audit_lines(state).iter().map(|r| r["kind"].as_str().unwrap().to_string()).collect()
 }
+
+/// A child process (an agent the test started) that is stopped when the guard goes, even when
+/// the test fails: SIGTERM, then SIGKILL after 10 s. Only this child, by its pid.
+pub struct Reaped(pub std::process::Child);
+
+impl Reaped {
+    pub fn pid(&self) -> rustix::process::Pid {
+        rustix::process::Pid::from_raw(self.0.id() as i32).expect("a child has a pid")
+    }
+
+    /// SIGTERM and wait; true when it exited successfully.
+    pub fn stop(mut self) -> bool {
+        let _ = rustix::process::kill_process(self.pid(), rustix::process::Signal::TERM);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(st)) = self.0.try_wait() {
+                return st.success();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = rustix::process::kill_process(self.pid(), rustix::process::Signal::KILL);
+            let _ = self.0.wait();
+        }
+    }
+}
