@@ -6,4 +6,5 @@ mod audit;
 mod cli;
 mod playbooks;
 mod signals;
+mod systemd;
 mod util;
