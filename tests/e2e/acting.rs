@@ -504,3 +504,36 @@ fn a_full_state_dir_stops_acting_until_space_returns() {
     let _ = victim.wait();
     assert!(medic::audit::verify::verify(&state.join("audit.log")).unwrap().is_ok());
 }
+
+#[test]
+fn a_command_runs_only_in_live_mode_and_a_forced_dry_run_playbook_never_acts() {
+    use std::os::unix::fs::PermissionsExt;
+    for (mode, forced) in [(Mode::DryRun, false), (Mode::Live, true), (Mode::Live, false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let marker = out.join("ran");
+        let meta_extra = if forced { ", dry_run: true" } else { "" };
+        let pb = format!(
+            "const META = #{{ name: \"touch\", description: \"t\", interval: \"1s\", actions: [#{{ kind: \"run_command\", target: \"/usr/bin/touch\" }}],\n  rate_limit: #{{ max: 5, per: \"1h\" }}, cooldown: \"1h\"{meta_extra} }};\nfn evaluate(node, state) {{ run_command(\"/usr/bin/touch\", [\"{}\"], \"t\"); }}\n",
+            marker.display()
+        );
+        let cfg = format!("[policy]\ncommands = [{{ path = \"/usr/bin/touch\", args = [\"{}/*\"] }}]\n", out.display());
+        let (mut a, state) = agent(dir.path(), &[("t.rhai", pb)], mode, &cfg);
+        a.tick_with(snapshot(0)).unwrap();
+        a.wait_actions(Duration::from_secs(10));
+        let d = actions(&state).pop().unwrap();
+        if mode == Mode::Live && !forced {
+            assert_eq!(d["decision"], "executed");
+            assert!(marker.exists(), "live mode ran the command");
+            let meta = std::fs::metadata(&marker).unwrap();
+            assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 65534, "as the entry's user (nobody)");
+        } else {
+            assert_eq!(d["decision"], "would_execute", "{d}");
+            assert_eq!(d["mode"], "dry-run");
+            assert!(!marker.exists(), "dry-run (node or forced by the playbook) runs nothing");
+        }
+        a.stop("test").unwrap();
+    }
+}
