@@ -364,7 +364,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Playbook(PlaybookCmd::Test { path }) => playbook_test(path.as_deref()),
         Command::Signals { json } => {
             let (cfg, _) = Config::load(None).unwrap_or_default();
-            let mut sampler = Sampler::new(Roots { proc: cfg.signals.proc_root, sys: cfg.signals.sys_root });
+            let ebpf = crate::signals::ebpf::EbpfSignals::start(&cfg.signals.ebpf);
+            let mut sampler = Sampler::new(Roots { proc: cfg.signals.proc_root, sys: cfg.signals.sys_root }).with_ebpf(ebpf);
             sampler.sample(audit::now_ms());
             std::thread::sleep(std::time::Duration::from_millis(250));
             let snap = sampler.sample(audit::now_ms());

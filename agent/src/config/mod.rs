@@ -138,6 +138,8 @@ pub struct SignalsConfig {
     pub socket_scan_every: u64,
     /// procfs root (tests point it at fixture trees).
     pub proc_root: PathBuf,
+    /// The eBPF families (`[signals.ebpf]`).
+    pub ebpf: crate::signals::ebpf::EbpfConfig,
     /// sysfs root.
     pub sys_root: PathBuf,
 }
@@ -149,6 +151,7 @@ impl Default for SignalsConfig {
             history_secs: 600,
             max_series: 1024,
             socket_scan_every: 5,
+            ebpf: Default::default(),
             proc_root: "/proc".into(),
             sys_root: "/sys".into(),
         }

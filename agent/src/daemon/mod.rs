@@ -136,7 +136,8 @@ impl Agent {
             }
         };
         let roots = Roots { proc: cfg.signals.proc_root.clone(), sys: cfg.signals.sys_root.clone() };
-        let mut sampler = Sampler::with_socket_scan_every(roots, cfg.signals.socket_scan_every);
+        let ebpf = crate::signals::ebpf::EbpfSignals::start(&cfg.signals.ebpf);
+        let mut sampler = Sampler::with_socket_scan_every(roots, cfg.signals.socket_scan_every).with_ebpf(ebpf);
         let interval_ms = cfg.signals.interval_secs as i64 * 1000;
         let mut history = History::new(cfg.signals.history_secs as i64 * 1000, interval_ms, cfg.signals.max_series);
         let first = sampler.sample(crate::audit::now_ms());

@@ -8,6 +8,7 @@
 
 pub mod cpu;
 pub mod disk;
+pub mod ebpf;
 pub mod history;
 pub mod memory;
 pub mod parse;
@@ -33,6 +34,10 @@ pub struct Snapshot {
     pub mounts: Vec<disk::Mount>,
     /// Remote peers with sockets retransmitting now (see [`sockets::PeerInfo`]).
     pub tcp_peers: Vec<sockets::PeerInfo>,
+    /// eBPF: retransmits by peer and owning process, since the tcp family loaded.
+    pub ebpf_retrans: Vec<ebpf::tcp::RetransEntry>,
+    /// eBPF: run-queue latency per cgroup.
+    pub ebpf_runq: Vec<ebpf::sched::RunqEntry>,
     /// Signal family → why it is unavailable on this node.
     pub unavailable: BTreeMap<String, String>,
     /// Files that could not be parsed this tick, `file:line: field: reason`.
@@ -78,6 +83,7 @@ pub struct Sampler {
     /// The TCP tables and per-process fds are read every this many samples (the first always).
     socket_scan_every: u64,
     samples: u64,
+    ebpf: Option<ebpf::EbpfSignals>,
     clk_tck: u64,
     page_size: u64,
     prev: Previous,
@@ -95,10 +101,25 @@ impl Sampler {
             roots,
             socket_scan_every: n.max(1),
             samples: 0,
+            ebpf: None,
             clk_tck: rustix::param::clock_ticks_per_second().max(1),
             page_size: rustix::param::page_size() as u64,
             prev: Previous::default(),
         }
+    }
+
+    /// Adds the eBPF families (loaded by the caller; see [`ebpf::EbpfSignals::start`]).
+    pub fn with_ebpf(mut self, e: ebpf::EbpfSignals) -> Self {
+        self.ebpf = Some(e);
+        self
+    }
+
+    pub fn ebpf(&self) -> Option<&ebpf::EbpfSignals> {
+        self.ebpf.as_ref()
+    }
+
+    pub fn ebpf_mut(&mut self) -> Option<&mut ebpf::EbpfSignals> {
+        self.ebpf.as_mut()
     }
 
     /// Takes one sample at `ts_ms`. Never fails: what cannot be read is reported inside.
@@ -204,6 +225,11 @@ impl Sampler {
         // Processes
         self.read_processes(&mut s, boot_time, secs, &sock.inodes, scan);
         self.prev.sockets = Some(sock);
+
+        // eBPF, last: the sock family names units from the process list.
+        if let Some(e) = &mut self.ebpf {
+            e.sample(&mut s);
+        }
         self.prev.ts_ms = ts_ms;
         s
     }

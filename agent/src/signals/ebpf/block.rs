@@ -1,0 +1,55 @@
+//! block family (ebpf/block.bpf.c): request latency per device, errors and bytes.
+//!
+//! Metric keys: `ebpf.blk.<dev>.completions`, `.errors`, `.bytes` (counters since load);
+//! `ebpf.blk.<dev>.p50_us`, `.p99_us` (over the last interval).
+
+use super::abi::{BlkStats, Hist};
+use super::tcp::{attach, take};
+use super::why;
+use crate::signals::Snapshot;
+use aya::maps::{HashMap as BpfHash, MapData};
+use std::collections::HashMap;
+
+pub struct Block {
+    _bpf: aya::Ebpf,
+    stats: BpfHash<MapData, u32, BlkStats>,
+    prev: HashMap<u32, Hist>,
+    names: HashMap<u32, String>,
+}
+
+/// The kernel's dev_t (major << 20 | minor) to a device name, from /sys/dev/block.
+pub fn dev_name(dev: u32) -> String {
+    let (major, minor) = (dev >> 20, dev & 0xfffff);
+    std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/uevent"))
+        .ok()
+        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("DEVNAME=").map(str::to_string)))
+        .unwrap_or_else(|| format!("{major}:{minor}"))
+}
+
+impl Block {
+    pub fn load() -> Result<Self, String> {
+        let mut bpf = aya::Ebpf::load(super::BLOCK_OBJ).map_err(|e| format!("load: {}", why(e)))?;
+        attach(&mut bpf, "blk_issue", "block", "block_rq_issue")?;
+        attach(&mut bpf, "blk_complete", "block", "block_rq_complete")?;
+        Ok(Self { stats: take(&mut bpf, "blk_stats")?, _bpf: bpf, prev: HashMap::new(), names: HashMap::new() })
+    }
+
+    pub fn sample(&mut self, snap: &mut Snapshot) -> Result<(), String> {
+        for (dev, s) in self.stats.iter().flatten() {
+            let name = self.names.entry(dev).or_insert_with(|| dev_name(dev)).clone();
+            let p = format!("ebpf.blk.{name}");
+            snap.metrics.insert(format!("{p}.completions"), s.lat_us.total() as f64);
+            snap.metrics.insert(format!("{p}.errors"), s.errors as f64);
+            snap.metrics.insert(format!("{p}.bytes"), s.bytes as f64);
+            let prev = self.prev.insert(dev, s.lat_us).unwrap_or_default();
+            let d = s.lat_us.minus(&prev);
+            if let Some(v) = d.percentile(50.0) {
+                snap.metrics.insert(format!("{p}.p50_us"), v);
+            }
+            if let Some(v) = d.percentile(99.0) {
+                snap.metrics.insert(format!("{p}.p99_us"), v);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,198 @@
+//! eBPF signals: the kernel's own view of TCP retransmits (by peer and process), socket
+//! states (per process), run-queue latency (per cgroup) and block I/O latency (per device).
+//! One file per family (`tcp`, `sock`, `sched`, `block`) loads its object from `ebpf/` (built
+//! by `build.rs`, embedded here) with aya and turns its maps into snapshot metrics.
+//!
+//! Every family loads on its own: one that cannot (no privileges, no BTF, a verifier refusal,
+//! an object built without clang) is listed in `Snapshot::unavailable` as `ebpf.<family>` with
+//! the reason, and the procfs signals carry on. medic never fails to start for want of eBPF.
+
+pub mod abi;
+pub mod block;
+pub mod cgroups;
+pub mod sched;
+pub mod sock;
+pub mod tcp;
+
+use super::Snapshot;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::os::fd::RawFd;
+
+pub(crate) static TCP_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcp.bpf.o"));
+pub(crate) static SOCK_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock.bpf.o"));
+pub(crate) static SCHED_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sched.bpf.o"));
+pub(crate) static BLOCK_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/block.bpf.o"));
+static MISSING: &str = include_str!(concat!(env!("OUT_DIR"), "/ebpf_missing.txt"));
+
+/// `[signals.ebpf]` in the config.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EbpfConfig {
+    /// Load the eBPF families at all.
+    pub enabled: bool,
+    /// Families to load (`tcp`, `sock`, `sched`, `block`).
+    pub families: Vec<String>,
+    /// Run-queue latency follows one task in this many (a power of two; 1 follows all).
+    pub sched_sample_every: u32,
+    /// Retransmits on one CPU within a second that wake the evaluation at once.
+    pub retrans_burst: u64,
+    /// A process's CLOSE_WAIT count that wakes the evaluation at once.
+    pub close_wait_threshold: i64,
+}
+
+impl Default for EbpfConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            families: ["tcp", "sock", "sched", "block"].map(String::from).to_vec(),
+            sched_sample_every: 8,
+            retrans_burst: 100,
+            close_wait_threshold: 100,
+        }
+    }
+}
+
+/// Turns an aya error chain into one line.
+pub(crate) fn why(e: impl std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+/// The loaded families.
+#[derive(Default)]
+pub struct EbpfSignals {
+    tcp: Option<tcp::Tcp>,
+    sock: Option<sock::Sock>,
+    sched: Option<sched::Sched>,
+    block: Option<block::Block>,
+    /// `ebpf.<family>` → why it is not loaded.
+    pub unavailable: BTreeMap<String, String>,
+    cgroups: cgroups::CgroupNames,
+}
+
+impl EbpfSignals {
+    /// Loads and attaches every configured family; never fails.
+    pub fn start(cfg: &EbpfConfig) -> Self {
+        let mut s = Self::default();
+        if !cfg.enabled {
+            for f in ["tcp", "sock", "sched", "block"] {
+                s.unavailable.insert(format!("ebpf.{f}"), "disabled in the config (signals.ebpf.enabled = false)".into());
+            }
+            return s;
+        }
+        let want = |f: &str| cfg.families.iter().any(|x| x == f);
+        let missing = (!MISSING.is_empty()).then(|| format!("medic was built without eBPF programs ({MISSING})"));
+        macro_rules! family {
+            ($name:literal, $field:ident, $load:expr) => {
+                if !want($name) {
+                    s.unavailable.insert(format!("ebpf.{}", $name), "not in signals.ebpf.families".into());
+                } else if let Some(m) = &missing {
+                    s.unavailable.insert(format!("ebpf.{}", $name), m.clone());
+                } else {
+                    match $load {
+                        Ok(f) => {
+                            tracing::info!(message = "eBPF family loaded.", family = $name);
+                            s.$field = Some(f)
+                        }
+                        Err(e) => {
+                            tracing::warn!(message = "eBPF family unavailable.", family = $name, reason = %e);
+                            s.unavailable.insert(format!("ebpf.{}", $name), e);
+                        }
+                    }
+                }
+            };
+        }
+        family!("tcp", tcp, tcp::Tcp::load(cfg, None));
+        family!("sock", sock, sock::Sock::load(cfg));
+        family!("sched", sched, sched::Sched::load(cfg));
+        family!("block", block, block::Block::load());
+        s
+    }
+
+    /// Names of the loaded families.
+    pub fn loaded(&self) -> Vec<&'static str> {
+        [("tcp", self.tcp.is_some()), ("sock", self.sock.is_some()), ("sched", self.sched.is_some()), ("block", self.block.is_some())]
+            .into_iter()
+            .filter_map(|(n, on)| on.then_some(n))
+            .collect()
+    }
+
+    /// Reads every loaded family into the snapshot.
+    pub fn sample(&mut self, snap: &mut Snapshot) {
+        for (k, v) in &self.unavailable {
+            snap.unavailable.insert(k.clone(), v.clone());
+        }
+        let cg = &mut self.cgroups;
+        if let Some(t) = &mut self.tcp {
+            if let Err(e) = t.sample(snap) {
+                snap.errors.push(format!("ebpf.tcp: {e}"));
+            }
+        }
+        if let Some(s) = &mut self.sock {
+            if let Err(e) = s.sample(snap) {
+                snap.errors.push(format!("ebpf.sock: {e}"));
+            }
+        }
+        if let Some(s) = &mut self.sched {
+            if let Err(e) = s.sample(snap, cg) {
+                snap.errors.push(format!("ebpf.sched: {e}"));
+            }
+        }
+        if let Some(b) = &mut self.block {
+            if let Err(e) = b.sample(snap) {
+                snap.errors.push(format!("ebpf.block: {e}"));
+            }
+        }
+    }
+
+    /// File descriptors that become readable when a family has an event that should wake the
+    /// evaluation at once.
+    pub fn event_fds(&self) -> Vec<RawFd> {
+        let mut v = Vec::new();
+        if let Some(t) = &self.tcp {
+            v.push(t.event_fd());
+        }
+        if let Some(s) = &self.sock {
+            v.push(s.event_fd());
+        }
+        v
+    }
+
+    /// Takes the pending events (and so clears readiness); returns how many there were.
+    pub fn drain_events(&mut self) -> Vec<abi::Event> {
+        let mut v = Vec::new();
+        if let Some(t) = &mut self.tcp {
+            v.extend(t.drain());
+        }
+        if let Some(s) = &mut self.sock {
+            v.extend(s.drain());
+        }
+        v
+    }
+}
+
+/// Reads one ring buffer's pending events.
+pub(crate) fn drain_ring(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<abi::Event> {
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        if item.len() >= std::mem::size_of::<abi::Event>() {
+            let b = &item[..];
+            let u32_at = |o: usize| u32::from_ne_bytes(b[o..o + 4].try_into().unwrap_or_default());
+            let u64_at = |o: usize| u64::from_ne_bytes(b[o..o + 8].try_into().unwrap_or_default());
+            out.push(abi::Event { kind: u32_at(0), tgid: u32_at(4), value: u64_at(8), cgroup: u64_at(16) });
+        }
+    }
+    out
+}
+
+/// Sums a per-CPU u64 counter.
+pub(crate) fn percpu_sum(map: &aya::maps::PerCpuArray<aya::maps::MapData, u64>, idx: u32) -> u64 {
+    map.get(&idx, 0).map(|v| v.iter().sum()).unwrap_or(0)
+}

@@ -1,0 +1,127 @@
+//! sched family (ebpf/sched.bpf.c): run-queue latency, node-wide and per cgroup, from sampled
+//! tasks (see the C file for how sampling keeps a context switch cheap, and what it costs).
+//!
+//! Metric keys (per interval between two samples): `ebpf.runq.p50_us`, `ebpf.runq.p99_us`,
+//! `ebpf.runq.waits_per_s` (scaled back by the sampling rate); per cgroup
+//! `ebpf.runq.cgroup.<id>.p99_us` and, where the cgroup is a unit's,
+//! `ebpf.runq.unit.<unit>.p99_us`. `Snapshot::ebpf_runq` lists every cgroup seen, with its
+//! interval and since-load percentiles.
+
+use super::abi::{Hist, HIST_SLOTS};
+use super::cgroups::CgroupNames;
+use super::{why, EbpfConfig};
+use crate::signals::Snapshot;
+use aya::maps::{Array, HashMap as BpfHash, MapData, PerCpuArray};
+use aya::programs::BtfTracePoint;
+use aya::Btf;
+use serde::Serialize;
+use std::collections::HashMap;
+
+/// Run-queue latency of one cgroup.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunqEntry {
+    pub cgroup: u64,
+    pub path: Option<String>,
+    pub unit: Option<String>,
+    /// Over the last interval (None when no sampled wait ended in it).
+    pub p50_us: Option<f64>,
+    pub p99_us: Option<f64>,
+    /// Since the family was loaded.
+    pub total_p99_us: Option<f64>,
+    pub total_samples: u64,
+}
+
+pub struct Sched {
+    _bpf: aya::Ebpf,
+    sample_every: u32,
+    epoch: Array<MapData, u32>,
+    epoch_value: u32,
+    node: PerCpuArray<MapData, u64>,
+    cgroup: BpfHash<MapData, u64, Hist>,
+    prev_node: Hist,
+    prev_cgroup: HashMap<u64, Hist>,
+    prev_ts: i64,
+}
+
+impl Sched {
+    pub fn load(cfg: &EbpfConfig) -> Result<Self, String> {
+        let every = cfg.sched_sample_every.max(1).next_power_of_two();
+        let mask: u32 = every - 1;
+        let btf = Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {}", why(e)))?;
+        let mut bpf = aya::EbpfLoader::new()
+            .override_global("sample_mask", &mask, true)
+            .load(super::SCHED_OBJ)
+            .map_err(|e| format!("load: {}", why(e)))?;
+        for (prog, tp) in [("runq_wakeup", "sched_wakeup"), ("runq_wakeup_new", "sched_wakeup_new"), ("runq_switch", "sched_switch")] {
+            let p: &mut BtfTracePoint =
+                bpf.program_mut(prog).ok_or_else(|| format!("program {prog} missing"))?.try_into().map_err(|e| format!("{prog}: {}", why(e)))?;
+            p.load(tp, &btf).map_err(|e| format!("{prog}: load: {}", why(e)))?;
+            p.attach().map_err(|e| format!("{prog}: attach: {}", why(e)))?;
+        }
+        Ok(Self {
+            epoch: super::tcp::take(&mut bpf, "epoch")?,
+            node: super::tcp::take(&mut bpf, "runq_node")?,
+            cgroup: super::tcp::take(&mut bpf, "runq_cgroup")?,
+            _bpf: bpf,
+            sample_every: every,
+            epoch_value: 0,
+            prev_node: Hist::default(),
+            prev_cgroup: HashMap::new(),
+            prev_ts: 0,
+        })
+    }
+
+    fn node_hist(&self) -> Hist {
+        let mut h = Hist::default();
+        for i in 0..HIST_SLOTS {
+            h.slots[i] = super::percpu_sum(&self.node, i as u32);
+        }
+        h
+    }
+
+    pub fn sample(&mut self, snap: &mut Snapshot, names: &mut CgroupNames) -> Result<(), String> {
+        // Follow another slice of the tasks from now on.
+        self.epoch_value = self.epoch_value.wrapping_add(1);
+        self.epoch.set(0, self.epoch_value, 0).map_err(|e| format!("epoch: {}", why(e)))?;
+        names.tick();
+        let secs = if self.prev_ts > 0 { (snap.ts_ms - self.prev_ts) as f64 / 1000.0 } else { 0.0 };
+        self.prev_ts = snap.ts_ms;
+        let node = self.node_hist();
+        let d = node.minus(&self.prev_node);
+        self.prev_node = node;
+        if let Some(p) = d.percentile(50.0) {
+            snap.metrics.insert("ebpf.runq.p50_us".into(), p);
+        }
+        if let Some(p) = d.percentile(99.0) {
+            snap.metrics.insert("ebpf.runq.p99_us".into(), p);
+        }
+        if secs > 0.0 {
+            snap.metrics.insert("ebpf.runq.waits_per_s".into(), d.total() as f64 * self.sample_every as f64 / secs);
+        }
+        let mut entries = Vec::new();
+        for (id, h) in self.cgroup.iter().flatten() {
+            let prev = self.prev_cgroup.insert(id, h).unwrap_or_default();
+            let d = h.minus(&prev);
+            let unit = names.unit(id);
+            let e = RunqEntry {
+                cgroup: id,
+                path: names.path(id),
+                unit: unit.clone(),
+                p50_us: d.percentile(50.0),
+                p99_us: d.percentile(99.0),
+                total_p99_us: h.percentile(99.0),
+                total_samples: h.total(),
+            };
+            if let Some(p) = e.p99_us {
+                snap.metrics.insert(format!("ebpf.runq.cgroup.{id}.p99_us"), p);
+                if let Some(u) = unit {
+                    snap.metrics.insert(format!("ebpf.runq.unit.{u}.p99_us"), p);
+                }
+            }
+            entries.push(e);
+        }
+        entries.sort_by_key(|e| e.cgroup);
+        snap.ebpf_runq = entries;
+        Ok(())
+    }
+}

@@ -1,0 +1,78 @@
+//! sock family (ebpf/sock.bpf.c): TCP state transitions node-wide, and current sockets per
+//! (owning process, state), so one service's CLOSE_WAIT leak shows as that service's number.
+//!
+//! Metric keys: `ebpf.sock.transitions.<state>` (counters since load),
+//! `ebpf.proc.<pid>.sock.<state>` and `ebpf.unit.<unit>.sock.<state>` (current counts).
+//! Counts cover sockets whose transitions medic saw; an owner that exited is forgotten.
+
+use super::abi::{self, StateKey};
+use super::tcp::{attach, take};
+use super::{why, EbpfConfig};
+use crate::signals::sockets::STATES;
+use crate::signals::Snapshot;
+use aya::maps::{HashMap as BpfHash, MapData, PerCpuArray, RingBuf};
+use std::collections::{BTreeMap, HashSet};
+use std::os::fd::{AsRawFd, RawFd};
+
+pub struct Sock {
+    _bpf: aya::Ebpf,
+    transitions: PerCpuArray<MapData, u64>,
+    states: BpfHash<MapData, StateKey, i64>,
+    events: RingBuf<MapData>,
+}
+
+impl Sock {
+    pub fn load(cfg: &EbpfConfig) -> Result<Self, String> {
+        let mut bpf = aya::EbpfLoader::new()
+            .override_global("close_wait_threshold", &cfg.close_wait_threshold, true)
+            .load(super::SOCK_OBJ)
+            .map_err(|e| format!("load: {}", why(e)))?;
+        attach(&mut bpf, "sock_state", "sock", "inet_sock_set_state")?;
+        attach(&mut bpf, "sock_send_length", "sock", "sock_send_length")?;
+        attach(&mut bpf, "sock_recv_length", "sock", "sock_recv_length")?;
+        Ok(Self {
+            transitions: take(&mut bpf, "transitions")?,
+            states: take(&mut bpf, "states")?,
+            events: take(&mut bpf, "sock_events")?,
+            _bpf: bpf,
+        })
+    }
+
+    pub fn sample(&mut self, snap: &mut Snapshot) -> Result<(), String> {
+        for (i, name) in STATES.iter().enumerate().skip(1) {
+            let n = super::percpu_sum(&self.transitions, i as u32);
+            snap.metrics.insert(format!("ebpf.sock.transitions.{name}"), n as f64);
+        }
+        let alive: HashSet<i64> = snap.processes.iter().map(|p| p.pid).collect();
+        let unit_of: BTreeMap<i64, String> = snap.processes.iter().filter_map(|p| Some((p.pid, p.unit.clone()?))).collect();
+        let mut stale = Vec::new();
+        let mut per_unit: BTreeMap<String, i64> = BTreeMap::new();
+        for (k, n) in self.states.iter().flatten() {
+            let pid = k.tgid as i64;
+            if n <= 0 || (!alive.contains(&pid) && !snap.processes.is_empty()) {
+                stale.push(k);
+                continue;
+            }
+            let state = STATES.get(k.state as usize).copied().unwrap_or("unknown");
+            *snap.metrics.entry(format!("ebpf.proc.{pid}.sock.{state}")).or_default() += n as f64;
+            if let Some(u) = unit_of.get(&pid) {
+                *per_unit.entry(format!("ebpf.unit.{u}.sock.{state}")).or_default() += n;
+            }
+        }
+        for (k, n) in per_unit {
+            snap.metrics.insert(k, n as f64);
+        }
+        for k in stale {
+            let _ = self.states.remove(&k);
+        }
+        Ok(())
+    }
+
+    pub fn event_fd(&self) -> RawFd {
+        self.events.as_raw_fd()
+    }
+
+    pub fn drain(&mut self) -> Vec<abi::Event> {
+        super::drain_ring(&mut self.events)
+    }
+}

@@ -1,0 +1,157 @@
+//! tcp family (ebpf/tcp.bpf.c): retransmits per (peer, local port, owning process), resets
+//! sent and received, and burst events that wake the evaluation.
+//!
+//! Metric keys: `ebpf.tcp.retrans`, `ebpf.tcp.send_resets`, `ebpf.tcp.receive_resets`,
+//! `ebpf.tcp.unowned_retrans`, `ebpf.tcp.events_dropped` (counters since load);
+//! `ebpf.tcp.peer.<addr:port>.retrans` and `ebpf.proc.<pid>.retrans` (counters).
+//! Entries in `Snapshot::ebpf_retrans`.
+
+use super::abi::{self, RetransKey};
+use super::{why, EbpfConfig};
+use crate::signals::Snapshot;
+use aya::maps::{HashMap as BpfHash, MapData, PerCpuArray, RingBuf};
+use aya::programs::TracePoint;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, RawFd};
+
+/// Retransmits to one peer from one local port by one process, since load.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RetransEntry {
+    pub peer: String,
+    pub local_port: u16,
+    /// 0 when the owner is unknown.
+    pub pid: u32,
+    pub cgroup: u64,
+    pub count: u64,
+}
+
+/// For the drop-count test only: a program that emits `events` events each time `tgid` calls
+/// getppid(), into a ring buffer of `ring_bytes`.
+#[derive(Debug, Clone, Copy)]
+pub struct TestFlood {
+    pub tgid: u32,
+    pub events: u32,
+    pub ring_bytes: u32,
+}
+
+pub struct Tcp {
+    _bpf: aya::Ebpf,
+    counters: PerCpuArray<MapData, u64>,
+    retrans: BpfHash<MapData, RetransKey, u64>,
+    events: RingBuf<MapData>,
+}
+
+pub(crate) fn attach(bpf: &mut aya::Ebpf, prog: &str, category: &str, name: &str) -> Result<(), String> {
+    let p: &mut TracePoint = bpf
+        .program_mut(prog)
+        .ok_or_else(|| format!("program {prog} missing"))?
+        .try_into()
+        .map_err(|e| format!("{prog}: {}", why(e)))?;
+    p.load().map_err(|e| format!("{prog}: load: {}", why(e)))?;
+    p.attach(category, name).map_err(|e| format!("{prog}: attach {category}/{name}: {}", why(e)))?;
+    Ok(())
+}
+
+pub(crate) fn take<T: TryFrom<aya::maps::Map>>(bpf: &mut aya::Ebpf, name: &str) -> Result<T, String>
+where
+    T::Error: std::error::Error,
+{
+    let m = bpf.take_map(name).ok_or_else(|| format!("map {name} missing"))?;
+    T::try_from(m).map_err(|e| format!("map {name}: {}", why(e)))
+}
+
+/// `addr:port` of a retransmit key's remote end.
+pub fn peer_of(k: &RetransKey) -> String {
+    if k.family == 2 {
+        format!("{}:{}", std::net::Ipv4Addr::new(k.daddr[0], k.daddr[1], k.daddr[2], k.daddr[3]), k.dport)
+    } else {
+        let ip = std::net::Ipv6Addr::from(k.daddr);
+        match ip.to_ipv4_mapped() {
+            Some(v4) => format!("{v4}:{}", k.dport),
+            None => format!("[{ip}]:{}", k.dport),
+        }
+    }
+}
+
+impl Tcp {
+    pub fn load(cfg: &EbpfConfig, test: Option<TestFlood>) -> Result<Self, String> {
+        let window: u64 = 1_000_000_000;
+        let mut loader = aya::EbpfLoader::new();
+        loader.override_global("burst_threshold", &cfg.retrans_burst, true).override_global("burst_window_ns", &window, true);
+        let (tgid, events) = test.map_or((0u32, 0u32), |t| (t.tgid, t.events));
+        loader.override_global("test_tgid", &tgid, true).override_global("test_events", &events, true);
+        if let Some(t) = test {
+            loader.map_max_entries("tcp_events", t.ring_bytes);
+        }
+        let mut bpf = loader.load(super::TCP_OBJ).map_err(|e| format!("load: {}", why(e)))?;
+        attach(&mut bpf, "tcp_retransmit", "tcp", "tcp_retransmit_skb")?;
+        attach(&mut bpf, "tcp_send_reset", "tcp", "tcp_send_reset")?;
+        attach(&mut bpf, "tcp_receive_reset", "tcp", "tcp_receive_reset")?;
+        attach(&mut bpf, "tcp_owner_state", "sock", "inet_sock_set_state")?;
+        attach(&mut bpf, "tcp_send_length", "sock", "sock_send_length")?;
+        attach(&mut bpf, "tcp_recv_length", "sock", "sock_recv_length")?;
+        if test.is_some() {
+            attach(&mut bpf, "tcp_test_flood", "syscalls", "sys_enter_getppid")?;
+        }
+        Ok(Self {
+            counters: take(&mut bpf, "tcp_counters")?,
+            retrans: take(&mut bpf, "retrans")?,
+            events: take(&mut bpf, "tcp_events")?,
+            _bpf: bpf,
+        })
+    }
+
+    pub fn entries(&self) -> Vec<RetransEntry> {
+        let mut v: Vec<RetransEntry> = self
+            .retrans
+            .iter()
+            .flatten()
+            .map(|(k, c)| RetransEntry { peer: peer_of(&k), local_port: k.sport, pid: k.tgid, cgroup: k.cgroup, count: c })
+            .collect();
+        v.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.peer.cmp(&b.peer)));
+        v
+    }
+
+    pub fn dropped(&self) -> u64 {
+        super::percpu_sum(&self.counters, abi::TCP_EVENTS_DROPPED)
+    }
+
+    pub fn sample(&mut self, snap: &mut Snapshot) -> Result<(), String> {
+        let m = &mut snap.metrics;
+        for (idx, key) in [
+            (abi::TCP_RETRANS, "ebpf.tcp.retrans"),
+            (abi::TCP_SEND_RESET, "ebpf.tcp.send_resets"),
+            (abi::TCP_RECV_RESET, "ebpf.tcp.receive_resets"),
+            (abi::TCP_UNOWNED, "ebpf.tcp.unowned_retrans"),
+            (abi::TCP_EVENTS_DROPPED, "ebpf.tcp.events_dropped"),
+        ] {
+            m.insert(key.into(), super::percpu_sum(&self.counters, idx) as f64);
+        }
+        let entries = self.entries();
+        let mut by_peer: BTreeMap<String, u64> = BTreeMap::new();
+        let mut by_pid: BTreeMap<u32, u64> = BTreeMap::new();
+        for e in &entries {
+            *by_peer.entry(e.peer.clone()).or_default() += e.count;
+            if e.pid != 0 {
+                *by_pid.entry(e.pid).or_default() += e.count;
+            }
+        }
+        for (p, c) in by_peer {
+            m.insert(format!("ebpf.tcp.peer.{p}.retrans"), c as f64);
+        }
+        for (p, c) in by_pid {
+            m.insert(format!("ebpf.proc.{p}.retrans"), c as f64);
+        }
+        snap.ebpf_retrans = entries;
+        Ok(())
+    }
+
+    pub fn event_fd(&self) -> RawFd {
+        self.events.as_raw_fd()
+    }
+
+    pub fn drain(&mut self) -> Vec<abi::Event> {
+        super::drain_ring(&mut self.events)
+    }
+}

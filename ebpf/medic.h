@@ -1,0 +1,73 @@
+/* Structs shared by medic's eBPF programs and the agent (mirrored by #[repr(C)] types in
+ * agent/src/signals/ebpf/abi.rs with size asserts). Fixed-width, no bool, no pointers, padding
+ * explicit: the layout is the same on both sides by construction. */
+#ifndef __MEDIC_H__
+#define __MEDIC_H__
+
+#define MEDIC_HIST_SLOTS 32
+
+/* A log2 histogram: slots[i] counts values v with 2^i <= v+1 < 2^(i+1) (unit per map). */
+struct medic_hist {
+	__u64 slots[MEDIC_HIST_SLOTS];
+};
+
+/* Retransmits per (remote address, remote port, local port, owner). */
+struct medic_retrans_key {
+	__u8 daddr[16];   /* IPv4 in the first 4 bytes when family == 2 */
+	__u16 dport;      /* host order */
+	__u16 sport;      /* host order */
+	__u16 family;
+	__u16 _pad0;
+	__u32 tgid;       /* 0: owner unknown */
+	__u32 _pad1;
+	__u64 cgroup;     /* cgroup v2 id, 0: unknown */
+};
+
+/* Who owns a socket. */
+struct medic_owner {
+	__u32 tgid;
+	__u32 _pad;
+	__u64 cgroup;
+};
+
+/* Current sockets per (owner, state). */
+struct medic_state_key {
+	__u32 tgid;
+	__u32 state;
+	__u64 cgroup;
+};
+
+/* Block I/O per device. */
+struct medic_blk_key {
+	__u32 dev;
+	__u32 _pad;
+	__u64 sector;
+};
+
+struct medic_blk_stats {
+	struct medic_hist lat_us;
+	__u64 errors;
+	__u64 bytes;
+};
+
+/* Something user space should react to at once. */
+struct medic_event {
+	__u32 kind;       /* MEDIC_EV_* */
+	__u32 tgid;
+	__u64 value;
+	__u64 cgroup;
+};
+
+#define MEDIC_EV_RETRANS_BURST 1
+#define MEDIC_EV_SOCK_STATE 2
+#define MEDIC_EV_TEST 99
+
+/* Indexes of the per-family counters arrays. */
+#define MEDIC_TCP_RETRANS 0
+#define MEDIC_TCP_SEND_RESET 1
+#define MEDIC_TCP_RECV_RESET 2
+#define MEDIC_TCP_UNOWNED 3
+#define MEDIC_TCP_EVENTS_DROPPED 4
+#define MEDIC_TCP_COUNTERS 8
+
+#endif
