@@ -4,6 +4,7 @@
 mod acting;
 mod audit;
 mod cli;
+mod ebpf;
 mod playbooks;
 mod signals;
 mod systemd;

@@ -53,8 +53,11 @@ impl Sched {
             .load(super::SCHED_OBJ)
             .map_err(|e| format!("load: {}", why(e)))?;
         for (prog, tp) in [("runq_wakeup", "sched_wakeup"), ("runq_wakeup_new", "sched_wakeup_new"), ("runq_switch", "sched_switch")] {
-            let p: &mut BtfTracePoint =
-                bpf.program_mut(prog).ok_or_else(|| format!("program {prog} missing"))?.try_into().map_err(|e| format!("{prog}: {}", why(e)))?;
+            let p: &mut BtfTracePoint = bpf
+                .program_mut(prog)
+                .ok_or_else(|| format!("program {prog} missing"))?
+                .try_into()
+                .map_err(|e| format!("{prog}: {}", why(e)))?;
             p.load(tp, &btf).map_err(|e| format!("{prog}: load: {}", why(e)))?;
             p.attach().map_err(|e| format!("{prog}: attach: {}", why(e)))?;
         }

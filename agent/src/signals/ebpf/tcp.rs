@@ -43,11 +43,8 @@ pub struct Tcp {
 }
 
 pub(crate) fn attach(bpf: &mut aya::Ebpf, prog: &str, category: &str, name: &str) -> Result<(), String> {
-    let p: &mut TracePoint = bpf
-        .program_mut(prog)
-        .ok_or_else(|| format!("program {prog} missing"))?
-        .try_into()
-        .map_err(|e| format!("{prog}: {}", why(e)))?;
+    let p: &mut TracePoint =
+        bpf.program_mut(prog).ok_or_else(|| format!("program {prog} missing"))?.try_into().map_err(|e| format!("{prog}: {}", why(e)))?;
     p.load().map_err(|e| format!("{prog}: load: {}", why(e)))?;
     p.attach(category, name).map_err(|e| format!("{prog}: attach {category}/{name}: {}", why(e)))?;
     Ok(())

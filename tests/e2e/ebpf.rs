@@ -1,0 +1,285 @@
+//! eBPF signals on the real kernel, with real traffic, as root. These tests do not skip: on
+//! this project's machines and CI the programs load, and a family that does not is a failure.
+
+use medic::signals::ebpf::tcp::{Tcp, TestFlood};
+use medic::signals::ebpf::{EbpfConfig, EbpfSignals};
+use medic::signals::Snapshot;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn loaded(cfg: &EbpfConfig) -> EbpfSignals {
+    let e = EbpfSignals::start(cfg);
+    assert_eq!(e.loaded(), vec!["tcp", "sock", "sched", "block"], "every family loads here: {:?}", e.unavailable);
+    e
+}
+
+fn sample(e: &mut EbpfSignals) -> Snapshot {
+    let mut s = Snapshot { ts_ms: medic::audit::now_ms(), ..Default::default() };
+    e.sample(&mut s);
+    assert!(s.errors.is_empty(), "{:?}", s.errors);
+    s
+}
+
+/// An nftables table of the test's, removed on drop.
+struct Nft(String);
+
+impl Nft {
+    fn drop_port(port: u16) -> Self {
+        let t = format!("medic_test_{}_{port}", std::process::id());
+        let script =
+            format!("table inet {t} {{\n chain input {{\n  type filter hook input priority 0;\n  tcp dport {port} drop\n }}\n}}\n");
+        let st = Command::new("nft").arg("-f").arg("-").stdin(Stdio::piped()).spawn().and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(script.as_bytes())?;
+            c.wait()
+        });
+        assert!(st.is_ok_and(|s| s.success()), "nft (apt-get install nftables) must add the drop rule");
+        Nft(t)
+    }
+}
+
+impl Drop for Nft {
+    fn drop(&mut self) {
+        let _ = Command::new("nft").args(["delete", "table", "inet", &self.0]).status();
+    }
+}
+
+fn sink(l: TcpListener) {
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while c.read(&mut buf).is_ok_and(|n| n > 0) {}
+            });
+        }
+    });
+}
+
+#[test]
+fn retransmits_are_counted_for_exactly_the_dropped_peer_and_the_owning_process() {
+    let mut e = loaded(&EbpfConfig::default());
+    let (dropped, clean) = (TcpListener::bind("127.0.0.1:0").unwrap(), TcpListener::bind("127.0.0.1:0").unwrap());
+    let (dport, cport) = (dropped.local_addr().unwrap().port(), clean.local_addr().unwrap().port());
+    sink(dropped);
+    sink(clean);
+    let mut a = TcpStream::connect(("127.0.0.1", dport)).unwrap();
+    let mut b = TcpStream::connect(("127.0.0.1", cport)).unwrap();
+    let a_local = a.local_addr().unwrap().port();
+    let rule = Nft::drop_port(dport);
+    a.write_all(b"lost in the void").unwrap();
+    b.write_all(b"delivered").unwrap();
+    let me = std::process::id();
+    let key = format!("ebpf.tcp.peer.127.0.0.1:{dport}.retrans");
+    let t = Instant::now();
+    let mut snap = sample(&mut e);
+    while snap.metrics.get(&key).copied().unwrap_or(0.0) < 2.0 && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(200));
+        snap = sample(&mut e);
+    }
+    drop(rule);
+    assert!(snap.metrics[&key] >= 2.0, "retransmits to the dropped peer: {:?}", snap.metrics.get(&key));
+    assert_eq!(snap.metrics.get(&format!("ebpf.tcp.peer.127.0.0.1:{cport}.retrans")), None, "none to the clean peer");
+    assert!(snap.metrics[&format!("ebpf.proc.{me}.retrans")] >= 2.0, "attributed to the owning process");
+    let entry = snap.ebpf_retrans.iter().find(|r| r.peer == format!("127.0.0.1:{dport}")).unwrap();
+    assert_eq!((entry.pid, entry.local_port), (me, a_local));
+    assert!(entry.cgroup > 0);
+    assert!(snap.metrics["ebpf.tcp.retrans"] >= 2.0);
+    drop(b);
+}
+
+fn python_server(n: usize) -> (Child, u16) {
+    let code = "import socket,sys\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('127.0.0.1',0))\ns.listen(64)\nprint(s.getsockname()[1],flush=True)\nkeep=[]\nwhile True:\n  c,_=s.accept()\n  keep.append(c)\n";
+    let mut c = Command::new("python3").args(["-c", code]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    let mut out = c.stdout.take().unwrap();
+    let mut byte = [0u8; 1];
+    while out.read(&mut byte).is_ok_and(|n| n == 1) && byte[0] != b'\n' {
+        line.push(byte[0] as char);
+    }
+    let _ = n;
+    (c, line.trim().parse().unwrap())
+}
+
+#[test]
+fn a_server_that_never_closes_shows_its_close_wait_count() {
+    let mut e = loaded(&EbpfConfig::default());
+    let (mut server, port) = python_server(5);
+    let clients: Vec<TcpStream> = (0..5).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(500)); // accepted
+    drop(clients); // the clients close; the server never does
+    let key = format!("ebpf.proc.{}.sock.close_wait", server.id());
+    let t = Instant::now();
+    let mut snap = sample(&mut e);
+    while snap.metrics.get(&key) != Some(&5.0) && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(200));
+        snap = sample(&mut e);
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(snap.metrics.get(&key), Some(&5.0), "{:?}", snap.metrics.iter().filter(|(k, _)| k.contains(".sock.")).collect::<Vec<_>>());
+    assert!(snap.metrics["ebpf.sock.transitions.close_wait"] >= 5.0);
+}
+
+/// A cgroup v2 directory of the test's, removed on drop (after its processes are gone).
+struct Cgroup(PathBuf, Vec<Child>);
+
+impl Cgroup {
+    fn new(name: &str) -> Self {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        let root = mounts.lines().find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
+        });
+        let dir = root.expect("a cgroup2 mount").join(format!("medic-test-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Cgroup(dir, Vec::new())
+    }
+
+    fn id(&self) -> u64 {
+        std::fs::metadata(&self.0).unwrap().ino()
+    }
+
+    /// Starts `sh -c script` pinned to `cpu`, inside this cgroup.
+    fn spawn(&mut self, cpu: usize, script: &str) {
+        // taskset pins, then execs the shell: the child's pid is the shell's.
+        let child = Command::new("taskset").args(["-c", &cpu.to_string(), "sh", "-c", script]).stdout(Stdio::null()).spawn().unwrap();
+        std::fs::write(self.0.join("cgroup.procs"), child.id().to_string()).unwrap();
+        self.1.push(child);
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        for c in &mut self.1 {
+            // The shell's children die with its process group... kill the group we made.
+            let _ =
+                rustix::process::kill_process_group(rustix::process::Pid::from_raw(c.id() as i32).unwrap(), rustix::process::Signal::KILL);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let procs = self.0.join("cgroup.procs");
+        let t = Instant::now();
+        while std::fs::read_to_string(&procs).is_ok_and(|p| !p.trim().is_empty()) && t.elapsed() < Duration::from_secs(5) {
+            for pid in std::fs::read_to_string(&procs).unwrap_or_default().lines() {
+                if let Some(p) = pid.trim().parse().ok().and_then(rustix::process::Pid::from_raw) {
+                    let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn busy_threads_on_one_core_raise_their_cgroups_run_queue_p99_above_an_idle_baseline() {
+    let mut e = loaded(&EbpfConfig::default());
+    let mut idle = Cgroup::new("idle");
+    let mut busy = Cgroup::new("busy");
+    // exec: the spinner is the shell's own process, so killing the child kills the spinner.
+    idle.spawn(1, "exec sh -c 'while :; do sleep 0.01; done'");
+    for _ in 0..4 {
+        busy.spawn(0, "exec sh -c 'while :; do :; done'");
+    }
+    let (idle_id, busy_id) = (idle.id(), busy.id());
+    let t = Instant::now();
+    let (mut idle_p99, mut busy_p99) = (None, None);
+    while t.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(500));
+        let snap = sample(&mut e);
+        let get = |id| snap.ebpf_runq.iter().find(|r| r.cgroup == id).filter(|r| r.total_samples >= 20).and_then(|r| r.total_p99_us);
+        (idle_p99, busy_p99) = (get(idle_id), get(busy_id));
+        if idle_p99.is_some() && busy_p99.is_some() && t.elapsed() > Duration::from_secs(4) {
+            break;
+        }
+    }
+    let (idle_p99, busy_p99) = (idle_p99.expect("idle cgroup sampled"), busy_p99.expect("busy cgroup sampled"));
+    assert!(busy_p99 > idle_p99, "busy p99 {busy_p99} µs should exceed idle p99 {idle_p99} µs");
+    assert!(busy_p99 >= 1000.0, "four spinners on one core wait milliseconds: {busy_p99} µs");
+}
+
+#[repr(C, align(4096))]
+struct Page([u8; 4096]);
+
+/// The whole-disk name of the device holding `path` (a partition's parent disk).
+fn disk_of(path: &std::path::Path) -> String {
+    let dev = std::fs::metadata(path).unwrap().dev();
+    let (major, minor) = (rustix::fs::major(dev), rustix::fs::minor(dev));
+    let mut sys = std::fs::canonicalize(format!("/sys/dev/block/{major}:{minor}")).unwrap();
+    if sys.join("partition").exists() {
+        sys = sys.parent().unwrap().to_path_buf();
+    }
+    sys.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+#[test]
+fn direct_writes_show_completions_and_latency_for_their_device() {
+    let mut e = loaded(&EbpfConfig::default());
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let file = dir.path().join("direct");
+    let disk = disk_of(dir.path());
+    let key = format!("ebpf.blk.{disk}.completions");
+    let before = sample(&mut e).metrics.get(&key).copied().unwrap_or(0.0);
+    let fd = rustix::fs::open(
+        &file,
+        rustix::fs::OFlags::CREATE | rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::DIRECT,
+        rustix::fs::Mode::from_raw_mode(0o600),
+    )
+    .expect("O_DIRECT open (the file system must support it)");
+    let page = Box::new(Page([7u8; 4096]));
+    for i in 0..64u64 {
+        rustix::io::pwrite(&fd, &page.0, i * 4096).unwrap();
+        rustix::fs::fsync(&fd).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let snap = sample(&mut e);
+    let after = snap.metrics.get(&key).copied().unwrap_or(0.0);
+    assert!(after - before >= 64.0, "{disk}: {before} → {after} completions");
+    assert!(snap.metrics.contains_key(&format!("ebpf.blk.{disk}.p99_us")), "a latency histogram for {disk}");
+    assert!(snap.metrics[&format!("ebpf.blk.{disk}.bytes")] >= 64.0 * 4096.0);
+}
+
+#[test]
+fn a_ring_buffer_forced_to_overflow_counts_exactly_what_it_lost() {
+    let me = std::process::id();
+    let sent = 1000;
+    let mut t = Tcp::load(&EbpfConfig::default(), Some(TestFlood { tgid: me, events: sent, ring_bytes: 4096 })).unwrap();
+    let _ = rustix::process::getppid();
+    let delivered = t.drain().len() as u64;
+    let dropped = t.dropped();
+    assert!(delivered > 0 && dropped > 0, "delivered {delivered}, dropped {dropped}");
+    assert_eq!(delivered + dropped, sent as u64, "every event is either delivered or counted as dropped");
+}
+
+#[test]
+fn without_privileges_ebpf_is_unavailable_and_procfs_signals_go_on() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let home = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(home.path(), PermissionsExt::from_mode(0o777)).unwrap();
+    let bin_dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(bin_dir.path(), PermissionsExt::from_mode(0o755)).unwrap();
+    let bin = bin_dir.path().join("medic");
+    std::fs::copy(env!("CARGO_BIN_EXE_medic"), &bin).unwrap();
+    let o = Command::new(&bin)
+        .args(["run", "--once"])
+        .env("HOME", home.path())
+        .env_remove("XDG_STATE_HOME")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let log = std::fs::read_to_string(home.path().join(".local/state/medic/audit.log")).unwrap();
+    let started: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    for f in ["tcp", "sock", "sched", "block"] {
+        assert!(started["unavailable"][format!("ebpf.{f}")].as_str().is_some_and(|r| !r.is_empty()), "ebpf.{f} reported: {started}");
+    }
+    let o = Command::new(&bin).args(["signals", "--json"]).env("HOME", home.path()).uid(65534).gid(65534).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["metrics"]["cpu.util_pct"].is_number(), "procfs signals keep working");
+    assert!(v["unavailable"]["ebpf.sched"].is_string());
+}
