@@ -283,3 +283,48 @@ fn without_privileges_ebpf_is_unavailable_and_procfs_signals_go_on() {
     assert!(v["metrics"]["cpu.util_pct"].is_number(), "procfs signals keep working");
     assert!(v["unavailable"]["ebpf.sched"].is_string());
 }
+
+#[test]
+fn a_close_wait_count_crossing_its_threshold_wakes_the_evaluation_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let pbs = dir.path().join("pb");
+    std::fs::create_dir_all(&pbs).unwrap();
+    std::fs::write(
+        pbs.join("cw.rhai"),
+        "const META = #{ name: \"cw\", description: \"t\", interval: \"1s\", actions: [#{ kind: \"notify\", target: \"*\" }],\n  rate_limit: #{ max: 100, per: \"1h\" }, cooldown: \"0s\" };\nfn evaluate(node, state) {\n  for k in node.keys(\"ebpf.proc.\") {\n    if k.ends_with(\".sock.close_wait\") && node.value(k) >= 3 { notify(\"close_wait\", #{ key: k }); }\n  }\n}\n",
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    // A minute between ticks: only a wake-up can evaluate again within seconds.
+    let cfg = crate::util::write_config(
+        dir.path(),
+        &format!("[control]\nsocket = \"{}\"\n[signals]\ninterval_secs = 60\nhistory_secs = 600\n[signals.ebpf]\nclose_wait_threshold = 3\n", dir.path().join("c.sock").display()),
+    );
+    let agent = crate::util::Reaped(
+        crate::util::medic()
+            .args(["run", "--config", cfg.to_str().unwrap(), "--playbooks", pbs.to_str().unwrap(), "--state-dir", state.to_str().unwrap()])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let notices = || crate::util::audit_lines(&state).into_iter().filter(|r| r["kind"] == "action").count();
+    let t = Instant::now();
+    while crate::util::audit_lines(&state).iter().filter(|r| r["kind"] == "playbook_loaded").count() == 0 && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500)); // the first (immediate) tick is past
+    assert_eq!(notices(), 0);
+    let (mut server, port) = python_server(3);
+    let clients: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(clients);
+    let t = Instant::now();
+    while notices() == 0 && t.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(notices() >= 1, "the CLOSE_WAIT event woke an evaluation well before the next tick");
+    assert!(t.elapsed() < Duration::from_secs(15));
+    assert!(agent.stop());
+}

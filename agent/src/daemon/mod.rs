@@ -452,6 +452,16 @@ impl Agent {
         Ok(report)
     }
 
+    /// File descriptors of the eBPF event rings (readable when an event should wake a tick).
+    pub fn event_fds(&self) -> Vec<std::os::fd::OwnedFd> {
+        self.sampler.ebpf().map(|e| e.event_fds()).unwrap_or_default()
+    }
+
+    /// Takes pending eBPF events; returns how many there were.
+    pub fn drain_events(&mut self) -> usize {
+        self.sampler.ebpf_mut().map(|e| e.drain_events().len()).unwrap_or(0)
+    }
+
     /// Waits up to `max` for running actions to end, recording their outcomes.
     pub fn wait_actions(&mut self, max: Duration) {
         let deadline = std::time::Instant::now() + max;
@@ -600,8 +610,29 @@ async fn serve(agent: &mut Agent, stream: tokio::net::UnixStream, group: Option<
     let _ = w.write_all(out.as_bytes()).await;
 }
 
+/// Registers an eBPF ring's fd with the reactor.
+#[allow(unsafe_code)]
+fn ring_fd(fd: std::os::fd::OwnedFd) -> Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    // SAFETY: the AsyncFd owns the OwnedFd (a dup of the ring's fd) for its whole life, so the
+    // descriptor stays open and refers to the same ring until the AsyncFd is dropped.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE).ok() }
+}
+
+/// Resolves when `fd` is readable; never when there is none.
+async fn readable(fd: Option<&tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>) {
+    match fd {
+        Some(fd) => {
+            if let Ok(mut g) = fd.readable().await {
+                g.clear_ready();
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// Runs the agent until SIGTERM/SIGINT; SIGHUP reloads the playbooks; the control socket
-/// answers between ticks.
+/// answers between ticks; an eBPF event (a retransmit burst, a CLOSE_WAIT count crossing its
+/// threshold) runs a tick at once instead of waiting for the next one.
 pub async fn run(mut agent: Agent, interval_secs: u64, control: PathBuf, group: Option<String>) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let listener = bind_control(&control, group.as_deref())?;
@@ -610,8 +641,12 @@ pub async fn run(mut agent: Agent, interval_secs: u64, control: PathBuf, group: 
     let mut hup = signal(SignalKind::hangup())?;
     let mut ticker = tokio::time::interval(Duration::from_secs(interval_secs));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let rings: Vec<_> = agent.event_fds().into_iter().filter_map(ring_fd).collect();
+    let mut last_wake = std::time::Instant::now() - Duration::from_secs(1);
     let reason = loop {
         tokio::select! {
+            _ = readable(rings.first()) => wake(&mut agent, &mut last_wake).await,
+            _ = readable(rings.get(1)) => wake(&mut agent, &mut last_wake).await,
             _ = ticker.tick() => {
                 if let Err(e) = agent.tick(crate::audit::now_ms()) {
                     tracing::error!(message = "Audit log not writable; no decisions this tick.", error_code = e.code(), error = %e);
@@ -629,7 +664,25 @@ pub async fn run(mut agent: Agent, interval_secs: u64, control: PathBuf, group: 
         }
     };
     tracing::info!(message = "Stopping.", reason);
+    drop(rings);
     let _ = std::fs::remove_file(&control);
     agent.stop(reason)?;
     Ok(())
+}
+
+/// An eBPF event: drain the rings and run a tick now (at most one every 200 ms).
+async fn wake(agent: &mut Agent, last: &mut std::time::Instant) {
+    let n = agent.drain_events();
+    if n == 0 {
+        return;
+    }
+    let since = last.elapsed();
+    if since < Duration::from_millis(200) {
+        tokio::time::sleep(Duration::from_millis(200) - since).await;
+    }
+    *last = std::time::Instant::now();
+    tracing::info!(message = "Woken by an eBPF event.", events = n);
+    if let Err(e) = agent.tick(crate::audit::now_ms()) {
+        tracing::error!(message = "Audit log not writable; no decisions this tick.", error_code = e.code(), error = %e);
+    }
 }

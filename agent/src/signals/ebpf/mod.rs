@@ -17,7 +17,7 @@ pub mod tcp;
 use super::Snapshot;
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::os::fd::RawFd;
+use std::os::fd::OwnedFd;
 
 pub(crate) static TCP_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcp.bpf.o"));
 pub(crate) static SOCK_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock.bpf.o"));
@@ -152,15 +152,15 @@ impl EbpfSignals {
         }
     }
 
-    /// File descriptors that become readable when a family has an event that should wake the
-    /// evaluation at once.
-    pub fn event_fds(&self) -> Vec<RawFd> {
+    /// Duplicates of the event rings' file descriptors, readable when a family has an event
+    /// that should wake the evaluation at once.
+    pub fn event_fds(&self) -> Vec<OwnedFd> {
         let mut v = Vec::new();
-        if let Some(t) = &self.tcp {
-            v.push(t.event_fd());
+        if let Some(fd) = self.tcp.as_ref().and_then(|t| t.event_fd()) {
+            v.push(fd);
         }
-        if let Some(s) = &self.sock {
-            v.push(s.event_fd());
+        if let Some(fd) = self.sock.as_ref().and_then(|s| s.event_fd()) {
+            v.push(fd);
         }
         v
     }

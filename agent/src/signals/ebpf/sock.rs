@@ -12,7 +12,7 @@ use crate::signals::sockets::STATES;
 use crate::signals::Snapshot;
 use aya::maps::{HashMap as BpfHash, MapData, PerCpuArray, RingBuf};
 use std::collections::{BTreeMap, HashSet};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 
 pub struct Sock {
     _bpf: aya::Ebpf,
@@ -68,8 +68,8 @@ impl Sock {
         Ok(())
     }
 
-    pub fn event_fd(&self) -> RawFd {
-        self.events.as_raw_fd()
+    pub fn event_fd(&self) -> Option<OwnedFd> {
+        self.events.as_fd().try_clone_to_owned().ok()
     }
 
     pub fn drain(&mut self) -> Vec<abi::Event> {

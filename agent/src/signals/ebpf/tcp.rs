@@ -13,7 +13,7 @@ use aya::maps::{HashMap as BpfHash, MapData, PerCpuArray, RingBuf};
 use aya::programs::TracePoint;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 
 /// Retransmits to one peer from one local port by one process, since load.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -144,8 +144,8 @@ impl Tcp {
         Ok(())
     }
 
-    pub fn event_fd(&self) -> RawFd {
-        self.events.as_raw_fd()
+    pub fn event_fd(&self) -> Option<OwnedFd> {
+        self.events.as_fd().try_clone_to_owned().ok()
     }
 
     pub fn drain(&mut self) -> Vec<abi::Event> {
