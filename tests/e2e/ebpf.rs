@@ -298,7 +298,10 @@ fn a_close_wait_count_crossing_its_threshold_wakes_the_evaluation_at_once() {
     // A minute between ticks: only a wake-up can evaluate again within seconds.
     let cfg = crate::util::write_config(
         dir.path(),
-        &format!("[control]\nsocket = \"{}\"\n[signals]\ninterval_secs = 60\nhistory_secs = 600\n[signals.ebpf]\nclose_wait_threshold = 3\n", dir.path().join("c.sock").display()),
+        &format!(
+            "[control]\nsocket = \"{}\"\n[signals]\ninterval_secs = 60\nhistory_secs = 600\n[signals.ebpf]\nclose_wait_threshold = 3\n",
+            dir.path().join("c.sock").display()
+        ),
     );
     let agent = crate::util::Reaped(
         crate::util::medic()
@@ -309,7 +312,9 @@ fn a_close_wait_count_crossing_its_threshold_wakes_the_evaluation_at_once() {
     );
     let notices = || crate::util::audit_lines(&state).into_iter().filter(|r| r["kind"] == "action").count();
     let t = Instant::now();
-    while crate::util::audit_lines(&state).iter().filter(|r| r["kind"] == "playbook_loaded").count() == 0 && t.elapsed() < Duration::from_secs(20) {
+    while crate::util::audit_lines(&state).iter().filter(|r| r["kind"] == "playbook_loaded").count() == 0
+        && t.elapsed() < Duration::from_secs(20)
+    {
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(500)); // the first (immediate) tick is past

@@ -28,4 +28,6 @@ pub const PLAYBOOKS: &[(&str, &str, &str)] = &[
         include_str!("../../../playbooks/tcp_retransmit_storm.rhai"),
         include_str!("../../../playbooks/tcp_retransmit_storm.test.toml"),
     ),
+    ("runq_latency.rhai", include_str!("../../../playbooks/runq_latency.rhai"), include_str!("../../../playbooks/runq_latency.test.toml")),
+    ("disk_latency.rhai", include_str!("../../../playbooks/disk_latency.rhai"), include_str!("../../../playbooks/disk_latency.test.toml")),
 ];
