@@ -117,10 +117,28 @@ struct css_set {
 	struct cgroup *dfl_cgrp;
 };
 
+struct rq {
+	u64 clock;
+};
+
+struct cfs_rq {
+	struct rq *rq;
+};
+
+struct sched_entity {
+	struct cfs_rq *cfs_rq;
+};
+
+struct sched_info {
+	unsigned long long last_queued;
+};
+
 struct task_struct {
 	int pid;
 	int tgid;
 	unsigned int __state;
+	struct sched_entity se;
+	struct sched_info sched_info;
 	struct css_set *cgroups;
 };
 

@@ -1,8 +1,9 @@
-//! sched family (ebpf/sched.bpf.c): run-queue latency, node-wide and per cgroup, from sampled
-//! tasks (see the C file for how sampling keeps a context switch cheap, and what it costs).
+//! sched family (ebpf/sched.bpf.c): run-queue latency from the kernel's own sched_info stamps,
+//! every wait node-wide and sampled tasks per cgroup (see the C file for why and what it
+//! costs).
 //!
 //! Metric keys (per interval between two samples): `ebpf.runq.p50_us`, `ebpf.runq.p99_us`,
-//! `ebpf.runq.waits_per_s` (scaled back by the sampling rate); per cgroup
+//! `ebpf.runq.waits_per_s`; per cgroup (sampled)
 //! `ebpf.runq.cgroup.<id>.p99_us` and, where the cgroup is a unit's,
 //! `ebpf.runq.unit.<unit>.p99_us`. `Snapshot::ebpf_runq` lists every cgroup seen, with its
 //! interval and since-load percentiles.
@@ -33,7 +34,6 @@ pub struct RunqEntry {
 
 pub struct Sched {
     _bpf: aya::Ebpf,
-    sample_every: u32,
     epoch: Array<MapData, u32>,
     epoch_value: u32,
     node: PerCpuArray<MapData, u64>,
@@ -52,7 +52,7 @@ impl Sched {
             .override_global("sample_mask", &mask, true)
             .load(super::SCHED_OBJ)
             .map_err(|e| format!("load: {}", why(e)))?;
-        for (prog, tp) in [("runq_wakeup", "sched_wakeup"), ("runq_wakeup_new", "sched_wakeup_new"), ("runq_switch", "sched_switch")] {
+        for (prog, tp) in [("runq_switch", "sched_switch")] {
             let p: &mut BtfTracePoint = bpf
                 .program_mut(prog)
                 .ok_or_else(|| format!("program {prog} missing"))?
@@ -66,7 +66,6 @@ impl Sched {
             node: super::tcp::take(&mut bpf, "runq_node")?,
             cgroup: super::tcp::take(&mut bpf, "runq_cgroup")?,
             _bpf: bpf,
-            sample_every: every,
             epoch_value: 0,
             prev_node: Hist::default(),
             prev_cgroup: HashMap::new(),
@@ -99,7 +98,7 @@ impl Sched {
             snap.metrics.insert("ebpf.runq.p99_us".into(), p);
         }
         if secs > 0.0 {
-            snap.metrics.insert("ebpf.runq.waits_per_s".into(), d.total() as f64 * self.sample_every as f64 / secs);
+            snap.metrics.insert("ebpf.runq.waits_per_s".into(), d.total() as f64 / secs);
         }
         let mut entries = Vec::new();
         for (id, h) in self.cgroup.iter().flatten() {
