@@ -52,15 +52,14 @@ impl Sched {
             .override_global("sample_mask", &mask, true)
             .load(super::SCHED_OBJ)
             .map_err(|e| format!("load: {}", why(e)))?;
-        for (prog, tp) in [("runq_switch", "sched_switch")] {
-            let p: &mut BtfTracePoint = bpf
-                .program_mut(prog)
-                .ok_or_else(|| format!("program {prog} missing"))?
-                .try_into()
-                .map_err(|e| format!("{prog}: {}", why(e)))?;
-            p.load(tp, &btf).map_err(|e| format!("{prog}: load: {}", why(e)))?;
-            p.attach().map_err(|e| format!("{prog}: attach: {}", why(e)))?;
-        }
+        let prog = "runq_switch";
+        let p: &mut BtfTracePoint = bpf
+            .program_mut(prog)
+            .ok_or_else(|| format!("program {prog} missing"))?
+            .try_into()
+            .map_err(|e| format!("{prog}: {}", why(e)))?;
+        p.load("sched_switch", &btf).map_err(|e| format!("{prog}: load: {}", why(e)))?;
+        p.attach().map_err(|e| format!("{prog}: attach: {}", why(e)))?;
         Ok(Self {
             epoch: super::tcp::take(&mut bpf, "epoch")?,
             node: super::tcp::take(&mut bpf, "runq_node")?,
