@@ -3,7 +3,8 @@
 //!
 //! Metric keys: `ebpf.tcp.retrans`, `ebpf.tcp.send_resets`, `ebpf.tcp.receive_resets`,
 //! `ebpf.tcp.unowned_retrans`, `ebpf.tcp.events_dropped` (counters since load);
-//! `ebpf.tcp.peer.<addr:port>.retrans` and `ebpf.proc.<pid>.retrans` (counters).
+//! `ebpf.tcp.peer.<addr:port>.retrans`, `ebpf.proc.<pid>.retrans` and
+//! `ebpf.unit.<unit>.retrans` (counters).
 //! Entries in `Snapshot::ebpf_retrans`.
 
 use super::abi::{self, RetransKey};
@@ -137,8 +138,16 @@ impl Tcp {
         for (p, c) in by_peer {
             m.insert(format!("ebpf.tcp.peer.{p}.retrans"), c as f64);
         }
+        let unit_of: BTreeMap<i64, &str> = snap.processes.iter().filter_map(|p| Some((p.pid, p.unit.as_deref()?))).collect();
+        let mut by_unit: BTreeMap<String, u64> = BTreeMap::new();
         for (p, c) in by_pid {
             m.insert(format!("ebpf.proc.{p}.retrans"), c as f64);
+            if let Some(u) = unit_of.get(&(p as i64)) {
+                *by_unit.entry(format!("ebpf.unit.{u}.retrans")).or_default() += c;
+            }
+        }
+        for (k, c) in by_unit {
+            m.insert(k, c as f64);
         }
         snap.ebpf_retrans = entries;
         Ok(())
