@@ -2,7 +2,8 @@
 //! (owning process, state), so one service's CLOSE_WAIT leak shows as that service's number.
 //!
 //! Metric keys: `ebpf.sock.transitions.<state>` (counters since load),
-//! `ebpf.proc.<pid>.sock.<state>` and `ebpf.unit.<unit>.sock.<state>` (current counts).
+//! `ebpf.proc.<pid>.sock.<state>`, `ebpf.cgroup.<id>.sock.<state>` and
+//! `ebpf.unit.<unit>.sock.<state>` (current counts); `ebpf.sock.events_dropped`.
 //! Counts cover sockets whose transitions medic saw; an owner that exited is forgotten.
 
 use super::abi::{self, StateKey};
@@ -18,6 +19,7 @@ pub struct Sock {
     _bpf: aya::Ebpf,
     transitions: PerCpuArray<MapData, u64>,
     states: BpfHash<MapData, StateKey, i64>,
+    dropped: aya::maps::Array<MapData, u64>,
     events: RingBuf<MapData>,
 }
 
@@ -33,6 +35,7 @@ impl Sock {
         Ok(Self {
             transitions: take(&mut bpf, "transitions")?,
             states: take(&mut bpf, "states")?,
+            dropped: take(&mut bpf, "sock_dropped")?,
             events: take(&mut bpf, "sock_events")?,
             _bpf: bpf,
         })
@@ -43,6 +46,7 @@ impl Sock {
             let n = super::percpu_sum(&self.transitions, i as u32);
             snap.metrics.insert(format!("ebpf.sock.transitions.{name}"), n as f64);
         }
+        snap.metrics.insert("ebpf.sock.events_dropped".into(), self.dropped.get(&0, 0).unwrap_or(0) as f64);
         let alive: HashSet<i64> = snap.processes.iter().map(|p| p.pid).collect();
         let unit_of: BTreeMap<i64, String> = snap.processes.iter().filter_map(|p| Some((p.pid, p.unit.clone()?))).collect();
         let mut stale = Vec::new();
@@ -55,6 +59,7 @@ impl Sock {
             }
             let state = STATES.get(k.state as usize).copied().unwrap_or("unknown");
             *snap.metrics.entry(format!("ebpf.proc.{pid}.sock.{state}")).or_default() += n as f64;
+            *snap.metrics.entry(format!("ebpf.cgroup.{}.sock.{state}", k.cgroup)).or_default() += n as f64;
             if let Some(u) = unit_of.get(&pid) {
                 *per_unit.entry(format!("ebpf.unit.{u}.sock.{state}")).or_default() += n;
             }
