@@ -91,6 +91,8 @@ pub struct Agent {
     running: BTreeSet<u64>,
     /// Since when (ms) and why records cannot be written.
     audit_down: Option<(i64, String)>,
+    /// The next tick evaluates every playbook, due or not (set by an eBPF wake-up).
+    force_next: bool,
     unavailable: BTreeMap<String, String>,
 }
 
@@ -200,6 +202,7 @@ impl Agent {
             unrecorded: Vec::new(),
             running: BTreeSet::new(),
             audit_down: None,
+            force_next: false,
             unavailable: first.unavailable.clone(),
         };
         agent.expire_mode(crate::audit::now_ms())?;
@@ -376,6 +379,7 @@ impl Agent {
         self.expire_mode(now)?;
         let snap = Arc::new(snap);
         let mut report = TickReport::default();
+        let force = self.force_next;
         let files: Vec<String> = self.slots.keys().cloned().collect();
         for file in files {
             let slot = self.slots.get_mut(&file).expect("listed");
@@ -389,7 +393,7 @@ impl Agent {
                 self.record("playbook_enabled", obj(json!({ "playbook": pbref })), now)?;
             }
             let slot = self.slots.get_mut(&file).expect("listed");
-            if slot.last_eval_ms.is_some_and(|t| now - t < slot.pb.meta.interval_ms) {
+            if !force && slot.last_eval_ms.is_some_and(|t| now - t < slot.pb.meta.interval_ms) {
                 continue;
             }
             slot.last_eval_ms = Some(now);
@@ -449,6 +453,7 @@ impl Agent {
                 }
             }
         }
+        self.force_next = false;
         Ok(report)
     }
 
@@ -457,9 +462,12 @@ impl Agent {
         self.sampler.ebpf().map(|e| e.event_fds()).unwrap_or_default()
     }
 
-    /// Takes pending eBPF events; returns how many there were.
+    /// Takes pending eBPF events; returns how many there were. When there were any, the next
+    /// tick evaluates every playbook at once, due or not.
     pub fn drain_events(&mut self) -> usize {
-        self.sampler.ebpf_mut().map(|e| e.drain_events().len()).unwrap_or(0)
+        let n = self.sampler.ebpf_mut().map(|e| e.drain_events().len()).unwrap_or(0);
+        self.force_next |= n > 0;
+        n
     }
 
     /// Waits up to `max` for running actions to end, recording their outcomes.
