@@ -44,14 +44,9 @@ int blk_complete(struct trace_event_raw_block_rq_completion *ctx)
 	__u64 delta_us = (bpf_ktime_get_ns() - *ts) / 1000;
 	bpf_map_delete_elem(&issued, &k);
 	__u32 dev = k.dev;
-	struct medic_blk_stats *s = bpf_map_lookup_elem(&blk_stats, &dev);
-	if (!s) {
-		struct medic_blk_stats zero = {};
-		bpf_map_update_elem(&blk_stats, &dev, &zero, BPF_NOEXIST);
-		s = bpf_map_lookup_elem(&blk_stats, &dev);
-		if (!s)
-			return 0;
-	}
+	struct medic_blk_stats *s = LOOKUP_OR_ZERO(&blk_stats, &dev, struct medic_blk_stats);
+	if (!s)
+		return 0;
 	__u32 slot = log2_slot(delta_us);
 	if (slot < MEDIC_HIST_SLOTS)
 		__sync_fetch_and_add(&s->lat_us.slots[slot], 1);

@@ -25,4 +25,16 @@ static __always_inline __u64 task_cgroup(struct task_struct *t)
 	return BPF_CORE_READ(t, cgroups, dfl_cgrp, kn, id);
 }
 
+/* The value of `key` in hash `map`, inserted zeroed first if absent (NULL if the map is full). */
+#define LOOKUP_OR_ZERO(map, key, type)                                          \
+	({                                                                      \
+		type *__v = bpf_map_lookup_elem(map, key);                      \
+		if (!__v) {                                                     \
+			type __zero = {};                                       \
+			bpf_map_update_elem(map, key, &__zero, BPF_NOEXIST);    \
+			__v = bpf_map_lookup_elem(map, key);                    \
+		}                                                               \
+		__v;                                                            \
+	})
+
 #endif

@@ -61,14 +61,9 @@ int BPF_PROG(runq_switch, bool preempt, struct task_struct *prev, struct task_st
 	if (((next->pid + (e ? *e : 0)) & sample_mask) != 0)
 		return 0;
 	__u64 cg = task_cgroup(next);
-	struct medic_hist *h = bpf_map_lookup_elem(&runq_cgroup, &cg);
-	if (!h) {
-		struct medic_hist fresh = {};
-		bpf_map_update_elem(&runq_cgroup, &cg, &fresh, BPF_NOEXIST);
-		h = bpf_map_lookup_elem(&runq_cgroup, &cg);
-		if (!h)
-			return 0;
-	}
+	struct medic_hist *h = LOOKUP_OR_ZERO(&runq_cgroup, &cg, struct medic_hist);
+	if (!h)
+		return 0;
 	if (slot < MEDIC_HIST_SLOTS)
 		__sync_fetch_and_add(&h->slots[slot], 1);
 	return 0;

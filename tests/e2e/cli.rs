@@ -2,7 +2,6 @@
 //! that work for a non-root user with no config, usage errors with exit code 2.
 
 use crate::util::{fixtures, run, text, write_config};
-use std::os::unix::process::CommandExt;
 
 #[test]
 fn help_lists_every_command() {
@@ -50,30 +49,12 @@ fn run_once_on_a_fixture_tree_with_a_config() {
 
 #[test]
 fn defaults_work_for_a_non_root_user_without_a_config() {
-    use std::os::unix::fs::PermissionsExt;
-    let home = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(home.path(), PermissionsExt::from_mode(0o777)).unwrap();
-    // The build tree may sit under a directory only root can enter: run a copy from /tmp.
-    let bin_dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(bin_dir.path(), PermissionsExt::from_mode(0o755)).unwrap();
-    let bin = bin_dir.path().join("medic");
-    std::fs::copy(env!("CARGO_BIN_EXE_medic"), &bin).unwrap();
-    let medic = |args: &[&str]| {
-        std::process::Command::new(&bin)
-            .args(args)
-            .env_remove("XDG_STATE_HOME")
-            .env("HOME", home.path())
-            .current_dir(home.path())
-            .uid(65534)
-            .gid(65534)
-            .output()
-            .unwrap()
-    };
-    let o = medic(&["run", "--once"]);
+    let nobody = crate::util::Nobody::new();
+    let o = nobody.run(&["run", "--once"]);
     assert!(o.status.success(), "{}", text(&o));
-    let state = home.path().join(".local/state/medic");
+    let state = nobody.home.path().join(".local/state/medic");
     assert!(state.join("audit.log").exists());
-    let o = medic(&["audit", "verify"]);
+    let o = nobody.run(&["audit", "verify"]);
     assert!(o.status.success(), "{}", text(&o));
 }
 

@@ -87,3 +87,37 @@ impl Drop for Reaped {
         }
     }
 }
+
+/// `medic` as the unprivileged user nobody, with a HOME of its own and no config: a copy of
+/// the binary in /tmp (the build tree may sit under a directory only root can enter).
+pub struct Nobody {
+    pub home: tempfile::TempDir,
+    _bin_dir: tempfile::TempDir,
+    bin: PathBuf,
+}
+
+impl Nobody {
+    pub fn new() -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let home = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(home.path(), PermissionsExt::from_mode(0o777)).unwrap();
+        let bin_dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(bin_dir.path(), PermissionsExt::from_mode(0o755)).unwrap();
+        let bin = bin_dir.path().join("medic");
+        std::fs::copy(env!("CARGO_BIN_EXE_medic"), &bin).unwrap();
+        Self { home, _bin_dir: bin_dir, bin }
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        use std::os::unix::process::CommandExt;
+        Command::new(&self.bin)
+            .args(args)
+            .env_remove("XDG_STATE_HOME")
+            .env("HOME", self.home.path())
+            .current_dir(self.home.path())
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap()
+    }
+}
