@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod forward;
 pub mod gate;
 pub mod playbooks;
 pub mod signals;

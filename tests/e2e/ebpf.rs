@@ -24,6 +24,10 @@ fn sample(e: &mut EbpfSignals) -> Snapshot {
     s
 }
 
+fn nft() -> &'static str {
+    ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"].into_iter().find(|p| std::path::Path::new(p).exists()).unwrap_or("nft")
+}
+
 /// An nftables table of the test's, removed on drop.
 struct Nft(String);
 
@@ -32,7 +36,7 @@ impl Nft {
         let t = format!("medic_test_{}_{port}", std::process::id());
         let script =
             format!("table inet {t} {{\n chain input {{\n  type filter hook input priority 0;\n  tcp dport {port} drop\n }}\n}}\n");
-        let st = Command::new("nft").arg("-f").arg("-").stdin(Stdio::piped()).spawn().and_then(|mut c| {
+        let st = Command::new(nft()).arg("-f").arg("-").stdin(Stdio::piped()).spawn().and_then(|mut c| {
             c.stdin.take().unwrap().write_all(script.as_bytes())?;
             c.wait()
         });
@@ -43,7 +47,7 @@ impl Nft {
 
 impl Drop for Nft {
     fn drop(&mut self) {
-        let _ = Command::new("nft").args(["delete", "table", "inet", &self.0]).status();
+        let _ = Command::new(nft()).args(["delete", "table", "inet", &self.0]).status();
     }
 }
 

@@ -309,7 +309,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let socket = cfg.control_socket(&state_dir);
-            rt.block_on(crate::daemon::run(agent, cfg.signals.interval_secs, socket, cfg.control.group.clone()))?;
+            rt.block_on(crate::daemon::run(agent, cfg.signals.interval_secs, socket, cfg.control.group.clone(), cfg.mqtt.clone()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { config, playbooks } => {

@@ -28,6 +28,8 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub actions: ActionsConfig,
     pub control: ControlConfig,
+    /// Replication of the audit log to an MQTT broker (`[mqtt]`; off unless enabled).
+    pub mqtt: crate::forward::MqttConfig,
     pub log: LogConfig,
 }
 

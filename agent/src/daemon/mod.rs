@@ -525,6 +525,17 @@ impl Agent {
         }
     }
 
+    /// The retained status published on the broker: what changes rarely (not budgets or seq).
+    pub fn public_status(&self) -> String {
+        let st = self.status(crate::audit::now_ms());
+        serde_json::json!({
+            "node": st["node"], "online": true, "version": st["version"], "mode": st["mode"],
+            "playbooks": st["playbooks"].as_array().map(|a| a.iter().map(|p| json!({ "name": p["name"], "sha256": p["sha256"] })).collect::<Vec<_>>()),
+            "open_breakers": st["open_breakers"], "audit_writable": st["audit"]["writable"], "last_seq": st["last_seq"],
+        })
+        .to_string()
+    }
+
     /// What `medic status` shows.
     pub fn status(&self, now: i64) -> Value {
         let m = &self.mode;
@@ -641,8 +652,20 @@ async fn readable(fd: Option<&tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>) {
 /// Runs the agent until SIGTERM/SIGINT; SIGHUP reloads the playbooks; the control socket
 /// answers between ticks; an eBPF event (a retransmit burst, a CLOSE_WAIT count crossing its
 /// threshold) runs a tick at once instead of waiting for the next one.
-pub async fn run(mut agent: Agent, interval_secs: u64, control: PathBuf, group: Option<String>) -> anyhow::Result<()> {
+pub async fn run(
+    mut agent: Agent,
+    interval_secs: u64,
+    control: PathBuf,
+    group: Option<String>,
+    mqtt: crate::forward::MqttConfig,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
+    let (status_tx, status_rx) = tokio::sync::watch::channel(String::new());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let forwarder = mqtt.enabled.then(|| {
+        let state_dir = agent.audit_path().parent().map(PathBuf::from).unwrap_or_default();
+        tokio::spawn(crate::forward::run(mqtt.clone(), agent.node.clone(), state_dir, status_rx, stop_rx))
+    });
     let listener = bind_control(&control, group.as_deref())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -659,6 +682,7 @@ pub async fn run(mut agent: Agent, interval_secs: u64, control: PathBuf, group: 
                 if let Err(e) = agent.tick(crate::audit::now_ms()) {
                     tracing::error!(message = "Audit log not writable; no decisions this tick.", error_code = e.code(), error = %e);
                 }
+                let _ = status_tx.send(agent.public_status());
             }
             Ok((stream, _)) = listener.accept() => serve(&mut agent, stream, group.as_deref()).await,
             _ = hup.recv() => {
@@ -675,6 +699,11 @@ pub async fn run(mut agent: Agent, interval_secs: u64, control: PathBuf, group: 
     drop(rings);
     let _ = std::fs::remove_file(&control);
     agent.stop(reason)?;
+    // The forwarder gets a moment to send the last records, the stop among them.
+    let _ = stop_tx.send(true);
+    if let Some(f) = forwarder {
+        let _ = tokio::time::timeout(Duration::from_secs(3), f).await;
+    }
     Ok(())
 }
 

@@ -1,0 +1,279 @@
+//! Replication: forwards the local audit log to an MQTT broker, in `seq` order, at least once.
+//! The local log is the spool; a cursor (`<state_dir>/forward.cursor`, the highest `seq` the
+//! broker acknowledged with every lower one) is advanced only on PUBACK and persisted, so
+//! nothing is lost when the broker is down for hours or the agent is killed: after every
+//! CONNACK everything past the cursor is published again (a duplicate carries the same
+//! (node, seq)). The backlog drains at `max_rate` records per second.
+//!
+//! rumqttc keeps in-flight QoS 1 publishes only in memory, drops them on a reconnect without a
+//! session, and has no per-publish completion: so this module maps packet ids to `seq` from
+//! the `Outgoing::Publish(pkid)` events (in request order) and advances on `PubAck(pkid)`; at
+//! every CONNACK it empties rumqttc's resend queue and publishes again from the cursor.
+//!
+//! MQTT 3.1.1 (rumqttc's v4 client): what every broker in this field speaks, and all that QoS 1
+//! with retained status and a last will needs. Also a retained status on
+//! `<prefix>/node/<node>/status`, updated on change (at most every 5 s) and set offline by the
+//! last will.
+
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use serde::Deserialize;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::io::{BufRead, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// `[mqtt]` in the config.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Replicate to a broker at all.
+    pub enabled: bool,
+    pub host: String,
+    pub port: u16,
+    /// Topic prefix: records go to `<prefix>/node/<node>/audit`.
+    pub prefix: String,
+    pub keep_alive_secs: u64,
+    /// Records per second when draining a backlog.
+    pub max_rate: u32,
+    /// Publishes awaiting PUBACK at once.
+    pub max_inflight: u16,
+    /// Username, with the password read from `password_file` (first line).
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            host: "127.0.0.1".into(),
+            port: 1883,
+            prefix: "medic/v1".into(),
+            keep_alive_secs: 30,
+            max_rate: 1000,
+            max_inflight: 100,
+            username: None,
+            password_file: None,
+        }
+    }
+}
+
+pub const CURSOR_FILE: &str = "forward.cursor";
+
+/// The last `seq` acknowledged (with all before it); 0 when nothing was.
+pub fn read_cursor(state_dir: &Path) -> u64 {
+    std::fs::read_to_string(state_dir.join(CURSOR_FILE)).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+}
+
+fn write_cursor(state_dir: &Path, seq: u64) -> std::io::Result<()> {
+    let tmp = state_dir.join(format!(".{CURSOR_FILE}.tmp"));
+    std::fs::write(&tmp, format!("{seq}\n"))?;
+    std::fs::rename(&tmp, state_dir.join(CURSOR_FILE))
+}
+
+/// Reads records after a position in the audit log.
+struct Tail {
+    path: PathBuf,
+    offset: u64,
+}
+
+impl Tail {
+    /// Positions after the record with `seq` (the start of the file for 0).
+    fn after(path: &Path, seq: u64) -> std::io::Result<Self> {
+        let mut t = Self { path: path.to_path_buf(), offset: 0 };
+        if seq == 0 {
+            return Ok(t);
+        }
+        let f = std::fs::File::open(path)?;
+        let mut r = std::io::BufReader::new(f);
+        let mut line = String::new();
+        let mut off = 0u64;
+        loop {
+            line.clear();
+            let n = r.read_line(&mut line)?;
+            if n == 0 || !line.ends_with('\n') {
+                break;
+            }
+            off += n as u64;
+            if seq_of(&line) >= Some(seq) {
+                t.offset = off;
+                break;
+            }
+        }
+        Ok(t)
+    }
+
+    /// Up to `max` whole records from the current position.
+    fn next(&mut self, max: usize) -> std::io::Result<Vec<(u64, String)>> {
+        let mut f = std::fs::File::open(&self.path)?;
+        f.seek(SeekFrom::Start(self.offset))?;
+        let mut r = std::io::BufReader::new(f);
+        let mut out = Vec::new();
+        let mut line = String::new();
+        while out.len() < max {
+            line.clear();
+            let n = r.read_line(&mut line)?;
+            if n == 0 || !line.ends_with('\n') {
+                break;
+            }
+            self.offset += n as u64;
+            if let Some(seq) = seq_of(&line) {
+                out.push((seq, line.trim_end().to_string()));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The `seq` of the last whole record in the log.
+fn last_seq(log: &Path) -> u64 {
+    let text = std::fs::read(log).unwrap_or_default();
+    let end = text.iter().rposition(|b| *b == b'\n').unwrap_or(0);
+    let start = text[..end].iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    seq_of(&String::from_utf8_lossy(&text[start..end])).unwrap_or(0)
+}
+
+fn seq_of(line: &str) -> Option<u64> {
+    // Canonical records have sorted keys; parse rather than guess at positions.
+    serde_json::from_str::<serde_json::Value>(line).ok()?.get("seq")?.as_u64()
+}
+
+/// Runs until `stop` turns true. Never returns an error: a broker that cannot be reached is
+/// retried with backoff while the agent goes on deciding and recording locally.
+pub async fn run(cfg: MqttConfig, node: String, state_dir: PathBuf, status: watch::Receiver<String>, mut stop: watch::Receiver<bool>) {
+    let audit_topic = format!("{}/node/{node}/audit", cfg.prefix);
+    let status_topic = format!("{}/node/{node}/status", cfg.prefix);
+    let mut opts = MqttOptions::new(format!("medic-{node}"), cfg.host.clone(), cfg.port);
+    opts.set_keep_alive(Duration::from_secs(cfg.keep_alive_secs.max(5)));
+    opts.set_clean_session(true);
+    opts.set_inflight(cfg.max_inflight.max(1));
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    let offline = serde_json::json!({ "node": node, "online": false }).to_string();
+    opts.set_last_will(LastWill::new(status_topic.clone(), offline, QoS::AtLeastOnce, true));
+    if let Some(user) = &cfg.username {
+        let pass = cfg
+            .password_file
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .map(|s| s.lines().next().unwrap_or("").to_string())
+            .unwrap_or_default();
+        opts.set_credentials(user.clone(), pass);
+    }
+    let (client, mut events) = AsyncClient::new(opts, cfg.max_inflight as usize * 2);
+    let log = state_dir.join(crate::audit::FILE_NAME);
+    let mut cursor = read_cursor(&state_dir);
+    let mut tail = None;
+    let mut connected = false;
+    let mut unassigned: VecDeque<u64> = VecDeque::new();
+    let mut inflight: HashMap<u16, u64> = HashMap::new();
+    let mut acked: BTreeSet<u64> = BTreeSet::new();
+    let mut published_upto = cursor;
+    let mut last_cursor_write = Instant::now();
+    let mut backoff = Duration::from_millis(200);
+    let mut last_status = String::new();
+    let mut last_status_at = Instant::now() - Duration::from_secs(60);
+    let budget_per_tick = (cfg.max_rate as usize / 20).max(1);
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    // On stop, keep forwarding for a moment so that the agent's last records (its stop) go too.
+    let mut drain_until: Option<Instant> = None;
+    loop {
+        if let Some(d) = drain_until {
+            let last = last_seq(&log);
+            if Instant::now() >= d || cursor >= last {
+                break;
+            }
+        }
+        tokio::select! {
+            _ = stop.changed(), if drain_until.is_none() => {
+                drain_until = Some(Instant::now() + Duration::from_secs(2));
+            }
+            _ = tick.tick() => {
+                if !connected {
+                    continue;
+                }
+                // Publish more while the window allows, at most max_rate per second.
+                let room = (cfg.max_inflight as usize).saturating_sub(inflight.len() + unassigned.len()).min(budget_per_tick);
+                if room > 0 {
+                    if tail.is_none() {
+                        tail = Tail::after(&log, published_upto).ok();
+                    }
+                    if let Some(t) = tail.as_mut() {
+                        for (seq, line) in t.next(room).unwrap_or_default() {
+                            if seq <= published_upto {
+                                continue;
+                            }
+                            if client.try_publish(audit_topic.clone(), QoS::AtLeastOnce, false, line).is_err() {
+                                tail = None; // re-read from published_upto next time
+                                break;
+                            }
+                            unassigned.push_back(seq);
+                            published_upto = seq;
+                        }
+                    }
+                }
+                let st = status.borrow().clone();
+                let due = !st.is_empty() && st != last_status && last_status_at.elapsed() >= Duration::from_secs(5);
+                if due && client.try_publish(status_topic.clone(), QoS::AtLeastOnce, true, st.clone()).is_ok() {
+                    last_status = st;
+                    last_status_at = Instant::now();
+                    unassigned.push_back(0); // a status publish: no seq
+                }
+                if last_cursor_write.elapsed() >= Duration::from_millis(200) {
+                    let _ = write_cursor(&state_dir, cursor);
+                    last_cursor_write = Instant::now();
+                }
+            }
+            ev = events.poll() => match ev {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    tracing::info!(message = "Connected to the broker.", session_present = ack.session_present, cursor);
+                    connected = true;
+                    backoff = Duration::from_millis(200);
+                    // In-flight publishes are gone with the old connection: drop rumqttc's own resend
+                    // queue (its packet ids would not match our map) and send again from the cursor.
+                    // Requests still in the channel go out in order and keep their place in
+                    // `unassigned`.
+                    events.pending.clear();
+                    inflight.clear();
+                    acked.retain(|s| *s > cursor);
+                    published_upto = cursor;
+                    tail = None;
+                    last_status.clear();
+                }
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                    if let Some(seq) = unassigned.pop_front() {
+                        if seq > 0 {
+                            inflight.insert(pkid, seq);
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                    if let Some(seq) = inflight.remove(&ack.pkid) {
+                        acked.insert(seq);
+                        while acked.remove(&(cursor + 1)) {
+                            cursor += 1;
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if connected {
+                        tracing::warn!(message = "Broker connection lost; records stay in the local log.", error = %e);
+                    } else {
+                        tracing::debug!(message = "Broker unreachable.", error = %e);
+                    }
+                    connected = false;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+    let _ = write_cursor(&state_dir, cursor);
+    let _ = client.try_publish(status_topic, QoS::AtLeastOnce, true, serde_json::json!({ "node": node, "online": false }).to_string());
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        let _ = client.disconnect().await;
+        while events.poll().await.is_ok() {}
+    })
+    .await;
+}
