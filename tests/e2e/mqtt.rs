@@ -215,3 +215,53 @@ fn kill_9_at_random_moments_loses_nothing() {
         "every (node, seq) of the log reached the subscriber"
     );
 }
+
+#[test]
+fn password_authentication_works_and_a_wrong_password_is_reported_while_recording_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::new(dir.path());
+    let pwfile = dir.path().join("passwd");
+    let st = Command::new("mosquitto_passwd").args(["-b", "-c"]).arg(&pwfile).args(["medic", "s3cret"]).status().unwrap();
+    assert!(st.success());
+    let conf = std::fs::read_to_string(&broker.conf)
+        .unwrap()
+        .replace("allow_anonymous true", &format!("allow_anonymous false\npassword_file {}", pwfile.display()));
+    std::fs::write(&broker.conf, conf).unwrap();
+    broker.start();
+    let good = dir.path().join("good.pw");
+    let bad = dir.path().join("bad.pw");
+    std::fs::write(&good, "s3cret\n").unwrap();
+    std::fs::write(&bad, "guess\n").unwrap();
+    let mut seqs = Vec::new();
+    for (name, pw) in [("good", &good), ("bad", &bad)] {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let (cfg, pbs, state) = write_setup(&d, broker.port, &format!("node-{name}"), 1);
+        let text = format!("{}username = \"medic\"\npassword_file = \"{}\"\n", std::fs::read_to_string(&cfg).unwrap(), pw.display());
+        std::fs::write(&cfg, text).unwrap();
+        let a = agent(&cfg, &pbs, &state);
+        let sock = d.join("c.sock");
+        let status = || -> serde_json::Value {
+            let o = crate::util::run(&["status", "--json", "--socket", sock.to_str().unwrap()]);
+            serde_json::from_slice(&o.stdout).unwrap_or_default()
+        };
+        if name == "good" {
+            assert!(crate::acting_wait(20, || status()["replication"]["cursor"].as_u64() >= Some(3)), "{}", status());
+            assert_eq!(status()["replication"]["connected"], true);
+        } else {
+            assert!(crate::acting_wait(20, || status()["replication"]["error"].as_str().is_some()), "{}", status());
+            let st = status();
+            assert_eq!(st["replication"]["connected"], false);
+            let err = st["replication"]["error"].as_str().unwrap().to_lowercase();
+            assert!(err.contains("password") || err.contains("auth") || err.contains("refused"), "a clear error: {err}");
+            let o = crate::util::run(&["status", "--socket", sock.to_str().unwrap()]);
+            assert!(crate::util::text(&o).contains("NOT CONNECTED"), "{}", crate::util::text(&o));
+            // It keeps deciding and recording locally.
+            let before = log_seqs(&state).len();
+            assert!(crate::acting_wait(10, || log_seqs(&state).len() > before));
+        }
+        assert!(a.stop());
+        seqs.push(log_seqs(&state).len());
+    }
+    assert!(seqs.iter().all(|n| *n > 0));
+}

@@ -438,6 +438,19 @@ fn print_status(st: &serde_json::Value) {
     } else {
         println!("audit:    {} (last seq {})", s(&a["path"]), st["last_seq"]);
     }
+    let r = &st["replication"];
+    if r.is_object() {
+        if r["connected"] == serde_json::Value::Bool(true) {
+            println!("mqtt:     connected to {}, acknowledged up to seq {}", s(&r["broker"]), r["cursor"]);
+        } else {
+            println!(
+                "mqtt:     NOT CONNECTED to {} ({}); records wait in the local log (acknowledged up to seq {})",
+                s(&r["broker"]),
+                r["error"].as_str().unwrap_or("connecting"),
+                r["cursor"]
+            );
+        }
+    }
     println!(
         "budget:   {} live, {} dry-run actions left this hour; {} running",
         st["budget_left"]["live"], st["budget_left"]["dry-run"], st["running_actions"]

@@ -246,6 +246,19 @@ impl Config {
         if cfg.actions.timeout_secs == 0 {
             return Err(at("timeout_secs", "actions.timeout_secs: must be at least 1".into()));
         }
+        let m = &cfg.mqtt;
+        if m.prefix.is_empty() || m.prefix.contains(['+', '#']) || m.prefix.ends_with('/') {
+            return Err(at("prefix", format!("mqtt.prefix: {:?} must be non-empty, without '+', '#' or a trailing '/'", m.prefix)));
+        }
+        if m.enabled && (m.host.is_empty() || m.port == 0) {
+            return Err(at("[mqtt]", "mqtt.host and mqtt.port: a broker is needed when mqtt.enabled".into()));
+        }
+        if m.username.is_some() != m.password_file.is_some() {
+            return Err(at("password_file", "mqtt.username and mqtt.password_file: give both or neither".into()));
+        }
+        if m.max_inflight == 0 || m.max_rate == 0 {
+            return Err(at("[mqtt]", "mqtt.max_inflight and mqtt.max_rate: must be at least 1".into()));
+        }
         if let Some(n) = &cfg.node {
             if n.is_empty() || n.contains(['/', '+', '#']) || n.chars().any(char::is_whitespace) {
                 return Err(at("node", format!("node: {n:?} must be non-empty, without '/', '+', '#' or spaces")));
@@ -318,6 +331,14 @@ mod tests {
     #[test]
     fn empty_file_is_defaults() {
         assert_eq!(Config::parse("m.toml", "").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn mqtt_credentials_come_in_pairs_and_topics_have_no_wildcards() {
+        let e = Config::parse("m.toml", "[mqtt]\nusername = \"u\"\n").unwrap_err();
+        assert!(e.reason.contains("password_file"), "{e}");
+        let e = Config::parse("m.toml", "[mqtt]\nprefix = \"medic/#\"\n").unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
     }
 
     #[test]

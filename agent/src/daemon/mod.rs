@@ -93,6 +93,8 @@ pub struct Agent {
     audit_down: Option<(i64, String)>,
     /// The next tick evaluates every playbook, due or not (set by an eBPF wake-up).
     force_next: bool,
+    /// How replication to the broker is doing, when it is on.
+    pub replication: Option<tokio::sync::watch::Receiver<crate::forward::Health>>,
     unavailable: BTreeMap<String, String>,
 }
 
@@ -203,6 +205,7 @@ impl Agent {
             running: BTreeSet::new(),
             audit_down: None,
             force_next: false,
+            replication: None,
             unavailable: first.unavailable.clone(),
         };
         agent.expire_mode(crate::audit::now_ms())?;
@@ -570,6 +573,7 @@ impl Agent {
                 "error": self.audit_down.as_ref().map(|(_, e)| e.clone()),
             },
             "unavailable_signals": self.unavailable,
+            "replication": self.replication.as_ref().map(|r| json!(*r.borrow())),
         })
     }
 
@@ -664,7 +668,9 @@ pub async fn run(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let forwarder = mqtt.enabled.then(|| {
         let state_dir = agent.audit_path().parent().map(PathBuf::from).unwrap_or_default();
-        tokio::spawn(crate::forward::run(mqtt.clone(), agent.node.clone(), state_dir, status_rx, stop_rx))
+        let (health_tx, health_rx) = tokio::sync::watch::channel(crate::forward::Health::default());
+        agent.replication = Some(health_rx);
+        tokio::spawn(crate::forward::run(mqtt.clone(), agent.node.clone(), state_dir, status_rx, stop_rx, health_tx))
     });
     let listener = bind_control(&control, group.as_deref())?;
     let mut term = signal(SignalKind::terminate())?;

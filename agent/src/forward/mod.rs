@@ -141,7 +141,25 @@ fn seq_of(line: &str) -> Option<u64> {
 
 /// Runs until `stop` turns true. Never returns an error: a broker that cannot be reached is
 /// retried with backoff while the agent goes on deciding and recording locally.
-pub async fn run(cfg: MqttConfig, node: String, state_dir: PathBuf, status: watch::Receiver<String>, mut stop: watch::Receiver<bool>) {
+/// How replication is doing, for `medic status`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Health {
+    pub broker: String,
+    pub connected: bool,
+    /// The last `seq` the broker acknowledged (with every one before it).
+    pub cursor: u64,
+    /// Why the last connection attempt failed (a bad password, an unreachable broker, ...).
+    pub error: Option<String>,
+}
+
+pub async fn run(
+    cfg: MqttConfig,
+    node: String,
+    state_dir: PathBuf,
+    status: watch::Receiver<String>,
+    mut stop: watch::Receiver<bool>,
+    health: watch::Sender<Health>,
+) {
     let audit_topic = format!("{}/node/{node}/audit", cfg.prefix);
     let status_topic = format!("{}/node/{node}/status", cfg.prefix);
     let mut opts = MqttOptions::new(format!("medic-{node}"), cfg.host.clone(), cfg.port);
@@ -174,6 +192,16 @@ pub async fn run(cfg: MqttConfig, node: String, state_dir: PathBuf, status: watc
     let mut last_status = String::new();
     let mut last_status_at = Instant::now() - Duration::from_secs(60);
     let budget_per_tick = (cfg.max_rate as usize / 20).max(1);
+    let broker = format!("{}:{}", cfg.host, cfg.port);
+    let report = |connected: bool, cursor: u64, error: Option<String>| {
+        let h = Health { broker: broker.clone(), connected, cursor, error };
+        health.send_if_modified(|old| {
+            let changed = *old != h;
+            *old = h;
+            changed
+        });
+    };
+    report(false, cursor, None);
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     // On stop, keep forwarding for a moment so that the agent's last records (its stop) go too.
     let mut drain_until: Option<Instant> = None;
@@ -222,6 +250,7 @@ pub async fn run(cfg: MqttConfig, node: String, state_dir: PathBuf, status: watc
                 if last_cursor_write.elapsed() >= Duration::from_millis(200) {
                     let _ = write_cursor(&state_dir, cursor);
                     last_cursor_write = Instant::now();
+                    report(true, cursor, None);
                 }
             }
             ev = events.poll() => match ev {
@@ -229,6 +258,7 @@ pub async fn run(cfg: MqttConfig, node: String, state_dir: PathBuf, status: watc
                     tracing::info!(message = "Connected to the broker.", session_present = ack.session_present, cursor);
                     connected = true;
                     backoff = Duration::from_millis(200);
+                    report(true, cursor, None);
                     // In-flight publishes are gone with the old connection: drop rumqttc's own resend
                     // queue (its packet ids would not match our map) and send again from the cursor.
                     // Requests still in the channel go out in order and keep their place in
@@ -257,11 +287,11 @@ pub async fn run(cfg: MqttConfig, node: String, state_dir: PathBuf, status: watc
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    if connected {
-                        tracing::warn!(message = "Broker connection lost; records stay in the local log.", error = %e);
-                    } else {
-                        tracing::debug!(message = "Broker unreachable.", error = %e);
+                    let error = format!("{broker}: {e}");
+                    if connected || health.borrow().error.as_deref() != Some(error.as_str()) {
+                        tracing::warn!(message = "Broker not reachable; records stay in the local log and are sent when it is.", error = %error);
                     }
+                    report(false, cursor, Some(error));
                     connected = false;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(30));
