@@ -126,9 +126,14 @@ impl Tail {
     }
 }
 
-/// The `seq` of the last whole record in the log.
+/// The `seq` of the last whole record in the log (reads only its tail).
 fn last_seq(log: &Path) -> u64 {
-    let text = std::fs::read(log).unwrap_or_default();
+    use std::io::Read;
+    let Ok(mut f) = std::fs::File::open(log) else { return 0 };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(1 << 20)));
+    let mut text = Vec::new();
+    let _ = f.read_to_end(&mut text);
     let end = text.iter().rposition(|b| *b == b'\n').unwrap_or(0);
     let start = text[..end].iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
     seq_of(&String::from_utf8_lossy(&text[start..end])).unwrap_or(0)
