@@ -265,3 +265,122 @@ fn password_authentication_works_and_a_wrong_password_is_reported_while_recordin
     }
     assert!(seqs.iter().all(|n| *n > 0));
 }
+
+/// Publishes one command and collects the acks on `<topic>/ack` for `secs`.
+fn command(port: u16, topic: &str, cmd: &serde_json::Value, secs: u64) -> Vec<serde_json::Value> {
+    let mut opts = MqttOptions::new(format!("operator-{}", std::process::id()), "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (client, mut conn) = Client::new(opts, 100);
+    client.subscribe(format!("{topic}/ack"), QoS::AtLeastOnce).unwrap();
+    let mut acks = Vec::new();
+    let end = Instant::now() + Duration::from_secs(secs);
+    let mut sent = false;
+    for ev in conn.iter() {
+        if Instant::now() > end {
+            break;
+        }
+        match ev {
+            Ok(Event::Incoming(Packet::SubAck(_))) if !sent => {
+                client.publish(topic, QoS::AtLeastOnce, false, cmd.to_string().into_bytes()).unwrap();
+                sent = true;
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => acks.push(serde_json::from_slice(&p.payload).unwrap()),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            _ => {}
+        }
+    }
+    acks
+}
+
+fn sign(cmd: &mut serde_json::Value, key: &ed25519_dalek::SigningKey) {
+    use ed25519_dalek::Signer;
+    let sig = key.sign(&medic::control::remote::signed_bytes(cmd));
+    cmd["sig"] = serde_json::Value::String(hex::encode(sig.to_bytes()));
+}
+
+#[test]
+fn a_fleet_of_three_follows_fleet_and_group_commands_and_rejects_unsigned_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::new(dir.path());
+    broker.start();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[42u8; 32]);
+    let nodes = [("n1", "web"), ("n2", "web"), ("n3", "db")];
+    let mut agents = Vec::new();
+    let mut states = Vec::new();
+    for (node, group) in nodes {
+        let d = dir.path().join(node);
+        std::fs::create_dir_all(d.join("state/trusted-keys")).unwrap();
+        std::fs::write(d.join("state/trusted-keys/ops.pub"), hex::encode(key.verifying_key().to_bytes())).unwrap();
+        let (cfg, pbs, state) = write_setup(&d, broker.port, node, 0);
+        std::fs::write(&cfg, format!("{}groups = [\"{group}\"]\n", std::fs::read_to_string(&cfg).unwrap())).unwrap();
+        medic::control::mode::ModeState {
+            mode: medic::gate::Mode::Live,
+            since_ms: 1,
+            actor: "test".into(),
+            reason: "test".into(),
+            expires_ms: None,
+            revert_to: None,
+        }
+        .save(&state)
+        .unwrap();
+        agents.push(agent(&cfg, &pbs, &state));
+        states.push(state);
+    }
+    let mode_of = |s: &Path| -> String {
+        let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(s.join("mode.json")).unwrap()).unwrap();
+        m["mode"].as_str().unwrap().to_string()
+    };
+    let connected = |s: &Path| crate::util_cursor(s) > 0;
+    assert!(crate::acting_wait(20, || states.iter().all(|s| connected(s))), "all three connected");
+    std::thread::sleep(Duration::from_millis(500)); // subscribed to their command topics
+
+    // The whole fleet to dry-run for 6 s: unsigned is fine in the safe direction.
+    let cmd =
+        serde_json::json!({ "id": "c1", "op": "set_mode", "mode": "dry-run", "reason": "incident 42", "actor": "oncall", "ttl_secs": 6 });
+    let acks = command(broker.port, "medic/v1/fleet/cmd", &cmd, 2);
+    let ok: std::collections::BTreeSet<String> =
+        acks.iter().filter(|a| a["ok"] == true).map(|a| a["node"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ok, ["n1", "n2", "n3"].map(String::from).into_iter().collect(), "{acks:?}");
+    assert!(states.iter().all(|s| mode_of(s) == "dry-run"));
+    // At expiry each reverts to live by itself, and records it.
+    assert!(crate::acting_wait(10, || states.iter().all(|s| mode_of(s) == "live")));
+    assert!(crate::acting_wait(5, || states.iter().all(|s| audit_lines(s).iter().any(|r| r["kind"] == "mode_expired"))));
+
+    // A group command switches only that group.
+    let cmd = serde_json::json!({ "id": "c2", "op": "set_mode", "mode": "dry-run", "reason": "web deploy", "actor": "oncall" });
+    let acks = command(broker.port, "medic/v1/group/web/cmd", &cmd, 2);
+    assert_eq!(acks.iter().filter(|a| a["ok"] == true).count(), 2, "{acks:?}");
+    assert_eq!([mode_of(&states[0]), mode_of(&states[1]), mode_of(&states[2])], ["dry-run", "dry-run", "live"]);
+
+    // Live without a signature: rejected by all three, and recorded.
+    let cmd = serde_json::json!({ "id": "c3", "op": "set_mode", "mode": "live", "reason": "yolo", "actor": "mallory" });
+    let acks = command(broker.port, "medic/v1/fleet/cmd", &cmd, 2);
+    assert_eq!(acks.iter().filter(|a| a["ok"] == false).count(), 3, "{acks:?}");
+    assert_eq!(mode_of(&states[0]), "dry-run");
+    // Signed by the trusted key: accepted; the same nonce again: a replay, rejected.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let mut cmd = serde_json::json!({ "id": "c4", "op": "set_mode", "mode": "live", "reason": "deploy done", "actor": "oncall", "ts": now, "nonce": "n-1" });
+    sign(&mut cmd, &key);
+    let acks = command(broker.port, "medic/v1/node/n1/cmd", &cmd, 2);
+    assert_eq!(acks.len(), 1);
+    assert_eq!(acks[0]["ok"], true, "{acks:?}");
+    assert_eq!(mode_of(&states[0]), "live");
+    let acks = command(broker.port, "medic/v1/node/n1/cmd", &cmd, 2);
+    assert!(acks[0]["error"].as_str().unwrap().contains("replayed"), "{acks:?}");
+    // Malformed: rejected with a record, mode unchanged, the agent alive.
+    let acks = command(
+        broker.port,
+        "medic/v1/node/n3/cmd",
+        &serde_json::json!({ "id": "c5", "op": "set_mode", "mode": "dry-run", "reason": "x", "evil": 1 }),
+        2,
+    );
+    assert!(acks[0]["error"].as_str().unwrap().contains("unknown field"), "{acks:?}");
+    assert_eq!(mode_of(&states[2]), "live");
+    for s in &states {
+        let cmds: Vec<_> = audit_lines(s).into_iter().filter(|r| r["kind"] == "command").collect();
+        assert!(cmds.iter().any(|c| c["accepted"] == false), "rejections are recorded");
+    }
+    for a in agents {
+        assert!(a.stop());
+    }
+}

@@ -4,6 +4,7 @@
 //! change is taken from the peer's credentials (SO_PEERCRED), never from the request.
 
 pub mod mode;
+pub mod remote;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

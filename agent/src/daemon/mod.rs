@@ -95,6 +95,8 @@ pub struct Agent {
     force_next: bool,
     /// How replication to the broker is doing, when it is on.
     pub replication: Option<tokio::sync::watch::Receiver<crate::forward::Health>>,
+    /// Checks signed fleet commands.
+    pub verifier: crate::control::remote::Verifier,
     unavailable: BTreeMap<String, String>,
 }
 
@@ -206,6 +208,7 @@ impl Agent {
             audit_down: None,
             force_next: false,
             replication: None,
+            verifier: Default::default(),
             unavailable: first.unavailable.clone(),
         };
         agent.expire_mode(crate::audit::now_ms())?;
@@ -528,6 +531,76 @@ impl Agent {
         }
     }
 
+    /// Handles a fleet command from the broker (see `control::remote`); returns its ack.
+    pub fn remote(&mut self, topic: &str, payload: &[u8]) -> Value {
+        use crate::control::remote;
+        let now = crate::audit::now_ms();
+        let parsed = remote::parse(payload);
+        let (id, op, actor) = match &parsed {
+            Ok((c, _)) => (c.id.clone(), c.op.clone(), c.actor.clone().unwrap_or_else(|| "unknown".into())),
+            Err(_) => (String::new(), String::new(), "unknown".into()),
+        };
+        let result: Result<Value, String> = parsed.and_then(|(cmd, raw)| {
+            let signed = |v: &mut remote::Verifier| v.check(&cmd, &raw, now / 1000);
+            let by = |key: Option<String>| {
+                format!(
+                    "mqtt:{} via {topic}{}",
+                    cmd.actor.as_deref().unwrap_or("unknown"),
+                    key.map(|k| format!(" (signed by {k})")).unwrap_or_default()
+                )
+            };
+            match cmd.op.as_str() {
+                "set_mode" => {
+                    let to = cmd.mode.as_deref().and_then(Mode::parse).ok_or("set_mode needs `mode`: live or dry-run")?;
+                    let reason = cmd.reason.clone().filter(|r| !r.trim().is_empty()).ok_or("set_mode needs a `reason`")?;
+                    let key = if to == Mode::Live { Some(signed(&mut self.verifier)?) } else { None };
+                    let old = self.mode.clone();
+                    let next = ModeState {
+                        mode: to,
+                        since_ms: now,
+                        actor: by(key),
+                        reason,
+                        expires_ms: cmd.ttl_secs.map(|t| now + t.min(365 * 86_400) as i64 * 1000),
+                        revert_to: cmd.ttl_secs.map(|_| old.mode),
+                    };
+                    self.apply_mode(next, &old, "mode_change", now).map_err(|e| e.to_string())?;
+                    Ok(json!({ "mode": to.as_str(), "expires": self.mode.expires_ms.map(crate::audit::now_rfc3339) }))
+                }
+                "reset_breaker" => {
+                    let key = signed(&mut self.verifier)?;
+                    let kind = cmd.action.as_deref().and_then(crate::actions::ActionKind::parse).ok_or("reset_breaker needs `action`")?;
+                    let (pb, target) = (cmd.playbook.clone().unwrap_or_default(), cmd.target.clone().unwrap_or_default());
+                    if !self.gate.reset(&(pb.clone(), kind, target.clone())) {
+                        return Err(format!("no open breaker for {pb} {kind} {target:?}"));
+                    }
+                    let body =
+                        obj(json!({ "playbook": pb, "action": kind, "target": target, "actor": by(Some(key)), "reason": cmd.reason }));
+                    self.record("breaker_reset", body, now).map_err(|e| e.to_string())?;
+                    Ok(json!({ "reset": true }))
+                }
+                "reload" => {
+                    self.reload().map_err(|e| e.to_string())?;
+                    Ok(json!({ "playbooks": self.playbook_names() }))
+                }
+                other => Err(format!("unknown op {other:?}: set_mode, reset_breaker or reload")),
+            }
+        });
+        let (ok, detail) = match &result {
+            Ok(v) => (true, v.clone()),
+            Err(e) => (false, json!(e)),
+        };
+        let body = obj(
+            json!({ "topic": topic, "command_id": id, "op": op, "actor": actor, "accepted": ok, "result": if ok { detail.clone() } else { Value::Null }, "error": if ok { Value::Null } else { detail.clone() }, "payload_bytes": payload.len() }),
+        );
+        if let Err(e) = self.record("command", body, now) {
+            tracing::error!(message = "Fleet command not recorded.", error = %e);
+        }
+        if !ok {
+            tracing::warn!(message = "Fleet command rejected.", topic, id = %id, error = %detail);
+        }
+        json!({ "node": self.node, "id": id, "ok": ok, "result": if ok { detail.clone() } else { Value::Null }, "error": if ok { Value::Null } else { detail } })
+    }
+
     /// The retained status published on the broker: what changes rarely (not budgets or seq).
     pub fn public_status(&self) -> String {
         let st = self.status(crate::audit::now_ms());
@@ -666,11 +739,16 @@ pub async fn run(
     use tokio::signal::unix::{signal, SignalKind};
     let (status_tx, status_rx) = tokio::sync::watch::channel(String::new());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (cmd_tx, mut cmd_rx) = tokio::sync::mpsc::channel::<(String, Vec<u8>)>(64);
+    let (ack_tx, ack_rx) = tokio::sync::mpsc::channel::<(String, String)>(64);
     let forwarder = mqtt.enabled.then(|| {
         let state_dir = agent.audit_path().parent().map(PathBuf::from).unwrap_or_default();
+        let keys = mqtt.trusted_keys_dir.clone().unwrap_or_else(|| state_dir.join("trusted-keys"));
+        agent.verifier = crate::control::remote::Verifier::load(&keys);
         let (health_tx, health_rx) = tokio::sync::watch::channel(crate::forward::Health::default());
         agent.replication = Some(health_rx);
-        tokio::spawn(crate::forward::run(mqtt.clone(), agent.node.clone(), state_dir, status_rx, stop_rx, health_tx))
+        let links = crate::forward::Links { status: status_rx, stop: stop_rx, health: health_tx, commands: cmd_tx, acks: ack_rx };
+        tokio::spawn(crate::forward::run(mqtt.clone(), agent.node.clone(), state_dir, links))
     });
     let listener = bind_control(&control, group.as_deref())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -691,6 +769,11 @@ pub async fn run(
                 let _ = status_tx.send(agent.public_status());
             }
             Ok((stream, _)) = listener.accept() => serve(&mut agent, stream, group.as_deref()).await,
+            Some((topic, payload)) = cmd_rx.recv() => {
+                let ack = agent.remote(&topic, &payload);
+                let _ = ack_tx.try_send((format!("{topic}/ack"), ack.to_string()));
+                let _ = status_tx.send(agent.public_status());
+            }
             _ = hup.recv() => {
                 tracing::info!(message = "Reloading playbooks (SIGHUP).");
                 if let Err(e) = agent.reload() {

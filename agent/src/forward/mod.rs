@@ -41,6 +41,11 @@ pub struct MqttConfig {
     /// Username, with the password read from `password_file` (first line).
     pub username: Option<String>,
     pub password_file: Option<PathBuf>,
+    /// Groups this node belongs to (commands on `<prefix>/group/<group>/cmd`).
+    pub groups: Vec<String>,
+    /// Public keys (`*.pub`, 64 hex digits) that may sign live-mode and breaker commands.
+    /// Default: `<state_dir>/trusted-keys`.
+    pub trusted_keys_dir: Option<PathBuf>,
 }
 
 impl Default for MqttConfig {
@@ -55,6 +60,8 @@ impl Default for MqttConfig {
             max_inflight: 100,
             username: None,
             password_file: None,
+            groups: Vec::new(),
+            trusted_keys_dir: None,
         }
     }
 }
@@ -144,8 +151,6 @@ fn seq_of(line: &str) -> Option<u64> {
     serde_json::from_str::<serde_json::Value>(line).ok()?.get("seq")?.as_u64()
 }
 
-/// Runs until `stop` turns true. Never returns an error: a broker that cannot be reached is
-/// retried with backoff while the agent goes on deciding and recording locally.
 /// How replication is doing, for `medic status`.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct Health {
@@ -157,14 +162,28 @@ pub struct Health {
     pub error: Option<String>,
 }
 
-pub async fn run(
-    cfg: MqttConfig,
-    node: String,
-    state_dir: PathBuf,
-    status: watch::Receiver<String>,
-    mut stop: watch::Receiver<bool>,
-    health: watch::Sender<Health>,
-) {
+/// The channels between the forwarder and the agent's loop.
+pub struct Links {
+    /// The retained status to publish (JSON), updated every tick.
+    pub status: watch::Receiver<String>,
+    /// Turns true when the agent stops.
+    pub stop: watch::Receiver<bool>,
+    /// How replication is doing, for `medic status`.
+    pub health: watch::Sender<Health>,
+    /// Fleet commands received: (topic, payload).
+    pub commands: tokio::sync::mpsc::Sender<(String, Vec<u8>)>,
+    /// Acks to publish: (topic, payload).
+    pub acks: tokio::sync::mpsc::Receiver<(String, String)>,
+}
+
+/// Runs until `stop` turns true. Never returns an error: a broker that cannot be reached is
+/// retried with backoff while the agent goes on deciding and recording locally.
+pub async fn run(cfg: MqttConfig, node: String, state_dir: PathBuf, links: Links) {
+    let Links { status, mut stop, health, commands, mut acks } = links;
+    let cmd_topics: Vec<String> = std::iter::once(format!("{}/node/{node}/cmd", cfg.prefix))
+        .chain(cfg.groups.iter().map(|g| format!("{}/group/{g}/cmd", cfg.prefix)))
+        .chain(std::iter::once(format!("{}/fleet/cmd", cfg.prefix)))
+        .collect();
     let audit_topic = format!("{}/node/{node}/audit", cfg.prefix);
     let status_topic = format!("{}/node/{node}/status", cfg.prefix);
     let mut opts = MqttOptions::new(format!("medic-{node}"), cfg.host.clone(), cfg.port);
@@ -221,6 +240,11 @@ pub async fn run(
             _ = stop.changed(), if drain_until.is_none() => {
                 drain_until = Some(Instant::now() + Duration::from_secs(2));
             }
+            Some((topic, ack)) = acks.recv() => {
+                if client.try_publish(topic, QoS::AtLeastOnce, false, ack).is_ok() {
+                    unassigned.push_back(0); // an ack: no seq
+                }
+            }
             _ = tick.tick() => {
                 if !connected {
                     continue;
@@ -274,6 +298,16 @@ pub async fn run(
                     published_upto = cursor;
                     tail = None;
                     last_status.clear();
+                    for t in &cmd_topics {
+                        if client.try_subscribe(t.clone(), QoS::AtLeastOnce).is_err() {
+                            tracing::warn!(message = "Could not subscribe to a command topic.", topic = %t);
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if cmd_topics.contains(&p.topic) {
+                        let _ = commands.try_send((p.topic.clone(), p.payload.to_vec()));
+                    }
                 }
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
                     if let Some(seq) = unassigned.pop_front() {
