@@ -384,3 +384,60 @@ fn a_fleet_of_three_follows_fleet_and_group_commands_and_rejects_unsigned_live()
         assert!(a.stop());
     }
 }
+
+#[test]
+fn the_cli_switches_a_group_lists_the_fleet_and_signs_live_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::new(dir.path());
+    broker.start();
+    let secret = [9u8; 32];
+    let key = ed25519_dalek::SigningKey::from_bytes(&secret);
+    let mut agents = Vec::new();
+    let mut states = Vec::new();
+    for node in ["cli-a", "cli-b"] {
+        let d = dir.path().join(node);
+        std::fs::create_dir_all(d.join("state/trusted-keys")).unwrap();
+        std::fs::write(d.join("state/trusted-keys/ops.pub"), hex::encode(key.verifying_key().to_bytes())).unwrap();
+        let (cfg, pbs, state) = write_setup(&d, broker.port, node, 0);
+        std::fs::write(&cfg, format!("{}groups = [\"edge\"]\n", std::fs::read_to_string(&cfg).unwrap())).unwrap();
+        agents.push(agent(&cfg, &pbs, &state));
+        states.push(state);
+    }
+    assert!(crate::acting_wait(20, || states.iter().all(|s| crate::util_cursor(s) > 0)));
+    std::thread::sleep(Duration::from_secs(6)); // retained statuses published (every 5 s at most)
+    let op_cfg = dir.path().join("operator.toml");
+    std::fs::write(&op_cfg, format!("[mqtt]\nport = {}\n", broker.port)).unwrap();
+    let c = op_cfg.to_str().unwrap();
+    let o = crate::util::run(&["fleet", "status", "--config", c]);
+    let out = crate::util::text(&o);
+    assert!(out.contains("cli-a") && out.contains("cli-b"), "{out}");
+    let o = crate::util::run(&["mode", "dry-run", "--group", "edge", "--reason", "maintenance", "--wait", "3", "--config", c]);
+    let out = crate::util::text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("2 confirmed, 0 rejected, 0 did not answer"), "{out}");
+    let o = crate::util::run(&["mode", "live", "--fleet", "--reason", "unsigned", "--wait", "3", "--config", c]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(crate::util::text(&o).contains("REJECTED"), "{}", crate::util::text(&o));
+    let keyfile = dir.path().join("ops.key");
+    std::fs::write(&keyfile, hex::encode(secret)).unwrap();
+    let o = crate::util::run(&[
+        "mode",
+        "live",
+        "--node",
+        "cli-a",
+        "--reason",
+        "signed",
+        "--sign-key",
+        keyfile.to_str().unwrap(),
+        "--wait",
+        "3",
+        "--config",
+        c,
+    ]);
+    assert!(o.status.success(), "{}", crate::util::text(&o));
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(states[0].join("mode.json")).unwrap()).unwrap();
+    assert_eq!(m["mode"], "live");
+    for a in agents {
+        assert!(a.stop());
+    }
+}

@@ -2,6 +2,8 @@
 //! calls into the library. Exit codes: 0 success, 1 a failed check (invalid config or
 //! playbook, failing test, broken audit chain), 2 a usage error, 3 an operational error.
 
+mod fleet;
+
 use crate::audit;
 use crate::config::Config;
 use crate::daemon::Agent;
@@ -11,6 +13,7 @@ use anyhow::{anyhow, Context};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -80,9 +83,27 @@ enum Command {
         /// Revert to the current mode by itself after this long (e.g. 30m, 2h).
         #[arg(long, value_name = "DURATION")]
         ttl: Option<String>,
+        /// Over MQTT: one node (instead of the local agent).
+        #[arg(long, value_name = "NODE", group = "scope")]
+        node: Option<String>,
+        /// Over MQTT: every node of a group.
+        #[arg(long, value_name = "GROUP", group = "scope")]
+        group: Option<String>,
+        /// Over MQTT: the whole fleet.
+        #[arg(long, group = "scope")]
+        fleet: bool,
+        /// Ed25519 secret key (64 hex digits) to sign the command; live mode needs it.
+        #[arg(long, value_name = "FILE")]
+        sign_key: Option<PathBuf>,
+        /// Over MQTT: how long to wait for acknowledgements, in seconds.
+        #[arg(long, default_value_t = 5)]
+        wait: u64,
         #[command(flatten)]
         control: ControlArgs,
     },
+    /// The fleet, over the broker in the config's [mqtt].
+    #[command(subcommand)]
+    Fleet(FleetCmd),
     /// Show the running agent's mode, playbooks, budgets, breakers and audit health.
     Status {
         #[arg(long)]
@@ -105,6 +126,17 @@ struct ControlArgs {
     /// root, else <state dir>/control.sock.
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum FleetCmd {
+    /// Every node's retained status: online, mode and its expiry, last seq, version.
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -156,6 +188,16 @@ enum AuditCmd {
         /// One JSON record per line, as stored.
         #[arg(long)]
         json: bool,
+    },
+    /// Stream records as they are written: with --fleet, every node's, from the broker.
+    Tail {
+        /// Every node's records from the broker in the config's [mqtt].
+        #[arg(long, required = true)]
+        fleet: bool,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
     /// Verify the hash chain; exit 1 naming the first bad seq.
     Verify {
@@ -211,7 +253,7 @@ fn control_call(c: &ControlArgs, req: &crate::control::Request) -> anyhow::Resul
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     use crate::control::Request;
     match cli.command {
-        Command::Mode { mode, reason, ttl, control } => {
+        Command::Mode { mode, reason, ttl, node, group, fleet, sign_key, wait, control } => {
             let ttl_secs = match ttl.as_deref().map(humantime::parse_duration).transpose() {
                 Ok(t) => t.map(|d| d.as_secs().max(1)),
                 Err(e) => {
@@ -219,6 +261,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(2));
                 }
             };
+            if node.is_some() || group.is_some() || fleet {
+                return remote_mode(&control, &mode, &reason, ttl_secs, node, group, sign_key, wait);
+            }
             match control_call(&control, &Request::SetMode { mode, reason, ttl_secs })? {
                 Ok(m) => {
                     let exp = m
@@ -230,6 +275,33 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(code) => Ok(code),
+            }
+        }
+        Command::Fleet(FleetCmd::Status { json, config }) => {
+            let (cfg, _) = Config::load(config.as_deref())?;
+            match fleet::statuses(&cfg.mqtt, Duration::from_secs(2)) {
+                Ok(all) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&all)?);
+                    } else {
+                        println!("{:<20} {:<8} {:<8} {:<26} {:>8} VERSION", "NODE", "ONLINE", "MODE", "EXPIRES", "LAST SEQ");
+                        for (n, v) in &all {
+                            println!(
+                                "{n:<20} {:<8} {:<8} {:<26} {:>8} {}",
+                                v["online"],
+                                v["mode"]["mode"].as_str().unwrap_or("-"),
+                                v["mode"]["expires"].as_str().unwrap_or("-"),
+                                v["last_seq"],
+                                v["version"].as_str().unwrap_or("-")
+                            );
+                        }
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("medic: {e}");
+                    Ok(ExitCode::from(3))
+                }
             }
         }
         Command::Status { json, control } => match control_call(&control, &Request::Status)? {
@@ -376,6 +448,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Audit(AuditCmd::Tail { fleet: _, json, config }) => {
+            let (cfg, _) = Config::load(config.as_deref())?;
+            match fleet::tail(&cfg.mqtt, json) {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) => {
+                    eprintln!("medic: {e}");
+                    Ok(ExitCode::from(3))
+                }
+            }
+        }
         Command::Audit(AuditCmd::Verify { state_dir }) => {
             let path = state_dir_of(state_dir)?.join(audit::FILE_NAME);
             match audit::verify::verify(&path).with_context(|| format!("reading {}", path.display()))? {
@@ -420,6 +502,83 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `medic mode ... --node/--group/--fleet`: publish, wait for acks, report.
+#[allow(clippy::too_many_arguments)]
+fn remote_mode(
+    control: &ControlArgs,
+    mode: &str,
+    reason: &str,
+    ttl_secs: Option<u64>,
+    node: Option<String>,
+    group: Option<String>,
+    sign_key: Option<PathBuf>,
+    wait: u64,
+) -> anyhow::Result<ExitCode> {
+    let (cfg, _) = Config::load(control.config.as_deref())?;
+    let m = &cfg.mqtt;
+    let topic = match (&node, &group) {
+        (Some(n), _) => format!("{}/node/{n}/cmd", m.prefix),
+        (_, Some(g)) => format!("{}/group/{g}/cmd", m.prefix),
+        _ => format!("{}/fleet/cmd", m.prefix),
+    };
+    let actor = std::env::var("SUDO_USER").or_else(|_| std::env::var("USER")).unwrap_or_else(|_| "unknown".into());
+    let mut cmd =
+        serde_json::json!({ "id": uuid::Uuid::now_v7().to_string(), "op": "set_mode", "mode": mode, "reason": reason, "actor": actor });
+    if let Some(t) = ttl_secs {
+        cmd["ttl_secs"] = t.into();
+    }
+    if let Some(k) = &sign_key {
+        if let Err(e) = fleet::sign(&mut cmd, k) {
+            eprintln!("medic: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    }
+    let expected: Vec<String> = match fleet::statuses(m, Duration::from_secs(2)) {
+        Ok(s) => s
+            .into_iter()
+            .filter(|(n, v)| {
+                v["online"] == serde_json::Value::Bool(true)
+                    && node.as_ref().is_none_or(|want| want == n)
+                    && group.as_ref().is_none_or(|g| v["groups"].as_array().is_some_and(|a| a.iter().any(|x| x == g)))
+            })
+            .map(|(n, _)| n)
+            .collect(),
+        Err(e) => {
+            eprintln!("medic: {e}");
+            return Ok(ExitCode::from(3));
+        }
+    };
+    let acks = match fleet::send(m, &topic, &cmd, Duration::from_secs(wait)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("medic: {e}");
+            return Ok(ExitCode::from(3));
+        }
+    };
+    let mut failed = false;
+    for a in &acks {
+        let n = a["node"].as_str().unwrap_or("?");
+        if a["ok"] == serde_json::Value::Bool(true) {
+            println!("{n:<20} confirmed: {}", a["result"]);
+        } else {
+            failed = true;
+            println!("{n:<20} REJECTED: {}", a["error"].as_str().unwrap_or(""));
+        }
+    }
+    let answered: Vec<&str> = acks.iter().filter_map(|a| a["node"].as_str()).collect();
+    let silent: Vec<&String> = expected.iter().filter(|n| !answered.contains(&n.as_str())).collect();
+    for n in &silent {
+        println!("{n:<20} did not answer within {wait}s");
+    }
+    println!(
+        "{} confirmed, {} rejected, {} did not answer",
+        acks.iter().filter(|a| a["ok"] == serde_json::Value::Bool(true)).count(),
+        acks.iter().filter(|a| a["ok"] != serde_json::Value::Bool(true)).count(),
+        silent.len()
+    );
+    Ok(if failed || !silent.is_empty() || acks.is_empty() { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
 fn print_status(st: &serde_json::Value) {

@@ -97,6 +97,8 @@ pub struct Agent {
     pub replication: Option<tokio::sync::watch::Receiver<crate::forward::Health>>,
     /// Checks signed fleet commands.
     pub verifier: crate::control::remote::Verifier,
+    /// Fleet groups this node belongs to (shown in its retained status).
+    pub groups: Vec<String>,
     unavailable: BTreeMap<String, String>,
 }
 
@@ -209,6 +211,7 @@ impl Agent {
             force_next: false,
             replication: None,
             verifier: Default::default(),
+            groups: cfg.mqtt.groups.clone(),
             unavailable: first.unavailable.clone(),
         };
         agent.expire_mode(crate::audit::now_ms())?;
@@ -608,6 +611,7 @@ impl Agent {
             "node": st["node"], "online": true, "version": st["version"], "mode": st["mode"],
             "playbooks": st["playbooks"].as_array().map(|a| a.iter().map(|p| json!({ "name": p["name"], "sha256": p["sha256"] })).collect::<Vec<_>>()),
             "open_breakers": st["open_breakers"], "audit_writable": st["audit"]["writable"], "last_seq": st["last_seq"],
+            "groups": self.groups,
         })
         .to_string()
     }

@@ -1,0 +1,118 @@
+//! The fleet side of the CLI, over the broker in the config's `[mqtt]`: `medic mode ...
+//! --node/--group/--fleet` publishes a command and reports who confirmed and who did not
+//! answer (the fleet is known from the nodes' retained statuses); `medic fleet status` lists
+//! those statuses; `medic audit tail --fleet` streams every node's records.
+
+use crate::forward::MqttConfig;
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+fn client(cfg: &MqttConfig, role: &str) -> (Client, rumqttc::Connection) {
+    let mut opts = MqttOptions::new(format!("medic-cli-{role}-{}", std::process::id()), cfg.host.clone(), cfg.port);
+    opts.set_keep_alive(Duration::from_secs(10));
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    if let Some(user) = &cfg.username {
+        let pass = cfg
+            .password_file
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .map(|s| s.lines().next().unwrap_or("").to_string())
+            .unwrap_or_default();
+        opts.set_credentials(user.clone(), pass);
+    }
+    Client::new(opts, 100)
+}
+
+/// The retained statuses of every node, collected for `wait`.
+pub fn statuses(cfg: &MqttConfig, wait: Duration) -> Result<BTreeMap<String, Value>, String> {
+    let (c, mut conn) = client(cfg, "status");
+    c.subscribe(format!("{}/node/+/status", cfg.prefix), QoS::AtLeastOnce).map_err(|e| e.to_string())?;
+    let mut out = BTreeMap::new();
+    let end = Instant::now() + wait;
+    while let Ok(ev) = conn.recv_timeout(end.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))) {
+        match ev {
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if let Ok(v) = serde_json::from_slice::<Value>(&p.payload) {
+                    if let Some(n) = v["node"].as_str() {
+                        out.insert(n.to_string(), v);
+                    }
+                }
+            }
+            Err(e) => return Err(format!("broker {}:{}: {e}", cfg.host, cfg.port)),
+            _ => {}
+        }
+        if Instant::now() > end {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Publishes `cmd` on `topic` and collects acks for `wait`.
+pub fn send(cfg: &MqttConfig, topic: &str, cmd: &Value, wait: Duration) -> Result<Vec<Value>, String> {
+    let (c, mut conn) = client(cfg, "cmd");
+    c.subscribe(format!("{topic}/ack"), QoS::AtLeastOnce).map_err(|e| e.to_string())?;
+    let mut acks = Vec::new();
+    let mut end = Instant::now() + Duration::from_secs(10);
+    let mut sent = false;
+    while let Ok(ev) = conn.recv_timeout(end.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))) {
+        match ev {
+            Ok(Event::Incoming(Packet::SubAck(_))) if !sent => {
+                c.publish(topic, QoS::AtLeastOnce, false, cmd.to_string().into_bytes()).map_err(|e| e.to_string())?;
+                sent = true;
+                end = Instant::now() + wait;
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if let Ok(v) = serde_json::from_slice::<Value>(&p.payload) {
+                    if v["id"] == cmd["id"] {
+                        acks.push(v);
+                    }
+                }
+            }
+            Err(e) => return Err(format!("broker {}:{}: {e}", cfg.host, cfg.port)),
+            _ => {}
+        }
+        if Instant::now() > end {
+            break;
+        }
+    }
+    Ok(acks)
+}
+
+/// Signs a command with a secret key file (64 hex digits), adding ts and nonce.
+pub fn sign(cmd: &mut Value, key_file: &std::path::Path) -> Result<(), String> {
+    use ed25519_dalek::Signer;
+    let text = std::fs::read_to_string(key_file).map_err(|e| format!("{}: {e}", key_file.display()))?;
+    let bytes: [u8; 32] = hex::decode(text.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| format!("{}: expected 64 hex digits (an Ed25519 secret key)", key_file.display()))?;
+    let key = ed25519_dalek::SigningKey::from_bytes(&bytes);
+    cmd["ts"] = Value::from(crate::audit::now_ms() / 1000);
+    cmd["nonce"] = Value::from(uuid::Uuid::now_v7().to_string());
+    let sig = key.sign(&crate::control::remote::signed_bytes(cmd));
+    cmd["sig"] = Value::from(hex::encode(sig.to_bytes()));
+    Ok(())
+}
+
+/// Streams every node's audit records until interrupted.
+pub fn tail(cfg: &MqttConfig, json: bool) -> Result<(), String> {
+    let (c, mut conn) = client(cfg, "tail");
+    c.subscribe(format!("{}/node/+/audit", cfg.prefix), QoS::AtLeastOnce).map_err(|e| e.to_string())?;
+    for ev in conn.iter() {
+        match ev {
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if json {
+                    println!("{}", String::from_utf8_lossy(&p.payload));
+                } else if let Ok(Value::Object(r)) = serde_json::from_slice::<Value>(&p.payload) {
+                    println!("{:<12} {}", r.get("node").and_then(|v| v.as_str()).unwrap_or(""), super::show_line(&r));
+                }
+            }
+            Err(e) => return Err(format!("broker {}:{}: {e}", cfg.host, cfg.port)),
+            _ => {}
+        }
+    }
+    Ok(())
+}
