@@ -25,7 +25,7 @@ impl Broker {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 0\n",
+                "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 0\n",
                 data.display()
             ),
         )
@@ -438,6 +438,124 @@ fn the_cli_switches_a_group_lists_the_fleet_and_signs_live_commands() {
     let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(states[0].join("mode.json")).unwrap()).unwrap();
     assert_eq!(m["mode"], "live");
     for a in agents {
+        assert!(a.stop());
+    }
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let o = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+    assert!(o.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, made for this test.
+fn make_certs(dir: &Path) {
+    for ca in ["ca", "other-ca"] {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{ca}.key"),
+                "-out",
+                &format!("{ca}.pem"),
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN=medic-test-{ca}"),
+            ],
+        );
+    }
+    std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for (who, cn) in [("server", "127.0.0.1"), ("client", "medic-node")] {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{who}.key"),
+                "-out",
+                &format!("{who}.csr"),
+                "-subj",
+                &format!("/CN={cn}"),
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{who}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{who}.pem"),
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{who}.ext"),
+            ],
+        );
+    }
+}
+
+#[test]
+fn tls_with_a_client_certificate_works_and_a_wrong_ca_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    make_certs(&certs);
+    let mut broker = Broker::new(dir.path());
+    let c = |f: &str| certs.join(f).display().to_string();
+    let conf = format!(
+        "{}cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+        std::fs::read_to_string(&broker.conf).unwrap(),
+        c("ca.pem"),
+        c("server.pem"),
+        c("server.key")
+    );
+    std::fs::write(&broker.conf, conf).unwrap();
+    broker.start();
+    for (name, ca) in [("good", "ca.pem"), ("wrong-ca", "other-ca.pem")] {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let (cfg, pbs, state) = write_setup(&d, broker.port, &format!("tls-{name}"), 1);
+        let text = format!(
+            "{}ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            std::fs::read_to_string(&cfg).unwrap(),
+            c(ca),
+            c("client.pem"),
+            c("client.key")
+        );
+        std::fs::write(&cfg, text).unwrap();
+        assert!(crate::util::run(&["validate", "--config", cfg.to_str().unwrap(), "--playbooks", pbs.to_str().unwrap()]).status.success());
+        let a = agent(&cfg, &pbs, &state);
+        let sock = d.join("c.sock");
+        let status = || -> serde_json::Value {
+            let o = crate::util::run(&["status", "--json", "--socket", sock.to_str().unwrap()]);
+            serde_json::from_slice(&o.stdout).unwrap_or_default()
+        };
+        if name == "good" {
+            assert!(crate::acting_wait(20, || status()["replication"]["cursor"].as_u64() >= Some(3)), "{}", status());
+        } else {
+            assert!(crate::acting_wait(20, || status()["replication"]["error"].as_str().is_some()), "{}", status());
+            let err = status()["replication"]["error"].as_str().unwrap().to_lowercase();
+            assert!(err.contains("certificate") || err.contains("issuer") || err.contains("tls"), "a clear error: {err}");
+            let before = log_seqs(&state).len();
+            assert!(crate::acting_wait(10, || log_seqs(&state).len() > before), "it keeps recording locally");
+            assert_eq!(crate::util_cursor(&state), 0);
+        }
         assert!(a.stop());
     }
 }

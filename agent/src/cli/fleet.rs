@@ -13,6 +13,13 @@ fn client(cfg: &MqttConfig, role: &str) -> (Client, rumqttc::Connection) {
     let mut opts = MqttOptions::new(format!("medic-cli-{role}-{}", std::process::id()), cfg.host.clone(), cfg.port);
     opts.set_keep_alive(Duration::from_secs(10));
     opts.set_max_packet_size(1 << 20, 1 << 20);
+    match crate::forward::tls_transport(cfg) {
+        Ok(Some(t)) => {
+            opts.set_transport(t);
+        }
+        Ok(None) => {}
+        Err(e) => eprintln!("medic: TLS: {e}"),
+    }
     if let Some(user) = &cfg.username {
         let pass = cfg
             .password_file

@@ -256,6 +256,9 @@ impl Config {
         if m.username.is_some() != m.password_file.is_some() {
             return Err(at("password_file", "mqtt.username and mqtt.password_file: give both or neither".into()));
         }
+        if m.cert_file.is_some() != m.key_file.is_some() || (m.cert_file.is_some() && m.ca_file.is_none()) {
+            return Err(at("cert_file", "mqtt.cert_file and mqtt.key_file: give both, with mqtt.ca_file".into()));
+        }
         if m.max_inflight == 0 || m.max_rate == 0 {
             return Err(at("[mqtt]", "mqtt.max_inflight and mqtt.max_rate: must be at least 1".into()));
         }

@@ -41,6 +41,12 @@ pub struct MqttConfig {
     /// Username, with the password read from `password_file` (first line).
     pub username: Option<String>,
     pub password_file: Option<PathBuf>,
+    /// TLS: the CA that signed the broker's certificate (PEM). Setting it turns TLS on; the
+    /// broker's certificate must name `host` (a DNS name or an IP address).
+    pub ca_file: Option<PathBuf>,
+    /// TLS client certificate and its key (PEM), when the broker asks for one.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
     /// Groups this node belongs to (commands on `<prefix>/group/<group>/cmd`).
     pub groups: Vec<String>,
     /// Public keys (`*.pub`, 64 hex digits) that may sign live-mode and breaker commands.
@@ -62,6 +68,9 @@ impl Default for MqttConfig {
             password_file: None,
             groups: Vec::new(),
             trusted_keys_dir: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
         }
     }
 }
@@ -151,6 +160,19 @@ fn seq_of(line: &str) -> Option<u64> {
     serde_json::from_str::<serde_json::Value>(line).ok()?.get("seq")?.as_u64()
 }
 
+/// The TLS transport `[mqtt]` asks for (`ca_file` set), or None for plain TCP.
+pub fn tls_transport(cfg: &MqttConfig) -> Result<Option<rumqttc::Transport>, String> {
+    let Some(ca) = &cfg.ca_file else { return Ok(None) };
+    // ring: a provider that builds without cmake.
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    let client_auth = match (&cfg.cert_file, &cfg.key_file) {
+        (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+        _ => None,
+    };
+    Ok(Some(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Simple { ca: read(ca)?, alpn: None, client_auth })))
+}
+
 /// How replication is doing, for `medic status`.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct Health {
@@ -202,6 +224,24 @@ pub async fn run(cfg: MqttConfig, node: String, state_dir: PathBuf, links: Links
             .unwrap_or_default();
         opts.set_credentials(user.clone(), pass);
     }
+    let broker = format!("{}:{}", cfg.host, cfg.port);
+    match tls_transport(&cfg) {
+        Ok(Some(t)) => {
+            opts.set_transport(t);
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::error!(message = "TLS files unreadable; not replicating.", error = %e);
+            let _ = health.send(Health {
+                broker: broker.clone(),
+                connected: false,
+                cursor: read_cursor(&state_dir),
+                error: Some(format!("TLS: {e}")),
+            });
+            let _ = stop.changed().await;
+            return;
+        }
+    }
     let (client, mut events) = AsyncClient::new(opts, cfg.max_inflight as usize * 2);
     let log = state_dir.join(crate::audit::FILE_NAME);
     let mut cursor = read_cursor(&state_dir);
@@ -216,7 +256,6 @@ pub async fn run(cfg: MqttConfig, node: String, state_dir: PathBuf, links: Links
     let mut last_status = String::new();
     let mut last_status_at = Instant::now() - Duration::from_secs(60);
     let budget_per_tick = (cfg.max_rate as usize / 20).max(1);
-    let broker = format!("{}:{}", cfg.host, cfg.port);
     let report = |connected: bool, cursor: u64, error: Option<String>| {
         let h = Health { broker: broker.clone(), connected, cursor, error };
         health.send_if_modified(|old| {
