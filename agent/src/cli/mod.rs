@@ -397,6 +397,20 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     Config::default()
                 }
             };
+            let m = &cfg.mqtt;
+            for (what, f) in [
+                ("mqtt.ca_file", &m.ca_file),
+                ("mqtt.cert_file", &m.cert_file),
+                ("mqtt.key_file", &m.key_file),
+                ("mqtt.password_file", &m.password_file),
+            ] {
+                if let Some(f) = f {
+                    if let Err(e) = std::fs::File::open(f) {
+                        println!("{what}: {}: {e}", f.display());
+                        ok = false;
+                    }
+                }
+            }
             let dir = playbooks.or(cfg.playbooks_dir.clone());
             let rt = Runtime::new(cfg.playbooks.limits);
             let loaded =

@@ -115,3 +115,52 @@ impl Verifier {
         Ok(key)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::{Signer, SigningKey};
+
+    fn verifier(key: &SigningKey) -> Verifier {
+        Verifier { keys: vec![("ops".into(), key.verifying_key())], seen: HashMap::new() }
+    }
+
+    fn signed(key: &SigningKey, ts: i64, nonce: &str) -> (Command, Value) {
+        let mut raw = serde_json::json!({ "id": "x", "op": "set_mode", "mode": "live", "reason": "r", "ts": ts, "nonce": nonce });
+        let sig = key.sign(&signed_bytes(&raw));
+        raw["sig"] = Value::from(hex::encode(sig.to_bytes()));
+        parse(raw.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn malformed_commands_are_refused_with_a_reason() {
+        assert!(parse(b"{not json").unwrap_err().contains("not JSON"));
+        assert!(parse(br#"{"id":"a","op":"set_mode","evil":1}"#).unwrap_err().contains("unknown field"));
+        assert!(parse(br#"{"id":"a","op":"set_mode","ttl_secs":"soon"}"#).unwrap_err().contains("invalid type"));
+        assert!(parse(br#"{"id":"","op":"reload"}"#).unwrap_err().contains("`id`"));
+        let big = format!(r#"{{"id":"a","op":"reload","reason":"{}"}}"#, "x".repeat(MAX_COMMAND));
+        assert!(parse(big.as_bytes()).unwrap_err().contains("over the"));
+    }
+
+    #[test]
+    fn signatures_windows_and_nonces() {
+        let key = SigningKey::from_bytes(&[1u8; 32]);
+        let other = SigningKey::from_bytes(&[2u8; 32]);
+        let now = 1_800_000_000;
+        let mut v = verifier(&key);
+        let (c, raw) = signed(&key, now, "n1");
+        assert_eq!(v.check(&c, &raw, now).unwrap(), "ops");
+        assert!(v.check(&c, &raw, now).unwrap_err().contains("replayed"));
+        let (c, raw) = signed(&other, now, "n2");
+        assert!(v.check(&c, &raw, now).unwrap_err().contains("does not verify"));
+        let (c, raw) = signed(&key, now - WINDOW_SECS - 1, "n3");
+        assert!(v.check(&c, &raw, now).unwrap_err().contains("expired"));
+        // A signed command changed after signing does not verify.
+        let (c, mut raw) = signed(&key, now, "n4");
+        raw["mode"] = Value::from("dry-run");
+        assert!(v.check(&c, &raw, now).unwrap_err().contains("does not verify"));
+        let (mut c, raw) = signed(&key, now, "n5");
+        c.sig = None;
+        assert!(v.check(&c, &raw, now).unwrap_err().contains("unsigned"));
+    }
+}
