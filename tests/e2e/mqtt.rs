@@ -559,3 +559,34 @@ fn tls_with_a_client_certificate_works_and_a_wrong_ca_is_reported() {
         assert!(a.stop());
     }
 }
+
+#[test]
+fn audit_tail_fleet_streams_every_nodes_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::new(dir.path());
+    broker.start();
+    let op_cfg = dir.path().join("operator.toml");
+    std::fs::write(&op_cfg, format!("[mqtt]\nport = {}\n", broker.port)).unwrap();
+    let tail = Reaped(
+        medic()
+            .args(["audit", "tail", "--fleet", "--json", "--config", op_cfg.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_secs(1)); // subscribed
+    let (cfg, pbs, state) = write_setup(dir.path(), broker.port, "tailed", 1);
+    let a = agent(&cfg, &pbs, &state);
+    assert!(crate::acting_wait(20, || crate::util_cursor(&state) >= 5));
+    assert!(a.stop());
+    let mut tail = tail;
+    let mut stdout = tail.0.stdout.take().unwrap();
+    let _ = tail.0.kill();
+    let _ = tail.0.wait();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut text).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert!(lines.len() >= 5, "{} records streamed", lines.len());
+    assert!(lines.iter().all(|r| r["node"] == "tailed" && r["schema"] == "medic.audit/v1"));
+}
