@@ -4,37 +4,19 @@
 //! those statuses; `medic audit tail --fleet` streams every node's records.
 
 use crate::forward::MqttConfig;
-use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use rumqttc::{Client, Event, Packet, QoS};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-fn client(cfg: &MqttConfig, role: &str) -> (Client, rumqttc::Connection) {
-    let mut opts = MqttOptions::new(format!("medic-cli-{role}-{}", std::process::id()), cfg.host.clone(), cfg.port);
-    opts.set_keep_alive(Duration::from_secs(10));
-    opts.set_max_packet_size(1 << 20, 1 << 20);
-    match crate::forward::tls_transport(cfg) {
-        Ok(Some(t)) => {
-            opts.set_transport(t);
-        }
-        Ok(None) => {}
-        Err(e) => eprintln!("medic: TLS: {e}"),
-    }
-    if let Some(user) = &cfg.username {
-        let pass = cfg
-            .password_file
-            .as_ref()
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .map(|s| s.lines().next().unwrap_or("").to_string())
-            .unwrap_or_default();
-        opts.set_credentials(user.clone(), pass);
-    }
-    Client::new(opts, 100)
+fn client(cfg: &MqttConfig, role: &str) -> Result<(Client, rumqttc::Connection), String> {
+    let opts = crate::forward::connection_options(cfg, format!("medic-cli-{role}-{}", std::process::id()))?;
+    Ok(Client::new(opts, 100))
 }
 
 /// The retained statuses of every node, collected for `wait`.
 pub fn statuses(cfg: &MqttConfig, wait: Duration) -> Result<BTreeMap<String, Value>, String> {
-    let (c, mut conn) = client(cfg, "status");
+    let (c, mut conn) = client(cfg, "status")?;
     c.subscribe(format!("{}/node/+/status", cfg.prefix), QoS::AtLeastOnce).map_err(|e| e.to_string())?;
     let mut out = BTreeMap::new();
     let end = Instant::now() + wait;
@@ -59,7 +41,7 @@ pub fn statuses(cfg: &MqttConfig, wait: Duration) -> Result<BTreeMap<String, Val
 
 /// Publishes `cmd` on `topic` and collects acks for `wait`.
 pub fn send(cfg: &MqttConfig, topic: &str, cmd: &Value, wait: Duration) -> Result<Vec<Value>, String> {
-    let (c, mut conn) = client(cfg, "cmd");
+    let (c, mut conn) = client(cfg, "cmd")?;
     c.subscribe(format!("{topic}/ack"), QoS::AtLeastOnce).map_err(|e| e.to_string())?;
     let mut acks = Vec::new();
     let mut end = Instant::now() + Duration::from_secs(10);
@@ -106,7 +88,7 @@ pub fn sign(cmd: &mut Value, key_file: &std::path::Path) -> Result<(), String> {
 
 /// Streams every node's audit records until interrupted.
 pub fn tail(cfg: &MqttConfig, json: bool) -> Result<(), String> {
-    let (c, mut conn) = client(cfg, "tail");
+    let (c, mut conn) = client(cfg, "tail")?;
     c.subscribe(format!("{}/node/+/audit", cfg.prefix), QoS::AtLeastOnce).map_err(|e| e.to_string())?;
     for ev in conn.iter() {
         match ev {

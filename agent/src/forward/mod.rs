@@ -160,17 +160,34 @@ fn seq_of(line: &str) -> Option<u64> {
     serde_json::from_str::<serde_json::Value>(line).ok()?.get("seq")?.as_u64()
 }
 
-/// The TLS transport `[mqtt]` asks for (`ca_file` set), or None for plain TCP.
-pub fn tls_transport(cfg: &MqttConfig) -> Result<Option<rumqttc::Transport>, String> {
-    let Some(ca) = &cfg.ca_file else { return Ok(None) };
-    // ring: a provider that builds without cmake.
-    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
-    let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
-    let client_auth = match (&cfg.cert_file, &cfg.key_file) {
-        (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
-        _ => None,
-    };
-    Ok(Some(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Simple { ca: read(ca)?, alpn: None, client_auth })))
+/// Connection options for `[mqtt]`: broker, keep-alive, packet size, credentials (the password
+/// is the first line of `password_file`) and TLS when `ca_file` is set. Shared by the forwarder
+/// and the fleet commands of the CLI.
+pub fn connection_options(cfg: &MqttConfig, client_id: String) -> Result<MqttOptions, String> {
+    let mut opts = MqttOptions::new(client_id, cfg.host.clone(), cfg.port);
+    opts.set_keep_alive(Duration::from_secs(cfg.keep_alive_secs.max(5)));
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    if let Some(user) = &cfg.username {
+        let pass = cfg
+            .password_file
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .map(|s| s.lines().next().unwrap_or("").to_string())
+            .unwrap_or_default();
+        opts.set_credentials(user.clone(), pass);
+    }
+    if let Some(ca) = &cfg.ca_file {
+        // ring: a provider that builds without cmake.
+        let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("TLS: {}: {e}", p.display()));
+        let client_auth = match (&cfg.cert_file, &cfg.key_file) {
+            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+            _ => None,
+        };
+        let tls = rumqttc::TlsConfiguration::Simple { ca: read(ca)?, alpn: None, client_auth };
+        opts.set_transport(rumqttc::Transport::tls_with_config(tls));
+    }
+    Ok(opts)
 }
 
 /// How replication is doing, for `medic status`.
@@ -208,40 +225,20 @@ pub async fn run(cfg: MqttConfig, node: String, state_dir: PathBuf, links: Links
         .collect();
     let audit_topic = format!("{}/node/{node}/audit", cfg.prefix);
     let status_topic = format!("{}/node/{node}/status", cfg.prefix);
-    let mut opts = MqttOptions::new(format!("medic-{node}"), cfg.host.clone(), cfg.port);
-    opts.set_keep_alive(Duration::from_secs(cfg.keep_alive_secs.max(5)));
-    opts.set_clean_session(true);
-    opts.set_inflight(cfg.max_inflight.max(1));
-    opts.set_max_packet_size(1 << 20, 1 << 20);
-    let offline = serde_json::json!({ "node": node, "online": false }).to_string();
-    opts.set_last_will(LastWill::new(status_topic.clone(), offline, QoS::AtLeastOnce, true));
-    if let Some(user) = &cfg.username {
-        let pass = cfg
-            .password_file
-            .as_ref()
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .map(|s| s.lines().next().unwrap_or("").to_string())
-            .unwrap_or_default();
-        opts.set_credentials(user.clone(), pass);
-    }
     let broker = format!("{}:{}", cfg.host, cfg.port);
-    match tls_transport(&cfg) {
-        Ok(Some(t)) => {
-            opts.set_transport(t);
-        }
-        Ok(None) => {}
+    let mut opts = match connection_options(&cfg, format!("medic-{node}")) {
+        Ok(o) => o,
         Err(e) => {
-            tracing::error!(message = "TLS files unreadable; not replicating.", error = %e);
-            let _ = health.send(Health {
-                broker: broker.clone(),
-                connected: false,
-                cursor: read_cursor(&state_dir),
-                error: Some(format!("TLS: {e}")),
-            });
+            tracing::error!(message = "MQTT settings unusable; not replicating.", error = %e);
+            let _ = health.send(Health { broker: broker.clone(), connected: false, cursor: read_cursor(&state_dir), error: Some(e) });
             let _ = stop.changed().await;
             return;
         }
-    }
+    };
+    opts.set_clean_session(true);
+    opts.set_inflight(cfg.max_inflight.max(1));
+    let offline = serde_json::json!({ "node": node, "online": false }).to_string();
+    opts.set_last_will(LastWill::new(status_topic.clone(), offline, QoS::AtLeastOnce, true));
     let (client, mut events) = AsyncClient::new(opts, cfg.max_inflight as usize * 2);
     let log = state_dir.join(crate::audit::FILE_NAME);
     let mut cursor = read_cursor(&state_dir);
