@@ -3,7 +3,7 @@
 //! (checked on the host, not in logs), a flood bounded by limits and the breaker, a `kill -9`
 //! between the write-ahead record and the outcome, and a full state filesystem.
 
-use crate::util::{audit_lines, medic, run, text};
+use crate::util::{audit_lines, medic, run, text, wait_until};
 use medic::config::Config;
 use medic::control::mode::ModeState;
 use medic::daemon::Agent;
@@ -12,7 +12,7 @@ use medic::signals::Snapshot;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 /// A long-running process with a name of our choosing (a copy of a binary).
 fn named_process(dir: &Path, name: &str, bin: &str, args: &[&str]) -> Child {
@@ -28,17 +28,6 @@ fn start_ticks(pid: u32) -> Option<String> {
 
 fn alive(child: &mut Child) -> bool {
     child.try_wait().unwrap().is_none()
-}
-
-fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(secs) {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
 }
 
 fn playbook(name: &str, actions: &str, body: &str) -> String {

@@ -10,20 +10,3 @@ mod playbooks;
 mod signals;
 mod systemd;
 mod util;
-
-/// Polls `f` every 100 ms for up to `secs` seconds.
-pub fn acting_wait(secs: u64, mut f: impl FnMut() -> bool) -> bool {
-    let t = std::time::Instant::now();
-    while t.elapsed() < std::time::Duration::from_secs(secs) {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    false
-}
-
-/// The forwarder's persisted cursor in a state dir.
-pub fn util_cursor(state: &std::path::Path) -> u64 {
-    medic::forward::read_cursor(state)
-}

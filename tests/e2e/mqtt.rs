@@ -172,11 +172,11 @@ fn records_written_while_the_broker_is_down_all_arrive_in_order() {
     assert!(written >= 6, "{written}");
     broker.start();
     let sub = Subscriber::run(broker.port, "auditor-1", 60);
-    assert!(crate::acting_wait(30, || crate::util_cursor(&state) >= written as u64), "the backlog drains");
+    assert!(crate::util::wait_until(30, || medic::forward::read_cursor(&state) >= written as u64), "the backlog drains");
     assert!(a.stop());
     let all = log_seqs(&state);
     assert!(
-        crate::acting_wait(20, || {
+        crate::util::wait_until(20, || {
             let got: std::collections::BTreeSet<u64> = sub.seqs("node-a").into_iter().collect();
             got == all.iter().copied().collect()
         }),
@@ -208,7 +208,7 @@ fn kill_9_at_random_moments_loses_nothing() {
     assert!(a.stop());
     let all: std::collections::BTreeSet<u64> = log_seqs(&state).into_iter().collect();
     assert!(
-        crate::acting_wait(30, || {
+        crate::util::wait_until(30, || {
             let got: std::collections::BTreeSet<u64> = sub.seqs("node-k").into_iter().collect();
             got == all
         }),
@@ -241,15 +241,12 @@ fn password_authentication_works_and_a_wrong_password_is_reported_while_recordin
         std::fs::write(&cfg, text).unwrap();
         let a = agent(&cfg, &pbs, &state);
         let sock = d.join("c.sock");
-        let status = || -> serde_json::Value {
-            let o = crate::util::run(&["status", "--json", "--socket", sock.to_str().unwrap()]);
-            serde_json::from_slice(&o.stdout).unwrap_or_default()
-        };
+        let status = || crate::util::status_json(&sock);
         if name == "good" {
-            assert!(crate::acting_wait(20, || status()["replication"]["cursor"].as_u64() >= Some(3)), "{}", status());
+            assert!(crate::util::wait_until(20, || status()["replication"]["cursor"].as_u64() >= Some(3)), "{}", status());
             assert_eq!(status()["replication"]["connected"], true);
         } else {
-            assert!(crate::acting_wait(20, || status()["replication"]["error"].as_str().is_some()), "{}", status());
+            assert!(crate::util::wait_until(20, || status()["replication"]["error"].as_str().is_some()), "{}", status());
             let st = status();
             assert_eq!(st["replication"]["connected"], false);
             let err = st["replication"]["error"].as_str().unwrap().to_lowercase();
@@ -258,7 +255,7 @@ fn password_authentication_works_and_a_wrong_password_is_reported_while_recordin
             assert!(crate::util::text(&o).contains("NOT CONNECTED"), "{}", crate::util::text(&o));
             // It keeps deciding and recording locally.
             let before = log_seqs(&state).len();
-            assert!(crate::acting_wait(10, || log_seqs(&state).len() > before));
+            assert!(crate::util::wait_until(10, || log_seqs(&state).len() > before));
         }
         assert!(a.stop());
         seqs.push(log_seqs(&state).len());
@@ -330,8 +327,8 @@ fn a_fleet_of_three_follows_fleet_and_group_commands_and_rejects_unsigned_live()
         let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(s.join("mode.json")).unwrap()).unwrap();
         m["mode"].as_str().unwrap().to_string()
     };
-    let connected = |s: &Path| crate::util_cursor(s) > 0;
-    assert!(crate::acting_wait(20, || states.iter().all(|s| connected(s))), "all three connected");
+    let connected = |s: &Path| medic::forward::read_cursor(s) > 0;
+    assert!(crate::util::wait_until(20, || states.iter().all(|s| connected(s))), "all three connected");
     std::thread::sleep(Duration::from_millis(500)); // subscribed to their command topics
 
     // The whole fleet to dry-run for 6 s: unsigned is fine in the safe direction.
@@ -343,8 +340,8 @@ fn a_fleet_of_three_follows_fleet_and_group_commands_and_rejects_unsigned_live()
     assert_eq!(ok, ["n1", "n2", "n3"].map(String::from).into_iter().collect(), "{acks:?}");
     assert!(states.iter().all(|s| mode_of(s) == "dry-run"));
     // At expiry each reverts to live by itself, and records it.
-    assert!(crate::acting_wait(10, || states.iter().all(|s| mode_of(s) == "live")));
-    assert!(crate::acting_wait(5, || states.iter().all(|s| audit_lines(s).iter().any(|r| r["kind"] == "mode_expired"))));
+    assert!(crate::util::wait_until(10, || states.iter().all(|s| mode_of(s) == "live")));
+    assert!(crate::util::wait_until(5, || states.iter().all(|s| audit_lines(s).iter().any(|r| r["kind"] == "mode_expired"))));
 
     // A group command switches only that group.
     let cmd = serde_json::json!({ "id": "c2", "op": "set_mode", "mode": "dry-run", "reason": "web deploy", "actor": "oncall" });
@@ -403,7 +400,7 @@ fn the_cli_switches_a_group_lists_the_fleet_and_signs_live_commands() {
         agents.push(agent(&cfg, &pbs, &state));
         states.push(state);
     }
-    assert!(crate::acting_wait(20, || states.iter().all(|s| crate::util_cursor(s) > 0)));
+    assert!(crate::util::wait_until(20, || states.iter().all(|s| medic::forward::read_cursor(s) > 0)));
     std::thread::sleep(Duration::from_secs(6)); // retained statuses published (every 5 s at most)
     let op_cfg = dir.path().join("operator.toml");
     std::fs::write(&op_cfg, format!("[mqtt]\nport = {}\n", broker.port)).unwrap();
@@ -542,19 +539,16 @@ fn tls_with_a_client_certificate_works_and_a_wrong_ca_is_reported() {
         assert!(crate::util::run(&["validate", "--config", cfg.to_str().unwrap(), "--playbooks", pbs.to_str().unwrap()]).status.success());
         let a = agent(&cfg, &pbs, &state);
         let sock = d.join("c.sock");
-        let status = || -> serde_json::Value {
-            let o = crate::util::run(&["status", "--json", "--socket", sock.to_str().unwrap()]);
-            serde_json::from_slice(&o.stdout).unwrap_or_default()
-        };
+        let status = || crate::util::status_json(&sock);
         if name == "good" {
-            assert!(crate::acting_wait(20, || status()["replication"]["cursor"].as_u64() >= Some(3)), "{}", status());
+            assert!(crate::util::wait_until(20, || status()["replication"]["cursor"].as_u64() >= Some(3)), "{}", status());
         } else {
-            assert!(crate::acting_wait(20, || status()["replication"]["error"].as_str().is_some()), "{}", status());
+            assert!(crate::util::wait_until(20, || status()["replication"]["error"].as_str().is_some()), "{}", status());
             let err = status()["replication"]["error"].as_str().unwrap().to_lowercase();
             assert!(err.contains("certificate") || err.contains("issuer") || err.contains("tls"), "a clear error: {err}");
             let before = log_seqs(&state).len();
-            assert!(crate::acting_wait(10, || log_seqs(&state).len() > before), "it keeps recording locally");
-            assert_eq!(crate::util_cursor(&state), 0);
+            assert!(crate::util::wait_until(10, || log_seqs(&state).len() > before), "it keeps recording locally");
+            assert_eq!(medic::forward::read_cursor(&state), 0);
         }
         assert!(a.stop());
     }
@@ -578,7 +572,7 @@ fn audit_tail_fleet_streams_every_nodes_records() {
     std::thread::sleep(Duration::from_secs(1)); // subscribed
     let (cfg, pbs, state) = write_setup(dir.path(), broker.port, "tailed", 1);
     let a = agent(&cfg, &pbs, &state);
-    assert!(crate::acting_wait(20, || crate::util_cursor(&state) >= 5));
+    assert!(crate::util::wait_until(20, || medic::forward::read_cursor(&state) >= 5));
     assert!(a.stop());
     let mut tail = tail;
     let mut stdout = tail.0.stdout.take().unwrap();

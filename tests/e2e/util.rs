@@ -121,3 +121,21 @@ impl Nobody {
             .unwrap()
     }
 }
+
+/// Polls `f` every 100 ms for up to `secs` seconds; true as soon as it holds.
+pub fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let t = std::time::Instant::now();
+    while t.elapsed() < std::time::Duration::from_secs(secs) {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    false
+}
+
+/// `medic status --json` of the agent behind a control socket (Null if it does not answer).
+pub fn status_json(socket: &Path) -> serde_json::Value {
+    let o = run(&["status", "--json", "--socket", socket.to_str().unwrap()]);
+    serde_json::from_slice(&o.stdout).unwrap_or_default()
+}

@@ -184,10 +184,6 @@ impl Gate {
         }
     }
 
-    pub fn policy(&self) -> &PolicyConfig {
-        &self.policy
-    }
-
     fn ledger(&mut self, mode: Mode) -> &mut Ledger {
         match mode {
             Mode::DryRun => &mut self.dry,
@@ -417,10 +413,6 @@ impl Gate {
         let max = self.policy.budget_per_hour as u64;
         let used = |l: &Ledger| l.budget.iter().filter(|t| **t > now - HOUR_MS).count() as u64;
         BTreeMap::from([("live", max.saturating_sub(used(&self.live))), ("dry-run", max.saturating_sub(used(&self.dry)))])
-    }
-
-    pub fn running(&self) -> u32 {
-        self.running
     }
 }
 

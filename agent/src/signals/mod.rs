@@ -307,8 +307,3 @@ impl Snapshot {
         self.metrics.get(key).copied()
     }
 }
-
-/// For callers that only have a path at hand (CLI, tests).
-pub fn sample_once(roots: Roots, ts_ms: i64) -> Snapshot {
-    Sampler::new(roots).sample(ts_ms)
-}
