@@ -8,5 +8,6 @@ mod ebpf;
 mod mqtt;
 mod playbooks;
 mod signals;
+mod sockets;
 mod systemd;
 mod util;

@@ -4,7 +4,7 @@
 
 use crate::util::{copy_tree, fixtures};
 use medic::signals::{self, cpu, disk, memory, sockets, tcp, Roots, Sampler};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 fn roots(p: &Path) -> Roots {
@@ -159,18 +159,11 @@ fn parse_errors_name_file_line_and_field() {
     assert_eq!(e.line, 2);
 
     let f = Path::new("/proc/net/tcp");
-    let (mut counts, mut inodes, mut peers) = ([0u64; 13], HashMap::new(), HashMap::new());
+    let mut table = sockets::SocketTable::default();
     let hdr = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";
-    let e = sockets::parse_tcp_table(
-        f,
-        &format!("{hdr}   0: 0100007F:1F90 00000000:0000 ZZ 0:0 0:0 0 0 0 5\n"),
-        &mut counts,
-        &mut inodes,
-        &mut peers,
-    )
-    .unwrap_err();
+    let e = sockets::parse_tcp_table(f, &format!("{hdr}   0: 0100007F:1F90 00000000:0000 ZZ 0:0 0:0 0 0 0 5\n"), &mut table).unwrap_err();
     assert_eq!((e.line, e.field.as_str()), (2, "st"));
-    let e = sockets::parse_tcp_table(f, &format!("{hdr}   0: 0100007F:1F90\n"), &mut counts, &mut inodes, &mut peers).unwrap_err();
+    let e = sockets::parse_tcp_table(f, &format!("{hdr}   0: 0100007F:1F90\n"), &mut table).unwrap_err();
     assert!(e.to_string().contains("at least 10 columns"), "{e}");
 
     let f = Path::new("/proc/diskstats");

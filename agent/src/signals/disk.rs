@@ -5,7 +5,7 @@
 //! inodes_used,inodes_free,inodes_used_pct}` and `blk.<dev>.{reads,writes,read_bytes,
 //! write_bytes,io_ms}` (counters) with `..._per_s` rates between two samples.
 
-use super::parse::{num, ParseError};
+use super::parse::{bounded, num, ParseError, MAX_NAME, MAX_PATH};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -78,10 +78,12 @@ pub fn parse_mounts(file: &Path, text: &str) -> Result<Vec<Mount>, ParseError> {
         if PSEUDO_FS.contains(&fs) {
             continue;
         }
-        let mount_point = unescape(mp);
+        // Bounded like every value playbooks see (a FUSE user names the device and picks the
+        // mount point); a point longer than PATH_MAX fails statvfs and is reported.
+        let mount_point = bounded(unescape(mp), MAX_PATH);
         // A later mount on the same point hides the earlier one.
         mounts.retain(|m| m.mount_point != mount_point);
-        mounts.push(Mount { device: unescape(dev), mount_point, fs_type: fs.to_string() });
+        mounts.push(Mount { device: bounded(unescape(dev), MAX_NAME), mount_point, fs_type: bounded(fs.to_string(), MAX_NAME) });
     }
     Ok(mounts)
 }

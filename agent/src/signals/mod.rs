@@ -13,6 +13,7 @@ pub mod history;
 pub mod memory;
 pub mod parse;
 pub mod process;
+pub mod sock_diag;
 pub mod sockets;
 pub mod tcp;
 
@@ -20,7 +21,7 @@ use parse::{read, ParseError};
 use process::{ProcContext, ProcMemo, ProcessInfo, UnitInfo};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Everything sensed at one instant. Playbooks see it through a read-only view.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -77,6 +78,15 @@ struct SocketScan {
     peers: Vec<sockets::PeerInfo>,
 }
 
+/// Where the TCP socket table is read from.
+enum SocketSource {
+    /// Netlink sock_diag (the live /proc only: a dump describes this process's network
+    /// namespace, not a fixture tree's).
+    Netlink(sock_diag::SockDiag),
+    /// The text tables under the proc root, read to their end.
+    Text,
+}
+
 /// Reads snapshots; holds the previous counters so that rates and CPU % come out right.
 pub struct Sampler {
     roots: Roots,
@@ -84,6 +94,7 @@ pub struct Sampler {
     socket_scan_every: u64,
     samples: u64,
     ebpf: Option<ebpf::EbpfSignals>,
+    sockets: SocketSource,
     clk_tck: u64,
     page_size: u64,
     prev: Previous,
@@ -97,11 +108,23 @@ impl Sampler {
     /// As [`new`](Self::new), reading sockets (the TCP tables and each process's fds) only every
     /// `n` samples: the costliest part of a sample, for counts that move slowly.
     pub fn with_socket_scan_every(roots: Roots, n: u64) -> Self {
+        let sockets = if roots.proc == Path::new("/proc") {
+            match sock_diag::SockDiag::open() {
+                Ok(d) => SocketSource::Netlink(d),
+                Err(e) => {
+                    tracing::warn!(message = "Reading TCP sockets from /proc/net/tcp{,6} instead of netlink.", error = %e);
+                    SocketSource::Text
+                }
+            }
+        } else {
+            SocketSource::Text
+        };
         Self {
             roots,
             socket_scan_every: n.max(1),
             samples: 0,
             ebpf: None,
+            sockets,
             clk_tck: rustix::param::clock_ticks_per_second().max(1),
             page_size: rustix::param::page_size() as u64,
             prev: Previous::default(),
@@ -234,23 +257,56 @@ impl Sampler {
         s
     }
 
-    fn read_sockets(&self, s: &mut Snapshot) -> SocketScan {
-        let mut scan = SocketScan::default();
-        let mut peers = HashMap::new();
-        for table in ["tcp", "tcp6"] {
-            let f = self.roots.proc.join("net").join(table);
+    /// Where the TCP socket table comes from: `"netlink"` or `"procfs"`.
+    pub fn socket_source(&self) -> &'static str {
+        match self.sockets {
+            SocketSource::Netlink(_) => "netlink",
+            SocketSource::Text => "procfs",
+        }
+    }
+
+    fn read_sockets(&mut self, s: &mut Snapshot) -> SocketScan {
+        let mut table = sockets::SocketTable::default();
+        if let SocketSource::Netlink(diag) = &mut self.sockets {
+            let mut dump = |family| {
+                diag.dump_tcp(family, |d| {
+                    let peer = if d.family == 2 {
+                        std::net::Ipv4Addr::new(d.dst[0], d.dst[1], d.dst[2], d.dst[3]).to_ipv6_mapped().octets()
+                    } else {
+                        d.dst
+                    };
+                    table.add(d.state, d.inode.into(), (peer, d.dport), d.retrans.into());
+                })
+            };
+            match dump(2).and_then(|()| dump(10)) {
+                Ok(()) => {
+                    let peers = table.top_peers();
+                    return SocketScan { ok: true, counts: table.counts, inodes: table.inodes, peers };
+                }
+                Err(e) => {
+                    // Not expected once a dump worked; the text tables still tell the truth.
+                    tracing::warn!(message = "Netlink socket dump failed; reading /proc/net/tcp{,6} from now on.", error = %e);
+                    s.errors.push(e.to_string());
+                    self.sockets = SocketSource::Text;
+                    table = sockets::SocketTable::default();
+                }
+            }
+        }
+        let mut ok = false;
+        for name in ["tcp", "tcp6"] {
+            let f = self.roots.proc.join("net").join(name);
             match parse::read_seq(&f) {
-                Ok(t) => match sockets::parse_tcp_table(&f, &t, &mut scan.counts, &mut scan.inodes, &mut peers) {
-                    Ok(()) => scan.ok = true,
+                Ok(t) => match sockets::parse_tcp_table(&f, &t, &mut table) {
+                    Ok(()) => ok = true,
                     Err(e) => s.errors.push(e.to_string()),
                 },
                 // tcp6 is absent where IPv6 is off; that alone is not an error.
-                Err(e) if table == "tcp" => s.errors.push(e.to_string()),
+                Err(e) if name == "tcp" => s.errors.push(e.to_string()),
                 Err(_) => {}
             }
         }
-        scan.peers = sockets::top_peers(peers);
-        scan
+        let peers = table.top_peers();
+        SocketScan { ok, counts: table.counts, inodes: table.inodes, peers }
     }
 
     fn read_processes(&mut self, s: &mut Snapshot, boot_time: u64, secs: f64, inodes: &sockets::InodeStates, scan_fds: bool) {

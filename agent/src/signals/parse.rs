@@ -44,6 +44,32 @@ pub fn read(path: &Path) -> Result<String, ParseError> {
     }
 }
 
+/// Longest command line handed to playbooks, in bytes. A process's command line is whatever it
+/// was started with (up to the kernel's ARG_MAX, megabytes), so anyone who can start a process
+/// could otherwise push a playbook over its string limit and get it disabled.
+pub const MAX_CMDLINE: usize = 4096;
+/// Longest name (process, unit, device, filesystem type) handed to playbooks, in bytes.
+pub const MAX_NAME: usize = 256;
+/// Longest path (mount point) handed to playbooks: the kernel's PATH_MAX.
+pub const MAX_PATH: usize = 4096;
+/// What replaces the cut-off end of a value longer than its bound.
+pub const TRUNCATED: &str = "…[truncated]";
+
+/// `s` cut to at most `max` bytes (on a character boundary) with [`TRUNCATED`] at the end when
+/// it was longer, so a playbook can see that it was cut.
+pub fn bounded(mut s: String, max: usize) -> String {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max.saturating_sub(TRUNCATED.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s.push_str(TRUNCATED);
+    s
+}
+
 /// Parses one whitespace-separated field as a number, naming it on failure.
 pub fn num<T: std::str::FromStr>(file: &Path, line: usize, field: &str, text: Option<&str>) -> Result<T, ParseError> {
     let Some(text) = text else {
@@ -52,23 +78,14 @@ pub fn num<T: std::str::FromStr>(file: &Path, line: usize, field: &str, text: Op
     text.parse::<T>().map_err(|_| ParseError::new(file, line, field, format!("expected a number, found {text:?}")))
 }
 
-/// Reads a seq_file-backed procfs file (`/proc/net/tcp`) with as few `read` calls as possible.
-/// Each call makes the kernel walk its table from the start, and a seq_file read fills the
-/// buffer as far as the content goes, so a short read means the end: the usual extra read that
-/// returns 0 would cost one more full walk.
+/// Reads a seq_file-backed procfs file (`/proc/net/tcp`) to its end. A seq_file `read`
+/// returns at most one buffer's worth (about 26 sockets of /proc/net/tcp), however large the
+/// caller's buffer, so a short read is *not* the end: only a read that returns 0 is. (Stopping
+/// at the first short read cut busy tables to their first lines.)
 pub fn read_seq(path: &Path) -> Result<String, ParseError> {
     use std::io::Read;
     let mut f = std::fs::File::open(path).map_err(|e| ParseError::new(path, 0, "file", e.to_string()))?;
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut len = 0;
-    loop {
-        let n = f.read(&mut buf[len..]).map_err(|e| ParseError::new(path, 0, "file", e.to_string()))?;
-        len += n;
-        if n == 0 || len < buf.len() {
-            break;
-        }
-        buf.resize(buf.len() * 2, 0);
-    }
-    buf.truncate(len);
+    let mut buf = Vec::with_capacity(256 * 1024);
+    f.read_to_end(&mut buf).map_err(|e| ParseError::new(path, 0, "file", e.to_string()))?;
     String::from_utf8(buf).map_err(|_| ParseError::new(path, 0, "content", "not valid UTF-8"))
 }

@@ -2,7 +2,7 @@
 //! unit, CPU %, RSS, open fds, threads, start time, state and TCP sockets by state; and the
 //! per-unit roll-up of those (plus the unit's cgroup `memory.current` where cgroup v2 has it).
 
-use super::parse::{num, read, ParseError};
+use super::parse::{bounded, num, read, ParseError, MAX_CMDLINE, MAX_NAME};
 use super::sockets::{socket_inode, InodeStates, STATES};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -78,7 +78,8 @@ pub fn parse_pid_stat(file: &Path, text: &str) -> Result<PidStat, ParseError> {
     if close < open {
         return Err(ParseError::new(file, 1, "comm", "unbalanced parentheses"));
     }
-    let name = text[open + 1..close].to_string();
+    // The kernel bounds the name to 15 bytes, but its bytes are the process's own choice.
+    let name = bounded(text[open + 1..close].to_string(), MAX_NAME);
     // Fields after the name, numbered from 3 (state) as in proc(5).
     let f: Vec<&str> = text[close + 1..].split_ascii_whitespace().collect();
     let field = |n: usize| f.get(n - 3).copied();
@@ -107,7 +108,9 @@ pub fn parse_cgroup(text: &str) -> (Option<String>, Option<String>) {
         }
     }
     let unit = path.as_deref().and_then(|p| {
-        p.rsplit('/').find(|c| c.ends_with(".service") || c.ends_with(".scope") || c.ends_with(".socket")).map(str::to_string)
+        p.rsplit('/')
+            .find(|c| c.ends_with(".service") || c.ends_with(".scope") || c.ends_with(".socket"))
+            .map(|u| bounded(u.to_string(), MAX_NAME))
     });
     let cgroup_v2 = text.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_string);
     (unit, cgroup_v2)
@@ -141,11 +144,23 @@ fn scan_fds(dir: &Path, sockets: &InodeStates) -> (Option<u64>, BTreeMap<String,
     (Some(count), tcp)
 }
 
+/// A process's command line, arguments joined by spaces, read no further than its bound.
+fn read_cmdline(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut b = Vec::new();
+    // One byte past the bound tells that it was longer.
+    std::fs::File::open(path)?.take(MAX_CMDLINE as u64 + 1).read_to_end(&mut b)?;
+    let args: Vec<std::borrow::Cow<'_, str>> = b.split(|c| *c == 0).filter(|a| !a.is_empty()).map(String::from_utf8_lossy).collect();
+    Ok(bounded(args.join(" "), MAX_CMDLINE))
+}
+
 /// Reads one process. `Ok(None)` when it vanished while being read (normal on a busy host).
 pub fn read_process(dir: &Path, pid: i64, cx: &ProcContext<'_>) -> Result<Option<(ProcessInfo, ProcMemo)>, ParseError> {
     let stat_file = dir.join("stat");
     let text = match std::fs::read(&stat_file) {
-        Ok(b) => String::from_utf8(b).map_err(|_| ParseError::new(&stat_file, 1, "content", "not valid UTF-8"))?,
+        // Lossy: the name inside is any bytes the process chose (prctl PR_SET_NAME, the
+        // executable's file name); a process must not hide from medic by choosing invalid UTF-8.
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
         // Gone between listing and reading (ENOENT/ESRCH): not an error.
         Err(_) => return Ok(None),
     };
@@ -156,13 +171,7 @@ pub fn read_process(dir: &Path, pid: i64, cx: &ProcContext<'_>) -> Result<Option
     let (cmdline, unit, cgroup) = match same {
         Some(p) => (p.cmdline.clone(), p.unit.clone(), p.cgroup.clone()),
         None => {
-            let cmdline = std::fs::read(dir.join("cmdline"))
-                .map(|b| {
-                    let s: Vec<String> =
-                        b.split(|c| *c == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-                    s.join(" ")
-                })
-                .unwrap_or_default();
+            let cmdline = read_cmdline(&dir.join("cmdline")).unwrap_or_default();
             let (unit, cgroup) = read(&dir.join("cgroup")).map(|t| parse_cgroup(&t)).unwrap_or((None, None));
             (cmdline, unit, cgroup)
         }

@@ -1,6 +1,8 @@
-//! TCP socket signals: counts per state from `/proc/net/tcp` and `/proc/net/tcp6` node-wide,
-//! and (by matching socket inodes to `/proc/<pid>/fd`) per process; listen-queue overflows and
-//! drops come with the other TCP counters in [`super::tcp`].
+//! TCP socket signals: counts per state node-wide, from the kernel's socket table (read over
+//! netlink by [`super::sock_diag`], or from the text of `/proc/net/tcp{,6}` where netlink is
+//! not available or the proc root is a fixture tree), and per process by matching socket inodes
+//! to `/proc/<pid>/fd` (as `ss -p` does); the peers with sockets retransmitting now.
+//! Listen-queue overflows and drops come with the other TCP counters in [`super::tcp`].
 //!
 //! Metric keys: `sock.tcp.<state>` (e.g. `sock.tcp.close_wait`) and `sock.tcp.total`.
 
@@ -47,36 +49,86 @@ pub struct PeerInfo {
 /// Peers kept per snapshot (the ones with the most timeouts).
 pub const MAX_PEERS: usize = 32;
 
-/// Decodes the kernel's hex `address:port` (little-endian 32-bit words) into text.
-pub fn decode_addr(hex: &str) -> Option<String> {
-    let (a, p) = hex.split_once(':')?;
-    let port = u16::from_str_radix(p, 16).ok()?;
-    let words: Option<Vec<u32>> = (0..a.len() / 8).map(|i| a.get(i * 8..i * 8 + 8).and_then(|w| u32::from_str_radix(w, 16).ok())).collect();
-    let words = words?;
-    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-    match bytes.len() {
-        4 => Some(format!("{}:{port}", std::net::Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))),
-        16 => {
-            let arr: [u8; 16] = bytes.try_into().ok()?;
-            let ip = std::net::Ipv6Addr::from(arr);
-            Some(match ip.to_ipv4_mapped() {
-                Some(v4) => format!("{v4}:{port}"),
-                None => format!("[{ip}]:{port}"),
-            })
-        }
-        _ => None,
+/// A remote end in a form cheap to hash: IPv6 bytes (IPv4 as IPv4-mapped) and the port. Peers
+/// are only formatted as text for the few that are kept.
+pub type PeerKey = ([u8; 16], u16);
+
+/// `a.b.c.d:port`, `[v6]:port`; IPv4-mapped addresses print as IPv4.
+pub fn format_peer((addr, port): PeerKey) -> String {
+    let ip = std::net::Ipv6Addr::from(addr);
+    match ip.to_ipv4_mapped() {
+        Some(v4) => format!("{v4}:{port}"),
+        None => format!("[{ip}]:{port}"),
     }
 }
 
-/// Parses one `/proc/net/tcp{,6}` table, adding each socket's state to `counts`, its inode to
-/// `inodes` and its remote end to `peers`.
-pub fn parse_tcp_table(
-    file: &Path,
-    text: &str,
-    counts: &mut [u64; 13],
-    inodes: &mut InodeStates,
-    peers: &mut HashMap<String, PeerInfo>,
-) -> Result<(), ParseError> {
+/// Decodes the kernel's hex `address:port` (little-endian 32-bit words) of /proc/net/tcp{,6}.
+pub fn decode_peer(hex: &str) -> Option<PeerKey> {
+    let (a, p) = hex.split_once(':')?;
+    let port = u16::from_str_radix(p, 16).ok()?;
+    let mut bytes = [0u8; 16];
+    let words = a.len() / 8;
+    if a.len() % 8 != 0 || !(words == 1 || words == 4) {
+        return None;
+    }
+    for i in 0..words {
+        let w = u32::from_str_radix(a.get(i * 8..i * 8 + 8)?, 16).ok()?;
+        bytes[i * 4..i * 4 + 4].copy_from_slice(&w.to_le_bytes());
+    }
+    if words == 1 {
+        let v4 = std::net::Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]);
+        bytes = v4.to_ipv6_mapped().octets();
+    }
+    Some((bytes, port))
+}
+
+/// Decodes the kernel's hex `address:port` into text.
+pub fn decode_addr(hex: &str) -> Option<String> {
+    decode_peer(hex).map(format_peer)
+}
+
+/// One read of the TCP tables, whatever it came from (netlink sock_diag or the text tables):
+/// counts per state, socket inode → state (for matching processes' fds), and sockets per peer.
+#[derive(Debug, Default)]
+pub struct SocketTable {
+    pub counts: [u64; 13],
+    pub inodes: InodeStates,
+    peers: HashMap<PeerKey, PeerInfo>,
+}
+
+impl SocketTable {
+    /// Adds one socket. `retrans`: its unrecovered retransmit timeouts now.
+    pub fn add(&mut self, state: u8, inode: u64, peer: PeerKey, retrans: u64) {
+        let st = if (state as usize) < STATES.len() { state } else { 0 };
+        self.counts[st as usize] += 1;
+        // Listening sockets have no peer.
+        if st != LISTEN {
+            let e = self.peers.entry(peer).or_default();
+            e.sockets += 1;
+            if retrans > 0 {
+                e.retransmitting += 1;
+                e.timeouts += retrans;
+            }
+        }
+        // Inode 0: no file refers to the socket (TIME_WAIT, request and orphaned sockets).
+        if inode != 0 {
+            self.inodes.insert(inode, st);
+        }
+    }
+
+    /// The peers that have sockets retransmitting now, most timeouts first.
+    pub fn top_peers(&self) -> Vec<PeerInfo> {
+        let mut v: Vec<(&PeerKey, &PeerInfo)> = self.peers.iter().filter(|(_, p)| p.retransmitting > 0).collect();
+        v.sort_by(|a, b| b.1.timeouts.cmp(&a.1.timeouts).then_with(|| a.0.cmp(b.0)));
+        v.into_iter().take(MAX_PEERS).map(|(k, p)| PeerInfo { peer: format_peer(*k), ..p.clone() }).collect()
+    }
+}
+
+/// The state number of LISTEN.
+const LISTEN: u8 = 10;
+
+/// Parses one `/proc/net/tcp{,6}` table into `table`.
+pub fn parse_tcp_table(file: &Path, text: &str, table: &mut SocketTable) -> Result<(), ParseError> {
     for (i, line) in text.lines().enumerate().skip(1) {
         let n = i + 1;
         let f: Vec<&str> = line.split_ascii_whitespace().take(10).collect();
@@ -88,42 +140,13 @@ pub fn parse_tcp_table(
         }
         let st =
             u8::from_str_radix(f[3], 16).map_err(|_| ParseError::new(file, n, "st", format!("expected a hex state, found {:?}", f[3])))?;
-        let st = if (st as usize) < STATES.len() { st } else { 0 };
-        counts[st as usize] += 1;
         let retrnsmt =
             u64::from_str_radix(f[6], 16).map_err(|_| ParseError::new(file, n, "retrnsmt", format!("expected hex, found {:?}", f[6])))?;
-        // Listening sockets have no peer.
-        if st != 10 {
-            let peer = decode_addr(f[2]).ok_or_else(|| ParseError::new(file, n, "rem_address", format!("bad address {:?}", f[2])))?;
-            let e = peers.entry(peer).or_default();
-            e.sockets += 1;
-            if retrnsmt > 0 {
-                e.retransmitting += 1;
-                e.timeouts += retrnsmt;
-            }
-        }
+        let peer = decode_peer(f[2]).ok_or_else(|| ParseError::new(file, n, "rem_address", format!("bad address {:?}", f[2])))?;
         let inode: u64 = num(file, n, "inode", Some(f[9]))?;
-        // Inode 0: the socket is orphaned (TIME_WAIT and friends); no process owns it.
-        if inode != 0 {
-            inodes.insert(inode, st);
-        }
+        table.add(st, inode, peer, retrnsmt);
     }
     Ok(())
-}
-
-/// The peers that have sockets retransmitting right now, most timeouts first.
-pub fn top_peers(peers: HashMap<String, PeerInfo>) -> Vec<PeerInfo> {
-    let mut v: Vec<PeerInfo> = peers
-        .into_iter()
-        .filter(|(_, p)| p.retransmitting > 0)
-        .map(|(k, mut p)| {
-            p.peer = k;
-            p
-        })
-        .collect();
-    v.sort_by(|a, b| b.timeouts.cmp(&a.timeouts).then_with(|| a.peer.cmp(&b.peer)));
-    v.truncate(MAX_PEERS);
-    v
 }
 
 /// Writes node-wide per-state counts.
