@@ -235,3 +235,77 @@ fn socket_tables_are_read_every_nth_sample() {
     assert_eq!(fourth.metrics["sock.tcp.close_wait"], 1.0, "tcp6 still has one");
     assert_eq!(fourth.processes.iter().find(|p| p.pid == 4242).unwrap().tcp.get("close_wait"), Some(&1));
 }
+
+/// A busy process started by the test with any argv[0] path and arguments (raw bytes), killed
+/// by its pid on drop.
+fn spin_as(exe: &Path, args: &[Vec<u8>]) -> crate::util::Reaped {
+    use std::os::unix::ffi::OsStringExt;
+    let mut c = std::process::Command::new(exe);
+    c.arg("-c").arg("while :; do :; done").arg("sh");
+    for a in args {
+        c.arg(std::ffi::OsString::from_vec(a.clone()));
+    }
+    crate::util::Reaped(c.spawn().unwrap())
+}
+
+/// Regression: one process with a command line over 64 KiB made every playbook that scans
+/// processes fail ("Length of string too large") and disabled it for 5 minutes, doubling; a
+/// process name that was not UTF-8 hid the process from medic altogether.
+#[test]
+fn hostile_process_names_and_a_one_mib_command_line_disable_no_playbook() {
+    use medic::playbooks::bundled;
+    let dir = tempfile::tempdir().unwrap();
+    // A 1 MiB command line (ten 100 KiB arguments: one argument may not exceed 128 KiB), with
+    // bytes that are not UTF-8, on a process pinning a core (so runaway-process maps it).
+    let big: Vec<Vec<u8>> = (0..10).map(|i| [vec![b'a' + i as u8; 100 * 1024], vec![0xff, 0xfe]].concat()).collect();
+    let long = spin_as(Path::new("/bin/sh"), &big);
+    // A name with parentheses, a newline and bytes that are not UTF-8 (the kernel takes the
+    // name from the executable's file name, here a symlink's).
+    let evil = dir.path().join(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(b"x) (\n\xff\xfeZ".to_vec()));
+    std::os::unix::fs::symlink("/bin/sh", &evil).unwrap();
+    let named = spin_as(&evil, &[b"--\n) S 1 2 3".to_vec()]);
+
+    let mut s = Sampler::new(Roots::default());
+    s.sample(signals_now() - 1000);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let snap = s.sample(signals_now());
+    let p = snap.processes.iter().find(|p| p.pid == long.0.id() as i64).expect("the 1 MiB process is listed");
+    assert!(p.cmdline.len() <= signals::parse::MAX_CMDLINE && p.cmdline.ends_with(signals::parse::TRUNCATED), "{}", p.cmdline.len());
+    let q = snap.processes.iter().find(|p| p.pid == named.0.id() as i64).expect("a process named with invalid UTF-8 is not hidden");
+    assert!(q.name.starts_with("x) (\n"), "{:?}", q.name);
+    assert!(q.cmdline.contains(") S 1 2 3"), "{:?}", q.cmdline);
+
+    // Every bundled playbook, plus one that reads every text medic hands over (and doubles it),
+    // evaluated by the agent on real samples: none fails.
+    let pb = dir.path().join("pb");
+    std::fs::create_dir(&pb).unwrap();
+    for (f, src, _) in bundled::PLAYBOOKS {
+        std::fs::write(pb.join(f), src).unwrap();
+    }
+    std::fs::write(
+        pb.join("zz_reader.rhai"),
+        r#"const META = #{ name: "reader", description: "reads every text", interval: "1s", actions: [#{ kind: "notify", target: "*" }],
+    rate_limit: #{ max: 1, per: "1h" }, cooldown: "1h" };
+fn evaluate(node, state) {
+    let n = 0;
+    for p in node.processes() { let s = p.cmdline + p.cmdline + p.name + p.state; if p.unit != () { s += p.unit; } n += s.len(); }
+    for u in node.units() { n += (u.unit + u.unit).len(); }
+    for m in node.mounts() { n += (m.mount + m.device + m.fs_type).len(); }
+    for t in node.tcp_peers() { n += t.peer.len(); }
+    for p in node.processes("cpu_pct", ">=", 0) { n += p.cmdline.len(); }
+    if n == 0 { notify("nothing read"); }
+}
+"#,
+    )
+    .unwrap();
+    let cfg = medic::config::Config::parse("t.toml", "node = \"t\"\n[signals.ebpf]\nenabled = false\n").unwrap();
+    let mut agent = medic::daemon::Agent::start(&cfg, Some(pb), dir.path().join("state")).unwrap();
+    let t0 = signals_now();
+    for i in 1..=3 {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let r = agent.tick(t0 + i * 60_000).unwrap();
+        assert!(r.disabled.is_empty(), "tick {i}: {:?}", r.disabled);
+        assert_eq!(r.evaluated.len(), bundled::PLAYBOOKS.len() + 1, "tick {i}: {:?}", r.evaluated);
+    }
+    drop((long, named));
+}

@@ -227,6 +227,17 @@ impl Config {
         if cfg.playbooks.limits.max_operations == 0 {
             return Err(at("max_operations", "playbooks.limits.max_operations: must be at least 1".into()));
         }
+        // Every value medic hands a playbook is bounded (command lines at 4 KiB), so that nothing
+        // on the node can push a playbook over its string limit; the limit must leave room.
+        let min_string = 2 * crate::signals::parse::MAX_CMDLINE;
+        if cfg.playbooks.limits.max_string_size < min_string {
+            return Err(at(
+                "max_string_size",
+                format!(
+                    "playbooks.limits.max_string_size: must be at least {min_string} (twice the longest command line medic hands over)"
+                ),
+            ));
+        }
         for (i, c) in cfg.policy.commands.iter().enumerate() {
             if !c.path.is_absolute() {
                 return Err(at("path", format!("policy.commands[{i}].path: {:?} must be absolute", c.path)));
