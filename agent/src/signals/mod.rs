@@ -266,47 +266,19 @@ impl Sampler {
     }
 
     fn read_sockets(&mut self, s: &mut Snapshot) -> SocketScan {
-        let mut table = sockets::SocketTable::default();
         if let SocketSource::Netlink(diag) = &mut self.sockets {
-            let mut dump = |family| {
-                diag.dump_tcp(family, |d| {
-                    let peer = if d.family == 2 {
-                        std::net::Ipv4Addr::new(d.dst[0], d.dst[1], d.dst[2], d.dst[3]).to_ipv6_mapped().octets()
-                    } else {
-                        d.dst
-                    };
-                    table.add(d.state, d.inode.into(), (peer, d.dport), d.retrans.into());
-                })
-            };
-            match dump(2).and_then(|()| dump(10)) {
-                Ok(()) => {
-                    let peers = table.top_peers();
-                    return SocketScan { ok: true, counts: table.counts, inodes: table.inodes, peers };
-                }
+            match sockets::from_netlink(diag) {
+                Ok(table) => return SocketScan { ok: true, counts: table.counts, peers: table.top_peers(), inodes: table.inodes },
                 Err(e) => {
                     // Not expected once a dump worked; the text tables still tell the truth.
                     tracing::warn!(message = "Netlink socket dump failed; reading /proc/net/tcp{,6} from now on.", error = %e);
                     s.errors.push(e.to_string());
                     self.sockets = SocketSource::Text;
-                    table = sockets::SocketTable::default();
                 }
             }
         }
-        let mut ok = false;
-        for name in ["tcp", "tcp6"] {
-            let f = self.roots.proc.join("net").join(name);
-            match parse::read_seq(&f) {
-                Ok(t) => match sockets::parse_tcp_table(&f, &t, &mut table) {
-                    Ok(()) => ok = true,
-                    Err(e) => s.errors.push(e.to_string()),
-                },
-                // tcp6 is absent where IPv6 is off; that alone is not an error.
-                Err(e) if name == "tcp" => s.errors.push(e.to_string()),
-                Err(_) => {}
-            }
-        }
-        let peers = table.top_peers();
-        SocketScan { ok, counts: table.counts, inodes: table.inodes, peers }
+        let (table, ok) = sockets::from_text(&self.roots.proc, &mut s.errors);
+        SocketScan { ok, counts: table.counts, peers: table.top_peers(), inodes: table.inodes }
     }
 
     fn read_processes(&mut self, s: &mut Snapshot, boot_time: u64, secs: f64, inodes: &sockets::InodeStates, scan_fds: bool) {

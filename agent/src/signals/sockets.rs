@@ -6,7 +6,8 @@
 //!
 //! Metric keys: `sock.tcp.<state>` (e.g. `sock.tcp.close_wait`) and `sock.tcp.total`.
 
-use super::parse::{num, ParseError};
+use super::parse::{num, read_seq, ParseError};
+use super::sock_diag::{DiagError, SockDiag, AF_INET};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -147,6 +148,40 @@ pub fn parse_tcp_table(file: &Path, text: &str, table: &mut SocketTable) -> Resu
         table.add(st, inode, peer, retrnsmt);
     }
     Ok(())
+}
+
+/// The whole TCP table of this network namespace, over netlink sock_diag.
+pub fn from_netlink(diag: &mut SockDiag) -> Result<SocketTable, DiagError> {
+    let mut table = SocketTable::default();
+    diag.dump_tcp(|d| {
+        let peer = if d.family == AF_INET {
+            std::net::Ipv4Addr::new(d.dst[0], d.dst[1], d.dst[2], d.dst[3]).to_ipv6_mapped().octets()
+        } else {
+            d.dst
+        };
+        table.add(d.state, d.inode.into(), (peer, d.dport), d.retrans.into());
+    })?;
+    Ok(table)
+}
+
+/// The whole TCP table from `<proc>/net/tcp` and `tcp6`, each read to its end; parse errors go
+/// to `errors`. The flag is false when no table could be read at all.
+pub fn from_text(proc: &Path, errors: &mut Vec<String>) -> (SocketTable, bool) {
+    let mut table = SocketTable::default();
+    let mut ok = false;
+    for name in ["tcp", "tcp6"] {
+        let f = proc.join("net").join(name);
+        match read_seq(&f) {
+            Ok(t) => match parse_tcp_table(&f, &t, &mut table) {
+                Ok(()) => ok = true,
+                Err(e) => errors.push(e.to_string()),
+            },
+            // tcp6 is absent where IPv6 is off; that alone is not an error.
+            Err(e) if name == "tcp" => errors.push(e.to_string()),
+            Err(_) => {}
+        }
+    }
+    (table, ok)
 }
 
 /// Writes node-wide per-state counts.
