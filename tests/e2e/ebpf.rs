@@ -492,3 +492,47 @@ fn close_wait_per_process_equals_ss_when_socket_memory_is_reused() {
     assert!(bad.is_empty(), "{} of {ROUNDS} rounds miscounted CLOSE_WAIT:\n{}", bad.len(), bad.join("\n"));
     eprintln!("{ROUNDS} rounds of {CONNS} connections in {:?}", t0.elapsed());
 }
+
+/// The listener's process forks a worker that accepts and reads (a pre-forked server, or
+/// systemd's socket activation): the accepted sockets start under the listener's owner and move
+/// to the worker at its first receive, where `ss -tanp` shows them too.
+const FORKED_WORKER: &str = r#"
+import os, socket, sys
+s = socket.socket()
+s.bind(('127.0.0.1', 0))
+s.listen(64)
+n = int(sys.stdin.readline())
+print(s.getsockname()[1], flush=True)
+if os.fork() == 0:
+    keep = [s.accept()[0] for _ in range(n)]
+    for c in keep:
+        try:
+            c.recv(1, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            pass
+    print(os.getpid(), flush=True)
+    sys.stdin.readline()
+    os._exit(0)
+sys.stdin.readline()
+"#;
+
+#[test]
+fn sockets_a_worker_accepted_and_read_count_under_the_worker_not_the_listeners_process() {
+    const CONNS: u32 = 10;
+    let mut e = loaded(&EbpfConfig::default());
+    let mut parent = Py::start(FORKED_WORKER);
+    let port: u16 = parent.ask(&CONNS.to_string()).parse().unwrap();
+    let clients: Vec<TcpStream> = (0..CONNS).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+    let worker: u32 = parent.line().parse().unwrap();
+    drop(clients);
+    let ss = ss_close_wait_reaches(worker, CONNS);
+    let snap = sample(&mut e);
+    let ppid = parent.pid();
+    let (w, p) = (
+        (close_wait_of(&snap, worker), ss.get(&worker).copied().unwrap_or(0)),
+        (close_wait_of(&snap, ppid), ss.get(&ppid).copied().unwrap_or(0)),
+    );
+    parent.send("");
+    assert_eq!(w, (CONNS, CONNS), "worker {worker}: (medic, ss)");
+    assert_eq!(p, (0, 0), "listener's process {ppid}: (medic, ss)");
+}
