@@ -22,10 +22,13 @@ struct {
 } transitions SEC(".maps");
 
 /* Sockets per (owner, state, cgroup). User space removes the entries of processes that exited
- * and leaves the others, even at 0: removing an entry another CPU is adding to loses the add. */
+ * and leaves the others, even at 0: removing an entry another CPU is adding to loses the add.
+ * Live owners' entries stay, so the map is sized for them (about 11 states each) and
+ * allocated as used, not up front. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 65536);
 	__type(key, struct medic_state_key);
 	__type(value, __s64);
 } states SEC(".maps");
