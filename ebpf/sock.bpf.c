@@ -2,7 +2,12 @@
 /* sock family: TCP state transitions node-wide, and current sockets per (owner, state), so a
  * service's CLOSE_WAIT leak shows as that service's number. An event is emitted when one
  * owner's CLOSE_WAIT count reaches `close_wait_threshold`.
- * Tracepoint: sock/inet_sock_set_state (4.16), plus the ownership hooks of owner.bpf.h. */
+ *
+ * Each socket is counted once, under its owner and the state it is in; owner.bpf.h decides
+ * every change of the two under the socket's own storage lock and hands it here as a move.
+ * Sockets that existed before medic loaded are counted from their first send or receive.
+ * Programs: tp_btf/inet_sock_set_state (5.5), plus the ownership hooks of owner.bpf.h (kernel
+ * floor of the family: 6.3, for sock_send_length / sock_recv_length). */
 #include "owner.bpf.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -16,9 +21,14 @@ struct {
 	__type(value, __u64);
 } transitions SEC(".maps");
 
+/* Sockets per (owner, state, cgroup). User space removes the entries of processes that exited
+ * and leaves the others, even at 0: removing an entry another CPU is adding to loses the add.
+ * Live owners' entries stay, so the map is sized for them (about 11 states each) and
+ * allocated as used, not up front. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 65536);
 	__type(key, struct medic_state_key);
 	__type(value, __s64);
 } states SEC(".maps");
@@ -35,55 +45,66 @@ struct {
 	__uint(max_entries, 16 * 1024);
 } sock_events SEC(".maps");
 
-static __always_inline void add(struct medic_owner *o, __u32 state, __s64 d)
+static __always_inline void close_wait_event(__u32 tgid, __u64 cgroup, __s64 n)
 {
-	struct medic_state_key k = { .tgid = o->tgid, .state = state, .cgroup = o->cgroup };
-	__s64 *v = bpf_map_lookup_elem(&states, &k);
-	if (v) {
-		__s64 n = __sync_fetch_and_add(v, d) + d;
-		if (state == TCP_CLOSE_WAIT && d > 0 && n == close_wait_threshold) {
-			struct medic_event *e = bpf_ringbuf_reserve(&sock_events, sizeof(*e), 0);
-			if (e) {
-				e->kind = MEDIC_EV_SOCK_STATE;
-				e->tgid = o->tgid;
-				e->value = n;
-				e->cgroup = o->cgroup;
-				bpf_ringbuf_submit(e, 0);
-			} else {
-				__u32 zero = 0;
-				__u64 *c = bpf_map_lookup_elem(&sock_dropped, &zero);
-				if (c)
-					__sync_fetch_and_add(c, 1);
-			}
-		}
-	} else if (d > 0) {
-		bpf_map_update_elem(&states, &k, &d, BPF_NOEXIST);
+	struct medic_event *e = bpf_ringbuf_reserve(&sock_events, sizeof(*e), 0);
+	if (e) {
+		e->kind = MEDIC_EV_SOCK_STATE;
+		e->tgid = tgid;
+		e->value = n;
+		e->cgroup = cgroup;
+		bpf_ringbuf_submit(e, 0);
+	} else {
+		__u32 zero = 0;
+		__u64 *c = bpf_map_lookup_elem(&sock_dropped, &zero);
+		if (c)
+			__sync_fetch_and_add(c, 1);
 	}
 }
 
-SEC("tracepoint/sock/inet_sock_set_state")
-int sock_state(struct trace_event_raw_inet_sock_set_state *ctx)
+/* Adds `d` to the sockets under (tgid, state, cgroup). A missing entry is inserted, for a
+ * decrement too: one socket's two moves, decided in order under its lock, may reach here out
+ * of order from two CPUs, and the sum must still come out right. When two CPUs insert the same
+ * entry at once, the one whose insert fails adds to the other's. */
+static __always_inline void add(__u32 tgid, __u64 cgroup, __u32 state, __s64 d)
 {
-	if (BPF_CORE_READ(ctx, protocol) != IPPROTO_TCP)
+	struct medic_state_key k = { .tgid = tgid, .state = state, .cgroup = cgroup };
+	__s64 n = d;
+	__s64 *v = bpf_map_lookup_elem(&states, &k);
+	if (!v) {
+		if (bpf_map_update_elem(&states, &k, &d, BPF_NOEXIST) == 0)
+			goto added;
+		v = bpf_map_lookup_elem(&states, &k);
+		if (!v)
+			return; /* the map is full */
+	}
+	n = __sync_fetch_and_add(v, d) + d;
+added:
+	if (state == TCP_CLOSE_WAIT && d > 0 && n == close_wait_threshold)
+		close_wait_event(tgid, cgroup, n);
+}
+
+static __always_inline void apply(struct owner_move *mv)
+{
+	if (mv->from_tgid)
+		add(mv->from_tgid, mv->from_cgroup, mv->from_state, -1);
+	if (mv->to_tgid)
+		add(mv->to_tgid, mv->to_cgroup, mv->to_state, 1);
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(sock_state, const struct sock *sk, const int oldstate, const int newstate)
+{
+	if (!sk || !is_tcp(sk))
 		return 0;
-	owner_on_state(ctx);
-	__u32 os = BPF_CORE_READ(ctx, oldstate), ns = BPF_CORE_READ(ctx, newstate);
-	__u32 idx = ns & 15;
+	__u32 idx = newstate & 15;
 	__u64 *t = bpf_map_lookup_elem(&transitions, &idx);
 	if (t)
 		*t += 1;
-	__u64 sk = (__u64)BPF_CORE_READ(ctx, skaddr);
-	struct medic_owner *o = owner_of(sk, BPF_CORE_READ(ctx, sport));
-	if (!o)
-		return 0;
-	struct medic_owner copy = *o;
-	if (os != TCP_CLOSE)
-		add(&copy, os, -1);
-	if (ns != TCP_CLOSE)
-		add(&copy, ns, 1);
-	else
-		bpf_map_delete_elem(&owners, &sk);
+	struct owner_move mv = {};
+	if (owner_on_state(sk, newstate, &mv))
+		apply(&mv);
 	return 0;
 }
 
-OWNER_PROGRAMS(sock)
+OWNER_PROGRAMS(sock, apply)

@@ -2,9 +2,12 @@
 /* tcp family: retransmits per (remote address, remote port, local port, owner), counts of
  * resets sent and received, and a ring-buffer event when retransmits on one CPU cross
  * `burst_threshold` within `burst_window_ns` (so the agent evaluates at once).
- * Tracepoints: tcp/tcp_retransmit_skb, tcp/tcp_send_reset, tcp/tcp_receive_reset, and the
- * ownership hooks of owner.bpf.h. Kernel floor: 5.8 (ring buffer); tcp_receive_reset 4.15. */
+ * Programs: tp_btf/tcp_retransmit_skb, tp_btf/tcp_send_reset, tp_btf/tcp_receive_reset (5.5),
+ * and the ownership hooks of owner.bpf.h with this object's own `owners` map (the retransmit
+ * reads the owner from it, the state changes are not counted here). Kernel floor of the
+ * family: 6.3 (sock_send_length / sock_recv_length); ring buffer 5.8, sk storage 5.11. */
 #include "owner.bpf.h"
+#include <bpf/bpf_endian.h>
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -63,30 +66,35 @@ static __always_inline void emit(__u32 kind, __u32 tgid, __u64 value, __u64 cgro
 	bpf_ringbuf_submit(e, 0);
 }
 
-SEC("tracepoint/tcp/tcp_retransmit_skb")
-int tcp_retransmit(struct trace_event_raw_tcp_retransmit_skb *ctx)
+#define AF_INET 2
+
+SEC("tp_btf/tcp_retransmit_skb")
+int BPF_PROG(tcp_retransmit, const struct sock *sk)
 {
+	if (!sk)
+		return 0;
 	struct medic_retrans_key k = {};
-	__u64 sk = (__u64)BPF_CORE_READ(ctx, skaddr);
-	k.family = BPF_CORE_READ(ctx, family);
-	k.sport = BPF_CORE_READ(ctx, sport);
-	k.dport = BPF_CORE_READ(ctx, dport);
-	if (k.family == 2)
-		bpf_core_read(k.daddr, 4, &ctx->daddr);
-	else
-		bpf_core_read(k.daddr, 16, &ctx->daddr_v6);
-	struct medic_owner *o = owner_of(sk, k.sport);
-	if (o) {
-		k.tgid = o->tgid;
-		k.cgroup = o->cgroup;
+	k.family = sk->__sk_common.skc_family;
+	k.sport = sk->__sk_common.skc_num;
+	k.dport = bpf_ntohs(sk->__sk_common.skc_dport);
+	if (k.family == AF_INET) {
+		__be32 a = sk->__sk_common.skc_daddr;
+		__builtin_memcpy(k.daddr, &a, 4);
+	} else {
+		bpf_core_read(k.daddr, 16, &sk->__sk_common.skc_v6_daddr);
+	}
+	struct medic_owner o = owner_of(sk);
+	if (o.tgid) {
+		k.tgid = o.tgid;
+		k.cgroup = o.cgroup;
 	} else {
 		count(MEDIC_TCP_UNOWNED);
 	}
 	__u64 one = 1, *v = bpf_map_lookup_elem(&retrans, &k);
 	if (v)
 		__sync_fetch_and_add(v, 1);
-	else
-		bpf_map_update_elem(&retrans, &k, &one, BPF_NOEXIST);
+	else if (bpf_map_update_elem(&retrans, &k, &one, BPF_NOEXIST) != 0 && (v = bpf_map_lookup_elem(&retrans, &k)))
+		__sync_fetch_and_add(v, 1); /* another CPU inserted it first */
 	count(MEDIC_TCP_RETRANS);
 
 	__u32 zero = 0;
@@ -104,39 +112,47 @@ int tcp_retransmit(struct trace_event_raw_tcp_retransmit_skb *ctx)
 	return 0;
 }
 
-SEC("tracepoint/tcp/tcp_send_reset")
+SEC("tp_btf/tcp_send_reset")
 int tcp_send_reset(void *ctx)
 {
 	count(MEDIC_TCP_SEND_RESET);
 	return 0;
 }
 
-SEC("tracepoint/tcp/tcp_receive_reset")
+SEC("tp_btf/tcp_receive_reset")
 int tcp_receive_reset(void *ctx)
 {
 	count(MEDIC_TCP_RECV_RESET);
 	return 0;
 }
 
-SEC("tracepoint/sock/inet_sock_set_state")
-int tcp_owner_state(struct trace_event_raw_inet_sock_set_state *ctx)
+/* Only the owner is kept here: the sock family counts states. */
+static __always_inline void owner_only(struct owner_move *mv)
 {
-	if (BPF_CORE_READ(ctx, protocol) == IPPROTO_TCP)
-		owner_on_state(ctx);
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(tcp_owner_state, const struct sock *sk, const int oldstate, const int newstate)
+{
+	struct owner_move mv = {};
+	if (sk && is_tcp(sk))
+		owner_on_state(sk, newstate, &mv);
 	return 0;
 }
 
-OWNER_PROGRAMS(tcp)
+OWNER_PROGRAMS(tcp, owner_only)
 
-/* Test hook: emits `test_events` events per call of getpid() from `test_tgid`, to fill the
- * ring buffer on purpose (the drop-count test). Does nothing unless test_tgid is set. */
+/* Test hook: emits `test_events` events per getppid() (system call number `test_syscall`)
+ * from `test_tgid`, to fill the ring buffer on purpose (the drop-count test). Does nothing
+ * unless test_tgid is set; attached only then. */
 const volatile __u32 test_tgid = 0;
 const volatile __u32 test_events = 0;
+const volatile __s64 test_syscall = -1;
 
-SEC("tracepoint/syscalls/sys_enter_getppid")
-int tcp_test_flood(void *ctx)
+SEC("tp_btf/sys_enter")
+int BPF_PROG(tcp_test_flood, struct pt_regs *regs, long id)
 {
-	if (!test_tgid || (bpf_get_current_pid_tgid() >> 32) != test_tgid)
+	if (!test_tgid || id != test_syscall || (bpf_get_current_pid_tgid() >> 32) != test_tgid)
 		return 0;
 	for (__u32 i = 0; i < 4096 && i < test_events; i++)
 		emit(MEDIC_EV_TEST, test_tgid, i, 0);

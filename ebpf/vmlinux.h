@@ -24,6 +24,7 @@ typedef __u64 u64;
 typedef __u32 dev_t;
 typedef __u64 sector_t;
 typedef _Bool bool;
+enum { false = 0, true = 1 };
 typedef __u16 __be16;
 typedef __u32 __be32;
 typedef __u32 __wsum;
@@ -33,6 +34,7 @@ enum bpf_map_type {
 	BPF_MAP_TYPE_ARRAY = 2,
 	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
 	BPF_MAP_TYPE_LRU_HASH = 9,
+	BPF_MAP_TYPE_SK_STORAGE = 24,
 	BPF_MAP_TYPE_RINGBUF = 27,
 };
 
@@ -40,6 +42,19 @@ enum {
 	BPF_ANY = 0,
 	BPF_NOEXIST = 1,
 	BPF_EXIST = 2,
+};
+
+enum {
+	BPF_F_NO_PREALLOC = 1,
+	BPF_F_CLONE = 512,
+};
+
+enum {
+	BPF_SK_STORAGE_GET_F_CREATE = 1,
+};
+
+struct bpf_spin_lock {
+	__u32 val;
 };
 
 #pragma clang attribute push (__attribute__((preserve_access_index)), apply_to = record)
@@ -51,43 +66,42 @@ struct trace_entry {
 	int pid;
 };
 
-struct trace_event_raw_tcp_retransmit_skb {
-	struct trace_entry ent;
-	const void *skbaddr;
-	const void *skaddr;
-	int state;
-	__u16 sport;
-	__u16 dport;
-	__u16 family;
-	__u8 saddr[4];
-	__u8 daddr[4];
-	__u8 saddr_v6[16];
-	__u8 daddr_v6[16];
+struct in6_addr {
+	union {
+		__u8 u6_addr8[16];
+		__be16 u6_addr16[8];
+		__be32 u6_addr32[4];
+	} in6_u;
 };
 
-struct trace_event_raw_inet_sock_set_state {
-	struct trace_entry ent;
-	const void *skaddr;
-	int oldstate;
-	int newstate;
-	__u16 sport;
-	__u16 dport;
-	__u16 family;
-	__u16 protocol;
-	__u8 saddr[4];
-	__u8 daddr[4];
-	__u8 saddr_v6[16];
-	__u8 daddr_v6[16];
+struct sock_common {
+	union {
+		__u64 skc_addrpair;
+		struct {
+			__be32 skc_daddr;
+			__be32 skc_rcv_saddr;
+		};
+	};
+	union {
+		__u32 skc_portpair;
+		struct {
+			__be16 skc_dport;
+			__u16 skc_num;
+		};
+	};
+	unsigned short skc_family;
+	volatile unsigned char skc_state;
+	struct in6_addr skc_v6_daddr;
 };
 
-struct trace_event_raw_sock_msg_length {
-	struct trace_entry ent;
-	void *sk;
-	__u16 family;
-	__u16 protocol;
-	int ret;
-	int flags;
+struct sock {
+	struct sock_common __sk_common;
+	u16 sk_type;
+	u16 sk_protocol;
 };
+
+struct sk_buff;
+struct pt_regs;
 
 struct trace_event_raw_block_rq {
 	struct trace_entry ent;

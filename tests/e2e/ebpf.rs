@@ -326,3 +326,213 @@ fn a_close_wait_count_crossing_its_threshold_wakes_the_evaluation_at_once() {
     assert!(t.elapsed() < Duration::from_secs(15));
     assert!(agent.stop());
 }
+
+/// A python3 process driven line by line over stdin, answering one line per command.
+struct Py {
+    child: Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Py {
+    fn start(code: &str) -> Self {
+        let mut child = Command::new("python3").args(["-c", code]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        Py { child, out }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn send(&mut self, cmd: &str) {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(format!("{cmd}\n").as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// The next line the process prints.
+    fn line(&mut self) -> String {
+        use std::io::BufRead;
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        assert!(!line.is_empty(), "python3 {} exited", self.pid());
+        line.trim().to_string()
+    }
+
+    fn ask(&mut self, cmd: &str) -> String {
+        self.send(cmd);
+        self.line()
+    }
+}
+
+impl Drop for Py {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sockets in CLOSE_WAIT per process, as `ss -tanp` shows them (the kernel's own socket table).
+fn ss_close_wait() -> std::collections::BTreeMap<u32, u32> {
+    let o = Command::new("ss").args(["-tanpH", "state", "close-wait"]).output().expect("ss (iproute2)");
+    assert!(o.status.success(), "ss: {}", String::from_utf8_lossy(&o.stderr));
+    let mut per_pid = std::collections::BTreeMap::new();
+    for line in String::from_utf8_lossy(&o.stdout).lines() {
+        // users:(("python3",pid=123,fd=4),...): a socket shared by processes counts once for each.
+        let mut pids: Vec<u32> =
+            line.split("pid=").skip(1).filter_map(|s| s.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()).collect();
+        pids.sort_unstable();
+        pids.dedup();
+        for p in pids {
+            *per_pid.entry(p).or_default() += 1;
+        }
+    }
+    per_pid
+}
+
+/// Polls `ss` until `pid` has `n` sockets in CLOSE_WAIT (5 s at most); the last reading.
+fn ss_close_wait_reaches(pid: u32, n: u32) -> std::collections::BTreeMap<u32, u32> {
+    let t = Instant::now();
+    let mut ss = ss_close_wait();
+    while ss.get(&pid) != Some(&n) && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+        ss = ss_close_wait();
+    }
+    ss
+}
+
+fn close_wait_of(snap: &Snapshot, pid: u32) -> u32 {
+    snap.metrics.get(&format!("ebpf.proc.{pid}.sock.close_wait")).copied().unwrap_or(0.0) as u32
+}
+
+/// Per line `n`: closes the connections it holds, accepts `n` new ones, says `accepted`.
+const PILE_UP_SERVER: &str = r#"
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', 0))
+s.listen(256)
+print(s.getsockname()[1], flush=True)
+keep = []
+for line in sys.stdin:
+    for c in keep:
+        c.close()
+    keep = [s.accept()[0] for _ in range(int(line))]
+    print('accepted', flush=True)
+"#;
+
+/// `connect PORT N`: opens N connections to PORT. `close N`: closes them, then makes N
+/// connections to its own listener that the listener resets, and reads and writes each after
+/// the reset (the receive after TCP_CLOSE that used to leave a stale owner behind).
+const PILE_UP_CLIENT: &str = r#"
+import socket, struct, sys
+rl = socket.socket()
+rl.bind(('127.0.0.1', 0))
+rl.listen(256)
+cs = []
+for line in sys.stdin:
+    w = line.split()
+    if w[0] == 'connect':
+        cs = [socket.create_connection(('127.0.0.1', int(w[1]))) for _ in range(int(w[2]))]
+        print('connected', flush=True)
+        continue
+    for c in cs:
+        c.close()
+    for _ in range(int(w[1])):
+        c = socket.create_connection(rl.getsockname())
+        a, _ = rl.accept()
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+        a.close()
+        for op in (lambda: c.recv(1), lambda: c.send(b'x'), lambda: c.recv(1)):
+            try:
+                op()
+            except OSError:
+                pass
+        c.close()
+    print('closed', flush=True)
+"#;
+
+/// Regression: socket owners were kept in a hash keyed by the `struct sock` address, and an
+/// entry outlived its socket (re-created by a receive or send after TCP_CLOSE; or its close
+/// went unseen, a classic tracepoint program being skipped while another tracing program ran
+/// on the CPU). The next socket the kernel put at that address, often a server's accepted one,
+/// was then counted under the old socket's process: CLOSE_WAIT pile-ups of 60 came out short,
+/// the rest counted under the client's pid.
+///
+/// Each round, a client process opens 60 connections to a server that never closes them and
+/// closes its ends, leaving 60 server sockets in CLOSE_WAIT, then churns reset connections
+/// that it still reads and writes. The server closes the last round's sockets as it accepts
+/// the next, so freed sockets' memory is reused every round. medic's count for each process
+/// must be what `ss -tanp` shows, every round, and the client has none.
+#[test]
+fn close_wait_per_process_equals_ss_when_socket_memory_is_reused() {
+    const ROUNDS: usize = 60;
+    const CONNS: u32 = 60;
+    let mut e = loaded(&EbpfConfig::default());
+    let mut server = Py::start(PILE_UP_SERVER);
+    let mut client = Py::start(PILE_UP_CLIENT);
+    let port: u16 = server.line().parse().unwrap();
+    let (spid, cpid) = (server.pid(), client.pid());
+    let t0 = Instant::now();
+    let mut bad = Vec::new();
+    for round in 1..=ROUNDS {
+        server.send(&CONNS.to_string());
+        assert_eq!(client.ask(&format!("connect {port} {CONNS}")), "connected");
+        assert_eq!(server.line(), "accepted");
+        assert_eq!(client.ask(&format!("close {CONNS}")), "closed");
+        // The kernel's view first: all 60 server ends in CLOSE_WAIT (at once, on loopback).
+        let ss = ss_close_wait_reaches(spid, CONNS);
+        let snap = sample(&mut e);
+        let (medic_s, medic_c) = (close_wait_of(&snap, spid), close_wait_of(&snap, cpid));
+        let (ss_s, ss_c) = (ss.get(&spid).copied().unwrap_or(0), ss.get(&cpid).copied().unwrap_or(0));
+        if (medic_s, medic_c) != (ss_s, ss_c) || medic_c != 0 {
+            bad.push(format!("round {round}: server {spid}: medic {medic_s}, ss {ss_s}; client {cpid}: medic {medic_c}, ss {ss_c}"));
+        }
+    }
+    assert!(bad.is_empty(), "{} of {ROUNDS} rounds miscounted CLOSE_WAIT:\n{}", bad.len(), bad.join("\n"));
+    eprintln!("{ROUNDS} rounds of {CONNS} connections in {:?}", t0.elapsed());
+}
+
+/// The listener's process forks a worker that accepts and reads (a pre-forked server, or
+/// systemd's socket activation): the accepted sockets start under the listener's owner and move
+/// to the worker at its first receive, where `ss -tanp` shows them too.
+const FORKED_WORKER: &str = r#"
+import os, socket, sys
+s = socket.socket()
+s.bind(('127.0.0.1', 0))
+s.listen(64)
+n = int(sys.stdin.readline())
+print(s.getsockname()[1], flush=True)
+if os.fork() == 0:
+    keep = [s.accept()[0] for _ in range(n)]
+    for c in keep:
+        try:
+            c.recv(1, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            pass
+    print(os.getpid(), flush=True)
+    sys.stdin.readline()
+    os._exit(0)
+sys.stdin.readline()
+"#;
+
+#[test]
+fn sockets_a_worker_accepted_and_read_count_under_the_worker_not_the_listeners_process() {
+    const CONNS: u32 = 10;
+    let mut e = loaded(&EbpfConfig::default());
+    let mut parent = Py::start(FORKED_WORKER);
+    let port: u16 = parent.ask(&CONNS.to_string()).parse().unwrap();
+    let clients: Vec<TcpStream> = (0..CONNS).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+    let worker: u32 = parent.line().parse().unwrap();
+    drop(clients);
+    let ss = ss_close_wait_reaches(worker, CONNS);
+    let snap = sample(&mut e);
+    let ppid = parent.pid();
+    let (w, p) = (
+        (close_wait_of(&snap, worker), ss.get(&worker).copied().unwrap_or(0)),
+        (close_wait_of(&snap, ppid), ss.get(&ppid).copied().unwrap_or(0)),
+    );
+    parent.send("");
+    assert_eq!(w, (CONNS, CONNS), "worker {worker}: (medic, ss)");
+    assert_eq!(p, (0, 0), "listener's process {ppid}: (medic, ss)");
+}

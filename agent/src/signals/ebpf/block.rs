@@ -4,8 +4,8 @@
 //! `ebpf.blk.<dev>.p50_us`, `.p99_us` (over the last interval).
 
 use super::abi::{BlkStats, Hist};
-use super::tcp::{attach, take};
 use super::why;
+use super::{attach, take};
 use crate::signals::Snapshot;
 use aya::maps::{HashMap as BpfHash, MapData};
 use std::collections::HashMap;

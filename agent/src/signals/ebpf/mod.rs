@@ -178,6 +178,41 @@ impl EbpfSignals {
     }
 }
 
+/// Loads program `prog` and attaches it to the classic tracepoint `category/name` (found in
+/// tracefs, which must be mounted).
+pub(crate) fn attach(bpf: &mut aya::Ebpf, prog: &str, category: &str, name: &str) -> Result<(), String> {
+    let p: &mut aya::programs::TracePoint =
+        bpf.program_mut(prog).ok_or_else(|| format!("program {prog} missing"))?.try_into().map_err(|e| format!("{prog}: {}", why(e)))?;
+    p.load().map_err(|e| format!("{prog}: load: {}", why(e)))?;
+    p.attach(category, name).map_err(|e| format!("{prog}: attach {category}/{name}: {}", why(e)))?;
+    Ok(())
+}
+
+/// Loads program `prog` as a BTF-enabled raw tracepoint (`tp_btf`, 5.5) on `tracepoint` and
+/// attaches it: typed kernel arguments, no tracefs, and a recursion guard per program (a
+/// classic tracepoint program is skipped whenever any other tracing program runs on the CPU).
+pub(crate) fn attach_btf(bpf: &mut aya::Ebpf, btf: &aya::Btf, prog: &str, tracepoint: &str) -> Result<(), String> {
+    let p: &mut aya::programs::BtfTracePoint =
+        bpf.program_mut(prog).ok_or_else(|| format!("program {prog} missing"))?.try_into().map_err(|e| format!("{prog}: {}", why(e)))?;
+    p.load(tracepoint, btf).map_err(|e| format!("{prog}: load: {}", why(e)))?;
+    p.attach().map_err(|e| format!("{prog}: attach {tracepoint}: {}", why(e)))?;
+    Ok(())
+}
+
+/// The kernel's BTF, which `tp_btf` programs are checked and attached against.
+pub(crate) fn kernel_btf() -> Result<aya::Btf, String> {
+    aya::Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {}", why(e)))
+}
+
+/// Takes map `name` out of `bpf` as a `T`.
+pub(crate) fn take<T: TryFrom<aya::maps::Map>>(bpf: &mut aya::Ebpf, name: &str) -> Result<T, String>
+where
+    T::Error: std::error::Error,
+{
+    let m = bpf.take_map(name).ok_or_else(|| format!("map {name} missing"))?;
+    T::try_from(m).map_err(|e| format!("map {name}: {}", why(e)))
+}
+
 /// Reads one ring buffer's pending events.
 pub(crate) fn drain_ring(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<abi::Event> {
     let mut out = Vec::new();

@@ -13,8 +13,6 @@ use super::cgroups::CgroupNames;
 use super::{why, EbpfConfig};
 use crate::signals::Snapshot;
 use aya::maps::{Array, HashMap as BpfHash, MapData, PerCpuArray};
-use aya::programs::BtfTracePoint;
-use aya::Btf;
 use serde::Serialize;
 use std::collections::HashMap;
 
@@ -47,23 +45,16 @@ impl Sched {
     pub fn load(cfg: &EbpfConfig) -> Result<Self, String> {
         let every = cfg.sched_sample_every.max(1).next_power_of_two();
         let mask: u32 = every - 1;
-        let btf = Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {}", why(e)))?;
+        let btf = super::kernel_btf()?;
         let mut bpf = aya::EbpfLoader::new()
             .override_global("sample_mask", &mask, true)
             .load(super::SCHED_OBJ)
             .map_err(|e| format!("load: {}", why(e)))?;
-        let prog = "runq_switch";
-        let p: &mut BtfTracePoint = bpf
-            .program_mut(prog)
-            .ok_or_else(|| format!("program {prog} missing"))?
-            .try_into()
-            .map_err(|e| format!("{prog}: {}", why(e)))?;
-        p.load("sched_switch", &btf).map_err(|e| format!("{prog}: load: {}", why(e)))?;
-        p.attach().map_err(|e| format!("{prog}: attach: {}", why(e)))?;
+        super::attach_btf(&mut bpf, &btf, "runq_switch", "sched_switch")?;
         Ok(Self {
-            epoch: super::tcp::take(&mut bpf, "epoch")?,
-            node: super::tcp::take(&mut bpf, "runq_node")?,
-            cgroup: super::tcp::take(&mut bpf, "runq_cgroup")?,
+            epoch: super::take(&mut bpf, "epoch")?,
+            node: super::take(&mut bpf, "runq_node")?,
+            cgroup: super::take(&mut bpf, "runq_cgroup")?,
             _bpf: bpf,
             epoch_value: 0,
             prev_node: Hist::default(),

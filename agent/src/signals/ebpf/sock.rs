@@ -4,11 +4,16 @@
 //! Metric keys: `ebpf.sock.transitions.<state>` (counters since load),
 //! `ebpf.proc.<pid>.sock.<state>`, `ebpf.cgroup.<id>.sock.<state>` and
 //! `ebpf.unit.<unit>.sock.<state>` (current counts); `ebpf.sock.events_dropped`.
-//! Counts cover sockets whose transitions medic saw; an owner that exited is forgotten.
+//!
+//! Who owns a socket is kept with the socket, in its own storage (ebpf/owner.bpf.h): the
+//! process that connected or listened on it, inherited by the sockets it accepts, and moved to
+//! any other process that sends or receives on it. Each socket is counted once, under (owner,
+//! current state), so a process's CLOSE_WAIT count is what `ss -tanp` shows for it. Sockets
+//! that existed before medic loaded are counted from their first send or receive; those of an
+//! owner that exited are forgotten. All programs are `tp_btf` (no tracefs).
 
 use super::abi::{self, StateKey};
-use super::tcp::{attach, take};
-use super::{why, EbpfConfig};
+use super::{attach_btf, take, why, EbpfConfig};
 use crate::signals::sockets::STATES;
 use crate::signals::Snapshot;
 use aya::maps::{HashMap as BpfHash, MapData, PerCpuArray, RingBuf};
@@ -25,13 +30,16 @@ pub struct Sock {
 
 impl Sock {
     pub fn load(cfg: &EbpfConfig) -> Result<Self, String> {
+        let btf = super::kernel_btf()?;
         let mut bpf = aya::EbpfLoader::new()
             .override_global("close_wait_threshold", &cfg.close_wait_threshold, true)
             .load(super::SOCK_OBJ)
             .map_err(|e| format!("load: {}", why(e)))?;
-        attach(&mut bpf, "sock_state", "sock", "inet_sock_set_state")?;
-        attach(&mut bpf, "sock_send_length", "sock", "sock_send_length")?;
-        attach(&mut bpf, "sock_recv_length", "sock", "sock_recv_length")?;
+        // State changes first: a send or receive that first claims a socket takes its state
+        // from the storage the state program keeps, and no change may go unseen after that.
+        attach_btf(&mut bpf, &btf, "sock_state", "inet_sock_set_state")?;
+        attach_btf(&mut bpf, &btf, "sock_send_length", "sock_send_length")?;
+        attach_btf(&mut bpf, &btf, "sock_recv_length", "sock_recv_length")?;
         Ok(Self {
             transitions: take(&mut bpf, "transitions")?,
             states: take(&mut bpf, "states")?,
@@ -53,8 +61,14 @@ impl Sock {
         let mut per_unit: BTreeMap<String, i64> = BTreeMap::new();
         for (k, n) in self.states.iter().flatten() {
             let pid = k.tgid as i64;
-            if n <= 0 || (!alive.contains(&pid) && !snap.processes.is_empty()) {
+            // Only an exited owner's entries go: removing an entry of a live one (even at 0)
+            // could drop an add the kernel makes to it meanwhile, and the count would be off
+            // for good. A live owner keeps one entry per (state, cgroup) it has used.
+            if !alive.contains(&pid) && !snap.processes.is_empty() {
                 stale.push(k);
+                continue;
+            }
+            if n <= 0 {
                 continue;
             }
             let state = STATES.get(k.state as usize).copied().unwrap_or("unknown");

@@ -1,6 +1,11 @@
 //! tcp family (ebpf/tcp.bpf.c): retransmits per (peer, local port, owning process), resets
 //! sent and received, and burst events that wake the evaluation.
 //!
+//! All programs are `tp_btf` (no tracefs). A retransmit's owner is read from the socket's own
+//! storage (ebpf/owner.bpf.h): the process that connected or listened on it, or that last sent
+//! or received on it; this object keeps its own copy of that storage, so the family does not
+//! depend on the sock family being loaded.
+//!
 //! Metric keys: `ebpf.tcp.retrans`, `ebpf.tcp.send_resets`, `ebpf.tcp.receive_resets`,
 //! `ebpf.tcp.unowned_retrans`, `ebpf.tcp.events_dropped` (counters since load);
 //! `ebpf.tcp.peer.<addr:port>.retrans`, `ebpf.proc.<pid>.retrans` and
@@ -8,10 +13,9 @@
 //! Entries in `Snapshot::ebpf_retrans`.
 
 use super::abi::{self, RetransKey};
-use super::{why, EbpfConfig};
+use super::{attach_btf, take, why, EbpfConfig};
 use crate::signals::Snapshot;
 use aya::maps::{HashMap as BpfHash, MapData, PerCpuArray, RingBuf};
-use aya::programs::TracePoint;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -43,21 +47,13 @@ pub struct Tcp {
     events: RingBuf<MapData>,
 }
 
-pub(crate) fn attach(bpf: &mut aya::Ebpf, prog: &str, category: &str, name: &str) -> Result<(), String> {
-    let p: &mut TracePoint =
-        bpf.program_mut(prog).ok_or_else(|| format!("program {prog} missing"))?.try_into().map_err(|e| format!("{prog}: {}", why(e)))?;
-    p.load().map_err(|e| format!("{prog}: load: {}", why(e)))?;
-    p.attach(category, name).map_err(|e| format!("{prog}: attach {category}/{name}: {}", why(e)))?;
-    Ok(())
-}
-
-pub(crate) fn take<T: TryFrom<aya::maps::Map>>(bpf: &mut aya::Ebpf, name: &str) -> Result<T, String>
-where
-    T::Error: std::error::Error,
-{
-    let m = bpf.take_map(name).ok_or_else(|| format!("map {name} missing"))?;
-    T::try_from(m).map_err(|e| format!("map {name}: {}", why(e)))
-}
+/// getppid(2)'s system call number, which the test hook matches (no other arch is built).
+#[cfg(target_arch = "x86_64")]
+const SYS_GETPPID: i64 = 110;
+#[cfg(target_arch = "aarch64")]
+const SYS_GETPPID: i64 = 173;
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const SYS_GETPPID: i64 = -1;
 
 /// `addr:port` of a retransmit key's remote end.
 pub fn peer_of(k: &RetransKey) -> String {
@@ -78,19 +74,25 @@ impl Tcp {
         let mut loader = aya::EbpfLoader::new();
         loader.override_global("burst_threshold", &cfg.retrans_burst, true).override_global("burst_window_ns", &window, true);
         let (tgid, events) = test.map_or((0u32, 0u32), |t| (t.tgid, t.events));
-        loader.override_global("test_tgid", &tgid, true).override_global("test_events", &events, true);
+        loader.override_global("test_tgid", &tgid, true).override_global("test_events", &events, true).override_global(
+            "test_syscall",
+            &SYS_GETPPID,
+            true,
+        );
         if let Some(t) = test {
             loader.map_max_entries("tcp_events", t.ring_bytes);
         }
+        let btf = super::kernel_btf()?;
         let mut bpf = loader.load(super::TCP_OBJ).map_err(|e| format!("load: {}", why(e)))?;
-        attach(&mut bpf, "tcp_retransmit", "tcp", "tcp_retransmit_skb")?;
-        attach(&mut bpf, "tcp_send_reset", "tcp", "tcp_send_reset")?;
-        attach(&mut bpf, "tcp_receive_reset", "tcp", "tcp_receive_reset")?;
-        attach(&mut bpf, "tcp_owner_state", "sock", "inet_sock_set_state")?;
-        attach(&mut bpf, "tcp_send_length", "sock", "sock_send_length")?;
-        attach(&mut bpf, "tcp_recv_length", "sock", "sock_recv_length")?;
+        // Ownership first: a socket is followed from its first state change on.
+        attach_btf(&mut bpf, &btf, "tcp_owner_state", "inet_sock_set_state")?;
+        attach_btf(&mut bpf, &btf, "tcp_send_length", "sock_send_length")?;
+        attach_btf(&mut bpf, &btf, "tcp_recv_length", "sock_recv_length")?;
+        attach_btf(&mut bpf, &btf, "tcp_retransmit", "tcp_retransmit_skb")?;
+        attach_btf(&mut bpf, &btf, "tcp_send_reset", "tcp_send_reset")?;
+        attach_btf(&mut bpf, &btf, "tcp_receive_reset", "tcp_receive_reset")?;
         if test.is_some() {
-            attach(&mut bpf, "tcp_test_flood", "syscalls", "sys_enter_getppid")?;
+            attach_btf(&mut bpf, &btf, "tcp_test_flood", "sys_enter")?;
         }
         Ok(Self {
             counters: take(&mut bpf, "tcp_counters")?,
