@@ -1,6 +1,7 @@
 //! eBPF signals on the real kernel, with real traffic, as root. These tests do not skip: on
 //! this project's machines and CI the programs load, and a family that does not is a failure.
 
+use crate::util::Nft;
 use medic::signals::ebpf::tcp::{Tcp, TestFlood};
 use medic::signals::ebpf::{EbpfConfig, EbpfSignals};
 use medic::signals::Snapshot;
@@ -22,33 +23,6 @@ fn sample(e: &mut EbpfSignals) -> Snapshot {
     e.sample(&mut s);
     assert!(s.errors.is_empty(), "{:?}", s.errors);
     s
-}
-
-fn nft() -> &'static str {
-    ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"].into_iter().find(|p| std::path::Path::new(p).exists()).unwrap_or("nft")
-}
-
-/// An nftables table of the test's, removed on drop.
-struct Nft(String);
-
-impl Nft {
-    fn drop_port(port: u16) -> Self {
-        let t = format!("medic_test_{}_{port}", std::process::id());
-        let script =
-            format!("table inet {t} {{\n chain input {{\n  type filter hook input priority 0;\n  tcp dport {port} drop\n }}\n}}\n");
-        let st = Command::new(nft()).arg("-f").arg("-").stdin(Stdio::piped()).spawn().and_then(|mut c| {
-            c.stdin.take().unwrap().write_all(script.as_bytes())?;
-            c.wait()
-        });
-        assert!(st.is_ok_and(|s| s.success()), "nft (apt-get install nftables) must add the drop rule");
-        Nft(t)
-    }
-}
-
-impl Drop for Nft {
-    fn drop(&mut self) {
-        let _ = Command::new(nft()).args(["delete", "table", "inet", &self.0]).status();
-    }
 }
 
 fn sink(l: TcpListener) {

@@ -7,6 +7,7 @@ mod cli;
 mod ebpf;
 mod mqtt;
 mod playbooks;
+mod scale;
 mod signals;
 mod sockets;
 mod systemd;

@@ -1,7 +1,8 @@
 //! Helpers shared by the e2e modules.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 pub fn medic() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_medic"));
@@ -138,4 +139,33 @@ pub fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
 pub fn status_json(socket: &Path) -> serde_json::Value {
     let o = run(&["status", "--json", "--socket", socket.to_str().unwrap()]);
     serde_json::from_slice(&o.stdout).unwrap_or_default()
+}
+
+fn nft() -> &'static str {
+    ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"].into_iter().find(|p| std::path::Path::new(p).exists()).unwrap_or("nft")
+}
+
+/// An nftables table of the test's, removed on drop.
+pub struct Nft(String);
+
+impl Nft {
+    /// Drops every TCP segment to `port` arriving on this host (the input hook): on loopback,
+    /// every segment sent to it is lost and retransmitted.
+    pub fn drop_port(port: u16) -> Self {
+        let t = format!("medic_test_{}_{port}", std::process::id());
+        let script =
+            format!("table inet {t} {{\n chain input {{\n  type filter hook input priority 0;\n  tcp dport {port} drop\n }}\n}}\n");
+        let st = Command::new(nft()).arg("-f").arg("-").stdin(Stdio::piped()).spawn().and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(script.as_bytes())?;
+            c.wait()
+        });
+        assert!(st.is_ok_and(|s| s.success()), "nft (apt-get install nftables) must add the drop rule");
+        Nft(t)
+    }
+}
+
+impl Drop for Nft {
+    fn drop(&mut self) {
+        let _ = Command::new(nft()).args(["delete", "table", "inet", &self.0]).status();
+    }
 }
