@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0
 /* block family: request latency (issue → complete) as a log2 histogram in microseconds per
  * device, with I/O errors and bytes per device.
- * Tracepoints: block/block_rq_issue, block/block_rq_complete (stable since 2.6; the
- * field layout is relocated with CO-RE). Requests are matched by (device, sector). */
+ * Programs: tp_btf/block_rq_issue and tp_btf/block_rq_complete (BTF-enabled raw tracepoints:
+ * 5.5; `request_queue.disk` 5.15), which need no tracefs. Requests are matched by the
+ * `struct request` itself, from issue to completion (a request is reused only after it
+ * completes; a requeued one is issued again, which restamps it). */
 #include "common.bpf.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -10,7 +12,7 @@ char LICENSE[] SEC("license") = "GPL";
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
-	__type(key, struct medic_blk_key);
+	__type(key, __u64);
 	__type(value, __u64);
 } issued SEC(".maps");
 
@@ -21,37 +23,40 @@ struct {
 	__type(value, struct medic_blk_stats);
 } blk_stats SEC(".maps");
 
-SEC("tracepoint/block/block_rq_issue")
-int blk_issue(struct trace_event_raw_block_rq *ctx)
+/* The device a request is for, as the classic tracepoint reports it (the disk's dev_t). */
+static __always_inline __u32 rq_dev(struct request *rq)
 {
-	struct medic_blk_key k = {};
-	k.dev = BPF_CORE_READ(ctx, dev);
-	k.sector = BPF_CORE_READ(ctx, sector);
+	struct gendisk *disk = BPF_CORE_READ(rq, q, disk);
+	return disk ? BPF_CORE_READ(disk, part0, bd_dev) : 0;
+}
+
+SEC("tp_btf/block_rq_issue")
+int BPF_PROG(blk_issue, struct request *rq)
+{
+	__u64 k = (__u64)rq;
 	__u64 ts = bpf_ktime_get_ns();
 	bpf_map_update_elem(&issued, &k, &ts, BPF_ANY);
 	return 0;
 }
 
-SEC("tracepoint/block/block_rq_complete")
-int blk_complete(struct trace_event_raw_block_rq_completion *ctx)
+SEC("tp_btf/block_rq_complete")
+int BPF_PROG(blk_complete, struct request *rq, int error, unsigned int nr_bytes)
 {
-	struct medic_blk_key k = {};
-	k.dev = BPF_CORE_READ(ctx, dev);
-	k.sector = BPF_CORE_READ(ctx, sector);
+	__u64 k = (__u64)rq;
 	__u64 *ts = bpf_map_lookup_elem(&issued, &k);
 	if (!ts)
 		return 0;
 	__u64 delta_us = (bpf_ktime_get_ns() - *ts) / 1000;
 	bpf_map_delete_elem(&issued, &k);
-	__u32 dev = k.dev;
+	__u32 dev = rq_dev(rq);
 	struct medic_blk_stats *s = LOOKUP_OR_ZERO(&blk_stats, &dev, struct medic_blk_stats);
 	if (!s)
 		return 0;
 	__u32 slot = log2_slot(delta_us);
 	if (slot < MEDIC_HIST_SLOTS)
 		__sync_fetch_and_add(&s->lat_us.slots[slot], 1);
-	if (BPF_CORE_READ(ctx, error))
+	if (error)
 		__sync_fetch_and_add(&s->errors, 1);
-	__sync_fetch_and_add(&s->bytes, (__u64)BPF_CORE_READ(ctx, nr_sector) * 512);
+	__sync_fetch_and_add(&s->bytes, (__u64)nr_bytes);
 	return 0;
 }

@@ -38,12 +38,6 @@ struct medic_state_key {
 };
 
 /* Block I/O per device. */
-struct medic_blk_key {
-	__u32 dev;
-	__u32 _pad;
-	__u64 sector;
-};
-
 struct medic_blk_stats {
 	struct medic_hist lat_us;
 	__u64 errors;

@@ -103,20 +103,20 @@ struct sock {
 struct sk_buff;
 struct pt_regs;
 
-struct trace_event_raw_block_rq {
-	struct trace_entry ent;
-	dev_t dev;
-	sector_t sector;
-	unsigned int nr_sector;
-	unsigned int bytes;
+struct block_device {
+	dev_t bd_dev;
 };
 
-struct trace_event_raw_block_rq_completion {
-	struct trace_entry ent;
-	dev_t dev;
-	sector_t sector;
-	unsigned int nr_sector;
-	int error;
+struct gendisk {
+	struct block_device *part0;
+};
+
+struct request_queue {
+	struct gendisk *disk;
+};
+
+struct request {
+	struct request_queue *q;
 };
 
 struct kernfs_node {

@@ -5,7 +5,7 @@
 
 use super::abi::{BlkStats, Hist};
 use super::why;
-use super::{attach, take};
+use super::{attach_btf, kernel_btf, take};
 use crate::signals::Snapshot;
 use aya::maps::{HashMap as BpfHash, MapData};
 use std::collections::HashMap;
@@ -29,8 +29,9 @@ pub fn dev_name(dev: u32) -> String {
 impl Block {
     pub fn load() -> Result<Self, String> {
         let mut bpf = aya::Ebpf::load(super::BLOCK_OBJ).map_err(|e| format!("load: {}", why(e)))?;
-        attach(&mut bpf, "blk_issue", "block", "block_rq_issue")?;
-        attach(&mut bpf, "blk_complete", "block", "block_rq_complete")?;
+        let btf = kernel_btf()?;
+        attach_btf(&mut bpf, &btf, "blk_issue", "block_rq_issue")?;
+        attach_btf(&mut bpf, &btf, "blk_complete", "block_rq_complete")?;
         Ok(Self { stats: take(&mut bpf, "blk_stats")?, _bpf: bpf, prev: HashMap::new(), names: HashMap::new() })
     }
 

@@ -178,16 +178,6 @@ impl EbpfSignals {
     }
 }
 
-/// Loads program `prog` and attaches it to the classic tracepoint `category/name` (found in
-/// tracefs, which must be mounted).
-pub(crate) fn attach(bpf: &mut aya::Ebpf, prog: &str, category: &str, name: &str) -> Result<(), String> {
-    let p: &mut aya::programs::TracePoint =
-        bpf.program_mut(prog).ok_or_else(|| format!("program {prog} missing"))?.try_into().map_err(|e| format!("{prog}: {}", why(e)))?;
-    p.load().map_err(|e| format!("{prog}: load: {}", why(e)))?;
-    p.attach(category, name).map_err(|e| format!("{prog}: attach {category}/{name}: {}", why(e)))?;
-    Ok(())
-}
-
 /// Loads program `prog` as a BTF-enabled raw tracepoint (`tp_btf`, 5.5) on `tracepoint` and
 /// attaches it: typed kernel arguments, no tracefs, and a recursion guard per program (a
 /// classic tracepoint program is skipped whenever any other tracing program runs on the CPU).
