@@ -14,7 +14,9 @@ use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 
 /// Holds `n` sockets: `n / 2` loopback connections (both ends).
-struct Load(Vec<TcpStream>);
+struct Load {
+    _streams: Vec<TcpStream>,
+}
 
 fn load(n: usize, l: &TcpListener) -> Load {
     let mut v = Vec::with_capacity(n);
@@ -22,7 +24,7 @@ fn load(n: usize, l: &TcpListener) -> Load {
         v.push(TcpStream::connect(l.local_addr().unwrap()).unwrap());
         v.push(l.accept().unwrap().0);
     }
-    Load(v)
+    Load { _streams: v }
 }
 
 fn bench(c: &mut Criterion) {

@@ -323,9 +323,9 @@ fn processes(node: &LoadedNode) -> String {
         extra.len()
     );
 
-    // Threads and RSS, where ps read the same before and after. Threads must be exact; RSS may
-    // be off by the kernel's per-CPU estimate that medic reads (see `rss_slack_bytes`).
-    let slack = rss_slack_bytes();
+    // Threads and RSS, where ps read the same before and after: both exact (RSS from statm, as
+    // ps reads it; see `rss_is_the_exact_count_not_the_per_cpu_estimate`).
+    let slack = 0;
     let (mut compared, mut exact_rss, mut worst_rss, mut bad) = (0, 0, 0u64, Vec::new());
     for pid in &stable {
         let (b, a, p) = (before[pid], after[pid], listed[pid]);
@@ -369,12 +369,11 @@ fn processes(node: &LoadedNode) -> String {
     )
 }
 
-/// medic reads a process's RSS from /proc/<pid>/stat, which on Linux 6.2 and later is the
-/// kernel's per-CPU estimate: on two CPUs it reads up to 768 KiB from what ps and top show (the
+/// Regression: medic read a process's RSS from /proc/<pid>/stat, which on Linux 6.2 and later
+/// is the kernel's per-CPU estimate: on two CPUs up to 768 KiB from what ps and top show (the
 /// exact sum, from /proc/<pid>/status or statm since 6.16), and on a large machine with 64 KiB
-/// pages a small process reads 0. Fails until the process family reads /proc/<pid>/statm.
+/// pages a small process read 0. It now reads /proc/<pid>/statm.
 #[test]
-#[ignore = "medic's RSS is /proc/<pid>/stat's per-CPU estimate, not the exact count ps shows; un-ignore when it reads statm"]
 fn rss_is_the_exact_count_not_the_per_cpu_estimate() {
     let spawn = || Reaped(Command::new("sleep").arg("60").stdin(Stdio::null()).stdout(Stdio::null()).spawn().unwrap());
     let sleepers: Vec<Reaped> = (0..50).map(|_| spawn()).collect();
@@ -391,16 +390,6 @@ fn rss_is_the_exact_count_not_the_per_cpu_estimate() {
         }
     }
     assert!(bad.is_empty(), "{} of {} sleepers' RSS differs from ps's: {bad:?}", bad.len(), sleepers.len());
-}
-
-/// How far a process's RSS in /proc/<pid>/stat (medic's source) may sit from the exact count
-/// that ps reads from /proc/<pid>/status: since Linux 6.2 the RSS counters are per-CPU, and
-/// /proc/<pid>/stat reads them without folding in what each CPU still holds (up to a batch of
-/// max(32, 2 x CPUs) pages per CPU, for each of the anon, file and shmem counters); since 6.16
-/// status and statm sum them. `rss_is_the_exact_count_not_the_per_cpu_estimate` pins the difference.
-fn rss_slack_bytes() -> u64 {
-    let cpus = proc_stat().len() as u64 - 1;
-    3 * 32.max(2 * cpus) * cpus * rustix::param::page_size() as u64
 }
 
 /// `free -b`: the Mem: row (total used free shared buff/cache available) and Swap: (total used free).

@@ -144,6 +144,16 @@ fn scan_fds(dir: &Path, sockets: &InodeStates) -> (Option<u64>, BTreeMap<String,
     (Some(count), tcp)
 }
 
+/// Resident pages from `/proc/<pid>/statm` (its second field). Since Linux 6.2 the RSS in
+/// `/proc/<pid>/stat` is the kernel's per-CPU estimate (off by up to max(32, 2 × CPUs) pages
+/// per CPU for each of three counters: 768 KiB on two CPUs, tens of MiB on a big machine),
+/// while statm sums the per-CPU parts (6.16) as `ps` and `top` do. One more small read per
+/// process per sample; where statm cannot be read, stat's figure stands.
+fn read_statm_resident(path: &Path) -> Option<u64> {
+    let t = std::fs::read(path).ok()?;
+    std::str::from_utf8(&t).ok()?.split_ascii_whitespace().nth(1)?.parse().ok()
+}
+
 /// A process's command line, arguments joined by spaces, read no further than its bound.
 fn read_cmdline(path: &Path) -> std::io::Result<String> {
     use std::io::Read;
@@ -199,7 +209,7 @@ pub fn read_process(dir: &Path, pid: i64, cx: &ProcContext<'_>) -> Result<Option
         cmdline,
         unit,
         cpu_pct,
-        rss_bytes: st.rss_pages * cx.page_size,
+        rss_bytes: read_statm_resident(&dir.join("statm")).unwrap_or(st.rss_pages) * cx.page_size,
         fds,
         threads: st.threads,
         start_time: cx.boot_time + st.start_ticks / cx.clk_tck.max(1),
