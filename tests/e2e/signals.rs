@@ -236,15 +236,12 @@ fn socket_tables_are_read_every_nth_sample() {
     assert_eq!(fourth.processes.iter().find(|p| p.pid == 4242).unwrap().tcp.get("close_wait"), Some(&1));
 }
 
-/// A busy process started by the test with any argv[0] path and arguments (raw bytes), killed
-/// by its pid on drop.
-fn spin_as(exe: &Path, args: &[Vec<u8>]) -> crate::util::Reaped {
-    use std::os::unix::ffi::OsStringExt;
+/// An idle process started by the test with the given program path (its name is the path's
+/// file name) and arguments (raw bytes), killed by its pid on drop.
+fn idle_as(exe: &Path, args: &[&[u8]]) -> crate::util::Reaped {
+    use std::os::unix::ffi::OsStrExt;
     let mut c = std::process::Command::new(exe);
-    c.arg("-c").arg("while :; do :; done").arg("sh");
-    for a in args {
-        c.arg(std::ffi::OsString::from_vec(a.clone()));
-    }
+    c.args(args.iter().map(|a| std::ffi::OsStr::from_bytes(a))).stdin(std::process::Stdio::piped());
     crate::util::Reaped(c.spawn().unwrap())
 }
 
@@ -256,14 +253,16 @@ fn hostile_process_names_and_a_one_mib_command_line_disable_no_playbook() {
     use medic::playbooks::bundled;
     let dir = tempfile::tempdir().unwrap();
     // A 1 MiB command line (ten 100 KiB arguments: one argument may not exceed 128 KiB), with
-    // bytes that are not UTF-8, on a process pinning a core (so runaway-process maps it).
+    // bytes that are not UTF-8: a shell waiting on its stdin, its arguments unused.
     let big: Vec<Vec<u8>> = (0..10).map(|i| [vec![b'a' + i as u8; 100 * 1024], vec![0xff, 0xfe]].concat()).collect();
-    let long = spin_as(Path::new("/bin/sh"), &big);
+    let mut args: Vec<&[u8]> = vec![b"-c", b"read x", b"sh"];
+    args.extend(big.iter().map(Vec::as_slice));
+    let long = idle_as(Path::new("/bin/sh"), &args);
     // A name with parentheses, a newline and bytes that are not UTF-8 (the kernel takes the
     // name from the executable's file name, here a symlink's).
     let evil = dir.path().join(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(b"x) (\n\xff\xfeZ".to_vec()));
     std::os::unix::fs::symlink("/bin/sh", &evil).unwrap();
-    let named = spin_as(&evil, &[b"--\n) S 1 2 3".to_vec()]);
+    let named = idle_as(&evil, &[b"-c", b"read x", b"--\n) S 1 2 3"]);
 
     let mut s = Sampler::new(Roots::default());
     s.sample(signals_now() - 1000);
@@ -273,7 +272,7 @@ fn hostile_process_names_and_a_one_mib_command_line_disable_no_playbook() {
     assert!(p.cmdline.len() <= signals::parse::MAX_CMDLINE && p.cmdline.ends_with(signals::parse::TRUNCATED), "{}", p.cmdline.len());
     let q = snap.processes.iter().find(|p| p.pid == named.0.id() as i64).expect("a process named with invalid UTF-8 is not hidden");
     assert!(q.name.starts_with("x) (\n"), "{:?}", q.name);
-    assert!(q.cmdline.contains(") S 1 2 3"), "{:?}", q.cmdline);
+    assert!(q.cmdline.ends_with(") S 1 2 3"), "{:?}", q.cmdline);
 
     // Every bundled playbook, plus one that reads every text medic hands over (and doubles it),
     // evaluated by the agent on real samples: none fails.
@@ -308,4 +307,43 @@ fn evaluate(node, state) {
         assert_eq!(r.evaluated.len(), bundled::PLAYBOOKS.len() + 1, "tick {i}: {:?}", r.evaluated);
     }
     drop((long, named));
+}
+
+/// Regression: rhai checks a list a function returns against the engine's limits by the sum of
+/// everything nested in it, so on a busy node `node.processes()` (26,000 map entries and
+/// hundreds of KiB of command lines for 2,000 processes) or `node.keys(...)` failed with "Size
+/// of object map too large" and disabled the playbook. The agent's lists are not rhai arrays.
+#[test]
+fn lists_of_a_busy_node_do_not_trip_the_engines_limits() {
+    use medic::playbooks::{api::State, Runtime};
+    let mut snap = signals::Snapshot { ts_ms: 1_000_000, ..Default::default() };
+    for pid in 0..5000 {
+        snap.processes.push(signals::process::ProcessInfo {
+            pid,
+            name: format!("worker-{pid}"),
+            cmdline: format!("/usr/bin/worker --id {pid} {}", "x".repeat(300)),
+            unit: Some(format!("w{}.service", pid % 50)),
+            ..Default::default()
+        });
+        snap.metrics.insert(format!("ebpf.proc.{pid}.sock.established"), 1.0);
+    }
+    snap.units = signals::process::units_of(&snap.processes);
+    let rt = Runtime::new(Default::default());
+    let src = r#"const META = #{ name: "lists", description: "t", interval: "1s", actions: [#{ kind: "notify", target: "*" }],
+    rate_limit: #{ max: 1, per: "1h" }, cooldown: "1h" };
+fn evaluate(node, state) {
+    let ps = node.processes();
+    let n = 0;
+    for p in ps { n += p.cmdline.len(); }
+    for k in node.keys("ebpf.proc.") { n += 1; }
+    for u in node.units() { n += u.processes; }
+    if ps.len() != 5000 || ps[0].pid != 0 || ps[-1].pid != 4999 || !("ebpf.proc.7.sock.established" in node.keys("ebpf.")) {
+        throw "list API";
+    }
+    if ps.is_empty() || n == 0 { throw "empty"; }
+}
+"#;
+    let pb = rt.compile("lists.rhai", src).unwrap();
+    let history = std::sync::Arc::new(signals::history::History::new(600_000, 1000, 1024));
+    rt.evaluate(&pb, std::sync::Arc::new(snap), history, &State::default()).unwrap();
 }

@@ -20,10 +20,10 @@ use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A server holding every connection it accepts on three listeners: the first and second keep
+/// A server holding every connection it accepts on four listeners: the first and second keep
 /// them (ESTABLISHED; CLOSE_WAIT once the client closes), the third closes each at once (so the
-/// server's end goes to TIME_WAIT after the client closes too); plus idle listeners. Prints
-/// its pid and the three ports.
+/// server's end goes to TIME_WAIT after the client closes too), the fourth keeps them on IPv6
+/// (::1); plus idle listeners. Prints its pid and the four ports.
 const SERVER: &str = r#"
 import os, resource, socket, sys, threading
 resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
@@ -33,6 +33,10 @@ for i in range(int(sys.argv[1])):
     s.bind(("127.0.0.1", 0))
     s.listen(4096)
     ls.append(s)
+s6 = socket.socket(socket.AF_INET6)
+s6.bind(("::1", 0))
+s6.listen(4096)
+ls.insert(3, s6)
 keep = []
 def accept(s, close):
     while True:
@@ -41,21 +45,22 @@ def accept(s, close):
             c.close()
         else:
             keep.append(c)
-for i in range(3):
+for i in range(4):
     threading.Thread(target=accept, args=(ls[i], i == 2), daemon=True).start()
-print(os.getpid(), *[s.getsockname()[1] for s in ls[:3]], flush=True)
+print(os.getpid(), *[s.getsockname()[1] for s in ls[:4]], flush=True)
 sys.stdin.read()
 "#;
 
-/// The clients: `est` connections kept open, `cw` connections closed (their server ends stay in
-/// CLOSE_WAIT, their own ends become orphaned FIN_WAIT2), `tw` connections the server closes
-/// first (its ends go to TIME_WAIT). Prints its pid, then "ready".
+/// The clients: `est` connections kept open (one in ten over IPv6), `cw` connections closed
+/// (their server ends stay in CLOSE_WAIT, their own ends become orphaned FIN_WAIT2), `tw`
+/// connections the server closes first (its ends go to TIME_WAIT). Prints its pid, then "ready".
 const CLIENT: &str = r#"
 import os, resource, socket, sys
 resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
-p_est, p_cw, p_tw, est, cw, tw = map(int, sys.argv[1:7])
+p_est, p_cw, p_tw, p_v6, est, cw, tw = map(int, sys.argv[1:8])
 print(os.getpid(), flush=True)
-keep = [socket.create_connection(("127.0.0.1", p_est)) for _ in range(est)]
+keep = [socket.create_connection(("127.0.0.1", p_est)) for _ in range(est - est // 10)]
+keep += [socket.create_connection(("::1", p_v6)) for _ in range(est // 10)]
 leak = [socket.create_connection(("127.0.0.1", p_cw)) for _ in range(cw)]
 for _ in range(tw):
     c = socket.create_connection(("127.0.0.1", p_tw))
@@ -152,11 +157,13 @@ fn ss(ns: &Netns) -> (Counts, BTreeMap<u32, Counts>) {
 }
 
 /// `medic signals --json` run in the namespace: node-wide counts per state (non-zero ones) and
-/// the snapshot's processes.
+/// the snapshot's processes. The table must come from netlink (the text fallback is checked on
+/// its own below).
 fn medic_signals(ns: &Netns) -> (Counts, Vec<Value>) {
     let o = ns.cmd(env!("CARGO_BIN_EXE_medic")).args(["signals", "--json"]).env("NO_COLOR", "1").output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let snap: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(snap["socket_source"], "netlink", "{:?}", snap["errors"]);
     let counts = snap["metrics"]
         .as_object()
         .unwrap()
@@ -222,15 +229,25 @@ fn socket_counts_per_state_equal_ss_with_ten_thousand_connections() {
     // The text tables, read to their end, tell the same (the fallback where netlink is not
     // available). /proc/<pid>/net is the table of that process's namespace.
     let mut text = Sampler::new(Roots { proc: PathBuf::from(format!("/proc/{spid}")), sys: "/sys".into() });
-    let snap = text.sample(1000);
-    let text_counts: Counts = snap
-        .metrics
-        .iter()
-        .filter_map(|(k, v)| Some((k.strip_prefix("sock.tcp.")?.to_string(), *v as u64)))
-        .filter(|(k, v)| k != "total" && *v > 0)
-        .collect();
-    let now = ss(&ns).0;
-    assert_eq!(text_counts, now, "the /proc/net/tcp{{,6}} fallback (left) vs ss -tan (right)");
+    let mut tries = 0;
+    loop {
+        let before = ss(&ns).0;
+        let snap = text.sample(1000 + tries);
+        let after = ss(&ns).0;
+        assert_eq!(snap.socket_source, "procfs");
+        let text_counts: Counts = snap
+            .metrics
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix("sock.tcp.")?.to_string(), *v as u64)))
+            .filter(|(k, v)| k != "total" && *v > 0)
+            .collect();
+        if before == after {
+            assert_eq!(text_counts, before, "the /proc/net/tcp{{,6}} fallback (left) vs ss -tan (right)");
+            break;
+        }
+        tries += 1;
+        assert!(tries < 10, "the namespace's sockets never held still");
+    }
 }
 
 /// A *.service cgroup of the test's (cgroup v2), removed on drop after its process is gone.
@@ -290,6 +307,10 @@ fn close_wait_leak_fires_on_the_procfs_path_among_thousands_of_healthy_connectio
     for _ in 0..250 {
         drop(TcpStream::connect(("127.0.0.1", port)).unwrap());
     }
+
+    // Every connection accepted (a socket still in the accept queue belongs to no process).
+    let fds = || std::fs::read_dir(format!("/proc/{}/fd", cg.child.as_ref().unwrap().0.id())).map_or(0, |d| d.count());
+    assert!(crate::util::wait_until(30, || fds() >= 3251), "the server accepted {} of 3,250 connections", fds());
 
     // The real agent's decide path on real procfs samples with eBPF off, on a simulated clock
     // (30 s between ticks, the playbook's interval) so its 10 minutes pass in seconds.

@@ -74,6 +74,79 @@ impl State {
     }
 }
 
+/// A list the agent hands a script (`node.processes()`, `units()`, `mounts()`, `keys()`,
+/// `tcp_peers()`): iterated with `for`, indexed with `list[i]`, with `len()`, `is_empty()`,
+/// `x in list` and `to_array()`. Not a rhai array because rhai checks a returned array against
+/// the engine's limits by the *sum* of everything nested in it: on a busy node (2,000
+/// processes: 26,000 map entries, hundreds of KiB of command lines) `node.processes()` would
+/// exceed them and the playbook be disabled, for the agent's data, not the script's. Each item
+/// is bounded by the agent (see signals/parse.rs); what the script builds from them stays
+/// under the limits.
+#[derive(Clone, Default)]
+pub struct List(Arc<Vec<Dynamic>>);
+
+impl List {
+    fn new(items: Vec<Dynamic>) -> Self {
+        Self(Arc::new(items))
+    }
+}
+
+impl FromIterator<Dynamic> for List {
+    fn from_iter<I: IntoIterator<Item = Dynamic>>(iter: I) -> Self {
+        Self::new(iter.into_iter().collect())
+    }
+}
+
+/// Iterates a [`List`] without copying it.
+pub struct ListIter(Arc<Vec<Dynamic>>, usize);
+
+impl Iterator for ListIter {
+    type Item = Dynamic;
+    fn next(&mut self) -> Option<Dynamic> {
+        let v = self.0.get(self.1).cloned();
+        self.1 += 1;
+        v
+    }
+}
+
+impl IntoIterator for List {
+    type Item = Dynamic;
+    type IntoIter = ListIter;
+    fn into_iter(self) -> ListIter {
+        ListIter(self.0, 0)
+    }
+}
+
+/// Equality for `x in list` over the values lists hold (strings, numbers, booleans).
+fn same(a: &Dynamic, b: &Dynamic) -> bool {
+    if let (Some(x), Some(y)) = (a.read_lock::<rhai::ImmutableString>(), b.read_lock::<rhai::ImmutableString>()) {
+        return *x == *y;
+    }
+    match (number(a, "").ok(), number(b, "").ok()) {
+        (Some(x), Some(y)) => x == y,
+        _ => a.as_bool().ok().zip(b.as_bool().ok()).is_some_and(|(x, y)| x == y),
+    }
+}
+
+fn register_list(e: &mut Engine) {
+    e.register_type_with_name::<List>("List");
+    e.register_iterator::<List>();
+    e.register_fn("len", |l: &mut List| l.0.len() as i64);
+    e.register_fn("is_empty", |l: &mut List| l.0.is_empty());
+    e.register_fn("contains", |l: &mut List, x: Dynamic| l.0.iter().any(|v| same(v, &x)));
+    // Subject to the engine's limits, like any array the script holds.
+    e.register_fn("to_array", |l: &mut List| -> Array { l.0.to_vec() });
+    e.register_indexer_get(|l: &mut List, i: i64| -> RhaiResult<Dynamic> {
+        let n = l.0.len() as i64;
+        let at = if i < 0 { i + n } else { i };
+        if (0..n).contains(&at) {
+            Ok(l.0[at as usize].clone())
+        } else {
+            Err(err(format!("index {i} out of bounds: the list has {n} items")))
+        }
+    });
+}
+
 fn err(msg: impl Into<String>) -> Box<EvalAltResult> {
     msg.into().into()
 }
@@ -174,6 +247,7 @@ fn dyn_to_json(d: &Dynamic) -> Value {
 pub fn register(e: &mut Engine, _max_requests: usize) {
     e.register_type_with_name::<Node>("Node");
     e.register_type_with_name::<State>("State");
+    register_list(e);
 
     // Current values and windowed aggregates.
     e.register_fn("now", |n: &mut Node| n.now() / 1000);
@@ -183,7 +257,7 @@ pub fn register(e: &mut Engine, _max_requests: usize) {
         n.note(key.to_string(), v)
     });
     e.register_fn("has", |n: &mut Node, key: &str| n.snap.metrics.contains_key(key));
-    e.register_fn("keys", |n: &mut Node, prefix: &str| -> Array {
+    e.register_fn("keys", |n: &mut Node, prefix: &str| -> List {
         n.snap.metrics.range(prefix.to_string()..).take_while(|(k, _)| k.starts_with(prefix)).map(|(k, _)| k.as_str().into()).collect()
     });
     macro_rules! agg {
@@ -218,10 +292,10 @@ pub fn register(e: &mut Engine, _max_requests: usize) {
     });
 
     // Entities.
-    e.register_fn("processes", |n: &mut Node| -> Array { n.snap.processes.iter().map(|p| process_map(p).into()).collect() });
+    e.register_fn("processes", |n: &mut Node| -> List { n.snap.processes.iter().map(|p| process_map(p).into()).collect() });
     // Only the processes whose numeric field passes the test: far cheaper than building every
     // process's map when a playbook looks for a few outliers.
-    e.register_fn("processes", |n: &mut Node, field: &str, op: &str, thr: Dynamic| -> RhaiResult<Array> {
+    e.register_fn("processes", |n: &mut Node, field: &str, op: &str, thr: Dynamic| -> RhaiResult<List> {
         let (c, t) = (cmp(op)?, number(&thr, "threshold")?);
         let get = |p: &crate::signals::process::ProcessInfo| -> RhaiResult<Option<f64>> {
             Ok(match field {
@@ -233,24 +307,24 @@ pub fn register(e: &mut Engine, _max_requests: usize) {
                 other => return Err(err(format!("processes: cannot filter on {other:?} (cpu_pct, rss_bytes, fds, threads, close_wait)"))),
             })
         };
-        let mut out = Array::new();
+        let mut out = Vec::new();
         for p in &n.snap.processes {
             if get(p)?.is_some_and(|v| c.test(v, t)) {
                 out.push(process_map(p).into());
             }
         }
-        Ok(out)
+        Ok(List::new(out))
     });
     e.register_fn("process", |n: &mut Node, pid: i64| -> Dynamic {
         n.snap.processes.iter().find(|p| p.pid == pid).map_or(Dynamic::UNIT, |p| process_map(p).into())
     });
-    e.register_fn("units", |n: &mut Node| -> Array { n.snap.units.values().map(|u| unit_map(u).into()).collect() });
+    e.register_fn("units", |n: &mut Node| -> List { n.snap.units.values().map(|u| unit_map(u).into()).collect() });
     e.register_fn("unit", |n: &mut Node, name: &str| -> Dynamic { n.snap.units.get(name).map_or(Dynamic::UNIT, |u| unit_map(u).into()) });
-    e.register_fn("mounts", |n: &mut Node| -> Array {
+    e.register_fn("mounts", |n: &mut Node| -> List {
         let node = n.clone();
         n.snap.mounts.iter().map(|m| mount_map(&node, m).into()).collect()
     });
-    e.register_fn("tcp_peers", |n: &mut Node| -> Array {
+    e.register_fn("tcp_peers", |n: &mut Node| -> List {
         n.snap
             .tcp_peers
             .iter()

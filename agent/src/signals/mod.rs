@@ -33,6 +33,9 @@ pub struct Snapshot {
     pub processes: Vec<ProcessInfo>,
     pub units: BTreeMap<String, UnitInfo>,
     pub mounts: Vec<disk::Mount>,
+    /// Where the TCP socket table of the last scan came from: `"netlink"` (sock_diag) or
+    /// `"procfs"` (/proc/net/tcp{,6}); empty before the first scan.
+    pub socket_source: &'static str,
     /// Remote peers with sockets retransmitting now (see [`sockets::PeerInfo`]).
     pub tcp_peers: Vec<sockets::PeerInfo>,
     /// eBPF: retransmits by peer and owning process, since the tcp family loaded.
@@ -73,6 +76,7 @@ struct Previous {
 #[derive(Default)]
 struct SocketScan {
     ok: bool,
+    source: &'static str,
     counts: [u64; 13],
     inodes: sockets::InodeStates,
     peers: Vec<sockets::PeerInfo>,
@@ -81,8 +85,8 @@ struct SocketScan {
 /// Where the TCP socket table is read from.
 enum SocketSource {
     /// Netlink sock_diag (the live /proc only: a dump describes this process's network
-    /// namespace, not a fixture tree's).
-    Netlink(sock_diag::SockDiag),
+    /// namespace, not a fixture tree's). `None` after a failed dump: reopened at the next scan.
+    Netlink(Option<sock_diag::SockDiag>),
     /// The text tables under the proc root, read to their end.
     Text,
 }
@@ -110,7 +114,7 @@ impl Sampler {
     pub fn with_socket_scan_every(roots: Roots, n: u64) -> Self {
         let sockets = if roots.proc == Path::new("/proc") {
             match sock_diag::SockDiag::open() {
-                Ok(d) => SocketSource::Netlink(d),
+                Ok(d) => SocketSource::Netlink(Some(d)),
                 Err(e) => {
                     tracing::warn!(message = "Reading TCP sockets from /proc/net/tcp{,6} instead of netlink.", error = %e);
                     SocketSource::Text
@@ -238,6 +242,7 @@ impl Sampler {
         }
         let empty = SocketScan::default();
         let sock = self.prev.sockets.take().unwrap_or(empty);
+        s.socket_source = sock.source;
         if sock.ok {
             sockets::counts_into(&sock.counts, &mut s.metrics);
             s.tcp_peers = sock.peers.clone();
@@ -257,28 +262,33 @@ impl Sampler {
         s
     }
 
-    /// Where the TCP socket table comes from: `"netlink"` or `"procfs"`.
-    pub fn socket_source(&self) -> &'static str {
-        match self.sockets {
-            SocketSource::Netlink(_) => "netlink",
-            SocketSource::Text => "procfs",
-        }
-    }
-
     fn read_sockets(&mut self, s: &mut Snapshot) -> SocketScan {
-        if let SocketSource::Netlink(diag) = &mut self.sockets {
-            match sockets::from_netlink(diag) {
-                Ok(table) => return SocketScan { ok: true, counts: table.counts, peers: table.top_peers(), inodes: table.inodes },
+        if let SocketSource::Netlink(slot) = &mut self.sockets {
+            let dumped = match slot {
+                Some(d) => sockets::from_netlink(d),
+                None => sock_diag::SockDiag::open().and_then(|d| sockets::from_netlink(slot.insert(d))),
+            };
+            match dumped {
+                Ok(table) => {
+                    return SocketScan {
+                        ok: true,
+                        source: "netlink",
+                        counts: table.counts,
+                        peers: table.top_peers(),
+                        inodes: table.inodes,
+                    };
+                }
                 Err(e) => {
-                    // Not expected once a dump worked; the text tables still tell the truth.
-                    tracing::warn!(message = "Netlink socket dump failed; reading /proc/net/tcp{,6} from now on.", error = %e);
+                    // The socket may hold the rest of the dump: a new one next time. This scan
+                    // reads the text tables, which tell the same truth at a higher cost.
+                    *slot = None;
+                    tracing::warn!(message = "Netlink socket dump failed; /proc/net/tcp{,6} for this scan.", error = %e);
                     s.errors.push(e.to_string());
-                    self.sockets = SocketSource::Text;
                 }
             }
         }
         let (table, ok) = sockets::from_text(&self.roots.proc, &mut s.errors);
-        SocketScan { ok, counts: table.counts, peers: table.top_peers(), inodes: table.inodes }
+        SocketScan { ok, source: "procfs", counts: table.counts, peers: table.top_peers(), inodes: table.inodes }
     }
 
     fn read_processes(&mut self, s: &mut Snapshot, boot_time: u64, secs: f64, inodes: &sockets::InodeStates, scan_fds: bool) {

@@ -57,11 +57,16 @@ pub const TRUNCATED: &str = "…[truncated]";
 
 /// `s` cut to at most `max` bytes (on a character boundary) with [`TRUNCATED`] at the end when
 /// it was longer, so a playbook can see that it was cut.
-pub fn bounded(mut s: String, max: usize) -> String {
+pub fn bounded(s: String, max: usize) -> String {
     if s.len() <= max {
         return s;
     }
-    let mut end = max.saturating_sub(TRUNCATED.len());
+    cut_marked(s, max)
+}
+
+/// `s` cut to at most `max` bytes including [`TRUNCATED`], which it always ends with.
+pub fn cut_marked(mut s: String, max: usize) -> String {
+    let mut end = max.saturating_sub(TRUNCATED.len()).min(s.len());
     while !s.is_char_boundary(end) {
         end -= 1;
     }
@@ -88,4 +93,18 @@ pub fn read_seq(path: &Path) -> Result<String, ParseError> {
     let mut buf = Vec::with_capacity(256 * 1024);
     f.read_to_end(&mut buf).map_err(|e| ParseError::new(path, 0, "file", e.to_string()))?;
     String::from_utf8(buf).map_err(|_| ParseError::new(path, 0, "content", "not valid UTF-8"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_values_are_cut_on_a_char_boundary_and_marked() {
+        assert_eq!(bounded("short".into(), 10), "short");
+        let cut = bounded("é".repeat(100), 50);
+        assert!(cut.len() <= 50 && cut.ends_with(TRUNCATED), "{cut}");
+        assert_eq!(cut_marked("ab".into(), 50), format!("ab{TRUNCATED}"), "marked even when short");
+        assert!(cut_marked("x".repeat(100), 20).len() <= 20);
+    }
 }

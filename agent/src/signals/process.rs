@@ -2,7 +2,7 @@
 //! unit, CPU %, RSS, open fds, threads, start time, state and TCP sockets by state; and the
 //! per-unit roll-up of those (plus the unit's cgroup `memory.current` where cgroup v2 has it).
 
-use super::parse::{bounded, num, read, ParseError, MAX_CMDLINE, MAX_NAME};
+use super::parse::{bounded, cut_marked, num, read, ParseError, MAX_CMDLINE, MAX_NAME};
 use super::sockets::{socket_inode, InodeStates, STATES};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -160,8 +160,12 @@ fn read_cmdline(path: &Path) -> std::io::Result<String> {
     let mut b = Vec::new();
     // One byte past the bound tells that it was longer.
     std::fs::File::open(path)?.take(MAX_CMDLINE as u64 + 1).read_to_end(&mut b)?;
+    let cut = b.len() > MAX_CMDLINE;
     let args: Vec<std::borrow::Cow<'_, str>> = b.split(|c| *c == 0).filter(|a| !a.is_empty()).map(String::from_utf8_lossy).collect();
-    Ok(bounded(args.join(" "), MAX_CMDLINE))
+    let joined = args.join(" ");
+    // Marked whenever the read stopped short, even if what was read joins shorter than the
+    // bound (empty arguments are dropped): a process must not hide its tail unmarked.
+    Ok(if cut { cut_marked(joined, MAX_CMDLINE) } else { bounded(joined, MAX_CMDLINE) })
 }
 
 /// Reads one process. `Ok(None)` when it vanished while being read (normal on a busy host).

@@ -7,7 +7,7 @@
 //! Metric keys: `sock.tcp.<state>` (e.g. `sock.tcp.close_wait`) and `sock.tcp.total`.
 
 use super::parse::{num, read_seq, ParseError};
-use super::sock_diag::{DiagError, SockDiag, AF_INET};
+use super::sock_diag::{DiagError, SockDiag};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -153,14 +153,7 @@ pub fn parse_tcp_table(file: &Path, text: &str, table: &mut SocketTable) -> Resu
 /// The whole TCP table of this network namespace, over netlink sock_diag.
 pub fn from_netlink(diag: &mut SockDiag) -> Result<SocketTable, DiagError> {
     let mut table = SocketTable::default();
-    diag.dump_tcp(|d| {
-        let peer = if d.family == AF_INET {
-            std::net::Ipv4Addr::new(d.dst[0], d.dst[1], d.dst[2], d.dst[3]).to_ipv6_mapped().octets()
-        } else {
-            d.dst
-        };
-        table.add(d.state, d.inode.into(), (peer, d.dport), d.retrans.into());
-    })?;
+    diag.dump_tcp(|d| table.add(d.state, d.inode.into(), d.peer, d.retrans.into()))?;
     Ok(table)
 }
 
