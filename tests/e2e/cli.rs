@@ -73,3 +73,24 @@ fn the_packaged_config_is_valid_and_documents_the_defaults() {
     let all = medic::config::Config::parse("uncommented", &uncommented).unwrap();
     assert_eq!(all, cfg, "a commented default differs from the real one:\n{uncommented}");
 }
+
+/// Regression: a SIGTERM while the agent was starting (opening the log, loading the eBPF
+/// programs: about a second) killed it by the default action, with no `agent_stopped` record.
+#[test]
+fn sigterm_while_starting_stops_the_agent_cleanly() {
+    for delay_ms in [50, 300, 700] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_config(dir.path(), &format!("[control]\nsocket = \"{}\"\n", dir.path().join("c.sock").display()));
+        let state = dir.path().join("state");
+        let child = crate::util::medic()
+            .args(["run", "--config", cfg.to_str().unwrap(), "--state-dir", state.to_str().unwrap()])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let agent = crate::util::Reaped(child);
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        assert!(agent.stop(), "SIGTERM {delay_ms} ms after start: a clean exit");
+        let kinds = crate::util::kinds(&state);
+        assert!(kinds.is_empty() || kinds.last().map(String::as_str) == Some("agent_stopped"), "{delay_ms} ms: {kinds:?}");
+    }
+}

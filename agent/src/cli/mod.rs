@@ -357,6 +357,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::telemetry::init(&cfg.log.level);
             let playbooks = playbooks.or(cfg.playbooks_dir.clone());
             let state_dir = state_dir.unwrap_or_else(|| cfg.state_dir());
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let stops = {
+                let _in_runtime = rt.enter();
+                crate::daemon::StopSignals::listen()?
+            };
             let mut agent = Agent::start(&cfg, playbooks, state_dir.clone())
                 .with_context(|| format!("starting with state dir {}", state_dir.display()))?;
             tracing::info!(message = "Started.", node = %agent.node, mode = "dry-run", playbooks = ?agent.playbook_names(), audit = %agent.audit_path().display());
@@ -379,9 +384,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 agent.stop("--once")?;
                 return Ok(ExitCode::SUCCESS);
             }
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let socket = cfg.control_socket(&state_dir);
-            rt.block_on(crate::daemon::run(agent, cfg.signals.interval_secs, socket, cfg.control.group.clone(), cfg.mqtt.clone()))?;
+            rt.block_on(crate::daemon::run(agent, stops, cfg.signals.interval_secs, socket, cfg.control.group.clone(), cfg.mqtt.clone()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { config, playbooks } => {

@@ -733,8 +733,25 @@ async fn readable(fd: Option<&tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>) {
 /// Runs the agent until SIGTERM/SIGINT; SIGHUP reloads the playbooks; the control socket
 /// answers between ticks; an eBPF event (a retransmit burst, a CLOSE_WAIT count crossing its
 /// threshold) runs a tick at once instead of waiting for the next one.
+/// SIGTERM and SIGINT, listened for from before the agent starts: one that arrives while the
+/// audit log is opened or the eBPF programs load must neither kill the agent half-way (the
+/// default action) nor be lost; it stops the agent as soon as the loop runs. Made inside the
+/// runtime that will run the loop.
+pub struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    pub fn listen() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
+    }
+}
+
 pub async fn run(
     mut agent: Agent,
+    stops: StopSignals,
     interval_secs: u64,
     control: PathBuf,
     group: Option<String>,
@@ -755,8 +772,7 @@ pub async fn run(
         tokio::spawn(crate::forward::run(mqtt.clone(), agent.node.clone(), state_dir, links))
     });
     let listener = bind_control(&control, group.as_deref())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+    let StopSignals { mut term, mut int } = stops;
     let mut hup = signal(SignalKind::hangup())?;
     let mut ticker = tokio::time::interval(Duration::from_secs(interval_secs));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);

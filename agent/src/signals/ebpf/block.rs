@@ -28,10 +28,14 @@ pub fn dev_name(dev: u32) -> String {
 
 impl Block {
     pub fn load() -> Result<Self, String> {
-        let mut bpf = aya::Ebpf::load(super::BLOCK_OBJ).map_err(|e| format!("load: {}", why(e)))?;
-        let btf = kernel_btf()?;
-        attach_btf(&mut bpf, &btf, "blk_issue", "block_rq_issue")?;
-        attach_btf(&mut bpf, &btf, "blk_complete", "block_rq_complete")?;
+        Self::load_with(&kernel_btf()?)
+    }
+
+    /// As [`load`](Self::load), with the kernel's BTF parsed once by the caller.
+    pub fn load_with(btf: &aya::Btf) -> Result<Self, String> {
+        let mut bpf = aya::EbpfLoader::new().btf(Some(btf)).load(super::BLOCK_OBJ).map_err(|e| format!("load: {}", why(e)))?;
+        attach_btf(&mut bpf, btf, "blk_issue", "block_rq_issue")?;
+        attach_btf(&mut bpf, btf, "blk_complete", "block_rq_complete")?;
         Ok(Self { stats: take(&mut bpf, "blk_stats")?, _bpf: bpf, prev: HashMap::new(), names: HashMap::new() })
     }
 

@@ -109,10 +109,14 @@ impl EbpfSignals {
                 }
             };
         }
-        family!("tcp", tcp, tcp::Tcp::load(cfg, None));
-        family!("sock", sock, sock::Sock::load(cfg));
-        family!("sched", sched, sched::Sched::load(cfg));
-        family!("block", block, block::Block::load());
+        // Parsed once for every family (a few hundred ms and several MiB each time), and
+        // dropped once they are loaded.
+        let btf = if missing.is_none() { kernel_btf() } else { Err(String::new()) };
+        let btf = btf.as_ref().map_err(Clone::clone);
+        family!("tcp", tcp, btf.clone().and_then(|b| tcp::Tcp::load_with(cfg, None, b)));
+        family!("sock", sock, btf.clone().and_then(|b| sock::Sock::load_with(cfg, b)));
+        family!("sched", sched, btf.clone().and_then(|b| sched::Sched::load_with(cfg, b)));
+        family!("block", block, btf.and_then(block::Block::load_with));
         s
     }
 

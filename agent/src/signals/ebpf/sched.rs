@@ -43,14 +43,19 @@ pub struct Sched {
 
 impl Sched {
     pub fn load(cfg: &EbpfConfig) -> Result<Self, String> {
+        Self::load_with(cfg, &super::kernel_btf()?)
+    }
+
+    /// As [`load`](Self::load), with the kernel's BTF parsed once by the caller.
+    pub fn load_with(cfg: &EbpfConfig, btf: &aya::Btf) -> Result<Self, String> {
         let every = cfg.sched_sample_every.max(1).next_power_of_two();
         let mask: u32 = every - 1;
-        let btf = super::kernel_btf()?;
         let mut bpf = aya::EbpfLoader::new()
+            .btf(Some(btf))
             .override_global("sample_mask", &mask, true)
             .load(super::SCHED_OBJ)
             .map_err(|e| format!("load: {}", why(e)))?;
-        super::attach_btf(&mut bpf, &btf, "runq_switch", "sched_switch")?;
+        super::attach_btf(&mut bpf, btf, "runq_switch", "sched_switch")?;
         Ok(Self {
             epoch: super::take(&mut bpf, "epoch")?,
             node: super::take(&mut bpf, "runq_node")?,

@@ -30,16 +30,21 @@ pub struct Sock {
 
 impl Sock {
     pub fn load(cfg: &EbpfConfig) -> Result<Self, String> {
-        let btf = super::kernel_btf()?;
+        Self::load_with(cfg, &super::kernel_btf()?)
+    }
+
+    /// As [`load`](Self::load), with the kernel's BTF parsed once by the caller.
+    pub fn load_with(cfg: &EbpfConfig, btf: &aya::Btf) -> Result<Self, String> {
         let mut bpf = aya::EbpfLoader::new()
+            .btf(Some(btf))
             .override_global("close_wait_threshold", &cfg.close_wait_threshold, true)
             .load(super::SOCK_OBJ)
             .map_err(|e| format!("load: {}", why(e)))?;
         // State changes first: a send or receive that first claims a socket takes its state
         // from the storage the state program keeps, and no change may go unseen after that.
-        attach_btf(&mut bpf, &btf, "sock_state", "inet_sock_set_state")?;
-        attach_btf(&mut bpf, &btf, "sock_send_length", "sock_send_length")?;
-        attach_btf(&mut bpf, &btf, "sock_recv_length", "sock_recv_length")?;
+        attach_btf(&mut bpf, btf, "sock_state", "inet_sock_set_state")?;
+        attach_btf(&mut bpf, btf, "sock_send_length", "sock_send_length")?;
+        attach_btf(&mut bpf, btf, "sock_recv_length", "sock_recv_length")?;
         Ok(Self {
             transitions: take(&mut bpf, "transitions")?,
             states: take(&mut bpf, "states")?,

@@ -70,8 +70,14 @@ pub fn peer_of(k: &RetransKey) -> String {
 
 impl Tcp {
     pub fn load(cfg: &EbpfConfig, test: Option<TestFlood>) -> Result<Self, String> {
+        Self::load_with(cfg, test, &super::kernel_btf()?)
+    }
+
+    /// As [`load`](Self::load), with the kernel's BTF parsed once by the caller.
+    pub fn load_with(cfg: &EbpfConfig, test: Option<TestFlood>, btf: &aya::Btf) -> Result<Self, String> {
         let window: u64 = 1_000_000_000;
         let mut loader = aya::EbpfLoader::new();
+        loader.btf(Some(btf));
         loader.override_global("burst_threshold", &cfg.retrans_burst, true).override_global("burst_window_ns", &window, true);
         let (tgid, events) = test.map_or((0u32, 0u32), |t| (t.tgid, t.events));
         loader.override_global("test_tgid", &tgid, true).override_global("test_events", &events, true).override_global(
@@ -82,17 +88,16 @@ impl Tcp {
         if let Some(t) = test {
             loader.map_max_entries("tcp_events", t.ring_bytes);
         }
-        let btf = super::kernel_btf()?;
         let mut bpf = loader.load(super::TCP_OBJ).map_err(|e| format!("load: {}", why(e)))?;
         // Ownership first: a socket is followed from its first state change on.
-        attach_btf(&mut bpf, &btf, "tcp_owner_state", "inet_sock_set_state")?;
-        attach_btf(&mut bpf, &btf, "tcp_send_length", "sock_send_length")?;
-        attach_btf(&mut bpf, &btf, "tcp_recv_length", "sock_recv_length")?;
-        attach_btf(&mut bpf, &btf, "tcp_retransmit", "tcp_retransmit_skb")?;
-        attach_btf(&mut bpf, &btf, "tcp_send_reset", "tcp_send_reset")?;
-        attach_btf(&mut bpf, &btf, "tcp_receive_reset", "tcp_receive_reset")?;
+        attach_btf(&mut bpf, btf, "tcp_owner_state", "inet_sock_set_state")?;
+        attach_btf(&mut bpf, btf, "tcp_send_length", "sock_send_length")?;
+        attach_btf(&mut bpf, btf, "tcp_recv_length", "sock_recv_length")?;
+        attach_btf(&mut bpf, btf, "tcp_retransmit", "tcp_retransmit_skb")?;
+        attach_btf(&mut bpf, btf, "tcp_send_reset", "tcp_send_reset")?;
+        attach_btf(&mut bpf, btf, "tcp_receive_reset", "tcp_receive_reset")?;
         if test.is_some() {
-            attach_btf(&mut bpf, &btf, "tcp_test_flood", "sys_enter")?;
+            attach_btf(&mut bpf, btf, "tcp_test_flood", "sys_enter")?;
         }
         Ok(Self {
             counters: take(&mut bpf, "tcp_counters")?,
