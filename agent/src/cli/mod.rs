@@ -412,7 +412,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             let dir = playbooks.or(cfg.playbooks_dir.clone());
-            let rt = Runtime::new(cfg.playbooks.limits);
+            let rt = Runtime::new(cfg.playbooks.limits).with_history(playbooks::HistoryReach::of(&cfg.signals));
             let loaded =
                 playbooks::load(&rt, dir.as_deref()).map_err(|e| anyhow!("{}: {e}", dir.as_deref().unwrap_or(Path::new("")).display()))?;
             for r in loaded {
@@ -427,7 +427,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
         Command::Playbook(PlaybookCmd::Check { files }) => {
-            let rt = Runtime::new(Default::default());
+            let rt = Runtime::new(Default::default()).with_history(node_history());
             let mut ok = true;
             for f in files {
                 let label = f.display().to_string();
@@ -750,8 +750,14 @@ fn test_sources(path: Option<&Path>) -> anyhow::Result<Vec<TestSource>> {
         .collect()
 }
 
+/// What the node's history holds (its config's `[signals]`, else the defaults): `playbook
+/// check` and `playbook test` judge windows against it, as the agent will.
+fn node_history() -> playbooks::HistoryReach {
+    playbooks::HistoryReach::of(&Config::load(None).unwrap_or_default().0.signals)
+}
+
 fn playbook_test(path: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let rt = Runtime::new(Default::default());
+    let rt = Runtime::new(Default::default()).with_history(node_history());
     let (mut passed, mut failed) = (0, 0);
     for (file, src, tfile, tests) in test_sources(path)? {
         let Some(tests) = tests else {

@@ -191,7 +191,7 @@ impl Agent {
         };
         let mut agent = Self {
             node,
-            rt: Runtime::new(cfg.playbooks.limits),
+            rt: Runtime::new(cfg.playbooks.limits).with_history(playbooks::HistoryReach::of(&cfg.signals)),
             slots: BTreeMap::new(),
             gate,
             audit,
