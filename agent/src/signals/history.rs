@@ -9,8 +9,8 @@
 //! every (tick, value) point, so they are exact.
 //!
 //! **Coverage.** The ring keeps every tick inside the horizon plus the newest one before it (the
-//! anchor), so a window as long as the horizon is covered even when ticks jitter by a
-//! millisecond. A window aggregate over a series that does not reach back to `now - window`
+//! anchor, if within two intervals of the horizon), so a window as long as the horizon is
+//! covered even when ticks jitter or one is skipped. A window aggregate over a series that does not reach back to `now - window`
 //! (too young, or refused, or evicted) is `None`: *unavailable*, never a value computed over
 //! less than the window, and never a silent `false`.
 //!
@@ -41,7 +41,7 @@ use std::num::NonZeroU32;
 use std::sync::Mutex;
 
 /// Bytes one run costs: its value and its repeat count.
-pub const RUN_BYTES: usize = std::mem::size_of::<f64>() + std::mem::size_of::<u16>();
+pub const RUN_BYTES: usize = std::mem::size_of::<Run>();
 /// Refused (and evicted) keys kept for `medic status`.
 const LAST_KEYS: usize = 8;
 /// Example keys named in one warning.
@@ -196,14 +196,27 @@ impl Reads {
     }
 }
 
+/// `n` ticks of value `v` (NaN: no value). Packed: 10 bytes instead of 16, in one buffer so that
+/// a push touches one cache line at each end of it.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, packed)]
+struct Run {
+    v: f64,
+    n: u16,
+}
+
 /// One series: its runs from tick `start` to tick `end` (absolute tick numbers).
 #[derive(Debug, Clone)]
 struct Series {
     start: u64,
-    /// The last tick with a value (the last run is never a gap).
+    /// The last tick with a value.
     end: u64,
-    vals: VecDeque<f64>,
-    counts: VecDeque<u16>,
+    /// The runs before the last one, oldest first; a gap is a NaN run.
+    runs: VecDeque<Run>,
+    /// The last run, held inline (never a gap): a constant series never touches, nor
+    /// allocates, its buffers.
+    last: f64,
+    last_n: u16,
     /// The process the series belongs to, for per-process keys.
     pid: Option<NonZeroU32>,
     /// Whether a playbook reads it, as of the reads' `generation` (0: not yet known).
@@ -211,8 +224,8 @@ struct Series {
     read_generation: u32,
 }
 
-/// Grows a run buffer by doubling, from one run (most series never have a second), without going
-/// past `max`.
+/// Grows a run buffer by doubling without going past `max` (a deque would double to a power of
+/// two).
 fn reserve<T>(d: &mut VecDeque<T>, max: usize) {
     if d.len() == d.capacity() {
         d.reserve_exact(d.capacity().max(1).min(max.saturating_sub(d.len())).max(1));
@@ -221,9 +234,11 @@ fn reserve<T>(d: &mut VecDeque<T>, max: usize) {
 
 impl Series {
     fn new(tick: u64, v: f64, pid: Option<NonZeroU32>) -> Self {
-        let mut s = Self { start: tick, end: tick, vals: VecDeque::new(), counts: VecDeque::new(), pid, read: false, read_generation: 0 };
-        s.extend(v, 1, usize::MAX);
-        s
+        Self { start: tick, end: tick, runs: VecDeque::new(), last: v, last_n: 1, pid, read: false, read_generation: 0 }
+    }
+
+    fn run_count(&self) -> usize {
+        self.runs.len() + 1
     }
 
     /// Appends `v` at `tick`, a gap before it for the ticks the series had no value.
@@ -231,43 +246,47 @@ impl Series {
         if tick <= self.end {
             return; // the same key twice in one snapshot: the first value stands
         }
-        self.extend(f64::NAN, tick - self.end - 1, max_runs);
-        self.extend(v, 1, max_runs);
+        let gap = tick - self.end - 1;
         self.end = tick;
+        // Bitwise, so that -0.0 and 0.0 stay apart.
+        if gap == 0 && v.to_bits() == self.last.to_bits() && self.last_n < u16::MAX {
+            self.last_n += 1;
+            return;
+        }
+        self.push_run(self.last, u64::from(self.last_n), max_runs);
+        self.push_run(f64::NAN, gap, max_runs);
+        (self.last, self.last_n) = (v, 1);
         self.drop_leading_gap();
     }
 
-    fn extend(&mut self, v: f64, mut n: u64, max_runs: usize) {
-        if let (Some(last), Some(c)) = (self.vals.back(), self.counts.back_mut()) {
-            // Bitwise, so that -0.0 stays -0.0 and one NaN run absorbs the next.
-            if last.to_bits() == v.to_bits() {
-                let add = n.min(u64::from(u16::MAX - *c));
-                *c += add as u16;
-                n -= add;
-            }
+    /// Adds `n` ticks of `v` after the buffered runs, the oldest run going when there are
+    /// `max_runs` with the last one.
+    fn push_run(&mut self, v: f64, mut n: u64, max_runs: usize) {
+        if let Some(b) = self.runs.back_mut().filter(|b| { b.v }.to_bits() == v.to_bits()) {
+            let add = n.min(u64::from(u16::MAX - b.n));
+            b.n += add as u16;
+            n -= add;
         }
         while n > 0 {
-            if self.vals.len() >= max_runs {
+            if self.run_count() >= max_runs {
                 self.pop_run();
             }
             let add = n.min(u64::from(u16::MAX));
-            reserve(&mut self.vals, max_runs);
-            reserve(&mut self.counts, max_runs);
-            self.vals.push_back(v);
-            self.counts.push_back(add as u16);
+            reserve(&mut self.runs, max_runs);
+            self.runs.push_back(Run { v, n: add as u16 });
             n -= add;
         }
     }
 
     fn pop_run(&mut self) {
-        if let (Some(_), Some(c)) = (self.vals.pop_front(), self.counts.pop_front()) {
-            self.start += u64::from(c);
+        if let Some(r) = self.runs.pop_front() {
+            self.start += u64::from(r.n);
         }
     }
 
     /// A series starts with a value, so that its start says how far back it reaches.
     fn drop_leading_gap(&mut self) {
-        while self.vals.front().is_some_and(|v| v.is_nan()) {
+        while self.runs.front().is_some_and(|r| { r.v }.is_nan()) {
             self.pop_run();
         }
     }
@@ -277,52 +296,66 @@ impl Series {
         if self.end < base {
             return false;
         }
+        if self.start >= base {
+            return true;
+        }
         while self.start < base {
-            let Some(c) = self.counts.front_mut() else { return false };
-            let drop = u64::from(*c).min(base - self.start);
-            if drop == u64::from(*c) {
-                self.pop_run();
-            } else {
-                *c -= drop as u16;
-                self.start += drop;
+            let need = base - self.start;
+            match self.runs.front_mut() {
+                Some(r) if need >= u64::from(r.n) => self.pop_run(),
+                Some(r) => {
+                    r.n -= need as u16;
+                    self.start = base;
+                }
+                // Only the last run is left, and it reaches `end`, at or after `base`.
+                None => {
+                    self.last_n -= need as u16;
+                    self.start = base;
+                }
             }
         }
         self.drop_leading_gap();
         // A series that varied and then settled gives its buffers back.
-        for cap in [self.vals.capacity(), self.counts.capacity()] {
-            if cap > 16 && self.vals.len() * 4 < cap {
-                self.vals.shrink_to(self.vals.len() * 2);
-                self.counts.shrink_to(self.counts.len() * 2);
-                break;
-            }
+        if self.runs.capacity() > 16 && self.runs.len() * 4 < self.runs.capacity() {
+            self.runs.shrink_to(self.runs.len() * 2);
         }
         true
     }
 
+    /// The runs, oldest first.
+    fn all_runs(&self) -> impl DoubleEndedIterator<Item = (f64, u16)> + '_ {
+        self.runs.iter().map(|r| (r.v, r.n)).chain(std::iter::once((self.last, self.last_n)))
+    }
+
+    /// The runs with a value clipped to ticks `[from, to)`, oldest first: (first tick, value,
+    /// ticks), never empty. Aggregates that need no time work on these, a run at a time.
+    fn runs_in(&self, from: u64, to: u64) -> impl Iterator<Item = (u64, f64, u64)> + '_ {
+        let mut first = self.start;
+        self.all_runs().filter_map(move |(v, c)| {
+            let (lo, hi) = (first.max(from), (first + u64::from(c)).min(to));
+            first += u64::from(c);
+            (!v.is_nan() && hi > lo).then(|| (lo, v, hi - lo))
+        })
+    }
+
     /// (tick, value) of each point in ticks `[from, to)`, oldest first.
     fn points(&self, from: u64, to: u64) -> impl Iterator<Item = (u64, f64)> + '_ {
-        let mut first = self.start;
-        self.vals.iter().zip(&self.counts).flat_map(move |(v, c)| {
-            let (lo, hi) = (first.max(from), (first + u64::from(*c)).min(to));
-            first += u64::from(*c);
-            let n = if v.is_nan() { 0 } else { hi.saturating_sub(lo) };
-            (lo..lo + n).map(move |t| (t, *v))
-        })
+        self.runs_in(from, to).flat_map(|(lo, v, n)| (lo..lo + n).map(move |t| (t, v)))
     }
 
     /// The values of the last points at or before tick `to`, newest first.
     fn points_back(&self, to: u64) -> impl Iterator<Item = f64> + '_ {
         let mut next = self.end + 1;
-        self.vals.iter().zip(&self.counts).rev().flat_map(move |(v, c)| {
-            let first = next - u64::from(*c);
+        self.all_runs().rev().flat_map(move |(v, c)| {
+            let first = next - u64::from(c);
             let n = if v.is_nan() { 0 } else { (to + 1).min(next).saturating_sub(first) };
             next = first;
-            std::iter::repeat_n(*v, n as usize)
+            std::iter::repeat_n(v, n as usize)
         })
     }
 
     fn bytes(&self) -> usize {
-        self.vals.capacity() * std::mem::size_of::<f64>() + self.counts.capacity() * std::mem::size_of::<u16>()
+        self.runs.capacity() * RUN_BYTES
     }
 }
 
@@ -374,6 +407,7 @@ struct Pending {
 #[derive(Debug)]
 pub struct History {
     horizon_ms: i64,
+    interval_ms: i64,
     max_runs: usize,
     max_ticks: usize,
     max_series: usize,
@@ -381,8 +415,8 @@ pub struct History {
     ticks: VecDeque<i64>,
     base: u64,
     series: HashMap<Box<str>, Series>,
-    /// The processes of the last snapshot that had any: pid → start time.
-    procs: HashMap<i64, u64>,
+    /// The processes of the last snapshot that had any: pid → (start time, first tick seen).
+    procs: HashMap<i64, (u64, u64)>,
     reads: Mutex<Reads>,
     counts: HistoryCounts,
     /// Hashes of the keys refused at the last push and at this one.
@@ -396,6 +430,7 @@ impl Clone for History {
     fn clone(&self) -> Self {
         Self {
             horizon_ms: self.horizon_ms,
+            interval_ms: self.interval_ms,
             max_runs: self.max_runs,
             max_ticks: self.max_ticks,
             max_series: self.max_series,
@@ -437,6 +472,7 @@ impl History {
         let max_runs = (points + 2).max(4);
         Self {
             horizon_ms,
+            interval_ms: interval_ms.max(1),
             max_runs,
             max_ticks: 2 * max_runs,
             max_series,
@@ -471,7 +507,7 @@ impl History {
         series
             + self.series.capacity() * slot
             + self.ticks.capacity() * std::mem::size_of::<i64>()
-            + self.procs.capacity() * (std::mem::size_of::<(i64, u64)>() + 1)
+            + self.procs.capacity() * (std::mem::size_of::<(i64, (u64, u64))>() + 1)
     }
 
     pub fn series_count(&self) -> usize {
@@ -513,8 +549,8 @@ impl History {
         }
     }
 
-    /// Records a snapshot: drops the series of processes that are gone, records every metric,
-    /// then forgets what fell out of the horizon. A snapshot not newer than the last is ignored.
+    /// Records a snapshot: drops the series of processes that are gone and what fell out of the
+    /// horizon, then records every metric. A snapshot not newer than the last is ignored.
     pub fn push(&mut self, snap: &Snapshot) {
         let ts = snap.ts_ms;
         if self.ticks.back().is_some_and(|t| *t >= ts) {
@@ -522,28 +558,14 @@ impl History {
         }
         self.forget_exited(&snap.processes);
         self.ticks.push_back(ts);
+        // What fell out of the horizon makes room before anything new asks for it.
+        self.trim(ts);
         let tick = self.base + self.ticks.len() as u64 - 1;
         let mut victims = None;
         for (k, v) in &snap.metrics {
             self.put(&mut victims, k, tick, *v);
         }
         let mut key = String::new();
-        for p in &snap.processes {
-            let mut put = |this: &mut Self, field: &str, v: f64| {
-                use std::fmt::Write;
-                key.clear();
-                let _ = write!(key, "proc.{}.{field}", p.pid);
-                this.put(&mut victims, &key, tick, v);
-            };
-            if let Some(c) = p.cpu_pct {
-                put(self, "cpu_pct", c);
-            }
-            put(self, "rss_bytes", p.rss_bytes as f64);
-            if let Some(f) = p.fds {
-                put(self, "fds", f as f64);
-            }
-            put(self, "tcp.close_wait", p.tcp.get("close_wait").copied().unwrap_or(0) as f64);
-        }
         for (name, u) in &snap.units {
             let vals = [
                 ("cpu_pct", Some(u.cpu_pct)),
@@ -563,7 +585,30 @@ impl History {
                 }
             }
         }
-        self.trim(ts);
+        // Processes seen before go first: the room that exits freed goes to a series refused
+        // earlier (a process that has lived longer) before new processes take it.
+        let seen_before: Vec<bool> = snap.processes.iter().map(|p| self.procs.get(&p.pid).is_some_and(|(_, seen)| *seen < tick)).collect();
+        for old in [true, false] {
+            for (p, _) in snap.processes.iter().zip(&seen_before).filter(|(_, s)| **s == old) {
+                use std::fmt::Write;
+                key.clear();
+                let _ = write!(key, "proc.{}.", p.pid);
+                let stem = key.len();
+                let mut put = |this: &mut Self, field: &str, v: f64| {
+                    key.truncate(stem);
+                    key.push_str(field);
+                    this.put(&mut victims, &key, tick, v);
+                };
+                if let Some(c) = p.cpu_pct {
+                    put(self, "cpu_pct", c);
+                }
+                put(self, "rss_bytes", p.rss_bytes as f64);
+                if let Some(f) = p.fds {
+                    put(self, "fds", f as f64);
+                }
+                put(self, "tcp.close_wait", p.tcp.get("close_wait").copied().unwrap_or(0) as f64);
+            }
+        }
         self.refused_before = std::mem::take(&mut self.refused_now);
         self.refused_now = HashSet::with_capacity(self.refused_before.len());
         self.warn(ts);
@@ -575,9 +620,20 @@ impl History {
         if processes.is_empty() {
             return;
         }
-        let now: HashMap<i64, u64> = processes.iter().map(|p| (p.pid, p.start_time)).collect();
-        let gone: HashSet<u32> =
-            self.procs.iter().filter(|(pid, start)| now.get(pid) != Some(start)).filter_map(|(pid, _)| u32::try_from(*pid).ok()).collect();
+        let tick = self.base + self.ticks.len() as u64;
+        let now: HashMap<i64, (u64, u64)> = processes
+            .iter()
+            .map(|p| {
+                let seen = self.procs.get(&p.pid).filter(|(start, _)| *start == p.start_time).map_or(tick, |(_, seen)| *seen);
+                (p.pid, (p.start_time, seen))
+            })
+            .collect();
+        let gone: HashSet<u32> = self
+            .procs
+            .iter()
+            .filter(|(pid, (start, _))| now.get(pid).is_none_or(|(s, _)| s != start))
+            .filter_map(|(pid, _)| u32::try_from(*pid).ok())
+            .collect();
         self.procs = now;
         if gone.is_empty() {
             return;
@@ -657,11 +713,18 @@ impl History {
         order
     }
 
-    /// Forgets the ticks before the horizon (keeping the anchor) and what only they held.
+    /// Forgets the ticks before the horizon and what only they held. The anchor (the newest
+    /// tick before the horizon) stays if it is within two intervals of it (a late tick, a
+    /// skipped one): after a pause (a suspended VM, a clock step) an old tick must not make a
+    /// window look covered.
     fn trim(&mut self, ts: i64) {
         let cutoff = ts - self.horizon_ms;
         let mut drop = 0;
-        while self.ticks.len() - drop > 1 && (self.ticks[drop + 1] <= cutoff || self.ticks.len() - drop > self.max_ticks) {
+        while self.ticks.len() - drop > 1
+            && (self.ticks[drop + 1] <= cutoff
+                || self.ticks[drop] < cutoff - 2 * self.interval_ms
+                || self.ticks.len() - drop > self.max_ticks)
+        {
             drop += 1;
         }
         self.ticks.drain(..drop);
@@ -719,9 +782,11 @@ impl History {
         self.series.get(key).into_iter().flat_map(move |s| s.points(from, to).map(|(t, v)| (self.ts_of(t), v)))
     }
 
-    /// The points in the window of a series that reaches back to `now - window`, else `None`.
-    fn covered(&self, key: &str, now: i64, window_ms: i64) -> Option<impl Iterator<Item = (i64, f64)> + '_> {
-        self.covers(key, now, window_ms).then(|| self.window(key, now, window_ms))
+    /// The runs in the window of a series that reaches back to `now - window`, else `None`.
+    fn covered(&self, key: &str, now: i64, window_ms: i64) -> Option<impl Iterator<Item = (u64, f64, u64)> + '_> {
+        let s = self.series.get(key).filter(|s| self.ts_of(s.start) <= now - window_ms)?;
+        let (from, to) = self.ticks_between(now - window_ms, now);
+        Some(s.runs_in(from, to))
     }
 
     /// The latest value of `key` at or before `now`.
@@ -737,38 +802,50 @@ impl History {
     }
 
     pub fn avg(&self, key: &str, now: i64, w: i64) -> Option<f64> {
-        let (n, sum) = self.covered(key, now, w)?.fold((0usize, 0.0), |(n, s), (_, v)| (n + 1, s + v));
+        let (mut n, mut sum) = (0u64, 0.0);
+        for (_, v, c) in self.covered(key, now, w)? {
+            n += c;
+            // Point by point, as a list of points would add them.
+            for _ in 0..c {
+                sum += v;
+            }
+        }
         (n > 0).then(|| sum / n as f64)
     }
 
     pub fn min(&self, key: &str, now: i64, w: i64) -> Option<f64> {
-        self.covered(key, now, w)?.map(|(_, v)| v).reduce(f64::min)
+        self.covered(key, now, w)?.map(|(_, v, _)| v).reduce(f64::min)
     }
 
     pub fn max(&self, key: &str, now: i64, w: i64) -> Option<f64> {
-        self.covered(key, now, w)?.map(|(_, v)| v).reduce(f64::max)
+        self.covered(key, now, w)?.map(|(_, v, _)| v).reduce(f64::max)
+    }
+
+    /// The first and last points in the window (tick, value), when there are two or more.
+    fn ends(&self, key: &str, now: i64, w: i64) -> Option<((u64, f64), (u64, f64))> {
+        let mut runs = self.covered(key, now, w)?;
+        let (t0, v0, n0) = runs.next()?;
+        let (t1, v1, n1) = runs.last().unwrap_or((t0, v0, n0));
+        let last = (t1 + n1 - 1, v1);
+        (last.0 > t0).then_some(((t0, v0), last))
     }
 
     /// Last minus first value in the window.
     pub fn delta(&self, key: &str, now: i64, w: i64) -> Option<f64> {
-        let mut it = self.covered(key, now, w)?;
-        let first = it.next()?;
-        let last = it.last()?;
+        let (first, last) = self.ends(key, now, w)?;
         Some(last.1 - first.1)
     }
 
     /// Change per second over the window (for counters; a counter reset reads as 0).
     pub fn rate(&self, key: &str, now: i64, w: i64) -> Option<f64> {
-        let mut it = self.covered(key, now, w)?;
-        let first = it.next()?;
-        let last = it.last()?;
-        let secs = (last.0 - first.0) as f64 / 1000.0;
+        let (first, last) = self.ends(key, now, w)?;
+        let secs = (self.ts_of(last.0) - self.ts_of(first.0)) as f64 / 1000.0;
         (secs > 0.0).then(|| (last.1 - first.1).max(0.0) / secs)
     }
 
     /// Nearest-rank percentile `q` (0–100) of the values in the window.
     pub fn percentile(&self, key: &str, now: i64, w: i64, q: f64) -> Option<f64> {
-        let mut v: Vec<f64> = self.covered(key, now, w)?.map(|(_, v)| v).collect();
+        let mut v: Vec<f64> = self.covered(key, now, w)?.flat_map(|(_, v, n)| std::iter::repeat_n(v, n as usize)).collect();
         if v.is_empty() {
             return None;
         }
@@ -780,9 +857,9 @@ impl History {
     /// Whether every point in the window satisfies the test; `None` (unavailable) when the
     /// series does not cover the whole window or has no value in it.
     pub fn sustained(&self, key: &str, now: i64, w: i64, cmp: Cmp, threshold: f64) -> Option<bool> {
-        let mut n = 0;
-        let all = self.covered(key, now, w)?.inspect(|_| n += 1).all(|(_, v)| cmp.test(v, threshold));
-        (n > 0 || !all).then_some(all)
+        let mut runs = self.covered(key, now, w)?.peekable();
+        runs.peek()?;
+        Some(runs.all(|(_, v, _)| cmp.test(v, threshold)))
     }
 
     /// Whether at least `x` of the last `y` points satisfy the test; `None` (unavailable) with
@@ -872,6 +949,18 @@ mod tests {
     }
 
     #[test]
+    fn a_tick_from_before_a_pause_does_not_make_a_window_covered() {
+        let mut h = History::new(600_000, 1000, 16);
+        for t in [0, 1000, 2000, 3_600_000, 3_601_000] {
+            let mut s = Snapshot { ts_ms: t, ..Default::default() };
+            s.metrics.insert("x".into(), 95.0);
+            h.push(&s);
+        }
+        assert_eq!(h.sustained("x", 3_601_000, 600_000, Cmp::Ge, 90.0), None, "1 s of history after an hour's pause");
+        assert_eq!(h.ticks.len(), 2);
+    }
+
+    #[test]
     fn gaps_are_skipped_and_constant_series_cost_one_run() {
         let mut h = History::new(600_000, 1000, 16);
         for t in 0..700 {
@@ -882,7 +971,8 @@ mod tests {
             }
             h.push(&s);
         }
-        assert_eq!(h.series["flat"].vals.len(), 1);
+        assert_eq!(h.series["flat"].run_count(), 1);
+        assert_eq!(h.series["flat"].runs.capacity(), 0, "a constant series allocates no run buffer");
         assert_eq!(h.window("flat", 699_000, 600_000).count(), 601);
         assert_eq!(h.avg("flat", 699_000, 600_000), Some(7.0));
         // 300 s back reaches t = 399..699: all present.
@@ -900,6 +990,76 @@ mod tests {
         assert_eq!(h2.x_of_last_y("holey", 299_000, 150, 150, Cmp::Eq, 1.0), Some(true), "points, not ticks");
     }
 
+    /// The run-length encoding gives back exactly the points a plain list of them would.
+    #[test]
+    fn runs_give_back_exactly_the_points_pushed() {
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut rand = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut h = History::new(60_000, 1000, 16);
+        let mut pushed: Vec<(i64, [Option<f64>; 3])> = Vec::new();
+        let mut t = 0;
+        for _ in 0..400 {
+            t += 1000 + rand(3) as i64 - 1;
+            let mut s = Snapshot { ts_ms: t, ..Default::default() };
+            let mut row = [None; 3];
+            for (i, k) in ["a", "b", "c"].iter().enumerate() {
+                // Few distinct values (runs), and gaps of every length.
+                if rand(10) >= [1, 5, 9][i] {
+                    let v = [0.0, -0.0, 1.5, 7.0][rand(if i == 0 { 2 } else { 4 }) as usize];
+                    s.metrics.insert((*k).into(), v);
+                    row[i] = Some(v);
+                }
+            }
+            h.push(&s);
+            pushed.push((t, row));
+            let kept = pushed.iter().rposition(|(ts, _)| *ts <= t - 60_000).unwrap_or(0);
+            for (i, k) in ["a", "b", "c"].iter().enumerate() {
+                for w in [0, 1000, 5000, 30_000, 60_000, 90_000] {
+                    let want: Vec<(i64, u64)> = pushed[kept..]
+                        .iter()
+                        .filter(|(ts, _)| *ts >= t - w)
+                        .filter_map(|(ts, row)| row[i].map(|v| (*ts, v.to_bits())))
+                        .collect();
+                    let got: Vec<(i64, u64)> = h.window(k, t, w).map(|(ts, v)| (ts, v.to_bits())).collect();
+                    assert_eq!(got, want, "{k} over {w} ms at {t}");
+                    // The aggregates, as a plain list of points gives them, when covered.
+                    let first = pushed[kept..].iter().find(|(_, row)| row[i].is_some()).map(|(ts, _)| *ts);
+                    let pts: Vec<(i64, f64)> = want.iter().map(|(ts, b)| (*ts, f64::from_bits(*b))).collect();
+                    let covered = first.is_some_and(|f| f <= t - w) && !pts.is_empty();
+                    let bits = |o: Option<f64>| o.map(f64::to_bits);
+                    let exp = |f: &dyn Fn(&[(i64, f64)]) -> Option<f64>| bits(if covered { f(&pts) } else { None });
+                    let two = |p: &[(i64, f64)]| (p.len() >= 2).then(|| (p[0], p[p.len() - 1]));
+                    assert_eq!(bits(h.avg(k, t, w)), exp(&|p| Some(p.iter().fold(0.0, |a, x| a + x.1) / p.len() as f64)), "avg");
+                    assert_eq!(bits(h.min(k, t, w)), exp(&|p| p.iter().map(|x| x.1).reduce(f64::min)), "min");
+                    assert_eq!(bits(h.max(k, t, w)), exp(&|p| p.iter().map(|x| x.1).reduce(f64::max)), "max");
+                    assert_eq!(bits(h.delta(k, t, w)), exp(&|p| two(p).map(|(a, b)| b.1 - a.1)), "delta");
+                    assert_eq!(
+                        bits(h.rate(k, t, w)),
+                        exp(&|p| two(p).map(|(a, b)| (b.1 - a.1).max(0.0) / ((b.0 - a.0) as f64 / 1000.0))),
+                        "rate"
+                    );
+                    let sustained = covered.then(|| pts.iter().all(|x| x.1 > 1.0));
+                    assert_eq!(h.sustained(k, t, w, Cmp::Gt, 1.0), sustained, "sustained");
+                }
+                let back: Vec<f64> = pushed[kept..].iter().rev().filter_map(|(_, row)| row[i]).collect();
+                assert_eq!(h.latest(k, t).map(f64::to_bits), back.first().map(|v| v.to_bits()), "{k} latest at {t}");
+                if back.is_empty() {
+                    assert!(!h.series.contains_key(*k));
+                    continue;
+                }
+                let y = 5.min(back.len());
+                let x = back.iter().take(y).filter(|v| **v > 1.0).count();
+                assert_eq!(h.x_of_last_y(k, t, x, y, Cmp::Gt, 1.0), Some(true));
+                assert_eq!(h.x_of_last_y(k, t, x + 1, y, Cmp::Gt, 1.0), Some(false));
+            }
+        }
+    }
+
     #[test]
     fn bounded_runs_ticks_and_series() {
         let mut h = History::new(10_000, 1_000, 2);
@@ -912,7 +1072,7 @@ mod tests {
         }
         assert_eq!(h.series_count(), 2);
         assert_eq!(h.window("a", 99_000, 1_000_000).count(), 11, "the horizon (the anchor is its first tick)");
-        assert!(h.series["a"].vals.len() <= h.max_runs && h.series["a"].vals.capacity() <= h.max_runs);
+        assert!(h.series["a"].run_count() <= h.max_runs && h.series["a"].runs.capacity() <= h.max_runs);
         assert_eq!(h.counts.refused, 1, "a key refused at every push counts once");
         assert_eq!(h.status().refusing_now, 1);
         assert_eq!(h.counts.last_refused, ["c"]);
@@ -923,7 +1083,7 @@ mod tests {
             h.push(&s);
         }
         assert!(h.ticks.len() <= h.max_ticks);
-        assert!(h.series["a"].vals.len() <= h.max_runs);
+        assert!(h.series["a"].run_count() <= h.max_runs);
         assert!(h.bytes() < h.bound_bytes() + 1024, "{} > {}", h.bytes(), h.bound_bytes());
     }
 
