@@ -645,6 +645,39 @@ fn print_status(st: &serde_json::Value) {
     if let Some(u) = st["unavailable_signals"].as_object().filter(|u| !u.is_empty()) {
         println!("unavailable signals: {}", u.keys().cloned().collect::<Vec<_>>().join(", "));
     }
+    print_history(&st["history"]);
+}
+
+/// The history's fill, and what it refused or evicted: a refused series is one playbooks see
+/// as unavailable.
+fn print_history(h: &serde_json::Value) {
+    if !h.is_object() {
+        return;
+    }
+    let mib = |v: &serde_json::Value| format!("{:.1} MiB", v.as_f64().unwrap_or(0.0) / 1_048_576.0);
+    let keys = |v: &serde_json::Value| v.as_array().into_iter().flatten().filter_map(|k| k.as_str()).collect::<Vec<_>>().join(", ");
+    println!(
+        "history:  {} of {} series over {} s, {} (bound {}); {} series of exited processes dropped",
+        h["series"],
+        h["max_series"],
+        h["span_secs"],
+        mib(&h["bytes"]),
+        mib(&h["bound_bytes"]),
+        h["evicted_exited"]
+    );
+    if h["refused"].as_u64().unwrap_or(0) > 0 {
+        println!(
+            "          FULL: {} series refused since start, {} at the last tick (playbooks see them as unavailable; raise signals.max_series)\n          last refused: {}",
+            h["refused"], h["refusing_now"], keys(&h["last_refused"])
+        );
+    }
+    if h["evicted_live"].as_u64().unwrap_or(0) > 0 {
+        println!(
+            "          {} live series evicted for series playbooks read or node-wide ones\n          last evicted: {}",
+            h["evicted_live"],
+            keys(&h["last_evicted"])
+        );
+    }
 }
 
 fn parse_since(s: &str) -> anyhow::Result<std::time::SystemTime> {
