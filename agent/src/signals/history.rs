@@ -990,6 +990,8 @@ mod tests {
         assert_eq!(h2.x_of_last_y("holey", 299_000, 150, 150, Cmp::Eq, 1.0), Some(true), "points, not ticks");
     }
 
+    type Points = [(i64, f64)];
+
     /// The run-length encoding gives back exactly the points a plain list of them would.
     #[test]
     fn runs_give_back_exactly_the_points_pushed() {
@@ -1032,7 +1034,7 @@ mod tests {
                     let pts: Vec<(i64, f64)> = want.iter().map(|(ts, b)| (*ts, f64::from_bits(*b))).collect();
                     let covered = first.is_some_and(|f| f <= t - w) && !pts.is_empty();
                     let bits = |o: Option<f64>| o.map(f64::to_bits);
-                    let exp = |f: &dyn Fn(&[(i64, f64)]) -> Option<f64>| bits(if covered { f(&pts) } else { None });
+                    let exp = |f: &dyn Fn(&Points) -> Option<f64>| bits(if covered { f(&pts) } else { None });
                     let two = |p: &[(i64, f64)]| (p.len() >= 2).then(|| (p[0], p[p.len() - 1]));
                     assert_eq!(bits(h.avg(k, t, w)), exp(&|p| Some(p.iter().fold(0.0, |a, x| a + x.1) / p.len() as f64)), "avg");
                     assert_eq!(bits(h.min(k, t, w)), exp(&|p| p.iter().map(|x| x.1).reduce(f64::min)), "min");
@@ -1085,6 +1087,11 @@ mod tests {
         assert!(h.ticks.len() <= h.max_ticks);
         assert!(h.series["a"].run_count() <= h.max_runs);
         assert!(h.bytes() < h.bound_bytes() + 1024, "{} > {}", h.bytes(), h.bound_bytes());
+        // docs/ARCHITECTURE.md ("Memory bounds") states these.
+        assert_eq!((RUN_BYTES, std::mem::size_of::<(Box<str>, Series)>() + 1), (10, 89));
+        let d = crate::config::SignalsConfig::default();
+        let at_defaults = History::new(d.history_secs as i64 * 1000, d.interval_secs as i64 * 1000, d.max_series);
+        assert_eq!(at_defaults.bound_bytes() >> 20, 97, "MiB");
     }
 
     #[test]
