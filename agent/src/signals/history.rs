@@ -4,15 +4,15 @@
 //!
 //! **Storage.** The time of each push (a tick) is kept once, in a ring every series shares. A
 //! series is its value at each tick, run-length encoded as (value, count) runs, with NaN runs for
-//! ticks where it had no value. Most series on a node are constant (an idle process's CPU, fds
-//! and RSS), and a constant series costs one run whatever the horizon. Aggregates still walk
-//! every (tick, value) point, so they are exact.
+//! ticks where it had no value; its last run is held inline. Most series on a node are constant
+//! (an idle process's CPU, fds and RSS), and a constant series allocates nothing whatever the
+//! horizon. Aggregates see every (tick, value) point, so they are exact.
 //!
 //! **Coverage.** The ring keeps every tick inside the horizon plus the newest one before it (the
 //! anchor, if within two intervals of the horizon), so a window as long as the horizon is
-//! covered even when ticks jitter or one is skipped. A window aggregate over a series that does not reach back to `now - window`
-//! (too young, or refused, or evicted) is `None`: *unavailable*, never a value computed over
-//! less than the window, and never a silent `false`.
+//! covered even when ticks jitter or one is skipped. A window aggregate over a series that does
+//! not reach back to `now - window` (too young, or refused, or evicted) is `None`:
+//! *unavailable*, never a value computed over less than the window, and never a silent `false`.
 //!
 //! **Bounds.** At most `max_series` series of at most `max_runs` runs (`horizon / interval + 3`:
 //! the points of a horizon, the anchor, one tick of jitter) of [`RUN_BYTES`] each: the hard bound
@@ -28,9 +28,10 @@
 //! by a playbook do not starve node-wide series either. A read of one process's series marks
 //! that field for every process (`proc.*.cpu_pct`): a playbook reads the next hot process's
 //! series the same way. Series of processes that exited, or whose pid now belongs to another
-//! process, go at the first push whose process list no longer has them. Refusals and evictions
-//! are counted, the last keys kept for `medic status`, and a warning logged at most once a
-//! minute.
+//! process, go at the first push whose process list no longer has them, and processes seen
+//! before are recorded before newcomers, so the room exits free goes first to a series refused
+//! earlier. Refusals and evictions are counted, the last keys kept for `medic status`, and a
+//! warning logged at most once a minute.
 
 use super::process::ProcessInfo;
 use super::Snapshot;
@@ -512,10 +513,6 @@ impl History {
 
     pub fn series_count(&self) -> usize {
         self.series.len()
-    }
-
-    pub fn counts(&self) -> &HistoryCounts {
-        &self.counts
     }
 
     pub fn status(&self) -> HistoryStatus {
