@@ -50,7 +50,7 @@ fn busy_snapshot(t: i64) -> Snapshot {
 fn bench(c: &mut Criterion) {
     let rt = Runtime::new(Default::default());
     let pbs: Vec<_> = bundled::PLAYBOOKS.iter().map(|(f, src, _)| rt.compile(f, src).unwrap()).collect();
-    let mut history = History::new(600_000, 1000, 1024);
+    let mut history = History::new(600_000, 1000, 16384);
     let mut snap = busy_snapshot(0);
     for t in 0..600 {
         snap = busy_snapshot(t);

@@ -5,6 +5,7 @@ mod acting;
 mod audit;
 mod cli;
 mod ebpf;
+mod history;
 mod mqtt;
 mod playbooks;
 mod scale;

@@ -1,5 +1,5 @@
 //! Playbooks end to end: `validate` and `playbook check` point at the file, line and column of
-//! each kind of mistake; limits stop runaway scripts without hanging, disable and record them
+//! each kind of mistake (a window longer than the history among them); limits stop runaway scripts without hanging, disable and record them
 //! while the other playbooks still evaluate in the same tick; a running agent keeps its last
 //! good set on a bad reload; the bundled playbooks pass their own test cases.
 
@@ -56,6 +56,19 @@ fn broken_playbooks() -> Vec<(&'static str, String, &'static str)> {
                 meta("outside-target", "#{ kind: \"restart_unit\", target: \"app-*.service\" }", ", cooldown: \"1m\"")
             ),
             ":5:5: `restart_unit` on \"sshd.service\" is outside the manifest's targets",
+        ),
+        (
+            "long_window.rhai",
+            format!("{}fn evaluate(node, state) {{\n    let v = node.avg(\"cpu.util_pct\", \"30m\");\n}}\n", notify_meta("long-window")),
+            ":5:18: window \"30m\" is longer than the history (signals.history_secs = 600)",
+        ),
+        (
+            "many_points.rhai",
+            format!(
+                "{}fn evaluate(node, state) {{\n    let v = node.x_of_y(\"load.1\", \">\", 1, 1, 700);\n}}\n",
+                notify_meta("many-points")
+            ),
+            ":5:18: x_of_y over the last 700 points, but the history holds at most 601",
         ),
         ("no_meta.rhai", ALWAYS_BODY.to_string(), ":1:1: missing metadata"),
         ("import.rhai", format!("import \"os\" as os;\n{}{ALWAYS_BODY}", notify_meta("import")), ":1:"),

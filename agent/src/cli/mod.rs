@@ -416,7 +416,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             let dir = playbooks.or(cfg.playbooks_dir.clone());
-            let rt = Runtime::new(cfg.playbooks.limits);
+            let rt = Runtime::new(cfg.playbooks.limits).with_history(playbooks::HistoryReach::of(&cfg.signals));
             let loaded =
                 playbooks::load(&rt, dir.as_deref()).map_err(|e| anyhow!("{}: {e}", dir.as_deref().unwrap_or(Path::new("")).display()))?;
             for r in loaded {
@@ -431,7 +431,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
         Command::Playbook(PlaybookCmd::Check { files }) => {
-            let rt = Runtime::new(Default::default());
+            let rt = Runtime::new(Default::default()).with_history(node_history());
             let mut ok = true;
             for f in files {
                 let label = f.display().to_string();
@@ -649,6 +649,39 @@ fn print_status(st: &serde_json::Value) {
     if let Some(u) = st["unavailable_signals"].as_object().filter(|u| !u.is_empty()) {
         println!("unavailable signals: {}", u.keys().cloned().collect::<Vec<_>>().join(", "));
     }
+    print_history(&st["history"]);
+}
+
+/// The history's fill, and what it refused or evicted: a refused series is one playbooks see
+/// as unavailable.
+fn print_history(h: &serde_json::Value) {
+    if !h.is_object() {
+        return;
+    }
+    let mib = |v: &serde_json::Value| format!("{:.1} MiB", v.as_f64().unwrap_or(0.0) / 1_048_576.0);
+    let keys = |v: &serde_json::Value| v.as_array().into_iter().flatten().filter_map(|k| k.as_str()).collect::<Vec<_>>().join(", ");
+    println!(
+        "history:  {} of {} series over {} s, {} (bound {}); {} series of exited processes dropped",
+        h["series"],
+        h["max_series"],
+        h["span_secs"],
+        mib(&h["bytes"]),
+        mib(&h["bound_bytes"]),
+        h["evicted_exited"]
+    );
+    if h["refused"].as_u64().unwrap_or(0) > 0 {
+        println!(
+            "          FULL: {} series refused since start, {} at the last tick (playbooks see them as unavailable; raise signals.max_series)\n          last refused: {}",
+            h["refused"], h["refusing_now"], keys(&h["last_refused"])
+        );
+    }
+    if h["evicted_live"].as_u64().unwrap_or(0) > 0 {
+        println!(
+            "          {} live series evicted for series playbooks read or node-wide ones\n          last evicted: {}",
+            h["evicted_live"],
+            keys(&h["last_evicted"])
+        );
+    }
 }
 
 fn parse_since(s: &str) -> anyhow::Result<std::time::SystemTime> {
@@ -754,8 +787,14 @@ fn test_sources(path: Option<&Path>) -> anyhow::Result<Vec<TestSource>> {
         .collect()
 }
 
+/// What the node's history holds (its config's `[signals]`, else the defaults): `playbook
+/// check` and `playbook test` judge windows against it, as the agent will.
+fn node_history() -> playbooks::HistoryReach {
+    playbooks::HistoryReach::of(&Config::load(None).unwrap_or_default().0.signals)
+}
+
 fn playbook_test(path: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let rt = Runtime::new(Default::default());
+    let rt = Runtime::new(Default::default()).with_history(node_history());
     let (mut passed, mut failed) = (0, 0);
     for (file, src, tfile, tests) in test_sources(path)? {
         let Some(tests) = tests else {

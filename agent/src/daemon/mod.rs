@@ -163,6 +163,7 @@ impl Agent {
                 "playbooks_dir": playbooks_dir.as_ref().map_or("bundled".to_string(), |p| p.display().to_string()),
                 "unavailable": first.unavailable,
                 "history_bound_bytes": history.bound_bytes(),
+                "history": history.status(),
             })),
         )?;
         if let Some(e) = mode_problem {
@@ -191,7 +192,7 @@ impl Agent {
         };
         let mut agent = Self {
             node,
-            rt: Runtime::new(cfg.playbooks.limits),
+            rt: Runtime::new(cfg.playbooks.limits).with_history(playbooks::HistoryReach::of(&cfg.signals)),
             slots: BTreeMap::new(),
             gate,
             audit,
@@ -650,6 +651,7 @@ impl Agent {
                 "error": self.audit_down.as_ref().map(|(_, e)| e.clone()),
             },
             "unavailable_signals": self.unavailable,
+            "history": self.history.status(),
             "replication": self.replication.as_ref().map(|r| json!(*r.borrow())),
         })
     }

@@ -4,7 +4,8 @@
 //! tag), and nothing they do touches the host.
 //!
 //! Every value a script reads through `Node` is noted, so each request carries the signal
-//! values that led to it (its trigger).
+//! values that led to it (its trigger); and every key it reads from the history is noted in the
+//! history, which keeps such series first when it is full.
 
 use crate::actions::{ActionKind, ActionRequest};
 use crate::signals::history::{Cmp, History};
@@ -252,6 +253,7 @@ pub fn register(e: &mut Engine, _max_requests: usize) {
     // Current values and windowed aggregates.
     e.register_fn("now", |n: &mut Node| n.now() / 1000);
     e.register_fn("value", |n: &mut Node, key: &str| {
+        n.history.note_read(key, n.now());
         let v =
             n.snap.metric(key).or_else(|| n.history.latest(key, n.now()).filter(|_| key.starts_with("proc.") || key.starts_with("unit.")));
         n.note(key.to_string(), v)
@@ -260,9 +262,12 @@ pub fn register(e: &mut Engine, _max_requests: usize) {
     e.register_fn("keys", |n: &mut Node, prefix: &str| -> List {
         n.snap.metrics.range(prefix.to_string()..).take_while(|(k, _)| k.starts_with(prefix)).map(|(k, _)| k.as_str().into()).collect()
     });
+    // Window aggregates: `()` when the series does not reach back over the whole window (see
+    // `History`), so a young or refused series is never read as a value or as `false`.
     macro_rules! agg {
         ($name:literal, $f:ident) => {
             e.register_fn($name, |n: &mut Node, key: &str, w: &str| -> RhaiResult<Dynamic> {
+                n.history.note_read(key, n.now());
                 let v = n.history.$f(key, n.now(), window(w)?);
                 Ok(n.note(format!(concat!($name, "({},{})"), key, w), v))
             });
@@ -275,20 +280,23 @@ pub fn register(e: &mut Engine, _max_requests: usize) {
     agg!("delta", delta);
     e.register_fn("percentile", |n: &mut Node, key: &str, q: Dynamic, w: &str| -> RhaiResult<Dynamic> {
         let q = number(&q, "percentile")?;
+        n.history.note_read(key, n.now());
         let v = n.history.percentile(key, n.now(), window(w)?, q);
         Ok(n.note(format!("p{q}({key},{w})"), v))
     });
-    e.register_fn("sustained", |n: &mut Node, key: &str, op: &str, thr: Dynamic, w: &str| -> RhaiResult<bool> {
+    e.register_fn("sustained", |n: &mut Node, key: &str, op: &str, thr: Dynamic, w: &str| -> RhaiResult<Dynamic> {
         let (c, t, w_ms) = (cmp(op)?, number(&thr, "threshold")?, window(w)?);
+        n.history.note_read(key, n.now());
         let ok = n.history.sustained(key, n.now(), w_ms, c, t);
-        let _ = n.note(format!("sustained({key}{op}{t},{w})"), Some(if ok { 1.0 } else { 0.0 }));
-        Ok(ok)
+        let _ = n.note(format!("sustained({key}{op}{t},{w})"), ok.map(|b| if b { 1.0 } else { 0.0 }));
+        Ok(ok.map_or(Dynamic::UNIT, Dynamic::from_bool))
     });
-    e.register_fn("x_of_y", |n: &mut Node, key: &str, op: &str, thr: Dynamic, x: i64, y: i64| -> RhaiResult<bool> {
+    e.register_fn("x_of_y", |n: &mut Node, key: &str, op: &str, thr: Dynamic, x: i64, y: i64| -> RhaiResult<Dynamic> {
         let (c, t) = (cmp(op)?, number(&thr, "threshold")?);
+        n.history.note_read(key, n.now());
         let ok = n.history.x_of_last_y(key, n.now(), x.max(0) as usize, y.max(0) as usize, c, t);
-        let _ = n.note(format!("x_of_y({key}{op}{t},{x}/{y})"), Some(if ok { 1.0 } else { 0.0 }));
-        Ok(ok)
+        let _ = n.note(format!("x_of_y({key}{op}{t},{x}/{y})"), ok.map(|b| if b { 1.0 } else { 0.0 }));
+        Ok(ok.map_or(Dynamic::UNIT, Dynamic::from_bool))
     });
 
     // Entities.

@@ -54,7 +54,40 @@ pub struct Playbook {
     /// SHA-256 of the source, hex; recorded with every decision it causes.
     pub sha256: String,
     pub ast: Arc<AST>,
+    /// The history keys its source names, interpolations as `*` (`proc.*.cpu_pct`): noted as
+    /// read at every evaluation, so the history keeps them before the script first reads them
+    /// (a process becomes hot after the cap filled).
+    pub reads: Vec<String>,
 }
+
+/// What the history holds, for the static window checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryReach {
+    /// `signals.history_secs`, in ms: the longest window a playbook can aggregate over.
+    pub horizon_ms: i64,
+    /// `signals.interval_secs`, in ms.
+    pub interval_ms: i64,
+}
+
+impl HistoryReach {
+    pub fn of(signals: &crate::config::SignalsConfig) -> Self {
+        Self { horizon_ms: signals.history_secs as i64 * 1000, interval_ms: signals.interval_secs.max(1) as i64 * 1000 }
+    }
+
+    /// The most points a series holds: one per interval over the horizon.
+    pub fn points(&self) -> i64 {
+        self.horizon_ms / self.interval_ms.max(1) + 1
+    }
+}
+
+impl Default for HistoryReach {
+    fn default() -> Self {
+        Self::of(&Default::default())
+    }
+}
+
+/// The window aggregates: the window is their last argument, after `arity - 1` others.
+const WINDOW_FNS: &[(&str, usize)] = &[("avg", 2), ("min", 2), ("max", 2), ("rate", 2), ("delta", 2), ("percentile", 3), ("sustained", 4)];
 
 /// Why an evaluation failed.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,6 +110,8 @@ const KEYWORD_FNS: &[&str] = &["print", "debug", "type_of", "Fn", "call", "curry
 pub struct Runtime {
     pub engine: Engine,
     pub limits: engine::Limits,
+    /// What the history holds (the defaults unless set with [`Runtime::with_history`]).
+    pub history: HistoryReach,
     known_fns: HashSet<String>,
 }
 
@@ -116,11 +151,18 @@ impl Runtime {
         let mut known_fns: HashSet<String> =
             engine.collect_fn_metadata(None, |info| Some(info.metadata.name.to_string()), true).into_iter().collect();
         known_fns.extend(KEYWORD_FNS.iter().map(|s| s.to_string()));
-        Self { engine, limits, known_fns }
+        Self { engine, limits, history: HistoryReach::default(), known_fns }
+    }
+
+    /// Checks windows against this history (the node's `[signals]`) instead of the defaults.
+    pub fn with_history(mut self, history: HistoryReach) -> Self {
+        self.history = history;
+        self
     }
 
     /// Compiles and checks one playbook: syntax, metadata, `evaluate(node, state)`, every
-    /// function called exists, every action asked for is in the manifest.
+    /// function called exists, every action asked for is in the manifest, no literal window
+    /// reaches further back than the history.
     pub fn compile(&self, file: &str, source: &str) -> Result<Playbook, PlaybookError> {
         let ast = self.engine.compile(source).map_err(|e| err_at(file, e.1, e.0.to_string()))?;
         let (ml, mc) = meta_pos(source);
@@ -138,7 +180,34 @@ impl Runtime {
             None => return Err(meta_err("missing `fn evaluate(node, state) { ... }`".into())),
         }
         self.check_calls(file, &ast, &meta)?;
-        Ok(Playbook { meta, file: file.to_string(), sha256: hex::encode(Sha256::digest(source.as_bytes())), ast: Arc::new(ast) })
+        let reads = key_patterns(&ast);
+        Ok(Playbook { meta, file: file.to_string(), sha256: hex::encode(Sha256::digest(source.as_bytes())), ast: Arc::new(ast), reads })
+    }
+
+    /// A literal window longer than the history (or `x_of_y` over more points than it holds)
+    /// could only ever give `()`: an error now rather than a playbook that never fires.
+    fn check_window(&self, name: &str, args: &[Expr], method: bool) -> Option<String> {
+        let nargs = args.len() + usize::from(method);
+        let h = &self.history;
+        if name == "x_of_y" && nargs == 6 {
+            if let Some(Expr::IntegerConstant(y, _)) = args.last() {
+                return (*y > h.points()).then(|| {
+                    format!(
+                        "x_of_y over the last {y} points, but the history holds at most {} (signals.history_secs / interval_secs + 1): it would always be ()",
+                        h.points()
+                    )
+                });
+            }
+        }
+        let (_, arity) = WINDOW_FNS.iter().find(|(n, a)| *n == name && *a + 1 == nargs)?;
+        let Some(Expr::StringConstant(w, _)) = args.get(arity - usize::from(method)) else { return None };
+        let ms = api::duration_ms(w).ok()?;
+        (ms > h.horizon_ms).then(|| {
+            format!(
+                "window {w:?} is longer than the history (signals.history_secs = {}): {name}() over it would always be ()",
+                h.horizon_ms / 1000
+            )
+        })
     }
 
     fn check_calls(&self, file: &str, ast: &AST, meta: &Meta) -> Result<(), PlaybookError> {
@@ -169,6 +238,10 @@ impl Runtime {
                 found = Some(err_at(file, pos, format!("unknown {what} `{name}` (see docs/PLAYBOOKS.md for the API)")));
                 return false;
             }
+            if let Some(reason) = self.check_window(name, &call.args, method) {
+                found = Some(err_at(file, pos, reason));
+                return false;
+            }
             if let Some((_, kind)) = api::ACTION_FNS.iter().find(|(n, _)| *n == name).filter(|_| !method) {
                 if !meta.actions.iter().any(|c| c.kind == *kind) {
                     found = Some(err_at(file, pos, format!("action `{name}` is not in this playbook's manifest (META.actions)")));
@@ -196,6 +269,7 @@ impl Runtime {
         history: Arc<History>,
         state: &State,
     ) -> Result<Vec<ActionRequest>, EvalError> {
+        history.note_reads(&pb.reads, snap.ts_ms);
         let node = Node::new(snap, history, self.limits.max_requests);
         let before = state.snapshot();
         let options = CallFnOptions::new().eval_ast(true).rewind_scope(true).with_tag(node.clone());
@@ -219,6 +293,36 @@ impl Runtime {
             }
         }
     }
+}
+
+/// The strings of a script that look like history keys, each interpolation as `*`
+/// (`proc.${p.pid}.cpu_pct` → `proc.*.cpu_pct`, `disk.${m}.used_pct` → `disk.*.used_pct`). Too
+/// wide a net only keeps a few more series first; keys built another way are noted when read.
+fn key_patterns(ast: &AST) -> Vec<String> {
+    let mut found = std::collections::BTreeSet::new();
+    ast.walk(&mut |path: &[ASTNode]| {
+        let text = match path.last() {
+            Some(ASTNode::Expr(Expr::StringConstant(s, _))) => s.to_string(),
+            Some(ASTNode::Expr(Expr::InterpolatedString(parts, _))) => {
+                let mut t = String::new();
+                for p in parts.iter() {
+                    match p {
+                        Expr::StringConstant(s, _) => t.push_str(s),
+                        _ if t.ends_with('*') => {}
+                        _ => t.push('*'),
+                    }
+                }
+                t
+            }
+            _ => return true,
+        };
+        let literal = text.chars().filter(|c| *c != '*').count();
+        if text.contains('.') && literal >= 3 && text.len() <= 256 && !text.chars().any(char::is_whitespace) {
+            found.insert(text);
+        }
+        true
+    });
+    found.into_iter().collect()
 }
 
 /// A file that was found and what became of it.

@@ -125,7 +125,9 @@ fn run_case(rt: &Runtime, pb: &super::Playbook, case: &Case) -> Result<CaseResul
     };
     let mut steps: Vec<(i64, &Step)> = case.timeline.iter().map(|s| Ok((ms("timeline.at", &s.at)?, s))).collect::<Result<_, String>>()?;
     steps.sort_by_key(|(t, _)| *t);
-    let mut history = Arc::new(History::new(duration + step, step, 100_000));
+    // The node's horizon, not the case's length: a window the agent's history cannot cover must
+    // not pass here and stay silent there.
+    let mut history = Arc::new(History::new(rt.history.horizon_ms, step, 100_000));
     let mut gate = Gate::new(crate::config::PolicyConfig::default());
     let state = State::default();
     let mut cur = Snapshot::default();
