@@ -263,32 +263,32 @@ impl Sampler {
     }
 
     fn read_sockets(&mut self, s: &mut Snapshot) -> SocketScan {
-        if let SocketSource::Netlink(slot) = &mut self.sockets {
-            let dumped = match slot {
-                Some(d) => sockets::from_netlink(d),
-                None => sock_diag::SockDiag::open().and_then(|d| sockets::from_netlink(slot.insert(d))),
-            };
-            match dumped {
-                Ok(table) => {
-                    return SocketScan {
-                        ok: true,
-                        source: "netlink",
-                        counts: table.counts,
-                        peers: table.top_peers(),
-                        inodes: table.inodes,
-                    };
-                }
-                Err(e) => {
-                    // The socket may hold the rest of the dump: a new one next time. This scan
-                    // reads the text tables, which tell the same truth at a higher cost.
-                    *slot = None;
-                    tracing::warn!(message = "Netlink socket dump failed; /proc/net/tcp{,6} for this scan.", error = %e);
-                    s.errors.push(e.to_string());
-                }
+        let (table, ok, source) = match self.dump_netlink(s) {
+            Some(table) => (table, true, "netlink"),
+            None => {
+                let (table, ok) = sockets::from_text(&self.roots.proc, &mut s.errors);
+                (table, ok, "procfs")
             }
-        }
-        let (table, ok) = sockets::from_text(&self.roots.proc, &mut s.errors);
-        SocketScan { ok, source: "procfs", counts: table.counts, peers: table.top_peers(), inodes: table.inodes }
+        };
+        SocketScan { ok, source, counts: table.counts, peers: table.top_peers(), inodes: table.inodes }
+    }
+
+    /// The socket table over netlink; `None` where netlink is not the source, or when this
+    /// dump failed (then the text tables tell the same truth at a higher cost).
+    fn dump_netlink(&mut self, s: &mut Snapshot) -> Option<sockets::SocketTable> {
+        let SocketSource::Netlink(slot) = &mut self.sockets else { return None };
+        let dumped = match slot {
+            Some(d) => sockets::from_netlink(d),
+            None => sock_diag::SockDiag::open().and_then(|d| sockets::from_netlink(slot.insert(d))),
+        };
+        dumped
+            .map_err(|e| {
+                // The socket may hold the rest of the dump: a new one at the next scan.
+                *slot = None;
+                tracing::warn!(message = "Netlink socket dump failed; /proc/net/tcp{,6} for this scan.", error = %e);
+                s.errors.push(e.to_string());
+            })
+            .ok()
     }
 
     fn read_processes(&mut self, s: &mut Snapshot, boot_time: u64, secs: f64, inodes: &sockets::InodeStates, scan_fds: bool) {
