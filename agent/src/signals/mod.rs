@@ -116,7 +116,7 @@ impl Sampler {
             match sock_diag::SockDiag::open() {
                 Ok(d) => SocketSource::Netlink(Some(d)),
                 Err(e) => {
-                    tracing::warn!(message = "Reading TCP sockets from /proc/net/tcp{,6} instead of netlink.", error = %e);
+                    tracing::warn!(message = "Reading TCP sockets from /proc/net/tcp{,6} instead of netlink.", error_code = e.code(), error = %e);
                     SocketSource::Text
                 }
             }
@@ -285,7 +285,7 @@ impl Sampler {
             .map_err(|e| {
                 // The socket may hold the rest of the dump: a new one at the next scan.
                 *slot = None;
-                tracing::warn!(message = "Netlink socket dump failed; /proc/net/tcp{,6} for this scan.", error = %e);
+                tracing::warn!(message = "Netlink socket dump failed; /proc/net/tcp{,6} for this scan.", error_code = e.code(), error = %e);
                 s.errors.push(e.to_string());
             })
             .ok()

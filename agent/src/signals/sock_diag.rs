@@ -11,7 +11,6 @@
 use rustix::fd::OwnedFd;
 use rustix::net::netlink::{self, SocketAddrNetlink};
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
-use std::fmt;
 
 /// `TCPDIAG_GETSOCK`: the original INET_DIAG request (`struct inet_diag_req`), which unlike
 /// `SOCK_DIAG_BY_FAMILY`'s `inet_diag_req_v2` takes `AF_UNSPEC`: IPv4 and IPv6 sockets in one
@@ -40,29 +39,31 @@ const RECV_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 const TIMER_RETRANSMIT: u8 = 1;
 
 /// Why a dump failed. The caller falls back to the procfs tables and says so.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum DiagError {
     /// The netlink socket could not be opened or used (no `NETLINK_SOCK_DIAG` in this kernel or
     /// sandbox).
+    #[error("netlink sock_diag: {0}")]
     Socket(rustix::io::Errno),
     /// The kernel ended the dump with an error (in `NLMSG_ERROR`, or in the payload of
     /// `NLMSG_DONE`), e.g. ENOENT when the `tcp_diag` module cannot be loaded.
+    #[error("netlink sock_diag: the kernel answered error {0} ({errno})", errno = rustix::io::Errno::from_raw_os_error(-.0))]
     Kernel(i32),
     /// A reply that does not have the documented layout.
+    #[error("netlink sock_diag: malformed reply: {0}")]
     Malformed(&'static str),
 }
 
-impl fmt::Display for DiagError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl DiagError {
+    /// A stable code for logs and metrics.
+    pub fn code(&self) -> &'static str {
         match self {
-            Self::Socket(e) => write!(f, "netlink sock_diag: {e}"),
-            Self::Kernel(e) => write!(f, "netlink sock_diag: the kernel answered error {e} ({})", rustix::io::Errno::from_raw_os_error(-e)),
-            Self::Malformed(what) => write!(f, "netlink sock_diag: malformed reply: {what}"),
+            Self::Socket(_) => "sock_diag_socket",
+            Self::Kernel(_) => "sock_diag_kernel",
+            Self::Malformed(_) => "sock_diag_malformed",
         }
     }
 }
-
-impl std::error::Error for DiagError {}
 
 /// One socket of a dump.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
