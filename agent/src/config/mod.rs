@@ -30,6 +30,8 @@ pub struct Config {
     pub control: ControlConfig,
     /// Replication of the audit log to an MQTT broker (`[mqtt]`; off unless enabled).
     pub mqtt: crate::forward::MqttConfig,
+    /// The audit log's segments, retention, replay window and checkpoints (`[audit]`).
+    pub audit: crate::audit::AuditConfig,
     pub log: LogConfig,
 }
 
