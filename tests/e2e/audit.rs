@@ -469,3 +469,56 @@ fn state_dir_and_files_are_private_whatever_the_umask() {
     assert_eq!(mode(open.path()), 0o700);
     assert_eq!(std::fs::metadata(&lock).unwrap().uid(), 0, "the lock file is the agent's own");
 }
+
+/// The child side of the `kill -9` test: appends records over 1 MiB through the audit API until
+/// killed. A no-op unless the parent test set `MEDIC_AUDIT_CHILD_DIR`.
+#[test]
+fn kill9_child_writer() {
+    let Some(dir) = std::env::var_os("MEDIC_AUDIT_CHILD_DIR") else { return };
+    let (mut log, _) = AuditLog::open_with(Path::new(&dir), "n", &kill9_cfg(), &mut |_| {}).unwrap();
+    for i in 0u64.. {
+        let size = (1 << 20) + (i as usize * 7919) % (128 << 10);
+        log.append("note", body(json!({ "i": i, "reason": "r".repeat(size) }))).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+fn kill9_cfg() -> AuditConfig {
+    AuditConfig { segment_bytes: 3 << 20, replay_secs: 0, ..AuditConfig::default() }
+}
+
+/// Real `kill -9` at random moments of a writer of records over 1 MiB: every restart opens
+/// the log (tail repaired and recorded), the chain verifies at the end, no seq is reused, and
+/// the agent itself starts on it. `bench/audit_kill9.sh` runs more cycles.
+#[test]
+fn kill_9_at_random_moments_never_stops_the_log_from_opening() {
+    let cycles: u64 = std::env::var("MEDIC_KILL9_CYCLES").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut seed = medic::audit::now_ms() as u64 | 1;
+    let mut torn = 0;
+    for _ in 0..cycles {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "audit::kill9_child_writer", "--nocapture", "--test-threads=1"])
+            .env("MEDIC_AUDIT_CHILD_DIR", &state)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = medic::audit::anchor::read(&state).map_or(0, |a| a.seq);
+        assert!(crate::util::wait_until(60, || medic::audit::anchor::read(&state).is_ok_and(|a| a.seq > start + 1)));
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        std::thread::sleep(std::time::Duration::from_millis(5 + (seed >> 33) % 150));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let (log, t) = AuditLog::open_with(&state, "n", &kill9_cfg(), &mut |_| {}).expect("the log opens after kill -9");
+        torn += t.is_some() as u32;
+        drop(log);
+    }
+    eprintln!("{cycles} kill -9 cycles, {torn} torn tails repaired");
+    let o = verify_cmd(&state, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let mut seen = std::collections::BTreeSet::new();
+    medic::audit::verify::for_each_record(&state, |r| assert!(seen.insert(r.unwrap()["seq"].as_u64().unwrap()), "seq reused")).unwrap();
+    run_once(&state, None);
+}

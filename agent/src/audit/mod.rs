@@ -93,9 +93,8 @@ pub fn canonical(v: &Value) -> String {
 
 /// SHA-256 (hex) of the record's canonical form without its `hash` field.
 pub fn record_hash(record: &Map<String, Value>) -> String {
-    let mut m = record.clone();
-    m.remove("hash");
-    hex::encode(Sha256::digest(canonical(&Value::Object(m)).as_bytes()))
+    let without: Map<String, Value> = record.iter().filter(|(k, _)| *k != "hash").map(|(k, v)| (k.clone(), v.clone())).collect();
+    hex::encode(Sha256::digest(canonical(&Value::Object(without)).as_bytes()))
 }
 
 pub fn now_rfc3339(ts_ms: i64) -> String {
@@ -726,6 +725,8 @@ impl AuditLog {
         body.insert("prev_hash".into(), self.last_hash.clone().into());
         let hash = record_hash(&body);
         body.insert("hash".into(), hash.clone().into());
+        // Only these kinds change what the tracker holds (and they are small).
+        let tracked = matches!(kind, "action" | "action_outcome" | "breaker_reset").then(|| body.clone());
         let mut line = canonical(&Value::Object(body));
         line.push('\n');
         let res = self.file.write_all(line.as_bytes()).and_then(|_| self.file.sync_data());
@@ -741,7 +742,7 @@ impl AuditLog {
         self.good_len += line.len() as u64;
         self.seq = seq;
         self.last_hash = hash;
-        if let Ok(Value::Object(m)) = serde_json::from_str::<Value>(&line) {
+        if let Some(m) = tracked {
             self.tracker.observe(seq, &m);
         }
         self.save_anchor();
