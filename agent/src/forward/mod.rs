@@ -278,6 +278,9 @@ pub async fn run(cfg: MqttConfig, node: String, state_dir: PathBuf, links: Links
     let mut unassigned: VecDeque<u64> = VecDeque::new();
     let mut inflight: HashMap<u16, u64> = HashMap::new();
     let mut acked: BTreeSet<u64> = BTreeSet::new();
+    // Records published since the cursor, in log order: the cursor moves along this list, not
+    // by +1, so the jump an `audit_rewound` record makes in `seq` does not stall it.
+    let mut sent: VecDeque<u64> = VecDeque::new();
     let mut published_upto = cursor;
     let mut last_cursor_write = Instant::now();
     let mut backoff = Duration::from_millis(200);
@@ -332,6 +335,7 @@ pub async fn run(cfg: MqttConfig, node: String, state_dir: PathBuf, links: Links
                                 break;
                             }
                             unassigned.push_back(seq);
+                            sent.push_back(seq);
                             published_upto = seq;
                         }
                     }
@@ -361,7 +365,8 @@ pub async fn run(cfg: MqttConfig, node: String, state_dir: PathBuf, links: Links
                     // `unassigned`.
                     events.pending.clear();
                     inflight.clear();
-                    acked.retain(|s| *s > cursor);
+                    acked.clear();
+                    sent.clear();
                     published_upto = cursor;
                     tail = None;
                     last_status.clear();
@@ -386,8 +391,9 @@ pub async fn run(cfg: MqttConfig, node: String, state_dir: PathBuf, links: Links
                 Ok(Event::Incoming(Packet::PubAck(ack))) => {
                     if let Some(seq) = inflight.remove(&ack.pkid) {
                         acked.insert(seq);
-                        while acked.remove(&(cursor + 1)) {
-                            cursor += 1;
+                        while let Some(next) = sent.front().copied().filter(|s| acked.remove(s)) {
+                            sent.pop_front();
+                            cursor = next;
                         }
                     }
                 }
