@@ -373,10 +373,8 @@ fn segments_rotate_chain_across_and_are_removed_only_after_the_forwarder_acked_t
     let o = verify_cmd(&state, &[]);
     assert!(o.status.success(), "{}", text(&o));
     let o = run(&["audit", "show", "--json", "--state-dir", state.to_str().unwrap()]);
-    let shown: Vec<u64> = String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["seq"].as_u64().unwrap())
-        .collect();
+    let shown: Vec<u64> =
+        String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["seq"].as_u64().unwrap()).collect();
     assert_eq!(shown, (1..=log.last_seq()).collect::<Vec<_>>());
     // Nothing acknowledged: nothing removed.
     let later = medic::audit::now_ms() + 120_000;

@@ -78,7 +78,8 @@ impl Chain {
     pub fn push(&mut self, text: &[u8]) -> Result<Valid, String> {
         let v = valid(text)?;
         let first = self.records == 0;
-        if !(first && self.loose_start) && !follows(self.seq, &self.hash, &v) {
+        let starts_anywhere = first && self.loose_start;
+        if !starts_anywhere && !follows(self.seq, &self.hash, &v) {
             if v.prev_hash != self.hash {
                 return Err(format!(
                     "seq {}: prev_hash does not match the previous record's hash (a record was removed, inserted or reordered)",

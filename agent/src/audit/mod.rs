@@ -512,8 +512,7 @@ impl AuditLog {
         let mut lines = segments::Lines::new(segs[start..].to_vec(), Some(good_len));
         let mut chain = Chain::loose();
         let mut broken: Option<Value> = None;
-        loop {
-            let Some((item, path, line_no)) = lines.next_line().map_err(io(&self.dir))? else { break };
+        while let Some((item, path, line_no)) = lines.next_line().map_err(io(&self.dir))? {
             let path = path.display().to_string();
             let res = match item {
                 segments::Item::Whole(text) => match chain.push(text) {
@@ -562,7 +561,10 @@ impl AuditLog {
         let a = self.anchor.clone();
         let high = a.max_seq.max(cursor).max(found.seq);
         let why = if found.seq < a.seq {
-            Some(format!("the log ends at seq {} but its anchor says {}: records were cut off, or the file deleted or replaced", found.seq, a.seq))
+            Some(format!(
+                "the log ends at seq {} but its anchor says {}: records were cut off, or the file deleted or replaced",
+                found.seq, a.seq
+            ))
         } else if found.seq == a.seq && found.hash != a.hash {
             Some(format!("seq {} has another hash than the anchor's: the log was replaced", found.seq))
         } else if found.seq < cursor {
@@ -761,7 +763,9 @@ impl AuditLog {
         let size = fst.st_size as u64;
         let problem = match &pst {
             Err(_) => Some(("the active segment was deleted while the agent ran", true)),
-            Ok(p) if (p.st_dev, p.st_ino) != (fst.st_dev, fst.st_ino) => Some(("the active segment was replaced while the agent ran", true)),
+            Ok(p) if (p.st_dev, p.st_ino) != (fst.st_dev, fst.st_ino) => {
+                Some(("the active segment was replaced while the agent ran", true))
+            }
             Ok(_) if fst.st_nlink == 0 => Some(("the active segment was unlinked while the agent ran", true)),
             Ok(_) if size < self.good_len => Some(("the active segment was cut off while the agent ran", false)),
             _ => None,
@@ -774,7 +778,11 @@ impl AuditLog {
             self.settle(found, rescued, None, None, Some(why.to_string()))?;
         } else if size > self.good_len {
             // Bytes after the last record this agent wrote: not ours. Set them aside.
-            tracing::error!(message = "Bytes appended to the audit log by someone else; set aside.", error_code = "audit_torn_tail", bytes = size - self.good_len);
+            tracing::error!(
+                message = "Bytes appended to the audit log by someone else; set aside.",
+                error_code = "audit_torn_tail",
+                bytes = size - self.good_len
+            );
             let found = self.repair_foreign()?;
             self.settle(found, None, None, None, None)?;
         }
@@ -869,7 +877,6 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -883,7 +890,12 @@ mod tests {
             // newlines
             (1usize..4).prop_map(|n| vec![b'\n'; n]),
             // a prefix of a record
-            (1usize..300).prop_map(|n| br#"{"hash":"00","kind":"note","node":"n","prev_hash":"00","schema":"medic.audit/v1","seq":4}"#.iter().cycle().take(n).copied().collect()),
+            (1usize..300).prop_map(|n| br#"{"hash":"00","kind":"note","node":"n","prev_hash":"00","schema":"medic.audit/v1","seq":4}"#
+                .iter()
+                .cycle()
+                .take(n)
+                .copied()
+                .collect()),
             // anything
             proptest::collection::vec(any::<u8>(), 1..600),
         ];

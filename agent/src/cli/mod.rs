@@ -668,7 +668,13 @@ fn print_status(st: &serde_json::Value) {
     }
     if i["chain_broken"].is_object() {
         let b = &i["chain_broken"];
-        println!("audit:    CHAIN BROKEN after seq {} (recorded at seq {}, {}): {}", b["after_seq"], b["seq"], s(&b["ts"]), s(&b["reason"]));
+        println!(
+            "audit:    CHAIN BROKEN after seq {} (recorded at seq {}, {}): {}",
+            b["after_seq"],
+            b["seq"],
+            s(&b["ts"]),
+            s(&b["reason"])
+        );
     }
     let r = &st["replication"];
     if r.is_object() {

@@ -124,7 +124,14 @@ impl Tail {
         } else {
             None
         };
-        Ok(Self { dir: dir.to_path_buf(), path: seg.path.clone(), reader: std::io::BufReader::new(f), active, last: seq, partial: Vec::new() })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            path: seg.path.clone(),
+            reader: std::io::BufReader::new(f),
+            active,
+            last: seq,
+            partial: Vec::new(),
+        })
     }
 
     /// Whether the active segment read is still the file at `audit.log`.
