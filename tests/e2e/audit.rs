@@ -455,7 +455,7 @@ fn state_dir_and_files_are_private_whatever_the_umask() {
     std::fs::set_permissions(open.path(), PermissionsExt::from_mode(0o777)).unwrap();
     let lock = open.path().join("audit.lock");
     let mut holder = std::process::Command::new("setpriv")
-        .args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups", "flock", lock.to_str().unwrap(), "sleep", "60"])
+        .args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups", "flock", "-o", lock.to_str().unwrap(), "sleep", "20"])
         .spawn()
         .unwrap();
     assert!(crate::util::wait_until(10, || lock.exists()));
