@@ -45,8 +45,8 @@ printf "%-10s %-10s %-14s %-10s\n" "log" "records" "peak RSS" "start+stop"
 for mib in "${sizes[@]}"; do
   d="$work/s$mib"
   n=$(gen "$d" "$mib")
-  out=$( { /usr/bin/time -f "%M %e" ./target/release/medic run --once --state-dir "$d" >/dev/null 2>/dev/null; } 2>&1 | tail -1)
-  read -r kb secs <<<"$out"
+  /usr/bin/time -o "$work/time" -f "%M %e" ./target/release/medic run --once --state-dir "$d" >/dev/null 2>&1
+  read -r kb secs <"$work/time"
   ./target/release/medic audit verify --state-dir "$d" >/dev/null || { echo "verify failed for $mib MiB"; exit 1; }
   printf "%-10s %-10s %-14s %-10s\n" "${mib} MiB" "$n" "$(awk -v k="$kb" 'BEGIN{printf "%.1f MiB", k/1024}')" "${secs} s"
   rm -rf "$d"
