@@ -506,7 +506,15 @@ fn kill_9_at_random_moments_never_stops_the_log_from_opening() {
         let start = medic::audit::anchor::read(&state).map_or(0, |a| a.seq);
         assert!(crate::util::wait_until(60, || medic::audit::anchor::read(&state).is_ok_and(|a| a.seq > start + 1)));
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        std::thread::sleep(std::time::Duration::from_millis(5 + (seed >> 33) % 150));
+        if seed >> 63 == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(5 + (seed >> 33) % 150));
+        } else {
+            // As soon as the file grows: most likely in the middle of a record's write.
+            let len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+            let (log, t) = (state.join("audit.log"), std::time::Instant::now());
+            let l0 = len(&log);
+            while len(&log) == l0 && t.elapsed() < std::time::Duration::from_secs(10) {}
+        }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         let (log, t) = AuditLog::open_with(&state, "n", &kill9_cfg(), &mut |_| {}).expect("the log opens after kill -9");
