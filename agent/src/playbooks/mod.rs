@@ -92,7 +92,8 @@ const WINDOW_FNS: &[(&str, usize)] = &[("avg", 2), ("min", 2), ("max", 2), ("rat
 /// Why an evaluation failed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EvalError {
-    /// Stable code: `limit_exceeded` or `runtime_error`.
+    /// Stable code: `deadline` (past `limits.deadline_ms`), `limit_exceeded` (another limit of
+    /// the engine) or `runtime_error` (the script failed, or a call it made refused).
     pub code: &'static str,
     pub message: String,
 }
@@ -105,6 +106,21 @@ impl fmt::Display for EvalError {
 
 /// Words rhai treats as functions without registering them.
 const KEYWORD_FNS: &[&str] = &["print", "debug", "type_of", "Fn", "call", "curry", "is_def_var", "is_def_fn", "is_shared", "this"];
+
+/// Calls refused at load whatever their arguments, and why. `Fn`, `call` and `curry` build or
+/// call functions from values, which the manifest check cannot follow; `sleep` and `timestamp`
+/// are not in the engine (see `engine`) but are common enough to deserve a clear word.
+const REFUSED_FNS: &[(&str, &str)] = &[
+    ("Fn", "function pointers built from names are not available to playbooks: call the function by its name"),
+    ("call", "calling function pointers is not available to playbooks: call the function by its name"),
+    ("curry", "function pointers are not available to playbooks (closures `|x| ...` are)"),
+    ("sleep", "playbooks cannot wait: an evaluation runs under a deadline (playbooks.limits.deadline_ms)"),
+    ("timestamp", "the engine has no clock: use node.now(), the time of the snapshot"),
+];
+
+/// rhai's array methods that take a function: a string argument names the function, which the
+/// manifest check cannot follow (refused at run time too, see `api`).
+const FN_TAKING_METHODS: &[&str] = &["map", "filter", "some", "all", "dedup", "reduce", "reduce_rev", "sort", "drain", "retain"];
 
 /// The engine plus what the static checks need to know about it.
 pub struct Runtime {
@@ -132,6 +148,11 @@ fn meta_pos(source: &str) -> (usize, usize) {
         }
     }
     (1, 1)
+}
+
+/// A stop by the deadline check of the engine's progress callback.
+fn is_deadline(e: &EvalAltResult) -> bool {
+    matches!(e, EvalAltResult::ErrorTerminated(v, _) if v.read_lock::<rhai::ImmutableString>().is_some_and(|s| s.as_str() == engine::DEADLINE_TOKEN))
 }
 
 fn is_limit(e: &EvalAltResult) -> bool {
@@ -164,7 +185,7 @@ impl Runtime {
     /// function called exists, every action asked for is in the manifest, no literal window
     /// reaches further back than the history.
     pub fn compile(&self, file: &str, source: &str) -> Result<Playbook, PlaybookError> {
-        let ast = self.engine.compile(source).map_err(|e| err_at(file, e.1, e.0.to_string()))?;
+        let mut ast = self.engine.compile(source).map_err(|e| err_at(file, e.1, e.0.to_string()))?;
         let (ml, mc) = meta_pos(source);
         let meta_err = |reason: String| PlaybookError { file: file.to_string(), line: ml, col: mc, reason };
         let meta_value = ast
@@ -181,6 +202,8 @@ impl Runtime {
         }
         self.check_calls(file, &ast, &meta)?;
         let reads = key_patterns(&ast);
+        // `debug` lines name their playbook.
+        ast.set_source(meta.name.as_str());
         Ok(Playbook { meta, file: file.to_string(), sha256: hex::encode(Sha256::digest(source.as_bytes())), ast: Arc::new(ast), reads })
     }
 
@@ -215,6 +238,18 @@ impl Runtime {
         let mut found: Option<PlaybookError> = None;
         ast.walk(&mut |path: &[ASTNode]| {
             let (call, pos, method) = match path.last() {
+                // `Fn("name")` with a literal name, folded by the optimizer into a constant.
+                Some(ASTNode::Expr(Expr::DynamicConstant(v, pos))) => {
+                    if let Some(f) = v.read_lock::<rhai::FnPtr>().filter(|f| !f.is_anonymous()) {
+                        found = Some(err_at(
+                            file,
+                            *pos,
+                            format!("`Fn({:?})`: function pointers built from names are not available to playbooks: call the function by its name", f.fn_name()),
+                        ));
+                        return false;
+                    }
+                    return true;
+                }
                 Some(ASTNode::Expr(Expr::FnCall(x, pos))) => (x, *pos, false),
                 Some(ASTNode::Expr(Expr::MethodCall(x, pos))) => (x, *pos, true),
                 // A call used as a statement is a statement node of its own.
@@ -231,6 +266,27 @@ impl Runtime {
             let name = call.name.as_str();
             if !call.namespace.is_empty() {
                 found = Some(err_at(file, pos, format!("`{}::{name}`: modules are not available to playbooks", call.namespace)));
+                return false;
+            }
+            if let Some((_, why)) = REFUSED_FNS.iter().find(|(n, _)| *n == name) {
+                // A closure that captures variables is built as `curry(<anonymous fn>, vars...)`.
+                let closure = name == "curry"
+                    && !method
+                    && matches!(call.args.first(), Some(Expr::DynamicConstant(v, _)) if v.read_lock::<rhai::FnPtr>().is_some_and(|f| f.is_anonymous()));
+                if !closure {
+                    found = Some(err_at(file, pos, format!("`{name}`: {why}")));
+                    return false;
+                }
+            }
+            if method
+                && FN_TAKING_METHODS.contains(&name)
+                && call.args.iter().any(|a| matches!(a, Expr::StringConstant(..) | Expr::InterpolatedString(..)))
+            {
+                found = Some(err_at(
+                    file,
+                    pos,
+                    format!("`{name}` with a function name: pass a closure (`|x| ...`) instead; playbooks cannot call functions named by strings"),
+                ));
                 return false;
             }
             if !self.known_fns.contains(name) && !script_fns.contains(name) {
@@ -270,15 +326,34 @@ impl Runtime {
         state: &State,
     ) -> Result<Vec<ActionRequest>, EvalError> {
         history.note_reads(&pb.reads, snap.ts_ms);
-        let node = Node::new(snap, history, self.limits.max_requests);
+        let allowed = pb.meta.actions.iter().map(|c| c.kind).collect();
+        let node = Node::new(snap, history, &self.limits, allowed);
         let before = state.snapshot();
         let options = CallFnOptions::new().eval_ast(true).rewind_scope(true).with_tag(node.clone());
         let mut scope = rhai::Scope::new();
-        let result = self.engine.call_fn_with_options::<Dynamic>(options, &mut scope, &pb.ast, "evaluate", (node.clone(), state.clone()));
+        let started = std::time::Instant::now();
+        let result = {
+            let _eval = engine::Evaluation::begin(&pb.meta.name, &self.limits);
+            self.engine.call_fn_with_options::<Dynamic>(options, &mut scope, &pb.ast, "evaluate", (node.clone(), state.clone()))
+        };
+        // The node holds the snapshot and the history: nothing of this evaluation keeps it.
+        let mut ctx = node.ctx.lock().unwrap_or_else(|e| e.into_inner());
+        let requests = std::mem::take(&mut ctx.requests);
+        drop(ctx);
         match result {
-            Ok(_) => {
-                let mut ctx = node.ctx.lock().unwrap_or_else(|e| e.into_inner());
-                Ok(std::mem::take(&mut ctx.requests))
+            Ok(_) => Ok(requests),
+            Err(e) if is_deadline(&e) => {
+                state.restore(before);
+                let (line, col) = pos_of(e.position());
+                Err(EvalError {
+                    code: "deadline",
+                    message: format!(
+                        "{}:{line}:{col}: evaluation stopped after {} ms, past its deadline (playbooks.limits.deadline_ms = {})",
+                        pb.file,
+                        started.elapsed().as_millis(),
+                        self.limits.deadline_ms
+                    ),
+                })
             }
             Err(e) => {
                 state.restore(before);
@@ -328,27 +403,87 @@ fn key_patterns(ast: &AST) -> Vec<String> {
 /// A file that was found and what became of it.
 pub type Loaded = Vec<Result<Playbook, PlaybookError>>;
 
+/// The largest playbook (or case file) read, in bytes: the bundled ones are under 4 KiB.
+pub const MAX_SOURCE_BYTES: u64 = 1024 * 1024;
+
+/// What a directory entry is when it is not a regular file.
+fn kind_of(ft: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_dir() {
+        "a directory"
+    } else if ft.is_symlink() {
+        "a symbolic link"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_block_device() || ft.is_char_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Reads a playbook or case file without ever blocking on it or following a link: opened with
+/// `O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY`, checked with `fstat` to be a regular file
+/// (so a FIFO is never read and a file swapped after a directory listing is judged by what was
+/// opened), and read up to [`MAX_SOURCE_BYTES`]. The error says why, for `file:1:1: <why>`.
+pub fn read_source(path: &Path) -> Result<String, String> {
+    use rustix::fs::{Mode, OFlags};
+    use std::io::Read;
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
+    let fd = rustix::fs::open(path, flags, Mode::empty()).map_err(|e| match e {
+        rustix::io::Errno::LOOP => "a symbolic link: playbooks must be regular files (copy the file instead)".to_string(),
+        e => std::io::Error::from(e).to_string(),
+    })?;
+    let file = std::fs::File::from(fd);
+    let md = file.metadata().map_err(|e| e.to_string())?;
+    if !md.is_file() {
+        return Err(format!("{}: playbooks must be regular files", kind_of(&md.file_type())));
+    }
+    let too_big = || format!("larger than {MAX_SOURCE_BYTES} bytes");
+    if md.len() > MAX_SOURCE_BYTES {
+        return Err(too_big());
+    }
+    let mut buf = Vec::new();
+    file.take(MAX_SOURCE_BYTES + 1).read_to_end(&mut buf).map_err(|e| e.to_string())?;
+    if buf.len() as u64 > MAX_SOURCE_BYTES {
+        return Err(too_big());
+    }
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// One file of the playbooks directory: its source, or why it could not be read.
+fn read_entry(path: &Path, ft: Option<std::fs::FileType>) -> Result<String, String> {
+    match ft {
+        // Never opened: a directory, a link (dangling or not), a FIFO, a device.
+        Some(ft) if !ft.is_file() => Err(format!("{}: playbooks must be regular files", kind_of(&ft))),
+        _ => read_source(path),
+    }
+}
+
 /// Compiles every `*.rhai` file in `dir` (sorted by name), or the bundled set when `dir` is
-/// `None`. Duplicate names are rejected (the first file keeps the name).
+/// `None`. Duplicate names are rejected (the first file keeps the name). An entry that cannot be
+/// read (not a regular file, too large, unreadable) is that entry's error at `1:1`; the others
+/// load. Only a directory that cannot be listed is an error of the whole load.
 pub fn load(rt: &Runtime, dir: Option<&Path>) -> Result<Loaded, std::io::Error> {
-    let sources: Vec<(String, String)> = match dir {
-        None => bundled::PLAYBOOKS.iter().map(|(f, s, _)| (format!("bundled:{f}"), s.to_string())).collect(),
+    let sources: Vec<(String, Result<String, String>)> = match dir {
+        None => bundled::PLAYBOOKS.iter().map(|(f, s, _)| (format!("bundled:{f}"), Ok(s.to_string()))).collect(),
         Some(dir) => {
-            let mut files: Vec<_> =
-                std::fs::read_dir(dir)?.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "rhai")).collect();
-            files.sort();
-            let mut v = Vec::new();
-            for f in files {
-                let text = std::fs::read(&f)?;
-                v.push((f.display().to_string(), String::from_utf8_lossy(&text).into_owned()));
-            }
-            v
+            let mut files: Vec<_> = std::fs::read_dir(dir)?
+                .flatten()
+                .map(|e| (e.path(), e.file_type().ok()))
+                .filter(|(p, _)| p.extension().is_some_and(|e| e == "rhai"))
+                .collect();
+            files.sort_by(|a, b| a.0.cmp(&b.0));
+            files.into_iter().map(|(f, ft)| (f.display().to_string(), read_entry(&f, ft))).collect()
         }
     };
     let mut names = HashSet::new();
     Ok(sources
         .into_iter()
         .map(|(file, src)| {
+            let src = src.map_err(|reason| PlaybookError { file: file.clone(), line: 1, col: 1, reason })?;
             let pb = rt.compile(&file, &src)?;
             if !names.insert(pb.meta.name.clone()) {
                 let (line, col) = meta_pos(&src);
