@@ -498,3 +498,247 @@ pub fn load(rt: &Runtime, dir: Option<&Path>) -> Result<Loaded, std::io::Error> 
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signals::Snapshot;
+
+    const NOTIFY_META: &str = "const META = #{ name: \"t\", description: \"t\", interval: \"1s\", actions: [#{ kind: \"notify\", target: \"*\" }], rate_limit: #{ max: 9, per: \"1h\" }, cooldown: \"0s\" };\n";
+
+    fn pb(rt: &Runtime, body: &str) -> Result<Playbook, PlaybookError> {
+        rt.compile("t.rhai", &format!("{NOTIFY_META}{body}"))
+    }
+
+    fn eval(rt: &Runtime, p: &Playbook, state: &State) -> (Result<Vec<ActionRequest>, EvalError>, Arc<History>) {
+        let history = Arc::new(History::new(600_000, 1000, 100));
+        let snap = Arc::new(Snapshot { ts_ms: 1_700_000_000_000, ..Default::default() });
+        (rt.evaluate(p, snap, history.clone(), state), history)
+    }
+
+    #[test]
+    fn dynamic_calls_are_refused_at_load_with_their_position() {
+        let rt = Runtime::new(Default::default());
+        let cases = [
+            ("let f = Fn(\"restart_unit\"); f.call(\"x.service\", \"r\");", "`Fn(\"restart_unit\")`"),
+            ("let n = \"restart\" + \"_unit\"; let f = Fn(n);", "`Fn`: function pointers"),
+            ("call(Fn(\"notify\"), \"x\");", "function pointers"),
+            ("let f = |x| x; f.call(1);", "`call`"),
+            ("let f = |x| x; let g = f.curry(1);", "`curry`"),
+            ("[\"x\"].map(\"notify\");", "`map` with a function name"),
+            ("[\"x\"].filter(`notify`);", "`filter` with a function name"),
+            ("sleep(3600);", "`sleep`: playbooks cannot wait"),
+            ("sleep(1e20);", "`sleep`"),
+            ("let t = timestamp();", "`timestamp`: the engine has no clock"),
+        ];
+        for (body, want) in cases {
+            let e = pb(&rt, &format!("fn evaluate(node, state) {{\n    {body}\n}}\n")).expect_err(body);
+            assert!(e.to_string().starts_with("t.rhai:3:") && e.reason.contains(want), "{body}: {e}");
+        }
+        // Closures, capturing or not, stay available (the bundled playbooks sort with one).
+        let ok = "fn evaluate(node, state) { let k = 2; let a = [3, 1, 2]; a.sort(|x, y| x - y); let b = a.map(|x| x * k); }";
+        pb(&rt, ok).unwrap();
+    }
+
+    #[test]
+    fn a_function_named_at_run_time_cannot_reach_outside_the_manifest() {
+        let rt = Runtime::new(Default::default());
+        let state = State::default();
+        // A restart_unit-only manifest; `notify` named by a computed string.
+        let src = "const META = #{ name: \"r\", description: \"r\", interval: \"1s\", actions: [#{ kind: \"restart_unit\", target: \"app.service\" }], rate_limit: #{ max: 9, per: \"1h\" }, cooldown: \"0s\" };\nfn evaluate(node, state) { let n = \"not\" + \"ify\"; [\"x\"].map(n); }\n";
+        let p = rt.compile("r.rhai", src).unwrap();
+        let e = eval(&rt, &p, &state).0.unwrap_err();
+        assert_eq!(e.code, "runtime_error");
+        assert!(e.message.contains("`map` with a function name"), "{e}");
+        // `index_of` with a string searches for it as a value, and calls nothing.
+        let p = pb(&rt, "fn evaluate(node, state) { let i = [\"a\", \"notify\"].index_of(\"notify\"); if i != 1 { throw i; } }").unwrap();
+        assert_eq!(eval(&rt, &p, &state).0.unwrap(), vec![]);
+    }
+
+    #[test]
+    fn a_spinning_playbook_stops_at_its_deadline() {
+        let limits = engine::Limits { max_operations: u64::MAX, deadline_ms: 100, ..Default::default() };
+        let rt = Runtime::new(limits);
+        let p = pb(&rt, "fn evaluate(node, state) { let x = 0; loop { x += 1; } }").unwrap();
+        let t = std::time::Instant::now();
+        let e = eval(&rt, &p, &State::default()).0.unwrap_err();
+        assert!(t.elapsed() < std::time::Duration::from_secs(2), "{:?}", t.elapsed());
+        assert_eq!(e.code, "deadline");
+        assert!(e.message.starts_with("t.rhai:") && e.message.contains("deadline_ms = 100"), "{e}");
+        // The next evaluation has a deadline of its own.
+        let p = pb(&rt, "fn evaluate(node, state) { notify(\"x\"); }").unwrap();
+        assert_eq!(eval(&rt, &p, &State::default()).0.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn print_is_bounded_and_does_not_fail_the_playbook() {
+        let rt = Runtime::new(Default::default());
+        let p = pb(&rt, "fn evaluate(node, state) { let s = \"\"; s.pad(60000, 'x'); for i in 0..100 { print(s); debug(s); } notify(\"done\"); }").unwrap();
+        assert_eq!(eval(&rt, &p, &State::default()).0.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn state_keeps_plain_data_only_and_never_the_node() {
+        let rt = Runtime::new(Default::default());
+        for (what, v) in [("node", "node"), ("a list", "node.processes()"), ("state", "state"), ("a nested node", "[1, #{ n: node }]"), ("a closure", "|x| x")] {
+            let state = State::default();
+            let p = pb(&rt, &format!("fn evaluate(node, state) {{ state.set(\"k\", {v}); }}")).unwrap();
+            for _ in 0..20 {
+                let (r, history) = eval(&rt, &p, &state);
+                let e = r.unwrap_err();
+                assert!(e.message.contains("cannot be kept in state"), "{what}: {e}");
+                // Nothing of the evaluation holds the history any more.
+                assert_eq!(Arc::strong_count(&history), 1, "{what}");
+            }
+            assert!(state.is_empty(), "{what}");
+        }
+        let state = State::default();
+        let p = pb(&rt, "fn evaluate(node, state) { state.set(\"k\", #{ a: [1, 2.5, \"s\", true, ()], b: #{ c: 'x' } }); }").unwrap();
+        eval(&rt, &p, &state).0.unwrap();
+        assert_eq!(state.len(), 1);
+    }
+
+    #[test]
+    fn state_is_bounded_in_bytes() {
+        let rt = Runtime::new(engine::Limits { max_state_bytes: 4096, ..Default::default() });
+        let state = State::default();
+        let p = pb(&rt, "fn evaluate(node, state) { let s = \"\"; s.pad(1000, 'x'); for i in 0..10 { state.set(`k${i}`, s); } }").unwrap();
+        let e = eval(&rt, &p, &state).0.unwrap_err();
+        assert!(e.message.contains("over playbooks.limits.max_state_bytes (4096)"), "{e}");
+        assert!(state.is_empty(), "a failed evaluation's changes are rolled back");
+        // Replacing and removing keys gives the room back.
+        let p = pb(&rt, "fn evaluate(node, state) { let s = \"\"; s.pad(1000, 'x'); for i in 0..50 { state.set(\"k\", s); state.set(\"j\", s); state.remove(\"j\"); } }").unwrap();
+        eval(&rt, &p, &state).0.unwrap();
+        assert!(state.bytes() > 1000 && state.bytes() < 1100, "{}", state.bytes());
+    }
+
+    #[test]
+    fn a_request_carries_bounded_reads_and_reason() {
+        let rt = Runtime::new(Default::default());
+        let body = "fn evaluate(node, state) { let s = \"\"; s.pad(60000, 'k'); for i in 0..100 { node.value(`${i}${s}`); } let r = \"\"; r.pad(60000, 'r'); notify(r, #{ big: s }); }";
+        let p = pb(&rt, body).unwrap();
+        let reqs = eval(&rt, &p, &State::default()).0.unwrap();
+        let req = &reqs[0];
+        let signals = serde_json::to_string(&req.signals).unwrap();
+        assert!(signals.len() <= api::MAX_SIGNALS_BYTES, "{}", signals.len());
+        // 100 reads: the ones that did not fit are counted, not dropped silently.
+        let kept = req.signals.len() - 1;
+        assert_eq!(req.signals[api::OMITTED_READS], serde_json::json!(100 - kept));
+        assert!(req.signals.keys().filter(|k| *k != api::OMITTED_READS).all(|k| k.len() <= api::MAX_VALUE_BYTES && k.ends_with(crate::signals::parse::TRUNCATED)));
+        assert!(req.reason.len() <= api::MAX_VALUE_BYTES && req.reason.ends_with(crate::signals::parse::TRUNCATED));
+        assert!(req.target.len() <= api::MAX_VALUE_BYTES);
+        assert!(serde_json::to_string(&req.params).unwrap().len() <= api::MAX_DETAILS_BYTES + 64);
+    }
+
+    #[test]
+    fn a_bad_entry_rejects_that_entry_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = format!("{NOTIFY_META}fn evaluate(node, state) {{ notify(\"x\"); }}\n");
+        std::fs::write(dir.path().join("good.rhai"), &good).unwrap();
+        std::fs::create_dir(dir.path().join("a_dir.rhai")).unwrap();
+        std::os::unix::fs::symlink("/nonexistent", dir.path().join("b_dangling.rhai")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("good.rhai"), dir.path().join("c_link.rhai")).unwrap();
+        rustix::fs::mknodat(rustix::fs::CWD, dir.path().join("d_fifo.rhai"), rustix::fs::FileType::Fifo, rustix::fs::Mode::from(0o644), 0)
+            .unwrap();
+        std::fs::write(dir.path().join("e_big.rhai"), vec![b' '; MAX_SOURCE_BYTES as usize + 1]).unwrap();
+        let loaded = load(&Runtime::new(Default::default()), Some(dir.path())).unwrap();
+        let errs: Vec<String> = loaded.iter().filter_map(|r| r.as_ref().err()).map(|e| e.to_string()).collect();
+        assert_eq!(loaded.len(), 6);
+        assert_eq!(loaded.iter().filter(|r| r.is_ok()).count(), 1, "{errs:?}");
+        for (file, why) in [
+            ("a_dir.rhai", "a directory"),
+            ("b_dangling.rhai", "a symbolic link"),
+            ("c_link.rhai", "a symbolic link"),
+            ("d_fifo.rhai", "a FIFO"),
+            ("e_big.rhai", "larger than"),
+        ] {
+            let want = format!("{}:1:1: {why}", dir.path().join(file).display());
+            assert!(errs.iter().any(|e| e.starts_with(&want)), "{want} in {errs:?}");
+        }
+        // The same reader refuses a FIFO named directly, without blocking on it.
+        assert!(read_source(&dir.path().join("d_fifo.rhai")).unwrap_err().contains("a FIFO"));
+    }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn rhai_text() -> impl Strategy<Value = String> {
+            let token = prop_oneof![
+                Just(NOTIFY_META.to_string()),
+                Just("fn evaluate(node, state) {".to_string()),
+                Just("}".to_string()),
+                Just("notify(\"x\");".to_string()),
+                Just("restart_unit(\"a\", \"b\");".to_string()),
+                Just("Fn(\"notify\")".to_string()),
+                Just("|x| x".to_string()),
+                Just("loop { }".to_string()),
+                Just("let x = ".to_string()),
+                Just("node.value(\"k\")".to_string()),
+                Just("state.set(\"k\", node);".to_string()),
+                Just("import \"x\" as y;".to_string()),
+                "[ -~]{0,12}",
+                any::<char>().prop_map(|c| c.to_string()),
+            ];
+            proptest::collection::vec(token, 0..24).prop_map(|v| v.join(" "))
+        }
+
+        #[derive(Debug, Clone)]
+        enum Entry {
+            File(String),
+            Dir,
+            Dangling,
+            Fifo,
+            LinkToFirst,
+        }
+
+        fn entry() -> impl Strategy<Value = Entry> {
+            prop_oneof![
+                4 => rhai_text().prop_map(Entry::File),
+                1 => Just(Entry::Dir),
+                1 => Just(Entry::Dangling),
+                1 => Just(Entry::Fifo),
+                1 => Just(Entry::LinkToFirst),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Any text compiles or fails with file:line:col, never panics.
+            #[test]
+            fn compile_never_panics(src in rhai_text()) {
+                let rt = Runtime::new(Default::default());
+                if let Err(e) = rt.compile("p.rhai", &src) {
+                    prop_assert!(e.line >= 1 && e.col >= 1);
+                }
+            }
+
+            /// Any directory yields exactly one result per `*.rhai` entry, in name order.
+            #[test]
+            fn load_yields_one_result_per_entry(entries in proptest::collection::vec(entry(), 0..6)) {
+                let dir = tempfile::tempdir().unwrap();
+                let d = dir.path();
+                for (i, e) in entries.iter().enumerate() {
+                    let p = d.join(format!("{i:02}.rhai"));
+                    match e {
+                        Entry::File(s) => std::fs::write(&p, s).unwrap(),
+                        Entry::Dir => std::fs::create_dir(&p).unwrap(),
+                        Entry::Dangling => std::os::unix::fs::symlink(d.join("missing"), &p).unwrap(),
+                        Entry::Fifo => rustix::fs::mknodat(rustix::fs::CWD, &p, rustix::fs::FileType::Fifo, rustix::fs::Mode::from(0o600), 0).unwrap(),
+                        Entry::LinkToFirst => std::os::unix::fs::symlink(d.join("00.rhai"), &p).unwrap(),
+                    }
+                }
+                let loaded = load(&Runtime::new(Default::default()), Some(d)).unwrap();
+                prop_assert_eq!(loaded.len(), entries.len());
+                for (i, r) in loaded.iter().enumerate() {
+                    let file = match r { Ok(p) => p.file.clone(), Err(e) => e.file.clone() };
+                    prop_assert_eq!(file, d.join(format!("{i:02}.rhai")).display().to_string());
+                    if !matches!(entries[i], Entry::File(_)) {
+                        prop_assert!(r.is_err());
+                    }
+                }
+            }
+        }
+    }
+}
