@@ -125,7 +125,8 @@ impl State {
     /// Keeps a plain copy of `v` under `k`, within the key and byte bounds.
     fn set(&self, k: &str, v: &Dynamic, max_bytes: usize) -> RhaiResult<()> {
         let mut size = 0;
-        let v = plain(v, 0, &mut size).map_err(|why| err(format!("state.set({:?}, ...): {why}", crate::signals::parse::bounded(k.to_string(), 64))))?;
+        let v = plain(v, 0, &mut size)
+            .map_err(|why| err(format!("state.set({:?}, ...): {why}", crate::signals::parse::bounded(k.to_string(), 64))))?;
         let mut m = self.mem();
         let old = m.map.get(k).map(|o| entry_bytes(k, o));
         if old.is_none() && m.map.len() >= MAX_STATE_KEYS {
@@ -399,7 +400,8 @@ fn dyn_to_json(d: &Dynamic) -> Value {
 
 /// The state bound of the evaluation running (the default outside one).
 fn max_state_bytes(ctx: &NativeCallContext) -> usize {
-    node_of(ctx).map_or(super::engine::Limits::default().max_state_bytes, |n| n.ctx.lock().unwrap_or_else(|e| e.into_inner()).max_state_bytes)
+    node_of(ctx)
+        .map_or(super::engine::Limits::default().max_state_bytes, |n| n.ctx.lock().unwrap_or_else(|e| e.into_inner()).max_state_bytes)
 }
 
 /// Registers the `Node` and `State` types and the action functions.
@@ -609,7 +611,9 @@ pub fn register(e: &mut Engine) {
 /// named function fail with a clear error, `index_of` searches for the string as a value.
 fn refuse_named_functions(e: &mut Engine) {
     fn named(method: &str) -> Box<EvalAltResult> {
-        err(format!("`{method}` with a function name: pass a closure (`|x| ...`) instead; playbooks cannot call functions named by strings"))
+        err(format!(
+            "`{method}` with a function name: pass a closure (`|x| ...`) instead; playbooks cannot call functions named by strings"
+        ))
     }
     macro_rules! refuse {
         ($($name:literal),*) => {$(

@@ -150,7 +150,7 @@ impl Drop for Evaluation {
     }
 }
 
-/// `Some(why)` when the evaluation on this thread is past its deadline.
+/// True when the evaluation on this thread is past its deadline.
 fn past_deadline() -> bool {
     CURRENT.with(|c| c.borrow().as_ref().is_some_and(|c| Instant::now() >= c.deadline))
 }
@@ -168,7 +168,8 @@ fn log_line(kind: &'static str, text: &str) {
         Some(c.playbook.clone())
     });
     let Some(playbook) = who else { return };
-    let text = if text.len() > PRINT_LINE_BYTES { crate::signals::parse::cut_marked(text.to_string(), PRINT_LINE_BYTES) } else { text.into() };
+    let text =
+        if text.len() > PRINT_LINE_BYTES { crate::signals::parse::cut_marked(text.to_string(), PRINT_LINE_BYTES) } else { text.into() };
     tracing::info!(message = "Playbook print.", playbook = %playbook, kind, text = %text);
 }
 

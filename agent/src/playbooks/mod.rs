@@ -506,6 +506,12 @@ mod tests {
 
     const NOTIFY_META: &str = "const META = #{ name: \"t\", description: \"t\", interval: \"1s\", actions: [#{ kind: \"notify\", target: \"*\" }], rate_limit: #{ max: 9, per: \"1h\" }, cooldown: \"0s\" };\n";
 
+    /// A runtime whose deadline is far: these tests run in debug builds beside others, and
+    /// only `a_spinning_playbook_stops_at_its_deadline` is about the deadline.
+    fn runtime(limits: engine::Limits) -> Runtime {
+        Runtime::new(engine::Limits { deadline_ms: 60_000, ..limits })
+    }
+
     fn pb(rt: &Runtime, body: &str) -> Result<Playbook, PlaybookError> {
         rt.compile("t.rhai", &format!("{NOTIFY_META}{body}"))
     }
@@ -518,7 +524,7 @@ mod tests {
 
     #[test]
     fn dynamic_calls_are_refused_at_load_with_their_position() {
-        let rt = Runtime::new(Default::default());
+        let rt = runtime(Default::default());
         let cases = [
             ("let f = Fn(\"restart_unit\"); f.call(\"x.service\", \"r\");", "`Fn(\"restart_unit\")`"),
             ("let n = \"restart\" + \"_unit\"; let f = Fn(n);", "`Fn`: function pointers"),
@@ -542,7 +548,7 @@ mod tests {
 
     #[test]
     fn a_function_named_at_run_time_cannot_reach_outside_the_manifest() {
-        let rt = Runtime::new(Default::default());
+        let rt = runtime(Default::default());
         let state = State::default();
         // A restart_unit-only manifest; `notify` named by a computed string.
         let src = "const META = #{ name: \"r\", description: \"r\", interval: \"1s\", actions: [#{ kind: \"restart_unit\", target: \"app.service\" }], rate_limit: #{ max: 9, per: \"1h\" }, cooldown: \"0s\" };\nfn evaluate(node, state) { let n = \"not\" + \"ify\"; [\"x\"].map(n); }\n";
@@ -572,15 +578,25 @@ mod tests {
 
     #[test]
     fn print_is_bounded_and_does_not_fail_the_playbook() {
-        let rt = Runtime::new(Default::default());
-        let p = pb(&rt, "fn evaluate(node, state) { let s = \"\"; s.pad(60000, 'x'); for i in 0..100 { print(s); debug(s); } notify(\"done\"); }").unwrap();
+        let rt = runtime(Default::default());
+        let p = pb(
+            &rt,
+            "fn evaluate(node, state) { let s = \"\"; s.pad(60000, 'x'); for i in 0..100 { print(s); debug(s); } notify(\"done\"); }",
+        )
+        .unwrap();
         assert_eq!(eval(&rt, &p, &State::default()).0.unwrap().len(), 1);
     }
 
     #[test]
     fn state_keeps_plain_data_only_and_never_the_node() {
-        let rt = Runtime::new(Default::default());
-        for (what, v) in [("node", "node"), ("a list", "node.processes()"), ("state", "state"), ("a nested node", "[1, #{ n: node }]"), ("a closure", "|x| x")] {
+        let rt = runtime(Default::default());
+        for (what, v) in [
+            ("node", "node"),
+            ("a list", "node.processes()"),
+            ("state", "state"),
+            ("a nested node", "[1, #{ n: node }]"),
+            ("a closure", "|x| x"),
+        ] {
             let state = State::default();
             let p = pb(&rt, &format!("fn evaluate(node, state) {{ state.set(\"k\", {v}); }}")).unwrap();
             for _ in 0..20 {
@@ -600,7 +616,7 @@ mod tests {
 
     #[test]
     fn state_is_bounded_in_bytes() {
-        let rt = Runtime::new(engine::Limits { max_state_bytes: 4096, ..Default::default() });
+        let rt = runtime(engine::Limits { max_state_bytes: 4096, ..Default::default() });
         let state = State::default();
         let p = pb(&rt, "fn evaluate(node, state) { let s = \"\"; s.pad(1000, 'x'); for i in 0..10 { state.set(`k${i}`, s); } }").unwrap();
         let e = eval(&rt, &p, &state).0.unwrap_err();
@@ -614,7 +630,7 @@ mod tests {
 
     #[test]
     fn a_request_carries_bounded_reads_and_reason() {
-        let rt = Runtime::new(Default::default());
+        let rt = runtime(Default::default());
         let body = "fn evaluate(node, state) { let s = \"\"; s.pad(60000, 'k'); for i in 0..100 { node.value(`${i}${s}`); } let r = \"\"; r.pad(60000, 'r'); notify(r, #{ big: s }); }";
         let p = pb(&rt, body).unwrap();
         let reqs = eval(&rt, &p, &State::default()).0.unwrap();
@@ -624,7 +640,11 @@ mod tests {
         // 100 reads: the ones that did not fit are counted, not dropped silently.
         let kept = req.signals.len() - 1;
         assert_eq!(req.signals[api::OMITTED_READS], serde_json::json!(100 - kept));
-        assert!(req.signals.keys().filter(|k| *k != api::OMITTED_READS).all(|k| k.len() <= api::MAX_VALUE_BYTES && k.ends_with(crate::signals::parse::TRUNCATED)));
+        assert!(req
+            .signals
+            .keys()
+            .filter(|k| *k != api::OMITTED_READS)
+            .all(|k| k.len() <= api::MAX_VALUE_BYTES && k.ends_with(crate::signals::parse::TRUNCATED)));
         assert!(req.reason.len() <= api::MAX_VALUE_BYTES && req.reason.ends_with(crate::signals::parse::TRUNCATED));
         assert!(req.target.len() <= api::MAX_VALUE_BYTES);
         assert!(serde_json::to_string(&req.params).unwrap().len() <= api::MAX_DETAILS_BYTES + 64);
@@ -641,7 +661,7 @@ mod tests {
         rustix::fs::mknodat(rustix::fs::CWD, dir.path().join("d_fifo.rhai"), rustix::fs::FileType::Fifo, rustix::fs::Mode::from(0o644), 0)
             .unwrap();
         std::fs::write(dir.path().join("e_big.rhai"), vec![b' '; MAX_SOURCE_BYTES as usize + 1]).unwrap();
-        let loaded = load(&Runtime::new(Default::default()), Some(dir.path())).unwrap();
+        let loaded = load(&runtime(Default::default()), Some(dir.path())).unwrap();
         let errs: Vec<String> = loaded.iter().filter_map(|r| r.as_ref().err()).map(|e| e.to_string()).collect();
         assert_eq!(loaded.len(), 6);
         assert_eq!(loaded.iter().filter(|r| r.is_ok()).count(), 1, "{errs:?}");
@@ -708,7 +728,7 @@ mod tests {
             /// Any text compiles or fails with file:line:col, never panics.
             #[test]
             fn compile_never_panics(src in rhai_text()) {
-                let rt = Runtime::new(Default::default());
+                let rt = runtime(Default::default());
                 if let Err(e) = rt.compile("p.rhai", &src) {
                     prop_assert!(e.line >= 1 && e.col >= 1);
                 }
@@ -729,7 +749,7 @@ mod tests {
                         Entry::LinkToFirst => std::os::unix::fs::symlink(d.join("00.rhai"), &p).unwrap(),
                     }
                 }
-                let loaded = load(&Runtime::new(Default::default()), Some(d)).unwrap();
+                let loaded = load(&runtime(Default::default()), Some(d)).unwrap();
                 prop_assert_eq!(loaded.len(), entries.len());
                 for (i, r) in loaded.iter().enumerate() {
                     let file = match r { Ok(p) => p.file.clone(), Err(e) => e.file.clone() };
