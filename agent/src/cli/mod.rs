@@ -435,7 +435,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut ok = true;
             for f in files {
                 let label = f.display().to_string();
-                match std::fs::read_to_string(&f) {
+                match playbooks::read_source(&f) {
                     Ok(src) => match rt.compile(&label, &src) {
                         Ok(pb) => println!("{label}: ok ({})", pb.meta.name),
                         Err(e) => {
@@ -779,9 +779,9 @@ fn test_sources(path: Option<&Path>) -> anyhow::Result<Vec<TestSource>> {
     files
         .into_iter()
         .map(|f| {
-            let src = std::fs::read_to_string(&f).with_context(|| f.display().to_string())?;
+            let src = playbooks::read_source(&f).map_err(|e| anyhow!("{}: {e}", f.display()))?;
             let t = f.with_extension("test.toml");
-            let tests = std::fs::read_to_string(&t).ok();
+            let tests = playbooks::read_source(&t).ok();
             Ok((f.display().to_string(), src, t.display().to_string(), tests))
         })
         .collect()

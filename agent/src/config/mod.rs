@@ -231,6 +231,9 @@ impl Config {
         if cfg.playbooks.limits.max_operations == 0 {
             return Err(at("max_operations", "playbooks.limits.max_operations: must be at least 1".into()));
         }
+        if let Err((key, reason)) = cfg.playbooks.limits.validate() {
+            return Err(at(key, reason));
+        }
         // Every value medic hands a playbook is bounded (command lines at 4 KiB), so that nothing
         // on the node can push a playbook over its string limit; the limit must leave room.
         let min_string = 2 * crate::signals::parse::MAX_CMDLINE;
