@@ -152,3 +152,79 @@ fn clean_files_does_not_cross_a_bind_mount_of_the_same_filesystem() {
     }
     assert!(outside.join("secret.log").exists() && outside.join("deeper/secret.log").exists());
 }
+
+fn playbook(name: &str, actions: &str, body: &str) -> String {
+    format!(
+        "const META = #{{ name: \"{name}\", description: \"test\", interval: \"1s\", actions: [{actions}],\n  rate_limit: #{{ max: 100, per: \"1h\" }}, cooldown: \"0s\" }};\nfn evaluate(node, state) {{\n{body}\n}}\n"
+    )
+}
+
+/// A live agent on `dir` with the given playbooks and config.
+fn live_agent(dir: &Path, pbs: &[(&str, String)], cfg: &str) -> (medic::daemon::Agent, PathBuf) {
+    let state = dir.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    medic::control::mode::ModeState {
+        mode: medic::gate::Mode::Live,
+        since_ms: 1,
+        actor: "test".into(),
+        reason: "test".into(),
+        expires_ms: None,
+        revert_to: None,
+    }
+    .save(&state)
+    .unwrap();
+    let pb = dir.join("pb");
+    std::fs::create_dir_all(&pb).unwrap();
+    for (f, src) in pbs {
+        std::fs::write(pb.join(f), src).unwrap();
+    }
+    let cfg = medic::config::Config::parse("test.toml", cfg).unwrap();
+    (medic::daemon::Agent::start(&cfg, Some(pb), state.clone()).unwrap(), state)
+}
+
+#[test]
+fn run_command_arg_glob_cannot_climb_out_with_dotdot_or_cross_slashes_or_become_an_option() {
+    let tmp = tempfile::tempdir().unwrap();
+    let app = tmp.path().join("log/app");
+    std::fs::create_dir_all(app.join("sub")).unwrap();
+    std::fs::write(app.join("ok.log"), "fine\n").unwrap();
+    std::fs::write(app.join("sub/deeper.log"), "DEEPER-CONTENT\n").unwrap();
+    std::fs::write(tmp.path().join("shadow"), "SECRET-CONTENT\n").unwrap();
+    let a = app.display();
+    let body = format!(
+        "run_command(\"/bin/cat\", [\"{a}/ok.log\"], \"allowed\");\n\
+         run_command(\"/bin/cat\", [\"{a}/../../shadow\"], \"climb\");\n\
+         run_command(\"/bin/cat\", [\"{a}/..\"], \"dotdot\");\n\
+         run_command(\"/bin/cat\", [\"{a}/sub/deeper.log\"], \"deeper\");\n\
+         run_command(\"/bin/cat\", [\"--version\"], \"option\");"
+    );
+    let pb = playbook("cat", "#{ kind: \"run_command\", target: \"/bin/cat\" }", &body);
+    let cfg = format!("[policy]\ncommands = [{{ path = \"/bin/cat\", args = [\"{a}/*\"], user = \"root\" }}]\n");
+    let (mut agent, state) = live_agent(tmp.path(), &[("c.rhai", pb)], &cfg);
+    agent.tick(medic::audit::now_ms()).unwrap();
+    agent.wait_actions(Duration::from_secs(20));
+    agent.stop("test").unwrap();
+    let recs = crate::util::audit_lines(&state);
+    let acts: Vec<&Value> = recs.iter().filter(|r| r["kind"] == "action").collect();
+    assert_eq!(acts.len(), 5);
+    for r in &acts {
+        let expect = if r["trigger"]["reason"] == "allowed" { "executed" } else { "denied" };
+        assert_eq!(r["decision"], expect, "{r}");
+    }
+    let log = std::fs::read_to_string(state.join("audit.log")).unwrap();
+    assert!(log.contains("fine\\n"), "the allowed file was read");
+    assert!(!log.contains("SECRET-CONTENT") && !log.contains("DEEPER-CONTENT"), "nothing outside the pattern was read");
+}
+
+#[test]
+fn run_command_executor_rechecks_arguments_whatever_the_gate_said() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("shadow"), "SECRET-CONTENT\n").unwrap();
+    let pattern = format!("{}/app/*", tmp.path().display());
+    let mut c = cx(&[]);
+    c.command = Some(medic::config::CommandRule { path: "/bin/cat".into(), args: vec![pattern], user: "root".into(), timeout_secs: 5 });
+    let arg = format!("{}/app/../shadow", tmp.path().display());
+    let out = execute(&request(ActionKind::RunCommand, "/bin/cat", json!({ "args": [arg] })), &c);
+    assert_eq!(out.error_code, Some("not_allowed"), "{out:?}");
+    assert!(!out.detail.to_string().contains("SECRET"));
+}

@@ -238,13 +238,11 @@ impl Gate {
     }
 
     /// The allowlist entry a `run_command` request matches (path equal, arguments matched one
-    /// to one against the entry's patterns).
+    /// to one against the entry's path-like patterns: see [`crate::actions::run_command::arg_matches`]).
     pub fn command_rule(&self, req: &ActionRequest) -> Option<&crate::config::CommandRule> {
         let args: Vec<&str> =
             req.params.get("args").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
-        self.policy.commands.iter().find(|c| {
-            c.path == Path::new(&req.target) && c.args.len() == args.len() && c.args.iter().zip(&args).all(|(pat, a)| glob_match(pat, a))
-        })
+        self.policy.commands.iter().find(|c| c.path == Path::new(&req.target) && crate::actions::run_command::args_match(&c.args, &args))
     }
 
     pub fn decide(&mut self, meta: &Meta, req: &ActionRequest, node_mode: Mode, now: i64) -> Verdict {
