@@ -228,3 +228,136 @@ fn run_command_executor_rechecks_arguments_whatever_the_gate_said() {
     assert_eq!(out.error_code, Some("not_allowed"), "{out:?}");
     assert!(!out.detail.to_string().contains("SECRET"));
 }
+
+/// A child process, killed and reaped on drop.
+struct Proc(std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A cgroup v2 directory of the test's (e.g. `ssh.service`), removed on drop once empty.
+struct Cgroup(PathBuf);
+
+impl Cgroup {
+    fn new(rel: &str) -> Self {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        let root = mounts
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+            })
+            .expect("a cgroup2 mount");
+        let dir = root.join(rel);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {} (cgroup v2): {e}", dir.display()));
+        Self(dir)
+    }
+
+    fn add(&self, pid: u32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        // The process was killed before: the directory empties soon; then its test-only parent.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() || !self.0.exists() {
+                if let Some(parent) = self.0.parent() {
+                    let _ = std::fs::remove_dir(parent);
+                }
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// The gate's policy verdict (and the executor's, for a process the gate let through).
+fn signal_verdict(pid: u32, name: &str) -> Option<(&'static str, String)> {
+    let gate = medic::gate::Gate::new(medic::config::PolicyConfig::default());
+    gate.policy_refuses(&request(ActionKind::SignalProcess, name, json!({ "pid": pid, "signal": "TERM" })))
+}
+
+fn spawn(cmd: &mut std::process::Command) -> Proc {
+    Proc(cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap())
+}
+
+/// Waits until /proc/<pid>/comm reads `name`.
+fn wait_comm(pid: u32, name: &str) {
+    assert!(
+        crate::util::wait_until(10, || std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name)),
+        "pid {pid} never named itself {name}"
+    );
+}
+
+#[test]
+fn a_process_naming_itself_sshd_is_not_protected_and_gets_signalled() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A copy of sleep called sshd (comm and argv[0] both say sshd).
+    let fake = tmp.path().join("sshd");
+    std::fs::copy("/bin/sleep", &fake).unwrap();
+    let mut copy = spawn(std::process::Command::new(&fake).arg("300"));
+    wait_comm(copy.0.id(), "sshd");
+    // A process that renames itself (writes /proc/self/comm, as prctl(PR_SET_NAME) does).
+    let renamed = spawn(
+        std::process::Command::new("python3").args(["-c", "open('/proc/self/comm','w').write('sshd'); import time; time.sleep(300)"]),
+    );
+    wait_comm(renamed.0.id(), "sshd");
+    for p in [&copy, &renamed] {
+        assert_eq!(signal_verdict(p.0.id(), "sshd"), None, "a name is not an identity");
+    }
+    // The executor signals it too: the old name list made `sshd` untouchable.
+    let out = execute(&request(ActionKind::SignalProcess, "sshd", json!({ "pid": copy.0.id(), "signal": "KILL" })), &cx(&[]));
+    assert_eq!(out.error_code, None, "{out:?}");
+    assert!(copy.0.try_wait().unwrap().is_some() || crate::util::wait_until(5, || copy.0.try_wait().unwrap().is_some()));
+}
+
+#[test]
+fn a_process_in_a_protected_unit_or_running_a_protected_exe_is_protected_whatever_its_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A plain sleep, moved into a cgroup called ssh.service: protected as what it is.
+    let cg = Cgroup::new(&format!("medic-test-{}-unit.slice/ssh.service", std::process::id()));
+    let sleeper = spawn(std::process::Command::new("/bin/sleep").arg("300"));
+    cg.add(sleeper.0.id());
+    let v = signal_verdict(sleeper.0.id(), "innocent-name").expect("protected by its cgroup");
+    assert!(v.1.contains("ssh.service"), "{v:?}");
+    // A real protected executable (dbus-daemon, from /usr/bin), asked for under another name.
+    let bus = tmp.path().join("bus");
+    let dbus = spawn(std::process::Command::new("/usr/bin/dbus-daemon").args([
+        "--session",
+        "--nofork",
+        &format!("--address=unix:path={}", bus.display()),
+    ]));
+    assert!(crate::util::wait_until(10, || std::fs::read_link(format!("/proc/{}/exe", dbus.0.id())).is_ok()));
+    let v = signal_verdict(dbus.0.id(), "not-dbus").expect("protected by its executable");
+    assert!(v.1.contains("/usr/bin/dbus-daemon"), "{v:?}");
+    // The executor refuses it as well, whatever the gate said.
+    let out = execute(&request(ActionKind::SignalProcess, "x", json!({ "pid": sleeper.0.id(), "signal": "KILL" })), &cx(&[]));
+    assert_eq!(out.error_code, Some("protected"), "{out:?}");
+    drop(sleeper);
+    drop(dbus);
+    drop(cg);
+}
+
+#[test]
+fn a_login_session_leader_is_protected_and_its_jobs_are_not() {
+    let cg = Cgroup::new(&format!("medic-test-{}-login.slice/session-9999.scope", std::process::id()));
+    // setsid: the shell an operator logged in with leads its session.
+    let leader = spawn(std::process::Command::new("setsid").args(["/bin/sleep", "300"]));
+    let job = spawn(std::process::Command::new("/bin/sleep").arg("300"));
+    assert!(
+        crate::util::wait_until(10, || std::fs::read_to_string(format!("/proc/{}/comm", leader.0.id())).is_ok_and(|c| c.trim() == "sleep"))
+    );
+    cg.add(leader.0.id());
+    cg.add(job.0.id());
+    assert!(signal_verdict(leader.0.id(), "sleep").is_some(), "the session's leader is protected");
+    assert_eq!(signal_verdict(job.0.id(), "sleep"), None, "a job in the session is not");
+    drop(leader);
+    drop(job);
+    drop(cg);
+}
