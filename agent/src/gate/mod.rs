@@ -272,7 +272,7 @@ impl Gate {
             self.policy.budget_per_hour as usize,
             self.policy.max_concurrent,
             self.policy.breaker_after as usize,
-            self.policy.breaker_window_secs as i64 * 1000,
+            crate::config::secs_to_ms(self.policy.breaker_window_secs),
         );
         let in_flight = self.in_flight.contains(&(req.kind, req.target.clone()));
         let running = self.running;
