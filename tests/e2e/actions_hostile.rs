@@ -361,3 +361,48 @@ fn a_login_session_leader_is_protected_and_its_jobs_are_not() {
     drop(job);
     drop(cg);
 }
+
+#[test]
+fn a_process_named_with_escape_sequences_cannot_write_to_the_terminal_through_signals_or_audit_show() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A real process names itself with an OSC (retitle the terminal) and a bidi override, and
+    // spins so that it is in `medic signals`'s top 15 by CPU.
+    let evil = "\u{1b}]0;pwn\u{7}\u{202e}x";
+    let spin = spawn(
+        std::process::Command::new("python3")
+            .args(["-c", "open('/proc/self/comm','w').write('\\x1b]0;pwn\\x07\\u202ex')\nwhile True: pass"]),
+    );
+    assert!(crate::util::wait_until(10, || std::fs::read_to_string(format!("/proc/{}/comm", spin.0.id()))
+        .is_ok_and(|c| c.trim_end_matches('\n') == evil)));
+    std::thread::sleep(Duration::from_millis(500));
+    let o = crate::util::run(&["signals"]);
+    assert!(o.status.success(), "{}", crate::util::text(&o));
+    let out = String::from_utf8(o.stdout.clone()).unwrap();
+    assert!(out.contains("\\u{1b}]0;pwn\\u{7}\\u{202e}x"), "the name is shown, escaped:\n{out}");
+    assert!(!out.contains('\u{1b}') && !out.contains('\u{7}') && !out.contains('\u{202e}'), "no raw control character");
+    // JSON stays JSON (and carries the name exactly).
+    let o = crate::util::run(&["signals", "--json"]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["processes"].as_array().unwrap().iter().any(|p| p["name"] == evil));
+    // The same name and a reason with escapes reach the log through a playbook; `audit show`
+    // escapes them.
+    let body = "for p in node.processes() { if p.name.contains(\"pwn\") { signal_process(p.pid, \"TERM\", \"spins: \\x1b[2J\\u202e\" + p.name); } }";
+    let pb = playbook("evil", "#{ kind: \"signal_process\", target: \"*\" }", body);
+    let pbdir = tmp.path().join("pb");
+    std::fs::create_dir_all(&pbdir).unwrap();
+    std::fs::write(pbdir.join("e.rhai"), pb).unwrap();
+    let state = tmp.path().join("state");
+    let o = crate::util::run(&["run", "--once", "--playbooks", pbdir.to_str().unwrap(), "--state-dir", state.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", crate::util::text(&o));
+    let out = String::from_utf8(o.stdout.clone()).unwrap();
+    assert!(out.contains("would_execute"), "{out}");
+    assert!(!out.contains('\u{1b}') && !out.contains('\u{202e}'), "run --once escapes too:\n{out}");
+    let o = crate::util::run(&["audit", "show", "--state-dir", state.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", crate::util::text(&o));
+    let out = String::from_utf8(o.stdout.clone()).unwrap();
+    assert!(out.contains("spins: \\u{1b}[2J\\u{202e}"), "{out}");
+    assert!(!out.contains('\u{1b}') && !out.contains('\u{7}') && !out.contains('\u{202e}'), "no raw control character:\n{out}");
+    let o = crate::util::run(&["audit", "show", "--json", "--state-dir", state.to_str().unwrap()]);
+    let first = String::from_utf8(o.stdout).unwrap();
+    assert!(first.lines().all(|l| serde_json::from_str::<Value>(l).is_ok()), "JSON stays JSON");
+}
