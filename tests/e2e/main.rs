@@ -2,6 +2,7 @@
 //! binary and the library on real files, real processes and fixture /proc trees.
 
 mod acting;
+mod actions_hostile;
 mod audit;
 mod cli;
 mod ebpf;

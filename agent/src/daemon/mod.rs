@@ -146,8 +146,8 @@ impl Agent {
         let roots = Roots { proc: cfg.signals.proc_root.clone(), sys: cfg.signals.sys_root.clone() };
         let ebpf = crate::signals::ebpf::EbpfSignals::start(&cfg.signals.ebpf);
         let mut sampler = Sampler::with_socket_scan_every(roots, cfg.signals.socket_scan_every).with_ebpf(ebpf);
-        let interval_ms = cfg.signals.interval_secs as i64 * 1000;
-        let mut history = History::new(cfg.signals.history_secs as i64 * 1000, interval_ms, cfg.signals.max_series);
+        let interval_ms = cfg.signals.interval_ms();
+        let mut history = History::new(cfg.signals.history_ms(), interval_ms, cfg.signals.max_series);
         let first = sampler.sample(crate::audit::now_ms());
         history.push(&first);
         for (family, why) in &first.unavailable {
@@ -182,14 +182,7 @@ impl Agent {
             )?;
         }
         let (done_tx, done_rx) = mpsc::channel();
-        let exec = ExecContext {
-            timeout: Duration::from_secs(cfg.actions.timeout_secs),
-            kill_after: Duration::from_secs(cfg.actions.kill_after_secs),
-            systemd_bus: cfg.actions.systemd_bus.clone(),
-            max_output_bytes: cfg.actions.max_output_bytes,
-            allowed_paths: cfg.policy.allowed_paths.clone(),
-            command: None,
-        };
+        let exec = ExecContext::from_config(cfg);
         let mut agent = Self {
             node,
             rt: Runtime::new(cfg.playbooks.limits).with_history(playbooks::HistoryReach::of(&cfg.signals)),
@@ -200,8 +193,8 @@ impl Agent {
             history: Arc::new(history),
             playbooks_dir,
             state_dir,
-            disable_ms: cfg.playbooks.disable_secs as i64 * 1000,
-            max_disable_ms: cfg.playbooks.max_disable_secs as i64 * 1000,
+            disable_ms: cfg.playbooks.disable_ms(),
+            max_disable_ms: cfg.playbooks.max_disable_ms(),
             mode,
             exec,
             done_tx,
@@ -658,7 +651,7 @@ impl Agent {
 
     /// Lets running actions end (recording them), then records the stop.
     pub fn stop(mut self, reason: &str) -> Result<(), AuditError> {
-        self.wait_actions(self.exec.timeout + Duration::from_secs(5));
+        self.wait_actions(self.exec.timeout.saturating_add(Duration::from_secs(5)));
         let still = self.running.len();
         self.audit.append("agent_stopped", obj(json!({ "reason": reason, "actions_still_running": still })))?;
         Ok(())

@@ -5,8 +5,9 @@
 //!    mode decides whether a request that passes every rule below runs (`executed`) or only
 //!    would run (`would_execute`); the record's `mode` is this effective mode.
 //! 2. **manifest**: outside the playbook's capability manifest → `denied`.
-//! 3. **policy**: protected things (PID 1, medic itself, ssh, journald, dbus, and what the config
-//!    lists) and the node's allowlists (units, paths, commands) → `denied`.
+//! 3. **policy**: protected things (PID 1, medic itself, ssh, logind, journald, dbus, and what
+//!    the config lists; a process by its executable and cgroup, never its name: [`protect`])
+//!    and the node's allowlists (units, paths, commands) → `denied`.
 //! 4. **limits**: `cooldown` per (playbook, action, target), `rate_limit` per (playbook,
 //!    target) and window, the node-wide hourly `budget`, one action `in_flight` per target, and
 //!    a cap on `concurrency` → `suppressed`.
@@ -85,23 +86,10 @@ pub struct Verdict {
     pub detail: String,
 }
 
-/// Units no playbook may restart, whatever the config says.
-pub const PROTECTED_UNITS: &[&str] = &[
-    "ssh.service",
-    "sshd.service",
-    "systemd-journald.service",
-    "systemd-journald.socket",
-    "dbus.service",
-    "dbus-broker.service",
-    "dbus.socket",
-    "medic.service",
-    "init.scope",
-    "-.slice",
-];
-/// Process names no playbook may signal, whatever the config says (PID 1 and medic's own PID
-/// are protected by number).
-pub const PROTECTED_PROCESSES: &[&str] =
-    &["systemd", "init", "sshd", "systemd-journal", "systemd-journald", "dbus-daemon", "dbus-broker", "medic"];
+pub mod protect;
+
+/// Units no playbook may restart and whose processes are never signalled (see [`protect`]).
+pub use protect::PROTECTED_UNITS;
 
 /// A breaker's key: (playbook, action, target).
 pub type BreakerKey = (String, ActionKind, String);
@@ -153,6 +141,9 @@ pub struct Gate {
     live: Ledger,
     in_flight: HashSet<(ActionKind, String)>,
     running: u32,
+    /// Where the protected rule reads what a process is; None for fixtures (`playbook test`),
+    /// whose pids are not this host's.
+    procfs: Option<PathBuf>,
 }
 
 /// `path` without `.` and `..` components and relative parts (no symlink resolution: the
@@ -181,7 +172,14 @@ impl Gate {
             live: Ledger::default(),
             in_flight: HashSet::new(),
             running: 0,
+            procfs: Some(PathBuf::from("/proc")),
         }
+    }
+
+    /// A gate for fixture snapshots: the protected rule goes by the request's unit and name
+    /// only, since the pids are not this host's processes.
+    pub fn for_fixtures(policy: PolicyConfig) -> Self {
+        Self { procfs: None, ..Self::new(policy) }
     }
 
     fn ledger(&mut self, mode: Mode) -> &mut Ledger {
@@ -197,7 +195,7 @@ impl Gate {
         match req.kind {
             ActionKind::RestartUnit => {
                 let u = req.target.as_str();
-                if PROTECTED_UNITS.contains(&u) || p.protected_units.iter().any(|pat| glob_match(pat, u)) {
+                if protect::unit_protected(u, &p.protected_units) {
                     return Some(("protected", format!("{u} is protected")));
                 }
                 if !p.allowed_units.iter().any(|pat| glob_match(pat, u)) {
@@ -206,15 +204,23 @@ impl Gate {
             }
             ActionKind::SignalProcess => {
                 let pid = req.params.get("pid").and_then(Value::as_i64).unwrap_or(0);
-                let name = req.target.as_str();
                 if pid <= 1 || pid == self.self_pid {
                     return Some(("protected", format!("pid {pid} is protected (PID 1 or medic itself)")));
                 }
-                if PROTECTED_PROCESSES.contains(&name) || p.protected_processes.iter().any(|pat| glob_match(pat, name)) {
-                    return Some(("protected", format!("process {name:?} is protected")));
+                // What the process is (its executable and cgroup), never what it calls itself.
+                if let Some(procfs) = &self.procfs {
+                    if let Some(why) =
+                        protect::identify(procfs, pid).and_then(|id| protect::protected(&id, &p.protected_units, &p.protected_processes))
+                    {
+                        return Some(("protected", format!("pid {pid} is protected: {why}")));
+                    }
+                } else if protect::PROTECTED_EXES.contains(&req.target.as_str())
+                    || p.protected_processes.iter().any(|pat| glob_match(pat, &req.target))
+                {
+                    return Some(("protected", format!("process {:?} is protected", req.target)));
                 }
                 if let Some(u) = req.params.get("unit").and_then(Value::as_str) {
-                    if PROTECTED_UNITS.contains(&u) || p.protected_units.iter().any(|pat| glob_match(pat, u)) {
+                    if protect::unit_protected(u, &p.protected_units) {
                         return Some(("protected", format!("pid {pid} belongs to protected unit {u}")));
                     }
                 }
@@ -238,13 +244,11 @@ impl Gate {
     }
 
     /// The allowlist entry a `run_command` request matches (path equal, arguments matched one
-    /// to one against the entry's patterns).
+    /// to one against the entry's path-like patterns: see [`crate::actions::run_command::arg_matches`]).
     pub fn command_rule(&self, req: &ActionRequest) -> Option<&crate::config::CommandRule> {
         let args: Vec<&str> =
             req.params.get("args").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
-        self.policy.commands.iter().find(|c| {
-            c.path == Path::new(&req.target) && c.args.len() == args.len() && c.args.iter().zip(&args).all(|(pat, a)| glob_match(pat, a))
-        })
+        self.policy.commands.iter().find(|c| c.path == Path::new(&req.target) && crate::actions::run_command::args_match(&c.args, &args))
     }
 
     pub fn decide(&mut self, meta: &Meta, req: &ActionRequest, node_mode: Mode, now: i64) -> Verdict {
@@ -268,7 +272,7 @@ impl Gate {
             self.policy.budget_per_hour as usize,
             self.policy.max_concurrent,
             self.policy.breaker_after as usize,
-            self.policy.breaker_window_secs as i64 * 1000,
+            crate::config::secs_to_ms(self.policy.breaker_window_secs),
         );
         let in_flight = self.in_flight.contains(&(req.kind, req.target.clone()));
         let running = self.running;

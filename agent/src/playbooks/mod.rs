@@ -71,7 +71,7 @@ pub struct HistoryReach {
 
 impl HistoryReach {
     pub fn of(signals: &crate::config::SignalsConfig) -> Self {
-        Self { horizon_ms: signals.history_secs as i64 * 1000, interval_ms: signals.interval_secs.max(1) as i64 * 1000 }
+        Self { horizon_ms: signals.history_ms(), interval_ms: signals.interval_ms() }
     }
 
     /// The most points a series holds: one per interval over the horizon.
