@@ -317,6 +317,7 @@ fn a_fleet_of_three_follows_fleet_and_group_commands_and_rejects_unsigned_live()
             reason: "test".into(),
             expires_ms: None,
             revert_to: None,
+            previous: None,
         }
         .save(&state)
         .unwrap();
