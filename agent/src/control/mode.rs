@@ -220,7 +220,8 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+        // A fixed count in the suite; PROPTEST_CASES runs more (bench/proptest_long.sh).
+        #![proptest_config(ProptestConfig::with_cases(std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(512)))]
 
         /// Live at t only while an authorized live change allows it (its TTL not run out, and
         /// no permanent dry-run after it); a TTL dry-run reverts to exactly the state before it.

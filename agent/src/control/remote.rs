@@ -29,7 +29,7 @@ pub const NONCE_FILE: &str = "nonces";
 pub const MAX_NONCES: usize = 4096;
 
 /// A command as published.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Envelope {
     pub id: String,
@@ -384,5 +384,108 @@ mod tests {
         assert!(err(lost.check(&c, &raw, &n1, now)).contains("nonce store"));
         let (c, raw) = signed(&key, now + 2, "newer");
         assert!(lost.check(&c, &raw, &n1, now + 2).is_ok());
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn text() -> impl Strategy<Value = String> {
+            "[ -~é\u{1F600}]{0,40}"
+        }
+
+        fn envelope() -> impl Strategy<Value = Envelope> {
+            let op = prop_oneof![Just("set_mode"), Just("reset_breaker"), Just("reload"), Just("other")];
+            let mode = proptest::option::of(prop_oneof![Just("live".to_string()), Just("dry-run".to_string()), text()]);
+            let scope = proptest::option::of(prop_oneof![Just("fleet".to_string()), "node/[a-z0-9-]{1,12}", "group/[a-z]{1,8}", text()]);
+            (
+                ("[a-zA-Z0-9-]{1,128}", op, scope, mode, proptest::option::of(text()), proptest::option::of(text())),
+                (proptest::option::of(any::<u64>()), proptest::option::of(text()), proptest::option::of(any::<i64>())),
+                (proptest::option::of("[a-z0-9]{1,32}"), proptest::option::of("[0-9a-f]{128}")),
+            )
+                .prop_map(|((id, op, scope, mode, reason, actor), (ttl_secs, target, ts), (nonce, sig))| Envelope {
+                    id,
+                    op: op.into(),
+                    scope,
+                    mode,
+                    reason,
+                    actor,
+                    ttl_secs,
+                    playbook: None,
+                    action: None,
+                    target,
+                    ts,
+                    nonce,
+                    sig,
+                })
+        }
+
+        /// A JSON-looking text: keys and values from a small alphabet, so that structure,
+        /// duplicates and near-misses are common.
+        fn jsonish() -> impl Strategy<Value = String> {
+            let leaf = prop_oneof![Just("1".to_string()), Just("\"live\"".to_string()), Just("null".to_string()), Just("-1e999".to_string()), Just("\"\\ud800\"".to_string()), text().prop_map(|t| format!("{t:?}"))];
+            leaf.prop_recursive(4, 32, 6, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..5).prop_map(|v| format!("[{}]", v.join(","))),
+                    proptest::collection::vec((prop_oneof![Just("id"), Just("op"), Just("mode"), Just("sig"), Just("x")], inner), 0..6)
+                        .prop_map(|v| format!("{{{}}}", v.into_iter().map(|(k, x)| format!("\"{k}\":{x}")).collect::<Vec<_>>().join(","))),
+                ]
+            })
+        }
+
+        proptest! {
+            // A fixed count in the suite; PROPTEST_CASES runs more (bench/proptest_long.sh).
+            #![proptest_config(ProptestConfig::with_cases(std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)))]
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512), cut in any::<bool>()) {
+                let real = if cut { bytes.len() + MAX_COMMAND } else { bytes.len() };
+                if let Ok((e, _)) = parse(&bytes, real) {
+                    let _ = e.command();
+                }
+            }
+
+            #[test]
+            fn json_like_text_never_panics_and_duplicates_never_pass(t in jsonish()) {
+                let r = parse(t.as_bytes(), t.len());
+                if let Ok((e, raw)) = &r {
+                    let _ = e.command();
+                    let _ = signed_bytes(raw);
+                }
+                // Whatever strict_json accepts has no duplicate: serde_json's Value (last wins)
+                // sees the same number of keys.
+                if let Ok(v) = strict_json(t.as_bytes()) {
+                    let loose: Value = serde_json::from_str(&t).unwrap();
+                    prop_assert_eq!(v, loose);
+                }
+            }
+
+            #[test]
+            fn valid_commands_round_trip(e in envelope()) {
+                let bytes = serde_json::to_vec(&e).unwrap();
+                let (back, raw) = parse(&bytes, bytes.len()).unwrap();
+                prop_assert_eq!(&back, &e);
+                // The canonical bytes a signature covers do not depend on key order.
+                let shuffled: Value = serde_json::from_slice(&bytes).unwrap();
+                prop_assert_eq!(signed_bytes(&raw), signed_bytes(&shuffled));
+            }
+
+            #[test]
+            fn duplicate_keys_are_always_refused(e in envelope(), pick in any::<prop::sample::Index>(), value in jsonish(), nested in any::<bool>()) {
+                let bytes = serde_json::to_vec(&e).unwrap();
+                let Value::Object(m) = serde_json::from_slice::<Value>(&bytes).unwrap() else { unreachable!() };
+                let keys: Vec<&String> = m.keys().collect();
+                let key = keys[pick.index(keys.len())];
+                let text = String::from_utf8(bytes.clone()).unwrap();
+                let body = &text[..text.len() - 1];
+                let doubled = if nested {
+                    format!("{body},\"zz\":{{\"k\":{value},\"k\":1}}}}")
+                } else {
+                    format!("{body},{key:?}:{value}}}")
+                };
+                prop_assert!(matches!(parse(doubled.as_bytes(), doubled.len()), Err(CommandError::DuplicateKey(_)) | Err(CommandError::NotJson(_))), "{doubled}");
+                prop_assert!(!matches!(parse(doubled.as_bytes(), doubled.len()), Err(CommandError::NotJson(_))) || strict_json(value.as_bytes()).is_err());
+            }
+        }
     }
 }
