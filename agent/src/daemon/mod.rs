@@ -408,18 +408,19 @@ impl Agent {
 
     /// Records one summary per topic whose minute of rejections ended with some only counted.
     fn flush_rejections(&mut self, now: i64) {
-        let due: Vec<String> = self.rejections.iter().filter(|(_, r)| now - r.since_ms >= 60_000).map(|(k, _)| k.clone()).collect();
+        let due: Vec<String> = self.rejections.iter().filter(|(_, r)| now.saturating_sub(r.since_ms) >= 60_000).map(|(k, _)| k.clone()).collect();
         for k in due {
             let Some(r) = self.rejections.remove(&k) else { continue };
             if r.suppressed == 0 {
                 continue;
             }
+            let until = if now == i64::MAX { crate::audit::now_ms() } else { now };
             let body = obj(json!({
                 "topic": k, "count": r.suppressed, "by_code": r.by_code,
-                "since": crate::audit::now_rfc3339(r.since_ms), "until": crate::audit::now_rfc3339(now),
+                "since": crate::audit::now_rfc3339(r.since_ms), "until": crate::audit::now_rfc3339(until),
             }));
             tracing::warn!(message = "Fleet commands rejected without a record each.", topic = %k, count = r.suppressed);
-            if self.record("commands_rejected", body, now).is_err() {
+            if self.record("commands_rejected", body, until).is_err() {
                 self.rejections.insert(k, r); // tried again at the next tick
             }
         }
@@ -702,6 +703,7 @@ impl Agent {
     pub fn stop(mut self, reason: &str) -> Result<(), AuditError> {
         self.wait_actions(self.exec.timeout + Duration::from_secs(5));
         let still = self.running.len();
+        self.flush_rejections(i64::MAX); // counted rejections of the last minute, summarised
         self.audit.append("agent_stopped", obj(json!({ "reason": reason, "actions_still_running": still })))?;
         Ok(())
     }
