@@ -882,3 +882,85 @@ fn a_flood_of_commands_loses_none_keeps_the_dry_run_and_bounds_rejection_records
     assert!(recorded_rejections <= 20, "{recorded_rejections} records of their own");
     assert!(cmds.iter().all(|c| c["actor"].as_str().unwrap().len() <= 300), "claimed actors are bounded");
 }
+
+/// A tmpfs of the test's, unmounted when the guard goes.
+struct Tmpfs(PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_breaker_reset_that_cannot_be_recorded_leaves_the_breaker_open_from_the_broker_and_the_socket() {
+    use medic::control::command::Incoming;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let st = Command::new("mount").args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"]).arg(&state).status().unwrap();
+    assert!(st.success(), "mount a tmpfs (the test runs as root)");
+    let _fs = Tmpfs(state.clone());
+    // An escalated decision in the log: the agent's replay opens the breaker.
+    let (mut log, _) = medic::audit::AuditLog::open(&state, "bk").unwrap();
+    let rec = serde_json::json!({ "playbook": { "name": "pb", "sha256": "" }, "action": { "kind": "restart_unit", "target": "x.service" }, "mode": "live", "decision": "escalated" });
+    log.append("action", rec.as_object().unwrap().clone()).unwrap();
+    drop(log);
+    let pbs = dir.path().join("pb");
+    std::fs::create_dir_all(&pbs).unwrap();
+    let cfg_path = dir.path().join("medic.toml");
+    std::fs::write(&cfg_path, "node = \"bk\"\n").unwrap();
+    let (cfg, _) = medic::config::Config::load(Some(&cfg_path)).unwrap();
+    let mut agent = medic::daemon::Agent::start(&cfg, Some(pbs), state.clone()).unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[42u8; 32]);
+    agent.verifier = medic::control::remote::Verifier::with_keys(vec![("ops".into(), key.verifying_key())]);
+    let open = |a: &medic::daemon::Agent| a.status(medic::audit::now_ms())["open_breakers"].as_array().map_or(0, |b| b.len());
+    assert_eq!(open(&agent), 1);
+    // Fill the filesystem, then use up the log's last page with rejected commands.
+    let topic = "medic/v1/node/bk/cmd";
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(state.join("filler")).unwrap();
+        while f.write_all(&[0u8; 4096]).and_then(|_| f.sync_data()).is_ok() {}
+    }
+    // Small rejection records (10 a minute on each topic) until one does not fit: what is
+    // left of the page is less than a breaker reset with its long reason needs.
+    for t in [topic, "medic/v1/fleet/cmd", "elsewhere"] {
+        for _ in 0..10 {
+            if agent.status(medic::audit::now_ms())["audit"]["writable"] == false {
+                break;
+            }
+            agent.remote(&Incoming::new(t, b"{", false));
+        }
+    }
+    assert_eq!(agent.status(medic::audit::now_ms())["audit"]["writable"], false, "the log is full");
+    let records = || audit_lines(&state).len();
+    let before = records();
+    // Over the broker, signed: refused, and the breaker stays open.
+    let mut cmd = serde_json::json!({ "id": "rb", "op": "reset_breaker", "scope": "node/bk", "playbook": "pb", "action": "restart_unit", "target": "x.service", "reason": "r".repeat(250), "ts": now_s(), "nonce": "rb-1" });
+    sign(&mut cmd, &key);
+    let a = agent.remote(&Incoming::new(topic, cmd.to_string().as_bytes(), false)).unwrap();
+    assert_eq!(a["ok"], false, "{a}");
+    assert_eq!(a["error_code"], "command_not_recorded", "{a}");
+    assert_eq!(open(&agent), 1, "not reset without a record");
+    // Over the socket: the same path, the same answer.
+    let peer = medic::control::Peer { uid: 0, gid: 0, pid: std::process::id() as i32 };
+    let req = medic::control::Request::ResetBreaker {
+        playbook: "pb".into(),
+        action: "restart_unit".into(),
+        target: "x.service".into(),
+        reason: "r".repeat(250),
+    };
+    let r = agent.control(req.clone(), &peer);
+    assert!(!r.ok && r.error.as_deref().unwrap_or("").contains("not recorded"), "{r:?}");
+    assert_eq!(open(&agent), 1);
+    assert_eq!(records(), before);
+    assert!(audit_lines(&state).iter().all(|r| r["kind"] != "breaker_reset"));
+    // Space returns: the reset is recorded, then made.
+    std::fs::remove_file(state.join("filler")).unwrap();
+    agent.tick(medic::audit::now_ms()).unwrap();
+    assert!(agent.control(req, &peer).ok);
+    assert_eq!(open(&agent), 0);
+    assert!(audit_lines(&state).iter().any(|r| r["kind"] == "breaker_reset"));
+    agent.stop("test").unwrap();
+}
