@@ -699,7 +699,8 @@ fn a_signed_live_command_for_one_node_does_not_switch_another_node_its_group_or_
     }
     assert!(states.iter().all(|s| mode_json(s)["mode"] == "dry-run"));
     // The same command without a scope (as signed before this fix): refused everywhere.
-    let mut old = serde_json::json!({ "id": "s2", "op": "set_mode", "mode": "live", "reason": "deploy", "ts": now_s(), "nonce": "scope-2" });
+    let mut old =
+        serde_json::json!({ "id": "s2", "op": "set_mode", "mode": "live", "reason": "deploy", "ts": now_s(), "nonce": "scope-2" });
     sign(&mut old, &key);
     assert_eq!(ack(broker.port, "medic/v1/node/sa/cmd", &old)["error_code"], "command_scope");
     // A duplicate key after the signed fields: refused, whichever value a reader would keep.
@@ -784,10 +785,7 @@ fn an_oversized_retained_fleet_command_neither_stops_replication_nor_loops_and_r
     let dry = serde_json::json!({ "id": "ret-1", "op": "set_mode", "mode": "dry-run", "reason": "left behind" });
     publish_raw(
         broker.port,
-        &[
-            ("medic/v1/fleet/cmd".into(), vec![b'x'; 3 << 19], true),
-            ("medic/v1/group/web/cmd".into(), dry.to_string().into_bytes(), true),
-        ],
+        &[("medic/v1/fleet/cmd".into(), vec![b'x'; 3 << 19], true), ("medic/v1/group/web/cmd".into(), dry.to_string().into_bytes(), true)],
     );
     let key = ed25519_dalek::SigningKey::from_bytes(&[42u8; 32]);
     let (agents, states) = fleet(dir.path(), broker.port, &[("oa", "web")], &key, true, 1);
@@ -813,10 +811,13 @@ fn an_oversized_retained_fleet_command_neither_stops_replication_nor_loops_and_r
     std::thread::sleep(Duration::from_secs(8));
     let last = audit_lines(state).last().unwrap()["seq"].as_u64().unwrap();
     assert!(last > cursor);
-    assert!(crate::util::wait_until(15, || medic::forward::read_cursor(state) >= last), "replication goes on: seq {last} reached the broker");
+    assert!(
+        crate::util::wait_until(15, || medic::forward::read_cursor(state) >= last),
+        "replication goes on: seq {last} reached the broker"
+    );
     let drops = commands_of(state).iter().filter(|c| c["topic"] == "?" && c["payload_bytes"].as_u64() > Some(4 << 20)).count();
     let secs = t.elapsed().as_secs();
-    assert!(drops >= 2 && drops <= 7 && secs < 60, "{drops} reconnects in {secs} s: the backoff grows");
+    assert!((2..=7).contains(&drops) && secs < 60, "{drops} reconnects in {secs} s: the backoff grows");
     assert_eq!(mode_json(state)["mode"], "live");
     for a in agents {
         assert!(a.stop());
@@ -875,8 +876,10 @@ fn a_flood_of_commands_loses_none_keeps_the_dry_run_and_bounds_rejection_records
         assert!(a.stop());
     }
     let cmds = commands_of(&state);
-    let recorded_rejections = cmds.iter().filter(|c| c["accepted"] == false && c["command_id"].as_str().unwrap_or("").starts_with("flood")).count();
-    let summarised: u64 = audit_lines(&state).iter().filter(|r| r["kind"] == "commands_rejected").map(|r| r["count"].as_u64().unwrap()).sum();
+    let recorded_rejections =
+        cmds.iter().filter(|c| c["accepted"] == false && c["command_id"].as_str().unwrap_or("").starts_with("flood")).count();
+    let summarised: u64 =
+        audit_lines(&state).iter().filter(|r| r["kind"] == "commands_rejected").map(|r| r["count"].as_u64().unwrap()).sum();
     assert!(cmds.iter().any(|c| c["command_id"] == "oncall-dry" && c["accepted"] == true));
     assert_eq!(recorded_rejections as u64 + summarised, 3000, "every rejection recorded or counted");
     assert!(recorded_rejections <= 20, "{recorded_rejections} records of their own");

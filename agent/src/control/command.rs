@@ -56,7 +56,8 @@ impl Command {
 
     /// Builds a mode change, checking the fields every edge requires.
     pub fn set_mode(mode: &str, reason: &str, ttl_secs: Option<u64>) -> Result<Self, CommandError> {
-        let mode = Mode::parse(mode).ok_or_else(|| CommandError::Malformed(format!("unknown mode {:?}: live or dry-run", bounded(mode))))?;
+        let mode =
+            Mode::parse(mode).ok_or_else(|| CommandError::Malformed(format!("unknown mode {:?}: live or dry-run", bounded(mode))))?;
         if reason.trim().is_empty() {
             return Err(CommandError::Malformed("set_mode needs a `reason`".into()));
         }

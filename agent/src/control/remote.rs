@@ -67,10 +67,9 @@ impl Envelope {
                 Command::reset_breaker(&s(&self.playbook), action, &s(&self.target), &s(&self.reason))
             }
             "reload" => Ok(Command::Reload),
-            other => Err(CommandError::Malformed(format!(
-                "unknown op {:?}: set_mode, reset_breaker or reload",
-                super::command::bounded(other)
-            ))),
+            other => {
+                Err(CommandError::Malformed(format!("unknown op {:?}: set_mode, reset_breaker or reload", super::command::bounded(other))))
+            }
         }
     }
 }
@@ -219,12 +218,12 @@ impl Verifier {
         }
         let named = cmd.scope.as_deref().ok_or_else(|| CommandError::Scope("signed commands must name their `scope`".into()))?;
         if Scope::parse(named).as_ref() != Some(scope) {
-            return Err(CommandError::Scope(format!(
-                "signed for {:?}, received on the topic of {scope}",
-                super::command::bounded(named)
-            )));
+            return Err(CommandError::Scope(format!("signed for {:?}, received on the topic of {scope}", super::command::bounded(named))));
         }
-        let sig = hex::decode(sig).ok().and_then(|b| Signature::from_slice(&b).ok()).ok_or_else(|| bad("`sig` is not a hex Ed25519 signature"))?;
+        let sig = hex::decode(sig)
+            .ok()
+            .and_then(|b| Signature::from_slice(&b).ok())
+            .ok_or_else(|| bad("`sig` is not a hex Ed25519 signature"))?;
         let msg = signed_bytes(raw);
         let key = self
             .keys
@@ -295,7 +294,8 @@ mod tests {
     }
 
     fn signed(key: &SigningKey, ts: i64, nonce: &str) -> (Envelope, Value) {
-        let mut raw = serde_json::json!({ "id": "x", "op": "set_mode", "scope": "node/n1", "mode": "live", "reason": "r", "ts": ts, "nonce": nonce });
+        let mut raw =
+            serde_json::json!({ "id": "x", "op": "set_mode", "scope": "node/n1", "mode": "live", "reason": "r", "ts": ts, "nonce": nonce });
         let sig = key.sign(&signed_bytes(&raw));
         raw["sig"] = Value::from(hex::encode(sig.to_bytes()));
         p(raw.to_string().as_bytes()).unwrap()
@@ -423,7 +423,14 @@ mod tests {
         /// A JSON-looking text: keys and values from a small alphabet, so that structure,
         /// duplicates and near-misses are common.
         fn jsonish() -> impl Strategy<Value = String> {
-            let leaf = prop_oneof![Just("1".to_string()), Just("\"live\"".to_string()), Just("null".to_string()), Just("-1e999".to_string()), Just("\"\\ud800\"".to_string()), text().prop_map(|t| format!("{t:?}"))];
+            let leaf = prop_oneof![
+                Just("1".to_string()),
+                Just("\"live\"".to_string()),
+                Just("null".to_string()),
+                Just("-1e999".to_string()),
+                Just("\"\\ud800\"".to_string()),
+                text().prop_map(|t| format!("{t:?}"))
+            ];
             leaf.prop_recursive(4, 32, 6, |inner| {
                 prop_oneof![
                     proptest::collection::vec(inner.clone(), 0..5).prop_map(|v| format!("[{}]", v.join(","))),

@@ -408,7 +408,8 @@ impl Agent {
 
     /// Records one summary per topic whose minute of rejections ended with some only counted.
     fn flush_rejections(&mut self, now: i64) {
-        let due: Vec<String> = self.rejections.iter().filter(|(_, r)| now.saturating_sub(r.since_ms) >= 60_000).map(|(k, _)| k.clone()).collect();
+        let due: Vec<String> =
+            self.rejections.iter().filter(|(_, r)| now.saturating_sub(r.since_ms) >= 60_000).map(|(k, _)| k.clone()).collect();
         for k in due {
             let Some(r) = self.rejections.remove(&k) else { continue };
             if r.suppressed == 0 {
@@ -645,7 +646,9 @@ impl Agent {
             tracing::warn!(message = "Fleet command rejected.", topic = %channel, id = %id, error_code = c, error = %detail);
         }
         scope.as_ref()?;
-        Some(json!({ "node": self.node, "id": id, "ok": ok, "result": if ok { detail.clone() } else { Value::Null }, "error": if ok { Value::Null } else { detail }, "error_code": code }))
+        Some(
+            json!({ "node": self.node, "id": id, "ok": ok, "result": if ok { detail.clone() } else { Value::Null }, "error": if ok { Value::Null } else { detail }, "error_code": code }),
+        )
     }
 
     /// The retained status published on the broker: what changes rarely (not budgets or seq).

@@ -85,8 +85,7 @@ pub async fn run(
                 outbox.push_back(a);
             }
             _ = tick.tick() => {
-                while connected {
-                    let Some((topic, ack)) = outbox.front().cloned() else { break };
+                while let Some((topic, ack)) = outbox.front().cloned().filter(|_| connected) {
                     if client.try_publish(topic, QoS::AtLeastOnce, false, ack).is_err() {
                         break;
                     }
