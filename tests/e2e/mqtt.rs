@@ -880,6 +880,7 @@ fn a_flood_of_commands_loses_none_keeps_the_dry_run_and_bounds_rejection_records
         cmds.iter().filter(|c| c["accepted"] == false && c["command_id"].as_str().unwrap_or("").starts_with("flood")).count();
     let summarised: u64 =
         audit_lines(&state).iter().filter(|r| r["kind"] == "commands_rejected").map(|r| r["count"].as_u64().unwrap()).sum();
+    println!("{recorded_rejections} rejections recorded one by one, {summarised} counted in commands_rejected");
     assert!(cmds.iter().any(|c| c["command_id"] == "oncall-dry" && c["accepted"] == true));
     assert_eq!(recorded_rejections as u64 + summarised, 3000, "every rejection recorded or counted");
     assert!(recorded_rejections <= 20, "{recorded_rejections} records of their own");
