@@ -47,7 +47,7 @@ fn write_playbooks(dir: &Path, pbs: &[(&str, String)]) -> PathBuf {
 
 fn set_mode(state: &Path, mode: Mode) {
     std::fs::create_dir_all(state).unwrap();
-    ModeState { mode, since_ms: 1, actor: "test".into(), reason: "test".into(), expires_ms: None, revert_to: None }.save(state).unwrap();
+    ModeState { mode, since_ms: 1, actor: "test".into(), reason: "test".into(), ..ModeState::fresh() }.save(state).unwrap();
 }
 
 fn agent(dir: &Path, pbs: &[(&str, String)], mode: Mode, cfg: &str) -> (Agent, PathBuf) {

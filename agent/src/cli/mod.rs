@@ -544,14 +544,16 @@ fn remote_mode(
 ) -> anyhow::Result<ExitCode> {
     let (cfg, _) = Config::load(control.config.as_deref())?;
     let m = &cfg.mqtt;
-    let topic = match (&node, &group) {
-        (Some(n), _) => format!("{}/node/{n}/cmd", m.prefix),
-        (_, Some(g)) => format!("{}/group/{g}/cmd", m.prefix),
-        _ => format!("{}/fleet/cmd", m.prefix),
+    use crate::control::remote::Scope;
+    let scope = match (&node, &group) {
+        (Some(n), _) => Scope::Node(n.clone()),
+        (_, Some(g)) => Scope::Group(g.clone()),
+        _ => Scope::Fleet,
     };
+    let topic = scope.topic(&m.prefix);
     let actor = std::env::var("SUDO_USER").or_else(|_| std::env::var("USER")).unwrap_or_else(|_| "unknown".into());
-    let mut cmd =
-        serde_json::json!({ "id": uuid::Uuid::now_v7().to_string(), "op": "set_mode", "mode": mode, "reason": reason, "actor": actor });
+    // The scope is part of what is signed: the command is good on this topic only.
+    let mut cmd = serde_json::json!({ "id": uuid::Uuid::now_v7().to_string(), "op": "set_mode", "scope": scope.to_string(), "mode": mode, "reason": reason, "actor": actor });
     if let Some(t) = ttl_secs {
         cmd["ttl_secs"] = t.into();
     }

@@ -15,6 +15,7 @@
 use crate::actions::{self, ActionRequest, ExecContext, Outcome, Status};
 use crate::audit::{AuditError, AuditLog};
 use crate::config::Config;
+use crate::control::command::{Command, CommandError, Incoming, Origin};
 use crate::control::mode::ModeState;
 use crate::control::{Peer, Request, Response};
 use crate::gate::{Decision, Gate, Mode};
@@ -99,7 +100,24 @@ pub struct Agent {
     pub verifier: crate::control::remote::Verifier,
     /// Fleet groups this node belongs to (shown in its retained status).
     pub groups: Vec<String>,
+    /// The MQTT topic prefix: a fleet command's topic names its scope under it.
+    prefix: String,
+    /// Rejected commands per topic in the current minute (see `Agent::remote`).
+    rejections: BTreeMap<String, Rejections>,
     unavailable: BTreeMap<String, String>,
+}
+
+/// Rejected commands recorded one by one per topic and minute; past that they are counted
+/// and summarised in one `commands_rejected` record when the minute ends.
+const REJECTIONS_RECORDED_PER_MIN: u32 = 10;
+
+/// Rejected commands of one topic within a minute.
+#[derive(Debug, Default)]
+struct Rejections {
+    since_ms: i64,
+    recorded: u32,
+    suppressed: u64,
+    by_code: BTreeMap<&'static str, u64>,
 }
 
 impl Agent {
@@ -206,6 +224,8 @@ impl Agent {
             replication: None,
             verifier: Default::default(),
             groups: cfg.mqtt.groups.clone(),
+            prefix: cfg.mqtt.prefix.clone(),
+            rejections: BTreeMap::new(),
             unavailable: first.unavailable.clone(),
         };
         agent.expire_mode(crate::audit::now_ms())?;
@@ -285,29 +305,32 @@ impl Agent {
         Ok(())
     }
 
-    /// Reverts a mode change whose TTL has passed, and records it.
+    /// Reverts a mode change whose TTL has passed to exactly the state before it (or dry-run
+    /// when that expired too; `ModeState::successor`), and records it. Also writes the summary
+    /// of rejected commands whose minute ended.
     fn expire_mode(&mut self, now: i64) -> Result<(), AuditError> {
-        if !self.mode.expired(now) {
-            return Ok(());
-        }
-        let to = self.mode.revert_to.unwrap_or(Mode::DryRun);
+        self.flush_rejections(now);
+        let Some(next) = self.mode.successor(now) else { return Ok(()) };
         let old = self.mode.clone();
-        let next = ModeState {
-            mode: to,
-            since_ms: now,
-            actor: "medic (ttl expiry)".into(),
-            reason: format!("ttl of the change by {} expired", old.actor),
-            expires_ms: None,
-            revert_to: None,
-        };
         self.apply_mode(next, &old, "mode_expired", now)
     }
 
     /// Persists and records a mode change: the safer state is always durable first (a switch to
-    /// dry-run is saved before it is recorded; a switch to live is recorded before it is saved).
+    /// dry-run takes effect and is saved before it is recorded, so the brake works even when the
+    /// log cannot be written; a switch to live is recorded, then saved, then takes effect).
     fn apply_mode(&mut self, next: ModeState, old: &ModeState, kind: &str, now: i64) -> Result<(), AuditError> {
+        let (actor, reason) = if kind == "mode_expired" {
+            let back = if next.since_ms == now {
+                next.reason.clone()
+            } else {
+                format!("back to the state set by {} ({})", next.actor, next.reason)
+            };
+            ("medic (ttl expiry)".to_string(), format!("ttl of the change by {} expired; {back}", old.actor))
+        } else {
+            (next.actor.clone(), next.reason.clone())
+        };
         let body = obj(json!({
-            "from": old.mode.as_str(), "to": next.mode.as_str(), "actor": next.actor, "reason": next.reason,
+            "from": old.mode.as_str(), "to": next.mode.as_str(), "actor": actor, "reason": reason,
             "expires": next.expires_ms.map(crate::audit::now_rfc3339), "revert_to": next.revert_to.map(Mode::as_str),
         }));
         let save = |m: &ModeState, dir: &std::path::Path| {
@@ -322,8 +345,79 @@ impl Agent {
             save(&next, &self.state_dir)?;
             self.mode = next.clone();
         }
-        tracing::warn!(message = "Mode changed.", from = old.mode.as_str(), to = next.mode.as_str(), actor = %next.actor, reason = %next.reason);
+        tracing::warn!(message = "Mode changed.", from = old.mode.as_str(), to = next.mode.as_str(), actor = %actor, reason = %reason);
         Ok(())
+    }
+
+    /// Applies one command, whatever its origin (the control socket or the broker): the one
+    /// path, so that the two cannot drift. Authorization is the edge's (peer credentials, or a
+    /// signature checked in `remote`); here each command is validated, recorded, and only then
+    /// changes state (except a switch to dry-run, see `apply_mode`).
+    pub fn apply(&mut self, cmd: Command, origin: &Origin, now: i64) -> Result<Value, CommandError> {
+        use crate::control::command::bounded;
+        match cmd {
+            Command::Status => Ok(self.status(now)),
+            Command::Breakers => Ok(json!(self.gate.open_breakers())),
+            Command::SetMode { mode, reason, ttl_secs } => {
+                let old = self.mode.clone();
+                let next = old.change(mode, origin.actor(), bounded(&reason), ttl_secs, now);
+                if let Err(e) = self.apply_mode(next, &old, "mode_change", now) {
+                    let already = if mode == Mode::DryRun && self.mode.mode == Mode::DryRun { "dry-run is in effect, but " } else { "" };
+                    return Err(CommandError::NotRecorded(format!("{already}{e}")));
+                }
+                Ok(self.status(now)["mode"].clone())
+            }
+            Command::ResetBreaker { playbook, action, target, reason } => {
+                if !self.gate.open_breakers().iter().any(|b| b.playbook == playbook && b.action == action && b.target == target) {
+                    return Err(CommandError::NoBreaker(format!("{} {action} {:?}", bounded(&playbook), bounded(&target))));
+                }
+                let body = obj(
+                    json!({ "playbook": playbook, "action": action, "target": target, "actor": origin.actor(), "reason": bounded(&reason) }),
+                );
+                self.record("breaker_reset", body, now).map_err(|e| CommandError::NotRecorded(e.to_string()))?;
+                self.gate.reset(&(playbook, action, target));
+                Ok(json!({ "reset": true }))
+            }
+            Command::Reload => {
+                self.reload().map_err(|e| CommandError::NotRecorded(e.to_string()))?;
+                Ok(json!({ "playbooks": self.playbook_names() }))
+            }
+        }
+    }
+
+    /// Whether a rejected command on `channel` gets a record of its own; past
+    /// `REJECTIONS_RECORDED_PER_MIN` a minute it is only counted.
+    fn rejection_recorded(&mut self, channel: &str, code: &'static str, now: i64) -> bool {
+        self.flush_rejections(now);
+        let r = self.rejections.entry(channel.to_string()).or_insert_with(|| Rejections { since_ms: now, ..Default::default() });
+        if r.recorded < REJECTIONS_RECORDED_PER_MIN {
+            r.recorded += 1;
+            return true;
+        }
+        r.suppressed += 1;
+        *r.by_code.entry(code).or_default() += 1;
+        false
+    }
+
+    /// Records one summary per topic whose minute of rejections ended with some only counted.
+    fn flush_rejections(&mut self, now: i64) {
+        let due: Vec<String> =
+            self.rejections.iter().filter(|(_, r)| now.saturating_sub(r.since_ms) >= 60_000).map(|(k, _)| k.clone()).collect();
+        for k in due {
+            let Some(r) = self.rejections.remove(&k) else { continue };
+            if r.suppressed == 0 {
+                continue;
+            }
+            let until = if now == i64::MAX { crate::audit::now_ms() } else { now };
+            let body = obj(json!({
+                "topic": k, "count": r.suppressed, "by_code": r.by_code,
+                "since": crate::audit::now_rfc3339(r.since_ms), "until": crate::audit::now_rfc3339(until),
+            }));
+            tracing::warn!(message = "Fleet commands rejected without a record each.", topic = %k, count = r.suppressed);
+            if self.record("commands_rejected", body, until).is_err() {
+                self.rejections.insert(k, r); // tried again at the next tick
+            }
+        }
     }
 
     /// Records the outcomes of actions that ended.
@@ -487,115 +581,67 @@ impl Agent {
     /// Answers one control request from `peer`.
     pub fn control(&mut self, req: Request, peer: &Peer) -> Response {
         let now = crate::audit::now_ms();
-        match req {
-            Request::Status => Response::ok(self.status(now)),
-            Request::SetMode { mode, reason, ttl_secs } => {
-                let Some(to) = Mode::parse(&mode) else { return Response::err(format!("unknown mode {mode:?}: live or dry-run")) };
-                if reason.trim().is_empty() {
-                    return Response::err("a reason is required");
-                }
-                let old = self.mode.clone();
-                let next = ModeState {
-                    mode: to,
-                    since_ms: now,
-                    actor: peer.actor(),
-                    reason,
-                    expires_ms: ttl_secs.map(|t| now + t.min(365 * 86_400) as i64 * 1000),
-                    revert_to: ttl_secs.map(|_| old.mode),
-                };
-                match self.apply_mode(next, &old, "mode_change", now) {
-                    Ok(()) => Response::ok(self.status(now)["mode"].clone()),
-                    Err(e) => Response::err(format!("mode not changed: {e}")),
-                }
-            }
-            Request::Breakers => Response::ok(json!(self.gate.open_breakers())),
-            Request::ResetBreaker { playbook, action, target, reason } => {
-                let Some(kind) = actions::ActionKind::parse(&action) else { return Response::err(format!("unknown action {action:?}")) };
-                let key = (playbook.clone(), kind, target.clone());
-                if !self.gate.open_breakers().iter().any(|b| b.playbook == playbook && b.action == kind && b.target == target) {
-                    return Response::err(format!("no open breaker for {playbook} {action} {target:?}"));
-                }
-                let body =
-                    obj(json!({ "playbook": playbook, "action": action, "target": target, "actor": peer.actor(), "reason": reason }));
-                match self.record("breaker_reset", body, now) {
-                    Ok(_) => {
-                        self.gate.reset(&key);
-                        Response::ok(json!({ "reset": true }))
-                    }
-                    Err(e) => Response::err(format!("breaker not reset: {e}")),
-                }
-            }
+        let result = Command::from_request(req).and_then(|cmd| self.apply(cmd, &Origin::Local { actor: peer.actor() }, now));
+        match result {
+            Ok(v) => Response::ok(v),
+            Err(e) => Response::err(e.to_string()),
         }
     }
 
-    /// Handles a fleet command from the broker (see `control::remote`); returns its ack.
-    pub fn remote(&mut self, topic: &str, payload: &[u8]) -> Value {
-        use crate::control::remote;
+    /// Handles a publish on a command topic (see `control::remote`) and returns its ack (none
+    /// for a packet whose topic is not known). Refused: retained messages, payloads over the
+    /// limit, duplicate keys, a scope that is not the topic's or does not include this node,
+    /// and unsigned live or breaker commands. Every command is recorded, its claimed fields
+    /// bounded; rejections past `REJECTIONS_RECORDED_PER_MIN` a minute on a topic are counted
+    /// and summarised instead.
+    pub fn remote(&mut self, inc: &Incoming) -> Option<Value> {
+        use crate::control::command::bounded;
+        use crate::control::remote::{self, Scope};
         let now = crate::audit::now_ms();
-        let parsed = remote::parse(payload);
-        let (id, op, actor) = match &parsed {
-            Ok((c, _)) => (c.id.clone(), c.op.clone(), c.actor.clone().unwrap_or_else(|| "unknown".into())),
-            Err(_) => (String::new(), String::new(), "unknown".into()),
+        let scope = Scope::of_topic(&self.prefix, &inc.topic).filter(|s| s.includes(&self.node, &self.groups));
+        let parsed = if inc.retained { Err(CommandError::Retained) } else { remote::parse(&inc.payload, inc.bytes) };
+        let (id, op, claimed) = match &parsed {
+            Ok((c, _)) => (bounded(&c.id), bounded(&c.op), bounded(c.actor.as_deref().unwrap_or("unknown"))),
+            Err(_) => (String::new(), String::new(), "unknown".to_string()),
         };
-        let result: Result<Value, String> = parsed.and_then(|(cmd, raw)| {
-            let signed = |v: &mut remote::Verifier| v.check(&cmd, &raw, now / 1000);
-            let by = |key: Option<String>| {
-                format!(
-                    "mqtt:{} via {topic}{}",
-                    cmd.actor.as_deref().unwrap_or("unknown"),
-                    key.map(|k| format!(" (signed by {k})")).unwrap_or_default()
-                )
-            };
-            match cmd.op.as_str() {
-                "set_mode" => {
-                    let to = cmd.mode.as_deref().and_then(Mode::parse).ok_or("set_mode needs `mode`: live or dry-run")?;
-                    let reason = cmd.reason.clone().filter(|r| !r.trim().is_empty()).ok_or("set_mode needs a `reason`")?;
-                    let key = if to == Mode::Live { Some(signed(&mut self.verifier)?) } else { None };
-                    let old = self.mode.clone();
-                    let next = ModeState {
-                        mode: to,
-                        since_ms: now,
-                        actor: by(key),
-                        reason,
-                        expires_ms: cmd.ttl_secs.map(|t| now + t.min(365 * 86_400) as i64 * 1000),
-                        revert_to: cmd.ttl_secs.map(|_| old.mode),
-                    };
-                    self.apply_mode(next, &old, "mode_change", now).map_err(|e| e.to_string())?;
-                    Ok(json!({ "mode": to.as_str(), "expires": self.mode.expires_ms.map(crate::audit::now_rfc3339) }))
+        let result = parsed.and_then(|(env, raw)| {
+            let scope = scope.clone().ok_or_else(|| CommandError::Scope("not a command topic of this node".into()))?;
+            if let Some(named) = env.scope.as_deref() {
+                if Scope::parse(named).as_ref() != Some(&scope) {
+                    return Err(CommandError::Scope(format!("names {:?}, received on the topic of {scope}", bounded(named))));
                 }
-                "reset_breaker" => {
-                    let key = signed(&mut self.verifier)?;
-                    let kind = cmd.action.as_deref().and_then(crate::actions::ActionKind::parse).ok_or("reset_breaker needs `action`")?;
-                    let (pb, target) = (cmd.playbook.clone().unwrap_or_default(), cmd.target.clone().unwrap_or_default());
-                    if !self.gate.reset(&(pb.clone(), kind, target.clone())) {
-                        return Err(format!("no open breaker for {pb} {kind} {target:?}"));
-                    }
-                    let body =
-                        obj(json!({ "playbook": pb, "action": kind, "target": target, "actor": by(Some(key)), "reason": cmd.reason }));
-                    self.record("breaker_reset", body, now).map_err(|e| e.to_string())?;
-                    Ok(json!({ "reset": true }))
-                }
-                "reload" => {
-                    self.reload().map_err(|e| e.to_string())?;
-                    Ok(json!({ "playbooks": self.playbook_names() }))
-                }
-                other => Err(format!("unknown op {other:?}: set_mode, reset_breaker or reload")),
             }
+            let cmd = env.command()?;
+            let key = if cmd.needs_signature() { Some(self.verifier.check(&env, &raw, &scope, now / 1000)?) } else { None };
+            let origin = Origin::Remote { topic: inc.topic.clone(), actor: claimed.clone(), key };
+            self.apply(cmd, &origin, now)
         });
-        let (ok, detail) = match &result {
-            Ok(v) => (true, v.clone()),
-            Err(e) => (false, json!(e)),
+        let channel = if scope.is_some() { bounded(&inc.topic) } else { "other".to_string() };
+        let (ok, detail, code) = match &result {
+            Ok(v) => (true, v.clone(), None),
+            Err(e) => (false, json!(bounded(&e.to_string())), Some(e.code())),
         };
-        let body = obj(
-            json!({ "topic": topic, "command_id": id, "op": op, "actor": actor, "accepted": ok, "result": if ok { detail.clone() } else { Value::Null }, "error": if ok { Value::Null } else { detail.clone() }, "payload_bytes": payload.len() }),
-        );
-        if let Err(e) = self.record("command", body, now) {
-            tracing::error!(message = "Fleet command not recorded.", error = %e);
+        let body = obj(json!({
+            "topic": bounded(&inc.topic), "command_id": id, "op": op, "actor": claimed, "accepted": ok,
+            "result": if ok { detail.clone() } else { Value::Null }, "error": if ok { Value::Null } else { detail.clone() },
+            "error_code": code, "payload_bytes": inc.bytes, "retained": inc.retained,
+        }));
+        let recorded = match code {
+            None => true,
+            Some(c) => self.rejection_recorded(&channel, c, now),
+        };
+        if recorded {
+            if let Err(e) = self.record("command", body, now) {
+                tracing::error!(message = "Fleet command not recorded.", error_code = e.code(), error = %e);
+            }
         }
-        if !ok {
-            tracing::warn!(message = "Fleet command rejected.", topic, id = %id, error = %detail);
+        if let Some(c) = code {
+            tracing::warn!(message = "Fleet command rejected.", topic = %channel, id = %id, error_code = c, error = %detail);
         }
-        json!({ "node": self.node, "id": id, "ok": ok, "result": if ok { detail.clone() } else { Value::Null }, "error": if ok { Value::Null } else { detail } })
+        scope.as_ref()?;
+        Some(
+            json!({ "node": self.node, "id": id, "ok": ok, "result": if ok { detail.clone() } else { Value::Null }, "error": if ok { Value::Null } else { detail }, "error_code": code }),
+        )
     }
 
     /// The retained status published on the broker: what changes rarely (not budgets or seq).
@@ -653,6 +699,7 @@ impl Agent {
     pub fn stop(mut self, reason: &str) -> Result<(), AuditError> {
         self.wait_actions(self.exec.timeout.saturating_add(Duration::from_secs(5)));
         let still = self.running.len();
+        self.flush_rejections(i64::MAX); // counted rejections of the last minute, summarised
         self.audit.append("agent_stopped", obj(json!({ "reason": reason, "actions_still_running": still })))?;
         Ok(())
     }
@@ -755,12 +802,12 @@ pub async fn run(
     use tokio::signal::unix::{signal, SignalKind};
     let (status_tx, status_rx) = tokio::sync::watch::channel(String::new());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let (cmd_tx, mut cmd_rx) = tokio::sync::mpsc::channel::<(String, Vec<u8>)>(64);
+    let (cmd_tx, mut cmd_rx) = tokio::sync::mpsc::channel::<Incoming>(64);
     let (ack_tx, ack_rx) = tokio::sync::mpsc::channel::<(String, String)>(64);
     let forwarder = mqtt.enabled.then(|| {
         let state_dir = agent.audit_path().parent().map(PathBuf::from).unwrap_or_default();
         let keys = mqtt.trusted_keys_dir.clone().unwrap_or_else(|| state_dir.join("trusted-keys"));
-        agent.verifier = crate::control::remote::Verifier::load(&keys);
+        agent.verifier = crate::control::remote::Verifier::load(&keys, &state_dir);
         let (health_tx, health_rx) = tokio::sync::watch::channel(crate::forward::Health::default());
         agent.replication = Some(health_rx);
         let links = crate::forward::Links { status: status_rx, stop: stop_rx, health: health_tx, commands: cmd_tx, acks: ack_rx };
@@ -784,9 +831,10 @@ pub async fn run(
                 let _ = status_tx.send(agent.public_status());
             }
             Ok((stream, _)) = listener.accept() => serve(&mut agent, stream, group.as_deref()).await,
-            Some((topic, payload)) = cmd_rx.recv() => {
-                let ack = agent.remote(&topic, &payload);
-                let _ = ack_tx.try_send((format!("{topic}/ack"), ack.to_string()));
+            Some(inc) = cmd_rx.recv() => {
+                if let Some(ack) = agent.remote(&inc) {
+                    let _ = ack_tx.try_send((format!("{}/ack", inc.topic), ack.to_string()));
+                }
                 let _ = status_tx.send(agent.public_status());
             }
             _ = hup.recv() => {
