@@ -168,8 +168,7 @@ fn live_agent(dir: &Path, pbs: &[(&str, String)], cfg: &str) -> (medic::daemon::
         since_ms: 1,
         actor: "test".into(),
         reason: "test".into(),
-        expires_ms: None,
-        revert_to: None,
+        ..medic::control::mode::ModeState::fresh()
     }
     .save(&state)
     .unwrap();
