@@ -439,7 +439,7 @@ fn regression_a_sleeping_or_spinning_playbook_stopped_the_agent() {
     let cfg = write_config(
         dir.path(),
         &format!(
-            "[control]\nsocket = \"{}\"\n[signals]\ninterval_secs = 1\n[playbooks.limits]\nmax_operations = 1000000000000\ndeadline_ms = 300\n",
+            "[control]\nsocket = \"{}\"\n[signals]\ninterval_secs = 1\n[playbooks.limits]\nmax_operations = 1000000000\ndeadline_ms = 300\n",
             sock.display()
         ),
     );
