@@ -202,7 +202,7 @@ pub fn bound(body: &mut Map<String, Value>, node: &str, kind: &str) -> Option<us
     }
     fit(&mut v, budget, 0);
     let Value::Object(mut m) = v else { return Some(have) };
-    if serde_json::to_vec(&*m).map_or(usize::MAX, |b| b.len()) > budget {
+    if serde_json::to_vec(&m).map_or(usize::MAX, |b| b.len()) > budget {
         // Not reachable by the shares above; kept so that the bound holds whatever the input.
         m = Map::new();
         m.insert("error".into(), Value::String("record body too large even after truncation; body dropped".into()));
