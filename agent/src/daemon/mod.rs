@@ -921,7 +921,7 @@ fn bind_control(path: &std::path::Path, group: Option<&str>) -> anyhow::Result<t
 /// How long a control connection may take to send its request.
 pub const CONTROL_READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// Control connections served at once; one more is answered "busy" and closed.
-pub const MAX_CONTROL_CONNECTIONS: usize = 32;
+pub const MAX_CONTROL_CONNECTIONS: usize = 128;
 
 /// A control request read and checked by its connection's task, for the loop to answer.
 struct ControlCall {
