@@ -328,8 +328,7 @@ fn a_flood_gets_no_more_than_its_bounds_and_the_breaker_opens() {
     a.stop("restart").unwrap();
     // Repeated refusals are written once, then counted (`decision_repeated`, written at stop at
     // the latest).
-    let repeated: u64 =
-        audit_lines(&state).iter().filter(|r| r["kind"] == "decision_repeated").map(|r| r["count"].as_u64().unwrap()).sum();
+    let repeated: u64 = audit_lines(&state).iter().filter(|r| r["kind"] == "decision_repeated").map(|r| r["count"].as_u64().unwrap()).sum();
     assert_eq!(acts.len() as u64 + repeated, 600, "every request is decided and recorded, in full or in a count");
     assert!(acts.len() < 20, "{} records for 600 decisions", acts.len());
     let cfg = Config::parse("t.toml", cfg).unwrap();

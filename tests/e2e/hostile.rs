@@ -202,11 +202,8 @@ fn a_stuck_playbook_writes_a_few_records_per_hour_and_the_counts_add_up() {
         "restart_unit(\"ssh.service\", \"always\");",
     );
     let suppressed = playbook("stuck-suppressed", "#{ kind: \"notify\", target: \"*\" }", "100", "1h", "notify(\"again\");");
-    let (mut agent, state) = library_agent(
-        dir.path(),
-        &[("denied.rhai", denied), ("suppressed.rhai", suppressed)],
-        "[audit]\nrepeat_window_secs = 600\n",
-    );
+    let (mut agent, state) =
+        library_agent(dir.path(), &[("denied.rhai", denied), ("suppressed.rhai", suppressed)], "[audit]\nrepeat_window_secs = 600\n");
     let mut decisions = std::collections::BTreeMap::<String, u64>::new();
     let mut coalesced = 0;
     for t in 0..3600 {

@@ -120,7 +120,10 @@ impl EvalJob {
             let run = std::panic::AssertUnwindSafe(|| rt.evaluate(&d.pb, snap.clone(), sense.history.clone(), &d.state));
             let res = std::panic::catch_unwind(run).unwrap_or_else(|p| {
                 let what = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
-                Err(EvalError { code: "runtime_error", message: format!("{}: evaluation panicked: {}", d.pb.file, what.unwrap_or_default()) })
+                Err(EvalError {
+                    code: "runtime_error",
+                    message: format!("{}: evaluation panicked: {}", d.pb.file, what.unwrap_or_default()),
+                })
             });
             results.push((d, res));
         }
@@ -324,7 +327,12 @@ impl Agent {
     /// Every record is bounded in bytes first (`audit::bound`).
     fn record(&mut self, kind: &str, mut body: Map<String, Value>, ts: i64) -> Result<u64, AuditError> {
         if let Some(from) = crate::audit::bound::bound(&mut body, &self.node, kind) {
-            tracing::warn!(message = "Audit record truncated to its byte bound.", kind, from_bytes = from, bound = crate::audit::bound::MAX_RECORD_BYTES);
+            tracing::warn!(
+                message = "Audit record truncated to its byte bound.",
+                kind,
+                from_bytes = from,
+                bound = crate::audit::bound::MAX_RECORD_BYTES
+            );
         }
         match self.audit.append_at(kind, body, ts) {
             Ok(seq) => Ok(seq),
@@ -566,7 +574,8 @@ impl Agent {
         let r = r.clone();
         if r.overruns == 1 {
             tracing::warn!(message = "Evaluation overran its tick; ticks are skipped until it ends.", playbooks = ?r.playbooks, running_ms = now - r.since_ms);
-            let body = obj(json!({ "playbooks": r.playbooks, "started": crate::audit::now_rfc3339(r.since_ms), "running_ms": now - r.since_ms }));
+            let body =
+                obj(json!({ "playbooks": r.playbooks, "started": crate::audit::now_rfc3339(r.since_ms), "running_ms": now - r.since_ms }));
             let _ = self.record("evaluation_overrun", body, now);
         }
         if let Err(e) = self.housekeeping(now) {
@@ -589,7 +598,7 @@ impl Agent {
             let name = d.pb.meta.name.clone();
             report.evaluated.push(name.clone());
             // Reloaded or unloaded meanwhile: that version no longer speaks for the file.
-            if !self.slots.get(&d.file).is_some_and(|s| s.pb.sha256 == d.pb.sha256) {
+            if self.slots.get(&d.file).is_none_or(|s| s.pb.sha256 != d.pb.sha256) {
                 tracing::warn!(message = "Playbook changed during its evaluation; its requests are dropped.", playbook = %name, file = %d.file);
                 continue;
             }
@@ -696,7 +705,8 @@ impl Agent {
 
     /// Waits up to `max` for running actions to end, recording their outcomes.
     pub fn wait_actions(&mut self, max: Duration) {
-        let deadline = std::time::Instant::now().checked_add(max).unwrap_or_else(|| std::time::Instant::now() + Duration::from_secs(86_400));
+        let deadline =
+            std::time::Instant::now().checked_add(max).unwrap_or_else(|| std::time::Instant::now() + Duration::from_secs(86_400));
         while !self.running.is_empty() && std::time::Instant::now() < deadline {
             if let Ok(f) = self.done_rx.recv_timeout(Duration::from_millis(50)) {
                 self.unrecorded.push(f);
@@ -891,7 +901,11 @@ impl Agent {
             }
         }
         let abandoned = self.evaluating.take().map(|r| r.playbooks);
-        self.record("agent_stopped", obj(json!({ "reason": reason, "actions_still_running": still, "evaluation_abandoned": abandoned })), now)?;
+        self.record(
+            "agent_stopped",
+            obj(json!({ "reason": reason, "actions_still_running": still, "evaluation_abandoned": abandoned })),
+            now,
+        )?;
         Ok(())
     }
 }
@@ -947,7 +961,8 @@ async fn accept_control(listener: tokio::net::UnixListener, group: Option<String
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             tracing::warn!(message = "Control connection refused: too many at once.", max = MAX_CONTROL_CONNECTIONS);
-            let mut out = serde_json::to_string(&Response::err("busy: too many control connections at once; try again")).unwrap_or_default();
+            let mut out =
+                serde_json::to_string(&Response::err("busy: too many control connections at once; try again")).unwrap_or_default();
             out.push('\n');
             let _ = stream.try_write(out.as_bytes());
             continue;

@@ -103,7 +103,11 @@ impl Repeats {
 
     /// The windows that ended by `now` (all of them with `now = i64::MAX`).
     pub fn ended(&self, now: i64) -> Vec<Target> {
-        self.open.iter().filter(|(_, o)| now == i64::MAX || now - o.first_ms >= self.window_ms || now < o.first_ms).map(|(k, _)| k.clone()).collect()
+        self.open
+            .iter()
+            .filter(|(_, o)| now == i64::MAX || now - o.first_ms >= self.window_ms || now < o.first_ms)
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 }
 
