@@ -7,6 +7,7 @@ mod audit;
 mod cli;
 mod ebpf;
 mod history;
+mod hostile;
 mod mqtt;
 mod playbooks;
 mod scale;

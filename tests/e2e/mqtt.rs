@@ -167,9 +167,9 @@ fn records_written_while_the_broker_is_down_all_arrive_in_order() {
     broker.stop();
     let (cfg, pbs, state) = write_setup(dir.path(), broker.port, "node-a", 3);
     let a = agent(&cfg, &pbs, &state);
-    std::thread::sleep(Duration::from_secs(4)); // records pile up locally
+    // Records pile up locally (waited for, not slept on: start-up takes seconds on a busy host).
+    assert!(crate::util::wait_until(30, || log_seqs(&state).len() >= 6), "{}", log_seqs(&state).len());
     let written = log_seqs(&state).len();
-    assert!(written >= 6, "{written}");
     broker.start();
     let sub = Subscriber::run(broker.port, "auditor-1", 60);
     assert!(crate::util::wait_until(30, || medic::forward::read_cursor(&state) >= written as u64), "the backlog drains");

@@ -8,6 +8,7 @@
 //! `audit.torn.<unix-ms>`, and recorded as an `audit_torn_tail` record, so the chain continues
 //! from the last whole record and nothing is dropped silently. `verify` re-checks the whole file.
 
+pub mod bound;
 pub mod verify;
 
 use serde::Serialize;

@@ -27,6 +27,8 @@ pub struct Config {
     pub playbooks: PlaybooksConfig,
     pub policy: PolicyConfig,
     pub actions: ActionsConfig,
+    /// The audit log (`[audit]`).
+    pub audit: AuditConfig,
     pub control: ControlConfig,
     /// Replication of the audit log to an MQTT broker (`[mqtt]`; off unless enabled).
     pub mqtt: crate::forward::MqttConfig,
@@ -113,6 +115,22 @@ pub struct ActionsConfig {
 impl Default for ActionsConfig {
     fn default() -> Self {
         Self { timeout_secs: 30, kill_after_secs: 10, systemd_bus: None, max_output_bytes: 4096 }
+    }
+}
+
+/// The audit log.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Identical decisions that did not execute (same playbook, action, target, decision, rule
+    /// and mode) within this many seconds of the first are written once, then counted into one
+    /// `decision_repeated` record when the window ends. 0: every decision is written.
+    pub repeat_window_secs: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self { repeat_window_secs: 600 }
     }
 }
 
@@ -385,6 +403,9 @@ impl Config {
         }
         if cfg.actions.timeout_secs == 0 {
             return Err(at("actions.timeout_secs", "actions.timeout_secs: must be at least 1".into()));
+        }
+        if cfg.audit.repeat_window_secs > 86_400 {
+            return Err(at("repeat_window_secs", "audit.repeat_window_secs: at most 86400 (a day)".into()));
         }
         let m = &cfg.mqtt;
         if m.prefix.is_empty() || m.prefix.contains(['+', '#']) || m.prefix.ends_with('/') {

@@ -317,10 +317,9 @@ pub async fn run(cfg: MqttConfig, node: String, state_dir: PathBuf, links: Links
             _ = stop.changed(), if drain_until.is_none() => {
                 drain_until = Some(Instant::now() + Duration::from_secs(2));
             }
-            _ = tick.tick() => {
-                if !connected {
-                    continue;
-                }
+            // Not while connecting: `events.poll()` is not cancel-safe until the CONNACK, and a
+            // tick every 50 ms dropped every TLS handshake slower than that (reconnect loop).
+            _ = tick.tick(), if connected => {
                 // Publish more while the window allows, at most max_rate per second.
                 let room = (cfg.max_inflight as usize).saturating_sub(inflight.len() + unassigned.len()).min(budget_per_tick);
                 if room > 0 {
