@@ -198,7 +198,9 @@ fn run_command_arg_glob_cannot_climb_out_with_dotdot_or_cross_slashes_or_become_
          run_command(\"/bin/cat\", [\"--version\"], \"option\");"
     );
     let pb = playbook("cat", "#{ kind: \"run_command\", target: \"/bin/cat\" }", &body);
-    let cfg = format!("[policy]\ncommands = [{{ path = \"/bin/cat\", args = [\"{a}/*\"], user = \"root\" }}]\n");
+    // Each refusal is checked on its own record: no coalescing of repeated refusals here.
+    let cfg =
+        format!("[audit]\nrepeat_window_secs = 0\n[policy]\ncommands = [{{ path = \"/bin/cat\", args = [\"{a}/*\"], user = \"root\" }}]\n");
     let (mut agent, state) = live_agent(tmp.path(), &[("c.rhai", pb)], &cfg);
     agent.tick(medic::audit::now_ms()).unwrap();
     agent.wait_actions(Duration::from_secs(20));

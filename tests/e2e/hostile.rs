@@ -174,11 +174,14 @@ fn a_megabyte_notify_with_big_reads_gives_records_within_64_kib() {
     let recs = audit_lines(&state);
     let actions: Vec<&Value> = recs.iter().filter(|r| r["kind"] == "action").collect();
     assert!(!actions.is_empty());
+    // The request is bounded where it is made (playbooks::api), the record again on append
+    // (audit::bound): whichever cut, it is marked, and every read is either carried or counted.
     for a in &actions {
-        assert_eq!(a["truncated"], true, "{:.300}", a.to_string());
-        assert!(a["truncated_from_bytes"].as_u64().unwrap() > 1_000_000);
-        assert!(a["trigger"]["reason"].as_str().unwrap().contains("…[truncated "), "marker, never dropped");
-        assert_eq!(a["trigger"]["signals"].as_object().unwrap().len(), 64, "every read kept, cut");
+        assert!(a["trigger"]["reason"].as_str().unwrap().contains("…[truncated"), "marker, never dropped");
+        let signals = a["trigger"]["signals"].as_object().unwrap();
+        let omitted = signals.get(medic::playbooks::api::OMITTED_READS).and_then(Value::as_u64).unwrap_or(0);
+        let carried = signals.keys().filter(|k| k.as_str() != medic::playbooks::api::OMITTED_READS).count() as u64;
+        assert_eq!(carried + omitted, 64, "every read carried or counted: {signals:?}");
         assert_eq!(a["playbook"]["name"], "noisy");
     }
     assert!(actions.iter().any(|a| a["decision"] == "executed") && actions.iter().any(|a| a["decision"] == "suppressed"));
