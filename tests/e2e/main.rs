@@ -2,10 +2,12 @@
 //! binary and the library on real files, real processes and fixture /proc trees.
 
 mod acting;
+mod actions_hostile;
 mod audit;
 mod cli;
 mod ebpf;
 mod history;
+mod hostile;
 mod mqtt;
 mod playbooks;
 mod scale;

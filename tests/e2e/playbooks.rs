@@ -73,7 +73,26 @@ fn broken_playbooks() -> Vec<(&'static str, String, &'static str)> {
         ("no_meta.rhai", ALWAYS_BODY.to_string(), ":1:1: missing metadata"),
         ("import.rhai", format!("import \"os\" as os;\n{}{ALWAYS_BODY}", notify_meta("import")), ":1:"),
         ("eval.rhai", format!("{}fn evaluate(node, state) {{\n    eval(\"1\");\n}}\n", notify_meta("eval")), ":5:"),
+        // Issue 9: each of these passed `playbook check`; `sleep` hung the agent, `sleep(1e20)`
+        // aborted it at every start, `timestamp()` was a wall clock, and the dynamic calls
+        // reached action functions the manifest did not list.
+        ("sleep.rhai", body("sleep", "    sleep(3600);"), ":5:5: `sleep`: playbooks cannot wait"),
+        ("sleep_huge.rhai", body("sleep-huge", "    sleep(1e20);"), ":5:5: `sleep`: playbooks cannot wait"),
+        ("clock.rhai", body("clock", "    let t = timestamp();"), ":5:13: `timestamp`: the engine has no clock"),
+        (
+            "fn_ptr.rhai",
+            body("fn-ptr", "    let f = Fn(\"restart_unit\");\n    f.call(\"nginx.service\", \"why\");"),
+            ":5:13: `Fn(\"restart_unit\")`: function pointers built from names are not available",
+        ),
+        ("fn_computed.rhai", body("fn-computed", "    let n = \"restart\" + \"_unit\";\n    let f = Fn(n);"), ":6:13: `Fn`: "),
+        ("fn_call.rhai", body("fn-call", "    let f = |x| x;\n    f.call(1);"), ":6:7: `call`: "),
+        ("fn_curry.rhai", body("fn-curry", "    let f = |x| x;\n    let g = f.curry(1);"), ":6:15: `curry`: "),
+        ("fn_named.rhai", body("fn-named", "    [\"x\"].map(\"restart_unit\");"), ":5:11: `map` with a function name"),
     ]
+}
+
+fn body(name: &str, body: &str) -> String {
+    format!("{}fn evaluate(node, state) {{\n{body}\n}}\n", notify_meta(name))
 }
 
 #[test]
@@ -136,10 +155,22 @@ fn limits_stop_runaway_playbooks_and_the_others_still_evaluate() {
     assert!(run(&args).status.success());
     assert!(t.elapsed() < Duration::from_secs(30));
 
+    // These limits, not the deadline (a debug build pushing to an array checks its size at every
+    // push, which the deadline would stop first on a busy machine).
+    let cfg = write_config(dir.path(), "[playbooks.limits]\ndeadline_ms = 60000\n");
     let t = Instant::now();
-    let o = run(&["run", "--once", "--playbooks", pbs.to_str().unwrap(), "--state-dir", state.to_str().unwrap()]);
+    let o = run(&[
+        "run",
+        "--once",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--playbooks",
+        pbs.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(t.elapsed() < Duration::from_secs(30), "run --once must not hang: {:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(60), "run --once must not hang: {:?}", t.elapsed());
     let recs = audit_lines(&state);
     let disabled: Vec<(&str, &str, &str)> = recs
         .iter()
@@ -296,4 +327,162 @@ fn evaluation_is_deterministic() {
         out
     };
     assert_eq!(play(), play());
+}
+
+/// Runs `medic args`, failing the test (and killing it) if it has not exited within `secs`.
+fn run_within(secs: u64, args: &[&str]) -> std::process::Output {
+    let out = tempfile::tempdir().unwrap();
+    let (o, e) = (out.path().join("out"), out.path().join("err"));
+    let mut child = crate::util::Reaped(
+        medic().args(args).stdout(std::fs::File::create(&o).unwrap()).stderr(std::fs::File::create(&e).unwrap()).spawn().unwrap(),
+    );
+    let t = Instant::now();
+    let status = loop {
+        if let Some(st) = child.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(t.elapsed() < Duration::from_secs(secs), "medic {args:?} hung (killed after {secs} s)");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::process::Output { status, stdout: std::fs::read(&o).unwrap(), stderr: std::fs::read(&e).unwrap() }
+}
+
+fn mkfifo(p: &std::path::Path) {
+    rustix::fs::mknodat(rustix::fs::CWD, p, rustix::fs::FileType::Fifo, rustix::fs::Mode::from(0o644), 0).unwrap();
+}
+
+/// Issue 9: a directory named `x.rhai` or a dangling symlink dropped every playbook, a FIFO named
+/// `x.rhai` hung start, reload, `validate`, `playbook check` and `playbook test`.
+#[test]
+fn regression_one_bad_entry_in_the_playbooks_dir_dropped_all_and_a_fifo_hung_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pbs, state) = (dir.path().join("pb"), dir.path().join("state"));
+    std::fs::create_dir_all(&pbs).unwrap();
+    std::fs::write(pbs.join("always.rhai"), format!("{}{ALWAYS_BODY}", notify_meta("always"))).unwrap();
+    std::fs::create_dir(pbs.join("a_dir.rhai")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/x.rhai", pbs.join("b_dangling.rhai")).unwrap();
+    mkfifo(&pbs.join("c_fifo.rhai"));
+    let p = pbs.to_str().unwrap();
+
+    let o = run_within(30, &["validate", "--playbooks", p]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains(": ok (always)"), "{out}");
+    for (f, why) in [("a_dir.rhai", "a directory"), ("b_dangling.rhai", "a symbolic link"), ("c_fifo.rhai", "a FIFO")] {
+        assert!(out.contains(&format!("{}:1:1: {why}: playbooks must be regular files", pbs.join(f).display())), "{f}: {out}");
+    }
+    let o = run_within(30, &["playbook", "check", pbs.join("c_fifo.rhai").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("a FIFO"), "{}", text(&o));
+
+    // The agent starts, loads the good one, and records each bad entry as rejected.
+    let o = run_within(60, &["run", "--once", "--playbooks", p, "--state-dir", state.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let recs = audit_lines(&state);
+    assert!(recs.iter().any(|r| r["kind"] == "playbook_loaded" && r["playbook"]["name"] == "always"));
+    assert!(recs.iter().any(|r| r["kind"] == "action" && r["playbook"]["name"] == "always"), "the good playbook evaluates");
+    let rejected: Vec<&str> = recs.iter().filter(|r| r["kind"] == "playbook_rejected").map(|r| r["file"].as_str().unwrap()).collect();
+    assert_eq!(rejected.len(), 3, "{rejected:?}");
+
+    // `playbook test` on the directory: a FIFO case file does not hang it either.
+    std::fs::remove_file(pbs.join("c_fifo.rhai")).unwrap();
+    std::fs::remove_dir(pbs.join("a_dir.rhai")).unwrap();
+    std::fs::remove_file(pbs.join("b_dangling.rhai")).unwrap();
+    mkfifo(&pbs.join("always.test.toml"));
+    let o = run_within(30, &["playbook", "test", p]);
+    assert!(text(&o).contains("no test cases"), "{}", text(&o));
+}
+
+/// Issue 9: a playbook allowed only `notify` read 64 keys of 60 KB and notified every tick: each
+/// decision record copied every read (3.8 MB records, 1.2 GB of log in 10 s).
+#[test]
+fn regression_a_request_copied_every_read_into_its_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pbs, state) = (dir.path().join("pb"), dir.path().join("state"));
+    std::fs::create_dir_all(&pbs).unwrap();
+    let body = "fn evaluate(node, state) {\n    let k = \"\";\n    k.pad(60000, 'k');\n    for i in 0..64 { node.value(`${i}${k}`); }\n    let r = \"\";\n    r.pad(60000, 'r');\n    notify(r, #{ big: k });\n}\n";
+    std::fs::write(pbs.join("greedy.rhai"), format!("{}{body}", notify_meta("greedy"))).unwrap();
+    // A far deadline: a debug build on a busy machine is slow to build 60 KB strings.
+    let cfg = write_config(dir.path(), "[playbooks.limits]\ndeadline_ms = 60000\n");
+    let o = run_within(
+        120,
+        &["run", "--once", "--config", cfg.to_str().unwrap(), "--playbooks", pbs.to_str().unwrap(), "--state-dir", state.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let log = std::fs::read_to_string(state.join("audit.log")).unwrap();
+    let line = log.lines().find(|l| l.contains("\"kind\":\"action\"")).expect("the notification is recorded");
+    assert!(line.len() < 64 * 1024, "record of {} bytes", line.len());
+    let rec: serde_json::Value = serde_json::from_str(line).unwrap();
+    let signals = rec["trigger"]["signals"].as_object().unwrap();
+    let omitted = signals[medic::playbooks::api::OMITTED_READS].as_u64().unwrap();
+    assert_eq!(signals.len() as u64 - 1 + omitted, 64, "every read is either carried or counted");
+    assert!(rec["trigger"]["reason"].as_str().unwrap().ends_with("…[truncated]"));
+}
+
+/// Issue 9: `sleep(3600)` stopped the agent answering `medic status`/`medic mode`, `sleep(1e20)`
+/// aborted it at every start; a spinning playbook ran for as long as its operations lasted.
+/// Now `sleep` is refused at load, and an evaluation past `deadline_ms` is stopped, recorded
+/// with `deadline` and disabled, while the agent and the other playbooks carry on.
+#[test]
+fn regression_a_sleeping_or_spinning_playbook_stopped_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pbs, state, sock) = (dir.path().join("pb"), dir.path().join("state"), dir.path().join("control.sock"));
+    std::fs::create_dir_all(&pbs).unwrap();
+    std::fs::write(
+        pbs.join("a_spin.rhai"),
+        format!("{}fn evaluate(node, state) {{ let i = 0; loop {{ i += 1; }} }}\n", notify_meta("spin")),
+    )
+    .unwrap();
+    std::fs::write(pbs.join("b_sleep.rhai"), format!("{}fn evaluate(node, state) {{ sleep(1e20); }}\n", notify_meta("sleep"))).unwrap();
+    std::fs::write(pbs.join("z_always.rhai"), format!("{}{ALWAYS_BODY}", notify_meta("always"))).unwrap();
+    // Operations alone would let the spin run for minutes: the deadline is what stops it.
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "[control]\nsocket = \"{}\"\n[signals]\ninterval_secs = 1\n[playbooks.limits]\nmax_operations = 1000000000\ndeadline_ms = 300\n",
+            sock.display()
+        ),
+    );
+    let bad_dir = tempfile::tempdir().unwrap();
+    let bad = write_config(bad_dir.path(), "[playbooks.limits]\ndeadline_ms = 0\n");
+    let o = run(&["validate", "--config", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains(&format!("{}:3:1: playbooks.limits.deadline_ms: 0 is outside 10..=60000", bad.display())), "{}", text(&o));
+
+    let child = crate::util::Reaped(
+        medic()
+            .args(["run", "--config", cfg.to_str().unwrap(), "--playbooks", pbs.to_str().unwrap(), "--state-dir", state.to_str().unwrap()])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let disabled = |r: &serde_json::Value| r["kind"] == "playbook_disabled" && r["playbook"]["name"] == "spin";
+    assert!(crate::util::wait_until(30, || audit_lines(&state).iter().any(disabled)), "the spin is stopped and recorded");
+    let recs = audit_lines(&state);
+    let rec = recs.iter().find(|r| disabled(r)).unwrap();
+    assert_eq!(rec["error_code"], "deadline", "{rec}");
+    assert!(rec["error"].as_str().unwrap().contains("past its deadline (playbooks.limits.deadline_ms = 300)"), "{rec}");
+    let ms: u64 = rec["error"]
+        .as_str()
+        .unwrap()
+        .split("stopped after ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!((300..2000).contains(&ms), "stopped after {ms} ms");
+    assert!(
+        recs.iter().any(|r| r["kind"] == "playbook_rejected" && r["error"].as_str().unwrap_or("").contains("`sleep`")),
+        "sleep refused at load"
+    );
+    // The agent answers, and the good playbook still evaluates after the spin was stopped.
+    let t = Instant::now();
+    assert!(run(&["status", "--json", "--socket", sock.to_str().unwrap()]).status.success());
+    assert!(t.elapsed() < Duration::from_secs(5), "status took {:?}", t.elapsed());
+    let at = audit_lines(&state).len();
+    assert!(crate::util::wait_until(20, || audit_lines(&state)[at..]
+        .iter()
+        .any(|r| r["kind"] == "action" && r["playbook"]["name"] == "always")));
+    assert!(child.stop(), "SIGTERM stops the agent");
+    assert_eq!(kinds(&state).last().map(String::as_str), Some("agent_stopped"));
 }

@@ -149,7 +149,7 @@ const UNIT: &str = "[Unit]\nDescription=medic test unit\n[Service]\nExecStart=/b
 fn restart_once(c: &Container, mode: Mode, dir: &Path) -> serde_json::Value {
     let state = dir.join("state");
     std::fs::create_dir_all(&state).unwrap();
-    ModeState { mode, since_ms: 1, actor: "test".into(), reason: "test".into(), expires_ms: None, revert_to: None }.save(&state).unwrap();
+    ModeState { mode, since_ms: 1, actor: "test".into(), reason: "test".into(), ..ModeState::fresh() }.save(&state).unwrap();
     let pbs = dir.join("pb");
     std::fs::create_dir_all(&pbs).unwrap();
     std::fs::write(

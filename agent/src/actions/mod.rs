@@ -118,6 +118,21 @@ pub struct ExecContext {
     pub command: Option<crate::config::CommandRule>,
 }
 
+impl ExecContext {
+    /// From the config; every duration is bounded by validation, and built without arithmetic
+    /// that could overflow whatever the values.
+    pub fn from_config(cfg: &crate::config::Config) -> Self {
+        Self {
+            timeout: std::time::Duration::from_secs(cfg.actions.timeout_secs),
+            kill_after: std::time::Duration::from_secs(cfg.actions.kill_after_secs),
+            systemd_bus: cfg.actions.systemd_bus.clone(),
+            max_output_bytes: cfg.actions.max_output_bytes,
+            allowed_paths: cfg.policy.allowed_paths.clone(),
+            command: None,
+        }
+    }
+}
+
 /// Runs one executed request to its end. Never panics on bad parameters: they fail.
 pub fn execute(req: &ActionRequest, cx: &ExecContext) -> Outcome {
     let start = std::time::Instant::now();

@@ -2,6 +2,11 @@
 //! entry's patterns by the gate) as the entry's user, with a clean environment, no stdin, in a
 //! process group of its own, killed as a group at the timeout. Its stdout and stderr, bounded,
 //! go into the record. Verified by exit status 0.
+//!
+//! Argument patterns are path-like ([`arg_matches`]): `*` and `?` never match `/`, an argument
+//! with a `..` component never matches, and an argument starting with `-` matches only a
+//! pattern that itself starts with `-`. The executor checks the arguments against its entry
+//! again before it runs anything, whatever the gate said.
 
 use super::{ActionRequest, ExecContext, Outcome, Status};
 use serde_json::{json, Value};
@@ -9,6 +14,28 @@ use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// Whether one argument matches one pattern of a `policy.commands` entry. `*` matches any run
+/// of characters and `?` one character, neither ever a `/`: a pattern has as many `/`-separated
+/// parts as the arguments it matches (`/var/log/app/*` matches `/var/log/app/x.log`, not
+/// `/var/log/app/sub/x.log`). An argument with a `..` component (between `/` or after `=`) never
+/// matches, so no pattern can be climbed out of. An argument starting with `-` matches only a
+/// pattern that spells the `-`, so `*` is never an option.
+pub fn arg_matches(pattern: &str, arg: &str) -> bool {
+    if arg.split(['/', '=']).any(|c| c == "..") || pattern.split(['/', '=']).any(|c| c == "..") {
+        return false;
+    }
+    if arg.starts_with('-') && !pattern.starts_with('-') {
+        return false;
+    }
+    let (p, a): (Vec<&str>, Vec<&str>) = (pattern.split('/').collect(), arg.split('/').collect());
+    p.len() == a.len() && p.iter().zip(&a).all(|(p, a)| crate::playbooks::meta::glob_match(p, a))
+}
+
+/// Whether `args` match an entry's patterns, one to one.
+pub fn args_match(patterns: &[String], args: &[&str]) -> bool {
+    patterns.len() == args.len() && patterns.iter().zip(args).all(|(p, a)| arg_matches(p, a))
+}
 
 /// (uid, gid) of a user from /etc/passwd.
 fn lookup_user(name: &str) -> Option<(u32, u32)> {
@@ -45,6 +72,15 @@ pub fn run(req: &ActionRequest, cx: &ExecContext) -> Outcome {
         .and_then(Value::as_array)
         .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
         .unwrap_or_default();
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    if req.target != rule.path.to_string_lossy() || !args_match(&rule.args, &refs) {
+        return Outcome::fail(
+            Status::Failed,
+            "not_allowed",
+            format!("{} with these arguments is not in policy.commands", req.target),
+            Value::Null,
+        );
+    }
     let Some((uid, gid)) = lookup_user(&rule.user) else {
         return Outcome::fail(Status::Failed, "no_such_user", format!("user {:?} not found", rule.user), Value::Null);
     };
@@ -97,5 +133,26 @@ pub fn run(req: &ActionRequest, cx: &ExecContext) -> Outcome {
             Outcome::fail(Status::Failed, "exit_status", format!("exited with {}", s.code().unwrap_or(-1)), detail)
         }
         Some(s) => Outcome::fail(Status::Failed, "killed_by_signal", format!("killed by signal {}", s.signal().unwrap_or(0)), detail),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::arg_matches;
+
+    #[test]
+    fn star_does_not_cross_a_slash_or_climb_or_become_an_option() {
+        assert!(arg_matches("/var/log/app/*", "/var/log/app/x.log"));
+        assert!(!arg_matches("/var/log/app/*", "/var/log/app/../../../../etc/shadow"));
+        assert!(!arg_matches("/var/log/app/*", "/var/log/app/sub/x.log"));
+        assert!(!arg_matches("/var/log/app/*", "/var/log/app/.."));
+        assert!(arg_matches("/var/log/*/*.log", "/var/log/app/x.log"));
+        assert!(!arg_matches("*", "--output=/etc/passwd"));
+        assert!(!arg_matches("*", "-rf"));
+        assert!(arg_matches("-n", "-n"));
+        assert!(arg_matches("--lines=*", "--lines=20"));
+        assert!(!arg_matches("--file=*", "--file=.."));
+        assert!(!arg_matches("?", "/"));
+        assert!(arg_matches("hello", "hello"));
     }
 }

@@ -75,6 +75,12 @@ pub fn run(req: &ActionRequest, cx: &ExecContext) -> Outcome {
             Value::Null,
         );
     }
+    // Again here, with the pidfd held: what the process is now (it may have exec'd since the gate).
+    if let Some(why) =
+        crate::gate::protect::identify(std::path::Path::new("/proc"), pid).and_then(|id| crate::gate::protect::protected(&id, &[], &[]))
+    {
+        return Outcome::fail(Status::Failed, "protected", format!("pid {pid} is protected: {why}"), Value::Null);
+    }
     if let Err(e) = pidfd_send_signal(&fd, sig) {
         return Outcome::fail(Status::Failed, "signal_failed", format!("pid {pid}: {e}"), Value::Null);
     }

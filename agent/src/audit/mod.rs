@@ -9,6 +9,7 @@
 //! from the last whole record and nothing is dropped silently. `verify` re-checks the whole file.
 
 pub mod anchor;
+pub mod bound;
 pub mod chain;
 pub mod segments;
 pub mod verify;
@@ -106,6 +107,10 @@ pub fn now_rfc3339(ts_ms: i64) -> String {
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
+    /// Identical decisions that did not execute (same playbook, action, target, decision, rule
+    /// and mode) within this many seconds of the first are written once, then counted into one
+    /// `decision_repeated` record when the window ends. 0: every decision is written.
+    pub repeat_window_secs: u64,
     /// A segment is closed when it reaches this size…
     pub segment_bytes: u64,
     /// …or this age (of its first record).
@@ -134,6 +139,7 @@ pub struct AuditConfig {
 impl Default for AuditConfig {
     fn default() -> Self {
         Self {
+            repeat_window_secs: 600,
             segment_bytes: 64 << 20,
             segment_secs: 86_400,
             retain_secs: 7 * 86_400,

@@ -70,9 +70,14 @@ pub fn send(cfg: &MqttConfig, topic: &str, cmd: &Value, wait: Duration) -> Resul
     Ok(acks)
 }
 
-/// Signs a command with a secret key file (64 hex digits), adding ts and nonce.
+/// Signs a command with a secret key file (64 hex digits), adding ts and nonce. The command
+/// must name its `scope` (`node/<name>`, `group/<name>` or `fleet`): the signature covers it,
+/// so the same bytes are refused on any other node's, group's or the fleet's topic.
 pub fn sign(cmd: &mut Value, key_file: &std::path::Path) -> Result<(), String> {
     use ed25519_dalek::Signer;
+    if cmd["scope"].as_str().and_then(crate::control::remote::Scope::parse).is_none() {
+        return Err("a signed command must name its scope: node/<name>, group/<name> or fleet".into());
+    }
     let text = std::fs::read_to_string(key_file).map_err(|e| format!("{}: {e}", key_file.display()))?;
     let bytes: [u8; 32] = hex::decode(text.trim())
         .ok()

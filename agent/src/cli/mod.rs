@@ -2,6 +2,8 @@
 //! calls into the library. Exit codes: 0 success, 1 a failed check (invalid config or
 //! playbook, failing test, broken audit chain), 2 a usage error, 3 an operational error.
 
+mod escape;
+use escape::esc;
 mod fleet;
 
 use crate::audit;
@@ -276,7 +278,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                         .and_then(|v| v.as_str())
                         .map(|e| format!(" until {e}, then {}", m["revert_to"].as_str().unwrap_or("?")))
                         .unwrap_or_default();
-                    println!("mode: {}{exp} (set by {})", m["mode"].as_str().unwrap_or("?"), m["actor"].as_str().unwrap_or("?"));
+                    println!(
+                        "mode: {}{} (set by {})",
+                        esc(m["mode"].as_str().unwrap_or("?")),
+                        esc(&exp),
+                        esc(m["actor"].as_str().unwrap_or("?"))
+                    );
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(code) => Ok(code),
@@ -292,12 +299,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                         println!("{:<20} {:<8} {:<8} {:<26} {:>8} VERSION", "NODE", "ONLINE", "MODE", "EXPIRES", "LAST SEQ");
                         for (n, v) in &all {
                             println!(
-                                "{n:<20} {:<8} {:<8} {:<26} {:>8} {}",
+                                "{:<20} {:<8} {:<8} {:<26} {:>8} {}",
+                                esc(n),
                                 v["online"],
-                                v["mode"]["mode"].as_str().unwrap_or("-"),
-                                v["mode"]["expires"].as_str().unwrap_or("-"),
+                                esc(v["mode"]["mode"].as_str().unwrap_or("-")),
+                                esc(v["mode"]["expires"].as_str().unwrap_or("-")),
                                 v["last_seq"],
-                                v["version"].as_str().unwrap_or("-")
+                                esc(v["version"].as_str().unwrap_or("-"))
                             );
                         }
                     }
@@ -330,10 +338,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     for b in list.as_array().into_iter().flatten() {
                         println!(
                             "{} {} {} ({}), open since {}",
-                            b["playbook"].as_str().unwrap_or(""),
-                            b["action"].as_str().unwrap_or(""),
-                            b["target"],
-                            b["mode"].as_str().unwrap_or(""),
+                            esc(b["playbook"].as_str().unwrap_or("")),
+                            esc(b["action"].as_str().unwrap_or("")),
+                            esc(&b["target"].to_string()),
+                            esc(b["mode"].as_str().unwrap_or("")),
                             audit::now_rfc3339(b["open_since_ms"].as_i64().unwrap_or(0))
                         );
                     }
@@ -375,10 +383,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 std::thread::sleep(std::time::Duration::from_millis(250));
                 let report = agent.tick(audit::now_ms())?;
                 for (pb, kind, target, decision, rule) in &report.decisions {
-                    println!("{pb}: {kind} {target:?} → {decision} ({rule})");
+                    println!("{}: {kind} {} → {decision} ({rule})", esc(pb), esc(&format!("{target:?}")));
                 }
                 for (pb, err) in &report.disabled {
-                    println!("{pb}: disabled: {err}");
+                    println!("{}: disabled: {}", esc(pb), esc(&err.to_string()));
                 }
                 println!(
                     "evaluated {} playbook(s), {} decision(s); audit log {}",
@@ -440,7 +448,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut ok = true;
             for f in files {
                 let label = f.display().to_string();
-                match std::fs::read_to_string(&f) {
+                match playbooks::read_source(&f) {
                     Ok(src) => match rt.compile(&label, &src) {
                         Ok(pb) => println!("{label}: ok ({})", pb.meta.name),
                         Err(e) => {
@@ -575,14 +583,16 @@ fn remote_mode(
 ) -> anyhow::Result<ExitCode> {
     let (cfg, _) = Config::load(control.config.as_deref())?;
     let m = &cfg.mqtt;
-    let topic = match (&node, &group) {
-        (Some(n), _) => format!("{}/node/{n}/cmd", m.prefix),
-        (_, Some(g)) => format!("{}/group/{g}/cmd", m.prefix),
-        _ => format!("{}/fleet/cmd", m.prefix),
+    use crate::control::remote::Scope;
+    let scope = match (&node, &group) {
+        (Some(n), _) => Scope::Node(n.clone()),
+        (_, Some(g)) => Scope::Group(g.clone()),
+        _ => Scope::Fleet,
     };
+    let topic = scope.topic(&m.prefix);
     let actor = std::env::var("SUDO_USER").or_else(|_| std::env::var("USER")).unwrap_or_else(|_| "unknown".into());
-    let mut cmd =
-        serde_json::json!({ "id": uuid::Uuid::now_v7().to_string(), "op": "set_mode", "mode": mode, "reason": reason, "actor": actor });
+    // The scope is part of what is signed: the command is good on this topic only.
+    let mut cmd = serde_json::json!({ "id": uuid::Uuid::now_v7().to_string(), "op": "set_mode", "scope": scope.to_string(), "mode": mode, "reason": reason, "actor": actor });
     if let Some(t) = ttl_secs {
         cmd["ttl_secs"] = t.into();
     }
@@ -640,7 +650,7 @@ fn remote_mode(
 
 fn print_status(st: &serde_json::Value) {
     let m = &st["mode"];
-    let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
+    let s = |v: &serde_json::Value| esc(v.as_str().unwrap_or("")).into_owned();
     println!("node:     {} (medic {})", s(&st["node"]), s(&st["version"]));
     let exp = m["expires"].as_str().map(|e| format!(", reverts to {} at {e}", s(&m["revert_to"]))).unwrap_or_default();
     println!("mode:     {}{exp}\n          set by {}: {}", s(&m["mode"]), s(&m["actor"]), s(&m["reason"]));
@@ -684,7 +694,7 @@ fn print_status(st: &serde_json::Value) {
             println!(
                 "mqtt:     NOT CONNECTED to {} ({}); records wait in the local log (acknowledged up to seq {})",
                 s(&r["broker"]),
-                r["error"].as_str().unwrap_or("connecting"),
+                esc(r["error"].as_str().unwrap_or("connecting")),
                 r["cursor"]
             );
         }
@@ -708,7 +718,7 @@ fn print_status(st: &serde_json::Value) {
         if breakers.is_empty() { "none open".to_string() } else { format!("{} open (medic breaker list)", breakers.len()) }
     );
     if let Some(u) = st["unavailable_signals"].as_object().filter(|u| !u.is_empty()) {
-        println!("unavailable signals: {}", u.keys().cloned().collect::<Vec<_>>().join(", "));
+        println!("unavailable signals: {}", esc(&u.keys().cloned().collect::<Vec<_>>().join(", ")));
     }
     print_history(&st["history"]);
 }
@@ -720,7 +730,9 @@ fn print_history(h: &serde_json::Value) {
         return;
     }
     let mib = |v: &serde_json::Value| format!("{:.1} MiB", v.as_f64().unwrap_or(0.0) / 1_048_576.0);
-    let keys = |v: &serde_json::Value| v.as_array().into_iter().flatten().filter_map(|k| k.as_str()).collect::<Vec<_>>().join(", ");
+    let keys = |v: &serde_json::Value| {
+        esc(&v.as_array().into_iter().flatten().filter_map(|k| k.as_str()).collect::<Vec<_>>().join(", ")).into_owned()
+    };
     println!(
         "history:  {} of {} series over {} s, {} (bound {}); {} series of exited processes dropped",
         h["series"],
@@ -753,7 +765,12 @@ fn parse_since(s: &str) -> anyhow::Result<std::time::SystemTime> {
     Ok(std::time::SystemTime::now() - d)
 }
 
+/// One audit record as a line for humans; everything in it came from the log: escaped.
 fn show_line(r: &serde_json::Map<String, serde_json::Value>) -> String {
+    esc(&show_line_raw(r)).into_owned()
+}
+
+fn show_line_raw(r: &serde_json::Map<String, serde_json::Value>) -> String {
     let g = |k: &str| r.get(k).and_then(|v| v.as_str()).unwrap_or("");
     let seq = r.get("seq").and_then(|v| v.as_u64()).unwrap_or(0);
     let pb = r.get("playbook").and_then(|p| p.get("name")).and_then(|n| n.as_str()).unwrap_or("");
@@ -779,7 +796,7 @@ fn show_line(r: &serde_json::Map<String, serde_json::Value>) -> String {
 fn print_snapshot(s: &crate::signals::Snapshot) {
     println!("# metrics");
     for (k, v) in &s.metrics {
-        println!("{k:<48} {v:.2}");
+        println!("{:<48} {v:.2}", esc(k));
     }
     println!("\n# processes (top 15 by CPU)");
     let mut ps: Vec<_> = s.processes.iter().collect();
@@ -789,28 +806,28 @@ fn print_snapshot(s: &crate::signals::Snapshot) {
         println!(
             "{:>8} {:<16} {:>7.1} {:>10} {:>5} {:>5} {:<24}",
             p.pid,
-            p.name,
+            esc(&p.name),
             p.cpu_pct.unwrap_or(0.0),
             p.rss_bytes,
             p.fds.map_or("-".into(), |f| f.to_string()),
             p.tcp.get("close_wait").copied().unwrap_or(0),
-            p.unit.as_deref().unwrap_or("-")
+            esc(p.unit.as_deref().unwrap_or("-"))
         );
     }
     if !s.tcp_peers.is_empty() {
         println!("\n# peers with retransmitting sockets");
         for p in &s.tcp_peers {
-            println!("{:<40} sockets {} retransmitting {} timeouts {}", p.peer, p.sockets, p.retransmitting, p.timeouts);
+            println!("{:<40} sockets {} retransmitting {} timeouts {}", esc(&p.peer.to_string()), p.sockets, p.retransmitting, p.timeouts);
         }
     }
     if !s.unavailable.is_empty() {
         println!("\n# unavailable");
         for (k, v) in &s.unavailable {
-            println!("{k:<16} {v}");
+            println!("{:<16} {}", esc(k), esc(&v.to_string()));
         }
     }
     for e in &s.errors {
-        println!("error: {e}");
+        println!("error: {}", esc(&e.to_string()));
     }
 }
 
@@ -840,9 +857,9 @@ fn test_sources(path: Option<&Path>) -> anyhow::Result<Vec<TestSource>> {
     files
         .into_iter()
         .map(|f| {
-            let src = std::fs::read_to_string(&f).with_context(|| f.display().to_string())?;
+            let src = playbooks::read_source(&f).map_err(|e| anyhow!("{}: {e}", f.display()))?;
             let t = f.with_extension("test.toml");
-            let tests = std::fs::read_to_string(&t).ok();
+            let tests = playbooks::read_source(&t).ok();
             Ok((f.display().to_string(), src, t.display().to_string(), tests))
         })
         .collect()

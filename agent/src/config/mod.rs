@@ -27,11 +27,11 @@ pub struct Config {
     pub playbooks: PlaybooksConfig,
     pub policy: PolicyConfig,
     pub actions: ActionsConfig,
+    /// The audit log (`[audit]`): coalescing, segments, retention, replay window, checkpoints.
+    pub audit: AuditConfig,
     pub control: ControlConfig,
     /// Replication of the audit log to an MQTT broker (`[mqtt]`; off unless enabled).
     pub mqtt: crate::forward::MqttConfig,
-    /// The audit log's segments, retention, replay window and checkpoints (`[audit]`).
-    pub audit: crate::audit::AuditConfig,
     pub log: LogConfig,
 }
 
@@ -118,6 +118,9 @@ impl Default for ActionsConfig {
     }
 }
 
+/// `[audit]`: defined beside the log it configures.
+pub use crate::audit::AuditConfig;
+
 /// The local control socket (`medic mode`, `medic status`, `medic breaker`).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -193,6 +196,86 @@ impl Default for LogConfig {
     }
 }
 
+/// Seconds to milliseconds without overflow: values beyond what an i64 of ms holds saturate
+/// (validation refuses them long before; this is the second line of defence).
+pub fn secs_to_ms(secs: u64) -> i64 {
+    i64::try_from(secs).unwrap_or(i64::MAX).saturating_mul(1000)
+}
+
+impl SignalsConfig {
+    /// `interval_secs` in ms (at least 1 s).
+    pub fn interval_ms(&self) -> i64 {
+        secs_to_ms(self.interval_secs.max(1))
+    }
+
+    /// `history_secs` in ms.
+    pub fn history_ms(&self) -> i64 {
+        secs_to_ms(self.history_secs)
+    }
+}
+
+impl PlaybooksConfig {
+    /// `disable_secs` in ms.
+    pub fn disable_ms(&self) -> i64 {
+        secs_to_ms(self.disable_secs)
+    }
+
+    /// `max_disable_secs` in ms.
+    pub fn max_disable_ms(&self) -> i64 {
+        secs_to_ms(self.max_disable_secs)
+    }
+}
+
+/// The bounds `medic validate` holds numbers to: beyond them a value cannot work (a timeout of
+/// 292 billion years, a history longer than an i64 of ms) or would only hurt the node.
+pub mod bounds {
+    /// 1 day: the longest tick or command timeout.
+    pub const DAY_SECS: u64 = 86_400;
+    /// 30 days: the longest history, breaker window or playbook back-off.
+    pub const MONTH_SECS: u64 = 30 * 86_400;
+    /// 1 hour: the longest timeout of `restart_unit`, `signal_process` and `clean_files`, and
+    /// the longest wait before SIGKILL (the agent waits this long for actions at stop).
+    pub const ACTION_TIMEOUT_SECS: u64 = 3_600;
+    /// Output bytes of a command kept in a record, per stream.
+    pub const MAX_OUTPUT_BYTES: u64 = 1 << 20;
+    /// Time series kept.
+    pub const MAX_SERIES: u64 = 1 << 22;
+    /// Call depth of one evaluation: rhai's recursion runs on the thread's stack.
+    pub const MAX_CALL_LEVELS: u64 = 64;
+    /// Expression depth of a playbook.
+    pub const MAX_EXPR_DEPTH: u64 = 256;
+    /// Operations of one evaluation.
+    pub const MAX_OPERATIONS: u64 = 1_000_000_000;
+    /// String bytes, array and map entries.
+    pub const MAX_CONTAINER: u64 = 1 << 24;
+    /// Action requests of one evaluation.
+    pub const MAX_REQUESTS: u64 = 1_000_000;
+}
+
+/// Finds `key` inside the table `section` (`""` for the top level, `policy.commands` for an
+/// array of tables) and returns its (line, col); else the first mention of `key` anywhere.
+fn locate(text: &str, section: &str, key: &str) -> (usize, usize) {
+    let mut current = String::new();
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim_start();
+        if let Some(h) = t.strip_prefix('[') {
+            current = h.trim_start_matches('[').split(']').next().unwrap_or("").trim().to_string();
+        } else if current == section {
+            if let Some(rest) = t.strip_prefix(key) {
+                if rest.trim_start().starts_with('=') {
+                    return line_col(text, offset + (line.len() - t.len()));
+                }
+            }
+        }
+        offset += line.len();
+    }
+    // Inline tables (`commands = [{ ... timeout_secs = 0 }]`) and dotted keys.
+    let qualified = format!("{section}.{key}");
+    let off = text.find(&qualified).or_else(|| text.find(key)).unwrap_or(0);
+    line_col(text, off)
+}
+
 /// A config error, `file:line:col: reason`.
 #[derive(Debug, thiserror::Error)]
 #[error("{file}:{line}:{col}: {reason}")]
@@ -217,28 +300,73 @@ impl Config {
             ConfigError { file: file.into(), line, col, reason: e.message().to_string() }
         })?;
         let at = |key: &str, reason: String| {
-            let off = text.find(key).unwrap_or(0);
-            let (line, col) = line_col(text, off);
+            let (section, key) = key.rsplit_once('.').unwrap_or(("", key));
+            let (line, col) = locate(text, section, key);
             ConfigError { file: file.into(), line, col, reason }
         };
+        // Numbers first: each within what can work (see `bounds`), named as written.
+        let range = |key: &str, v: u64, min: u64, max: u64, unit: &str| -> Result<(), ConfigError> {
+            if v < min || v > max {
+                return Err(at(key, format!("{key}: {v} is out of range: must be {min}..={max}{unit}")));
+            }
+            Ok(())
+        };
+        use bounds::*;
+        let (sg, pb, po, ac, lim) = (&cfg.signals, &cfg.playbooks, &cfg.policy, &cfg.actions, &cfg.playbooks.limits);
+        range("signals.interval_secs", sg.interval_secs, 1, DAY_SECS, " seconds")?;
+        range("signals.history_secs", sg.history_secs, 1, MONTH_SECS, " seconds")?;
+        range("signals.max_series", sg.max_series as u64, 1, MAX_SERIES, "")?;
+        range("signals.socket_scan_every", sg.socket_scan_every, 1, 3_600, " samples")?;
+        range("signals.ebpf.sched_sample_every", sg.ebpf.sched_sample_every.into(), 1, 1 << 16, "")?;
+        range("signals.ebpf.retrans_burst", sg.ebpf.retrans_burst, 1, 1 << 32, "")?;
+        range("signals.ebpf.close_wait_threshold", sg.ebpf.close_wait_threshold.max(0) as u64, 1, 1 << 32, "")?;
+        range("playbooks.disable_secs", pb.disable_secs, 1, MONTH_SECS, " seconds")?;
+        range("playbooks.max_disable_secs", pb.max_disable_secs, 1, MONTH_SECS, " seconds")?;
+        range("playbooks.limits.max_operations", lim.max_operations, 1, MAX_OPERATIONS, "")?;
+        range("playbooks.limits.max_call_levels", lim.max_call_levels as u64, 1, MAX_CALL_LEVELS, "")?;
+        range("playbooks.limits.max_expr_depth", lim.max_expr_depth as u64, 1, MAX_EXPR_DEPTH, "")?;
+        range("playbooks.limits.max_string_size", lim.max_string_size as u64, 1, MAX_CONTAINER, " bytes")?;
+        range("playbooks.limits.max_array_size", lim.max_array_size as u64, 1, MAX_CONTAINER, "")?;
+        range("playbooks.limits.max_map_size", lim.max_map_size as u64, 1, MAX_CONTAINER, "")?;
+        range("playbooks.limits.max_requests", lim.max_requests as u64, 1, MAX_REQUESTS, "")?;
+        range("policy.budget_per_hour", po.budget_per_hour.into(), 0, 1_000_000, "")?;
+        range("policy.max_concurrent", po.max_concurrent.into(), 1, 1024, "")?;
+        range("policy.breaker_after", po.breaker_after.into(), 1, 1_000_000, "")?;
+        range("policy.breaker_window_secs", po.breaker_window_secs, 1, MONTH_SECS, " seconds")?;
+        range("actions.timeout_secs", ac.timeout_secs, 1, ACTION_TIMEOUT_SECS, " seconds")?;
+        range("actions.kill_after_secs", ac.kill_after_secs, 0, ACTION_TIMEOUT_SECS, " seconds")?;
+        range("actions.max_output_bytes", ac.max_output_bytes as u64, 0, MAX_OUTPUT_BYTES, " bytes")?;
+        range("mqtt.keep_alive_secs", cfg.mqtt.keep_alive_secs, 5, u16::MAX.into(), " seconds")?;
+        for c in &po.commands {
+            range("policy.commands.timeout_secs", c.timeout_secs, 1, DAY_SECS, " seconds")?;
+            if let Some(a) = c.args.iter().find(|a| a.split(['/', '=']).any(|x| x == "..")) {
+                return Err(at(
+                    "policy.commands.args",
+                    format!("policy.commands: argument pattern {a:?} has a `..` component, which never matches"),
+                ));
+            }
+        }
         if cfg.signals.interval_secs == 0 {
-            return Err(at("interval_secs", "signals.interval_secs: must be at least 1".into()));
+            return Err(at("signals.interval_secs", "signals.interval_secs: must be at least 1".into()));
         }
         if cfg.signals.history_secs < cfg.signals.interval_secs {
-            return Err(at("history_secs", "signals.history_secs: must be at least interval_secs".into()));
+            return Err(at("signals.history_secs", "signals.history_secs: must be at least interval_secs".into()));
         }
         if cfg.signals.max_series == 0 {
-            return Err(at("max_series", "signals.max_series: must be at least 1".into()));
+            return Err(at("signals.max_series", "signals.max_series: must be at least 1".into()));
         }
         if cfg.playbooks.limits.max_operations == 0 {
-            return Err(at("max_operations", "playbooks.limits.max_operations: must be at least 1".into()));
+            return Err(at("playbooks.limits.max_operations", "playbooks.limits.max_operations: must be at least 1".into()));
+        }
+        if let Err((key, reason)) = cfg.playbooks.limits.validate() {
+            return Err(at(key, reason));
         }
         // Every value medic hands a playbook is bounded (command lines at 4 KiB), so that nothing
         // on the node can push a playbook over its string limit; the limit must leave room.
         let min_string = 2 * crate::signals::parse::MAX_CMDLINE;
         if cfg.playbooks.limits.max_string_size < min_string {
             return Err(at(
-                "max_string_size",
+                "playbooks.limits.max_string_size",
                 format!(
                     "playbooks.limits.max_string_size: must be at least {min_string} (twice the longest command line medic hands over)"
                 ),
@@ -246,38 +374,41 @@ impl Config {
         }
         for (i, c) in cfg.policy.commands.iter().enumerate() {
             if !c.path.is_absolute() {
-                return Err(at("path", format!("policy.commands[{i}].path: {:?} must be absolute", c.path)));
+                return Err(at("policy.commands.path", format!("policy.commands[{i}].path: {:?} must be absolute", c.path)));
             }
             if c.timeout_secs == 0 {
-                return Err(at("timeout_secs", format!("policy.commands[{i}].timeout_secs: must be at least 1")));
+                return Err(at("policy.commands.timeout_secs", format!("policy.commands[{i}].timeout_secs: must be at least 1")));
             }
         }
         for p in &cfg.policy.allowed_paths {
             if !p.is_absolute() || p == Path::new("/") {
-                return Err(at("allowed_paths", format!("policy.allowed_paths: {p:?} must be an absolute path other than /")));
+                return Err(at("policy.allowed_paths", format!("policy.allowed_paths: {p:?} must be an absolute path other than /")));
             }
         }
         if cfg.policy.breaker_after == 0 || cfg.policy.max_concurrent == 0 {
-            return Err(at("policy", "policy.breaker_after and policy.max_concurrent: must be at least 1".into()));
+            return Err(at("policy.breaker_after", "policy.breaker_after and policy.max_concurrent: must be at least 1".into()));
         }
         if cfg.actions.timeout_secs == 0 {
-            return Err(at("timeout_secs", "actions.timeout_secs: must be at least 1".into()));
+            return Err(at("actions.timeout_secs", "actions.timeout_secs: must be at least 1".into()));
+        }
+        if cfg.audit.repeat_window_secs > 86_400 {
+            return Err(at("repeat_window_secs", "audit.repeat_window_secs: at most 86400 (a day)".into()));
         }
         let m = &cfg.mqtt;
         if m.prefix.is_empty() || m.prefix.contains(['+', '#']) || m.prefix.ends_with('/') {
-            return Err(at("prefix", format!("mqtt.prefix: {:?} must be non-empty, without '+', '#' or a trailing '/'", m.prefix)));
+            return Err(at("mqtt.prefix", format!("mqtt.prefix: {:?} must be non-empty, without '+', '#' or a trailing '/'", m.prefix)));
         }
         if m.enabled && (m.host.is_empty() || m.port == 0) {
-            return Err(at("[mqtt]", "mqtt.host and mqtt.port: a broker is needed when mqtt.enabled".into()));
+            return Err(at("mqtt.enabled", "mqtt.host and mqtt.port: a broker is needed when mqtt.enabled".into()));
         }
         if m.username.is_some() != m.password_file.is_some() {
-            return Err(at("password_file", "mqtt.username and mqtt.password_file: give both or neither".into()));
+            return Err(at("mqtt.password_file", "mqtt.username and mqtt.password_file: give both or neither".into()));
         }
         if m.cert_file.is_some() != m.key_file.is_some() || (m.cert_file.is_some() && m.ca_file.is_none()) {
-            return Err(at("cert_file", "mqtt.cert_file and mqtt.key_file: give both, with mqtt.ca_file".into()));
+            return Err(at("mqtt.cert_file", "mqtt.cert_file and mqtt.key_file: give both, with mqtt.ca_file".into()));
         }
         if m.max_inflight == 0 || m.max_rate == 0 {
-            return Err(at("[mqtt]", "mqtt.max_inflight and mqtt.max_rate: must be at least 1".into()));
+            return Err(at("mqtt.max_inflight", "mqtt.max_inflight and mqtt.max_rate: must be at least 1".into()));
         }
         if let Some(n) = &cfg.node {
             if n.is_empty() || n.contains(['/', '+', '#']) || n.chars().any(char::is_whitespace) {
@@ -365,5 +496,159 @@ mod tests {
     fn zero_interval_rejected() {
         let e = Config::parse("m.toml", "[signals]\ninterval_secs = 0\n").unwrap_err();
         assert_eq!(e.line, 2);
+    }
+
+    #[test]
+    fn actions_timeout_secs_i64_max_is_refused_with_its_line() {
+        let text = "[policy]\ncommands = [{ path = \"/bin/true\", timeout_secs = 5 }]\n[actions]\ntimeout_secs = 9223372036854775807\n";
+        let e = Config::parse("m.toml", text).unwrap_err();
+        assert_eq!((e.line, e.col), (4, 1), "{e}");
+        assert!(e.reason.contains("actions.timeout_secs") && e.reason.contains("out of range"), "{e}");
+    }
+
+    #[test]
+    fn history_secs_near_i64_max_is_refused_not_a_zero_history_bound() {
+        let e = Config::parse("m.toml", "[signals]\nhistory_secs = 9223372036854775\n").unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+        assert!(e.reason.contains("signals.history_secs"), "{e}");
+        // And the arithmetic saturates rather than wrapping, whatever reaches it.
+        let s = SignalsConfig { history_secs: u64::MAX, ..Default::default() };
+        assert_eq!(s.history_ms(), i64::MAX);
+    }
+
+    #[test]
+    fn a_nested_key_is_located_in_its_own_table() {
+        let text = "[actions]\ntimeout_secs = 30\n[policy]\nbreaker_window_secs = 0\n[playbooks.limits]\nmax_call_levels = 10\n";
+        let e = Config::parse("m.toml", text).unwrap_err();
+        assert_eq!(e.line, 4, "{e}");
+        let e = Config::parse("m.toml", "[playbooks.limits]\nmax_call_levels = 100000\n").unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+    }
+
+    /// Every numeric field, as (table, key).
+    const NUMERIC: &[(&str, &str)] = &[
+        ("signals", "interval_secs"),
+        ("signals", "history_secs"),
+        ("signals", "max_series"),
+        ("signals", "socket_scan_every"),
+        ("signals.ebpf", "sched_sample_every"),
+        ("signals.ebpf", "retrans_burst"),
+        ("signals.ebpf", "close_wait_threshold"),
+        ("playbooks", "disable_secs"),
+        ("playbooks", "max_disable_secs"),
+        ("playbooks.limits", "max_operations"),
+        ("playbooks.limits", "max_call_levels"),
+        ("playbooks.limits", "max_expr_depth"),
+        ("playbooks.limits", "max_string_size"),
+        ("playbooks.limits", "max_array_size"),
+        ("playbooks.limits", "max_map_size"),
+        ("playbooks.limits", "max_requests"),
+        ("policy", "budget_per_hour"),
+        ("policy", "max_concurrent"),
+        ("policy", "breaker_after"),
+        ("policy", "breaker_window_secs"),
+        ("actions", "timeout_secs"),
+        ("actions", "kill_after_secs"),
+        ("actions", "max_output_bytes"),
+        ("mqtt", "port"),
+        ("mqtt", "keep_alive_secs"),
+        ("mqtt", "max_rate"),
+        ("mqtt", "max_inflight"),
+    ];
+
+    /// What the agent computes from a config at start and at stop, with plain (panicking in
+    /// debug) arithmetic where the daemon uses it: a config that validates must get through.
+    fn start_arithmetic(cfg: &Config) {
+        let cx = crate::actions::ExecContext::from_config(cfg);
+        let _stop_wait = std::time::Instant::now() + cx.timeout + cx.kill_after + std::time::Duration::from_secs(5);
+        let reach = crate::playbooks::HistoryReach::of(&cfg.signals);
+        assert!(reach.horizon_ms >= reach.interval_ms && reach.interval_ms >= 1000, "{reach:?}");
+        let h = crate::signals::history::History::new(cfg.signals.history_ms(), cfg.signals.interval_ms(), cfg.signals.max_series);
+        drop(h);
+        let now = crate::audit::now_ms();
+        let _ = now + cfg.playbooks.disable_ms() * (1 << 16) + cfg.playbooks.max_disable_ms();
+        let _ = now - secs_to_ms(cfg.policy.breaker_window_secs) - 3_600_000;
+        for c in &cfg.policy.commands {
+            let _ = std::time::Instant::now() + std::time::Duration::from_secs(c.timeout_secs);
+        }
+        let _ = crate::gate::Gate::new(cfg.policy.clone());
+    }
+
+    fn cases() -> proptest::test_runner::Config {
+        // A fixed count in the suite; PROPTEST_CASES runs more (bench/proptest_long.sh).
+        let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
+        proptest::test_runner::Config { cases, failure_persistence: None, ..Default::default() }
+    }
+
+    use proptest::prelude::*;
+
+    fn toml_ish() -> impl Strategy<Value = String> {
+        let header = prop::sample::select(vec![
+            "[signals]",
+            "[signals.ebpf]",
+            "[playbooks]",
+            "[playbooks.limits]",
+            "[policy]",
+            "[actions]",
+            "[mqtt]",
+            "[[policy.commands]]",
+            "[control]",
+            "[log]",
+            "[",
+            "]]",
+        ])
+        .prop_map(String::from);
+        let key = prop::sample::select(
+            NUMERIC
+                .iter()
+                .map(|(_, k)| *k)
+                .chain(["node", "path", "args", "allowed_paths", "enabled", "prefix", "level"])
+                .collect::<Vec<_>>(),
+        );
+        let value = prop_oneof![
+            any::<i64>().prop_map(|v| v.to_string()),
+            any::<f64>().prop_map(|v| format!("{v:?}")),
+            "\\PC{0,12}".prop_map(|s| format!("{s:?}")),
+            Just("[\"/var/log\", \"..\"]".to_string()),
+            Just("true".to_string()),
+            Just("{ path = \"/bin/true\", timeout_secs = 99999999999 }".to_string()),
+            "[ -~]{0,10}",
+        ];
+        let line = prop_oneof![header, (key, value).prop_map(|(k, v)| format!("{k} = {v}")), "[ -~\\n]{0,40}"];
+        prop::collection::vec(line, 0..24).prop_map(|l| l.join("\n"))
+    }
+
+    proptest! {
+        #![proptest_config(cases())]
+
+        #[test]
+        fn any_text_parses_or_errors_without_panicking(text in "\\PC{0,300}") {
+            if let Ok(cfg) = Config::parse("p.toml", &text) {
+                start_arithmetic(&cfg);
+            }
+        }
+
+        #[test]
+        fn toml_ish_text_parses_or_errors_and_a_valid_config_starts(text in toml_ish()) {
+            match Config::parse("p.toml", &text) {
+                Ok(cfg) => start_arithmetic(&cfg),
+                Err(e) => prop_assert!(e.line >= 1 && e.col >= 1),
+            }
+        }
+
+        #[test]
+        fn any_number_in_any_field_is_refused_or_works(
+            field in prop::sample::select(NUMERIC.to_vec()),
+            v in prop_oneof![any::<i64>(), 0i64..100_000, Just(i64::MAX), Just(i64::MIN), Just(-1i64)],
+            cmd_timeout in any::<i64>(),
+        ) {
+            let (table, key) = field;
+            let text = format!("[{table}]\n{key} = {v}\n[[policy.commands]]\npath = \"/bin/true\"\ntimeout_secs = {cmd_timeout}\n");
+            match Config::parse("p.toml", &text) {
+                Ok(cfg) => start_arithmetic(&cfg),
+                // A refused number is named with its line (line 2 for the field, 5 for the command).
+                Err(e) => prop_assert!(e.line == 2 || e.line == 5 || e.line == 4, "{}", e),
+            }
+        }
     }
 }

@@ -2,7 +2,10 @@
 //! to, and the persisted node mode (`mode`). One JSON request per connection, one JSON answer.
 //! Only root, the agent's own user, or members of `control.group` may use it; the actor of a
 //! change is taken from the peer's credentials (SO_PEERCRED), never from the request.
+//! A request is parsed into a `command::Command` and applied by the same path as a fleet
+//! command (`daemon::Agent::apply`).
 
+pub mod command;
 pub mod mode;
 pub mod remote;
 
@@ -24,6 +27,7 @@ pub enum Request {
     SetMode { mode: String, reason: String, ttl_secs: Option<u64> },
     Breakers,
     ResetBreaker { playbook: String, action: String, target: String, reason: String },
+    Reload,
 }
 
 /// The answer.

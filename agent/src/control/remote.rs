@@ -3,27 +3,40 @@
 //! playbooks) is the safe direction: any client the broker lets publish there may do it.
 //! Switching to live and resetting a breaker need an Ed25519 signature by a key in the node's
 //! trusted-keys directory over the command's canonical JSON without `sig`, a timestamp within
-//! five minutes and a nonce not seen before. Everything else is rejected; every command,
-//! accepted or not, is an audit record, and is acknowledged on `<topic>/ack`.
+//! five minutes, a nonce not seen before (nonces are kept in `<state_dir>/nonces`, fsync'd
+//! before the command counts, so a restart does not forget them) and a `scope` naming the node,
+//! group or fleet it is meant for (`node/<name>`, `group/<name>`, `fleet`): the signature covers
+//! it, and a node refuses a command whose scope is not the topic it arrived on or does not
+//! include it. A duplicate JSON key anywhere is refused. Everything else is rejected; every
+//! command, accepted or not, is an audit record (rejections rate-limited, see
+//! `daemon::Agent::remote`), and is acknowledged on `<topic>/ack`.
 
+use super::command::{strict_json, CommandError};
 use ed25519_dalek::{Signature, Verifier as _, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashMap;
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 /// Largest command accepted, in bytes.
 pub const MAX_COMMAND: usize = 16 * 1024;
 /// How far a signed command's `ts` may be from the node's clock, in seconds.
 pub const WINDOW_SECS: i64 = 300;
+/// The accepted nonces of the window, one `<ts> <nonce>` line each.
+pub const NONCE_FILE: &str = "nonces";
+/// Nonces remembered at once; past this, signed commands are refused until the window moves.
+pub const MAX_NONCES: usize = 4096;
 
 /// A command as published.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Command {
+pub struct Envelope {
     pub id: String,
     /// `set_mode`, `reset_breaker` or `reload`.
     pub op: String,
+    /// Whom it is for: `node/<name>`, `group/<name>` or `fleet`; required when signed.
+    pub scope: Option<String>,
     pub mode: Option<String>,
     pub reason: Option<String>,
     /// Who sends it (recorded; for signed commands, backed by the key).
@@ -39,15 +52,89 @@ pub struct Command {
     pub sig: Option<String>,
 }
 
-/// Parses a payload: bounded, strict JSON with no unknown fields.
-pub fn parse(payload: &[u8]) -> Result<(Command, Value), String> {
-    if payload.len() > MAX_COMMAND {
-        return Err(format!("command of {} bytes is over the {MAX_COMMAND}-byte limit", payload.len()));
+impl Envelope {
+    /// The typed command.
+    pub fn command(&self) -> Result<super::command::Command, CommandError> {
+        use super::command::Command;
+        let s = |v: &Option<String>| v.clone().unwrap_or_default();
+        match self.op.as_str() {
+            "set_mode" => {
+                let mode = self.mode.as_deref().ok_or_else(|| CommandError::Malformed("set_mode needs `mode`: live or dry-run".into()))?;
+                Command::set_mode(mode, &s(&self.reason), self.ttl_secs)
+            }
+            "reset_breaker" => {
+                let action = self.action.as_deref().ok_or_else(|| CommandError::Malformed("reset_breaker needs `action`".into()))?;
+                Command::reset_breaker(&s(&self.playbook), action, &s(&self.target), &s(&self.reason))
+            }
+            "reload" => Ok(Command::Reload),
+            other => {
+                Err(CommandError::Malformed(format!("unknown op {:?}: set_mode, reset_breaker or reload", super::command::bounded(other))))
+            }
+        }
     }
-    let raw: Value = serde_json::from_slice(payload).map_err(|e| format!("not JSON: {e}"))?;
-    let cmd: Command = serde_json::from_value(raw.clone()).map_err(|e| format!("bad command: {e}"))?;
+}
+
+/// Whom a command is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    Node(String),
+    Group(String),
+    Fleet,
+}
+
+impl Scope {
+    /// `node/<name>`, `group/<name>` or `fleet`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.split_once('/') {
+            Some(("node", n)) if !n.is_empty() && !n.contains('/') => Some(Self::Node(n.into())),
+            Some(("group", g)) if !g.is_empty() && !g.contains('/') => Some(Self::Group(g.into())),
+            None if s == "fleet" => Some(Self::Fleet),
+            _ => None,
+        }
+    }
+
+    /// The scope of a command topic under `prefix`.
+    pub fn of_topic(prefix: &str, topic: &str) -> Option<Self> {
+        Self::parse(topic.strip_prefix(prefix)?.strip_prefix('/')?.strip_suffix("/cmd")?)
+    }
+
+    /// The topic commands for this scope are published on.
+    pub fn topic(&self, prefix: &str) -> String {
+        format!("{prefix}/{self}/cmd")
+    }
+
+    /// Whether a node with this name and these groups is in the scope.
+    pub fn includes(&self, node: &str, groups: &[String]) -> bool {
+        match self {
+            Self::Node(n) => n == node,
+            Self::Group(g) => groups.contains(g),
+            Self::Fleet => true,
+        }
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            Self::Node(n) => write!(f, "node/{n}"),
+            Self::Group(g) => write!(f, "group/{g}"),
+            Self::Fleet => f.write_str("fleet"),
+        }
+    }
+}
+
+/// Parses a payload (`bytes` is its real size, `payload` may be cut): bounded, strict JSON with
+/// no duplicate key at any depth and no unknown fields.
+pub fn parse(payload: &[u8], bytes: usize) -> Result<(Envelope, Value), CommandError> {
+    let bytes = bytes.max(payload.len());
+    if bytes > MAX_COMMAND {
+        return Err(CommandError::TooLarge { bytes, limit: MAX_COMMAND });
+    }
+    let raw = strict_json(payload)?;
+    let cmd: Envelope =
+        serde_json::from_value(raw.clone()).map_err(|e| CommandError::Malformed(super::command::bounded(&e.to_string())))?;
     if cmd.id.is_empty() || cmd.id.len() > 128 {
-        return Err("bad command: `id` must be 1 to 128 characters".into());
+        return Err(CommandError::Malformed("`id` must be 1 to 128 characters".into()));
     }
     Ok((cmd, raw))
 }
@@ -61,16 +148,23 @@ pub fn signed_bytes(raw: &Value) -> Vec<u8> {
     crate::audit::canonical(&v).into_bytes()
 }
 
-/// Checks signatures against the trusted keys and remembers nonces within the window.
+/// Checks signatures against the trusted keys and remembers nonces within the window, in
+/// memory and in `<state_dir>/nonces`.
 #[derive(Default)]
 pub struct Verifier {
     keys: Vec<(String, VerifyingKey)>,
     seen: HashMap<String, i64>,
+    /// Where accepted nonces are kept; `None`: memory only (tests).
+    store: Option<PathBuf>,
+    /// When the nonce store could not be read: signed commands made before this (s since the
+    /// epoch) are refused, since whether they were used cannot be known.
+    not_before: Option<i64>,
 }
 
 impl Verifier {
-    /// Loads `*.pub` files (64 hex digits each) from `dir`; a missing dir means no keys.
-    pub fn load(dir: &Path) -> Self {
+    /// Loads `*.pub` files (64 hex digits each) from `dir` (a missing dir means no keys) and the
+    /// accepted nonces of the window from `state_dir`.
+    pub fn load(dir: &Path, state_dir: &Path) -> Self {
         let mut keys = Vec::new();
         if let Ok(rd) = std::fs::read_dir(dir) {
             for e in rd.flatten() {
@@ -89,31 +183,101 @@ impl Verifier {
                 }
             }
         }
-        Self { keys, seen: HashMap::new() }
+        let store = state_dir.join(NONCE_FILE);
+        let now_s = crate::audit::now_ms() / 1000;
+        let (seen, not_before) = match read_nonces(&store) {
+            Ok(seen) => (seen, None),
+            Err(e) => {
+                tracing::error!(message = "Accepted nonces unreadable; signed commands made before now are refused.", error_code = "nonce_store", file = %store.display(), error = %e);
+                (HashMap::new(), Some(now_s))
+            }
+        };
+        Self { keys, seen, store: Some(store), not_before }
     }
 
-    /// The name of the key that signed `raw`, or why it is not acceptable.
-    pub fn check(&mut self, cmd: &Command, raw: &Value, now_s: i64) -> Result<String, String> {
-        let sig = cmd.sig.as_deref().ok_or("unsigned: this command needs a signature by a trusted key")?;
-        let ts = cmd.ts.ok_or("signed commands need `ts`")?;
-        if (now_s - ts).abs() > WINDOW_SECS {
-            return Err(format!("expired or from the future: ts {ts} is more than {WINDOW_SECS} s from now ({now_s})"));
+    /// A verifier over `keys` that keeps nonces in memory only (tests).
+    pub fn with_keys(keys: Vec<(String, VerifyingKey)>) -> Self {
+        Self { keys, ..Default::default() }
+    }
+
+    /// The name of the key that signed `raw` for `scope` (the scope of the topic it arrived
+    /// on), or why it is not acceptable. An accepted nonce is durable before this returns.
+    pub fn check(&mut self, cmd: &Envelope, raw: &Value, scope: &Scope, now_s: i64) -> Result<String, CommandError> {
+        let sig = cmd.sig.as_deref().ok_or(CommandError::Unsigned)?;
+        let bad = |m: &str| CommandError::Signature(m.to_string());
+        let ts = cmd.ts.ok_or_else(|| bad("signed commands need `ts`"))?;
+        if now_s.abs_diff(ts) > WINDOW_SECS as u64 {
+            return Err(bad(&format!("expired or from the future: ts {ts} is more than {WINDOW_SECS} s from now ({now_s})")));
         }
-        let nonce = cmd.nonce.as_deref().filter(|n| !n.is_empty()).ok_or("signed commands need a `nonce`")?;
-        let sig = hex::decode(sig).ok().and_then(|b| Signature::from_slice(&b).ok()).ok_or("`sig` is not a hex Ed25519 signature")?;
+        if self.not_before.is_some_and(|nb| ts <= nb) {
+            return Err(bad("made before the agent lost its nonce store; sign it again"));
+        }
+        let nonce = cmd.nonce.as_deref().filter(|n| !n.is_empty()).ok_or_else(|| bad("signed commands need a `nonce`"))?;
+        if nonce.len() > 128 || nonce.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(bad("`nonce` must be 1 to 128 characters without spaces"));
+        }
+        let named = cmd.scope.as_deref().ok_or_else(|| CommandError::Scope("signed commands must name their `scope`".into()))?;
+        if Scope::parse(named).as_ref() != Some(scope) {
+            return Err(CommandError::Scope(format!("signed for {:?}, received on the topic of {scope}", super::command::bounded(named))));
+        }
+        let sig = hex::decode(sig)
+            .ok()
+            .and_then(|b| Signature::from_slice(&b).ok())
+            .ok_or_else(|| bad("`sig` is not a hex Ed25519 signature"))?;
         let msg = signed_bytes(raw);
         let key = self
             .keys
             .iter()
             .find(|(_, k)| k.verify(&msg, &sig).is_ok())
             .map(|(n, _)| n.clone())
-            .ok_or("signature does not verify with any trusted key")?;
-        self.seen.retain(|_, t| (now_s - *t).abs() <= WINDOW_SECS);
-        if self.seen.insert(nonce.to_string(), ts).is_some() {
-            return Err(format!("replayed: nonce {nonce:?} was already used"));
+            .ok_or_else(|| bad("signature does not verify with any trusted key"))?;
+        self.seen.retain(|_, t| now_s.abs_diff(*t) <= 2 * WINDOW_SECS as u64);
+        if self.seen.contains_key(nonce) {
+            return Err(CommandError::Replayed(nonce.to_string()));
+        }
+        if self.seen.len() >= MAX_NONCES {
+            return Err(CommandError::NonceStore(format!("{MAX_NONCES} nonces within the window; try again later")));
+        }
+        self.seen.insert(nonce.to_string(), ts);
+        if let Err(e) = self.save() {
+            self.seen.remove(nonce);
+            return Err(CommandError::NonceStore(e.to_string()));
         }
         Ok(key)
     }
+
+    fn save(&self) -> std::io::Result<()> {
+        let Some(path) = &self.store else { return Ok(()) };
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let tmp = dir.join(format!(".{NONCE_FILE}.tmp"));
+        let mut f = std::fs::File::create(&tmp)?;
+        let mut text = String::new();
+        for (n, t) in &self.seen {
+            text.push_str(&format!("{t} {n}\n"));
+        }
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    }
+}
+
+/// The nonce file: `<ts> <nonce>` lines; a missing file is an empty set.
+fn read_nonces(path: &Path) -> Result<HashMap<String, i64>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut out = HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let (ts, nonce) = line
+            .split_once(' ')
+            .and_then(|(t, n)| Some((t.parse::<i64>().ok()?, n)))
+            .ok_or_else(|| format!("line {}: expected `<ts> <nonce>`", i + 1))?;
+        out.insert(nonce.to_string(), ts);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -122,45 +286,213 @@ mod tests {
     use ed25519_dalek::{Signer, SigningKey};
 
     fn verifier(key: &SigningKey) -> Verifier {
-        Verifier { keys: vec![("ops".into(), key.verifying_key())], seen: HashMap::new() }
+        Verifier::with_keys(vec![("ops".into(), key.verifying_key())])
     }
 
-    fn signed(key: &SigningKey, ts: i64, nonce: &str) -> (Command, Value) {
-        let mut raw = serde_json::json!({ "id": "x", "op": "set_mode", "mode": "live", "reason": "r", "ts": ts, "nonce": nonce });
+    fn p(bytes: &[u8]) -> Result<(Envelope, Value), CommandError> {
+        parse(bytes, bytes.len())
+    }
+
+    fn signed(key: &SigningKey, ts: i64, nonce: &str) -> (Envelope, Value) {
+        let mut raw =
+            serde_json::json!({ "id": "x", "op": "set_mode", "scope": "node/n1", "mode": "live", "reason": "r", "ts": ts, "nonce": nonce });
         let sig = key.sign(&signed_bytes(&raw));
         raw["sig"] = Value::from(hex::encode(sig.to_bytes()));
-        parse(raw.to_string().as_bytes()).unwrap()
+        p(raw.to_string().as_bytes()).unwrap()
+    }
+
+    fn err(r: Result<impl std::fmt::Debug, CommandError>) -> String {
+        r.unwrap_err().to_string()
     }
 
     #[test]
     fn malformed_commands_are_refused_with_a_reason() {
-        assert!(parse(b"{not json").unwrap_err().contains("not JSON"));
-        assert!(parse(br#"{"id":"a","op":"set_mode","evil":1}"#).unwrap_err().contains("unknown field"));
-        assert!(parse(br#"{"id":"a","op":"set_mode","ttl_secs":"soon"}"#).unwrap_err().contains("invalid type"));
-        assert!(parse(br#"{"id":"","op":"reload"}"#).unwrap_err().contains("`id`"));
+        assert!(err(p(b"{not json")).contains("not JSON"));
+        assert!(err(p(br#"{"id":"a","op":"set_mode","evil":1}"#)).contains("unknown field"));
+        assert!(err(p(br#"{"id":"a","op":"set_mode","ttl_secs":"soon"}"#)).contains("invalid type"));
+        assert!(err(p(br#"{"id":"","op":"reload"}"#)).contains("`id`"));
+        assert!(err(p(br#"{"id":"a","op":"reload","op":"set_mode"}"#)).contains("duplicate key"));
         let big = format!(r#"{{"id":"a","op":"reload","reason":"{}"}}"#, "x".repeat(MAX_COMMAND));
-        assert!(parse(big.as_bytes()).unwrap_err().contains("over the"));
+        assert!(err(p(big.as_bytes())).contains("over the"));
+        // A payload cut by the forwarder still counts at its real size.
+        assert!(err(parse(b"{}", 2 << 20)).contains("over the"));
     }
 
     #[test]
-    fn signatures_windows_and_nonces() {
+    fn scopes_follow_topics() {
+        assert_eq!(Scope::of_topic("medic/v1", "medic/v1/node/a/cmd"), Some(Scope::Node("a".into())));
+        assert_eq!(Scope::of_topic("medic/v1", "medic/v1/group/web/cmd"), Some(Scope::Group("web".into())));
+        assert_eq!(Scope::of_topic("medic/v1", "medic/v1/fleet/cmd"), Some(Scope::Fleet));
+        assert_eq!(Scope::of_topic("medic/v1", "medic/v1/node/a/b/cmd"), None);
+        assert_eq!(Scope::of_topic("medic/v1", "other/node/a/cmd"), None);
+        assert_eq!(Scope::Group("web".into()).topic("p"), "p/group/web/cmd");
+        assert!(Scope::Group("web".into()).includes("n", &["web".into()]));
+        assert!(!Scope::Node("a".into()).includes("b", &[]));
+    }
+
+    #[test]
+    fn signatures_windows_nonces_and_scopes() {
         let key = SigningKey::from_bytes(&[1u8; 32]);
         let other = SigningKey::from_bytes(&[2u8; 32]);
         let now = 1_800_000_000;
+        let n1 = Scope::Node("n1".into());
         let mut v = verifier(&key);
         let (c, raw) = signed(&key, now, "n1");
-        assert_eq!(v.check(&c, &raw, now).unwrap(), "ops");
-        assert!(v.check(&c, &raw, now).unwrap_err().contains("replayed"));
+        assert_eq!(v.check(&c, &raw, &n1, now).unwrap(), "ops");
+        assert!(err(v.check(&c, &raw, &n1, now)).contains("replayed"));
+        // Signed for node n1: refused on node n2's, a group's or the fleet's topic.
+        let (c, raw) = signed(&key, now, "n1b");
+        for s in [Scope::Node("n2".into()), Scope::Group("web".into()), Scope::Fleet] {
+            assert!(matches!(v.check(&c, &raw, &s, now), Err(CommandError::Scope(_))));
+        }
         let (c, raw) = signed(&other, now, "n2");
-        assert!(v.check(&c, &raw, now).unwrap_err().contains("does not verify"));
+        assert!(err(v.check(&c, &raw, &n1, now)).contains("does not verify"));
         let (c, raw) = signed(&key, now - WINDOW_SECS - 1, "n3");
-        assert!(v.check(&c, &raw, now).unwrap_err().contains("expired"));
-        // A signed command changed after signing does not verify.
+        assert!(err(v.check(&c, &raw, &n1, now)).contains("expired"));
+        // A signed command changed after signing does not verify, its scope included.
         let (c, mut raw) = signed(&key, now, "n4");
         raw["mode"] = Value::from("dry-run");
-        assert!(v.check(&c, &raw, now).unwrap_err().contains("does not verify"));
+        assert!(err(v.check(&c, &raw, &n1, now)).contains("does not verify"));
+        let (mut c, mut raw) = signed(&key, now, "n4b");
+        c.scope = Some("fleet".into());
+        raw["scope"] = Value::from("fleet");
+        assert!(err(v.check(&c, &raw, &Scope::Fleet, now)).contains("does not verify"));
         let (mut c, raw) = signed(&key, now, "n5");
         c.sig = None;
-        assert!(v.check(&c, &raw, now).unwrap_err().contains("unsigned"));
+        assert!(err(v.check(&c, &raw, &n1, now)).contains("unsigned"));
+        let (mut c, raw) = signed(&key, now, "n6");
+        c.scope = None;
+        assert!(err(v.check(&c, &raw, &n1, now)).contains("scope"));
+    }
+
+    #[test]
+    fn accepted_nonces_survive_a_new_verifier_and_a_lost_store_refuses_older_commands() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::from_bytes(&[1u8; 32]);
+        let keys = dir.path().join("keys");
+        std::fs::create_dir_all(&keys).unwrap();
+        std::fs::write(keys.join("ops.pub"), hex::encode(key.verifying_key().to_bytes())).unwrap();
+        let now = crate::audit::now_ms() / 1000;
+        let n1 = Scope::Node("n1".into());
+        let (c, raw) = signed(&key, now, "once");
+        assert!(Verifier::load(&keys, dir.path()).check(&c, &raw, &n1, now).is_ok());
+        let mut again = Verifier::load(&keys, dir.path());
+        assert!(matches!(again.check(&c, &raw, &n1, now), Err(CommandError::Replayed(_))));
+        std::fs::write(dir.path().join(NONCE_FILE), "garbage\n").unwrap();
+        let mut lost = Verifier::load(&keys, dir.path());
+        let (c, raw) = signed(&key, now - 1, "older");
+        assert!(err(lost.check(&c, &raw, &n1, now)).contains("nonce store"));
+        let (c, raw) = signed(&key, now + 2, "newer");
+        assert!(lost.check(&c, &raw, &n1, now + 2).is_ok());
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn text() -> impl Strategy<Value = String> {
+            "[ -~é\u{1F600}]{0,40}"
+        }
+
+        fn envelope() -> impl Strategy<Value = Envelope> {
+            let op = prop_oneof![Just("set_mode"), Just("reset_breaker"), Just("reload"), Just("other")];
+            let mode = proptest::option::of(prop_oneof![Just("live".to_string()), Just("dry-run".to_string()), text()]);
+            let scope = proptest::option::of(prop_oneof![Just("fleet".to_string()), "node/[a-z0-9-]{1,12}", "group/[a-z]{1,8}", text()]);
+            (
+                ("[a-zA-Z0-9-]{1,128}", op, scope, mode, proptest::option::of(text()), proptest::option::of(text())),
+                (proptest::option::of(any::<u64>()), proptest::option::of(text()), proptest::option::of(any::<i64>())),
+                (proptest::option::of("[a-z0-9]{1,32}"), proptest::option::of("[0-9a-f]{128}")),
+            )
+                .prop_map(|((id, op, scope, mode, reason, actor), (ttl_secs, target, ts), (nonce, sig))| Envelope {
+                    id,
+                    op: op.into(),
+                    scope,
+                    mode,
+                    reason,
+                    actor,
+                    ttl_secs,
+                    playbook: None,
+                    action: None,
+                    target,
+                    ts,
+                    nonce,
+                    sig,
+                })
+        }
+
+        /// A JSON-looking text: keys and values from a small alphabet, so that structure,
+        /// duplicates and near-misses are common.
+        fn jsonish() -> impl Strategy<Value = String> {
+            let leaf = prop_oneof![
+                Just("1".to_string()),
+                Just("\"live\"".to_string()),
+                Just("null".to_string()),
+                Just("-1e999".to_string()),
+                Just("\"\\ud800\"".to_string()),
+                text().prop_map(|t| format!("{t:?}"))
+            ];
+            leaf.prop_recursive(4, 32, 6, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..5).prop_map(|v| format!("[{}]", v.join(","))),
+                    proptest::collection::vec((prop_oneof![Just("id"), Just("op"), Just("mode"), Just("sig"), Just("x")], inner), 0..6)
+                        .prop_map(|v| format!("{{{}}}", v.into_iter().map(|(k, x)| format!("\"{k}\":{x}")).collect::<Vec<_>>().join(","))),
+                ]
+            })
+        }
+
+        proptest! {
+            // A fixed count in the suite; PROPTEST_CASES runs more (bench/proptest_long.sh).
+            #![proptest_config(ProptestConfig::with_cases(std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)))]
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512), cut in any::<bool>()) {
+                let real = if cut { bytes.len() + MAX_COMMAND } else { bytes.len() };
+                if let Ok((e, _)) = parse(&bytes, real) {
+                    let _ = e.command();
+                }
+            }
+
+            #[test]
+            fn json_like_text_never_panics_and_duplicates_never_pass(t in jsonish()) {
+                let r = parse(t.as_bytes(), t.len());
+                if let Ok((e, raw)) = &r {
+                    let _ = e.command();
+                    let _ = signed_bytes(raw);
+                }
+                // Whatever strict_json accepts has no duplicate: serde_json's Value (last wins)
+                // sees the same number of keys.
+                if let Ok(v) = strict_json(t.as_bytes()) {
+                    let loose: Value = serde_json::from_str(&t).unwrap();
+                    prop_assert_eq!(v, loose);
+                }
+            }
+
+            #[test]
+            fn valid_commands_round_trip(e in envelope()) {
+                let bytes = serde_json::to_vec(&e).unwrap();
+                let (back, raw) = parse(&bytes, bytes.len()).unwrap();
+                prop_assert_eq!(&back, &e);
+                // The canonical bytes a signature covers do not depend on key order.
+                let shuffled: Value = serde_json::from_slice(&bytes).unwrap();
+                prop_assert_eq!(signed_bytes(&raw), signed_bytes(&shuffled));
+            }
+
+            #[test]
+            fn duplicate_keys_are_always_refused(e in envelope(), pick in any::<prop::sample::Index>(), value in jsonish(), nested in any::<bool>()) {
+                let bytes = serde_json::to_vec(&e).unwrap();
+                let Value::Object(m) = serde_json::from_slice::<Value>(&bytes).unwrap() else { unreachable!() };
+                let keys: Vec<&String> = m.keys().collect();
+                let key = keys[pick.index(keys.len())];
+                let text = String::from_utf8(bytes.clone()).unwrap();
+                let body = &text[..text.len() - 1];
+                let doubled = if nested {
+                    format!("{body},\"zz\":{{\"k\":{value},\"k\":1}}}}")
+                } else {
+                    format!("{body},{key:?}:{value}}}")
+                };
+                prop_assert!(matches!(parse(doubled.as_bytes(), doubled.len()), Err(CommandError::DuplicateKey(_)) | Err(CommandError::NotJson(_))), "{doubled}");
+                prop_assert!(!matches!(parse(doubled.as_bytes(), doubled.len()), Err(CommandError::NotJson(_))) || strict_json(value.as_bytes()).is_err());
+            }
+        }
     }
 }

@@ -8,6 +8,14 @@
 //! socket's requests, and an orderly stop (running actions end and are recorded, then
 //! `agent_stopped`).
 //!
+//! The loop never waits on a playbook or a procfs read: a tick's sampling and evaluation run on a
+//! worker thread ([`EvalJob`]) while the loop keeps serving the control socket, fleet commands,
+//! signals and the forwarder; the requests come back to the loop, which gates them with the mode
+//! current *then* and records them. One evaluation at a time: a tick that finds the last one still
+//! running is an overrun (logged, recorded once per evaluation, counted in `medic status`).
+//! Records are bounded in bytes (`audit::bound`) and repeated refusals are coalesced
+//! (`repeats`).
+//!
 //! Fail-closed: when a record cannot be written, nothing is decided or started; the agent keeps
 //! sensing, says why in its log and in `medic status`, tries again every tick, and records the
 //! outage (`audit_recovered`) as soon as it can write again.
@@ -15,14 +23,17 @@
 use crate::actions::{self, ActionRequest, ExecContext, Outcome, Status};
 use crate::audit::{AuditError, AuditLog};
 use crate::config::Config;
+use crate::control::command::{Command, CommandError, Incoming, Origin};
 use crate::control::mode::ModeState;
 use crate::control::{Peer, Request, Response};
 use crate::gate::{Decision, Gate, Mode};
-use crate::playbooks::{self, api::State, Playbook, Runtime};
+use crate::playbooks::{self, api::State, EvalError, Playbook, Runtime};
 use crate::signals::history::History;
 use crate::signals::{Roots, Sampler, Snapshot};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
+
+pub mod repeats;
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -54,6 +65,79 @@ pub struct TickReport {
     pub decisions: Vec<(String, String, String, String, String)>,
     /// (playbook, error)
     pub disabled: Vec<(String, String)>,
+    /// Decisions counted into an open `decision_repeated` window instead of written.
+    pub coalesced: usize,
+}
+
+/// What sensing owns: moved to the evaluation worker for a tick and back, so the loop never
+/// waits on a procfs read or on the history.
+struct Sensing {
+    sampler: Sampler,
+    history: Arc<History>,
+}
+
+/// A playbook due in this tick, with what it evaluates with.
+struct Due {
+    file: String,
+    pb: Playbook,
+    state: State,
+}
+
+/// One tick's sampling and evaluation, owned, to run anywhere ([`EvalJob::run`]): on the
+/// daemon's worker thread, or inline for `--once` and tests.
+pub struct EvalJob {
+    rt: Arc<Runtime>,
+    sense: Sensing,
+    /// The snapshot to use (a test's); `None`: sample at `now`.
+    input: Option<Snapshot>,
+    now: i64,
+    due: Vec<Due>,
+}
+
+/// What an [`EvalJob`] gives back: sensing, and each due playbook's requests or error.
+pub struct Evaluated {
+    sense: Sensing,
+    now: i64,
+    unavailable: BTreeMap<String, String>,
+    results: Vec<(Due, Result<Vec<ActionRequest>, EvalError>)>,
+}
+
+impl EvalJob {
+    /// The names of the playbooks it evaluates.
+    pub fn playbooks(&self) -> Vec<String> {
+        self.due.iter().map(|d| d.pb.meta.name.clone()).collect()
+    }
+
+    /// Samples (unless given a snapshot), pushes into the history, evaluates each due playbook.
+    /// A panic inside one evaluation is that playbook's error, not the worker's end.
+    pub fn run(self) -> Evaluated {
+        let EvalJob { rt, mut sense, input, now, due } = self;
+        let snap = input.unwrap_or_else(|| sense.sampler.sample(now));
+        Arc::make_mut(&mut sense.history).push(&snap);
+        let unavailable = snap.unavailable.clone();
+        let snap = Arc::new(snap);
+        let mut results = Vec::with_capacity(due.len());
+        for d in due {
+            let run = std::panic::AssertUnwindSafe(|| rt.evaluate(&d.pb, snap.clone(), sense.history.clone(), &d.state));
+            let res = std::panic::catch_unwind(run).unwrap_or_else(|p| {
+                let what = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
+                Err(EvalError {
+                    code: "runtime_error",
+                    message: format!("{}: evaluation panicked: {}", d.pb.file, what.unwrap_or_default()),
+                })
+            });
+            results.push((d, res));
+        }
+        Evaluated { sense, now, unavailable, results }
+    }
+}
+
+/// An evaluation running on the worker, for `medic status` and overrun records.
+#[derive(Debug, Clone)]
+struct Running {
+    since_ms: i64,
+    playbooks: Vec<String>,
+    overruns: u64,
 }
 
 fn obj(v: Value) -> Map<String, Value> {
@@ -70,13 +154,18 @@ fn pb_ref(pb: &Playbook) -> Value {
 /// The running agent.
 pub struct Agent {
     pub node: String,
-    rt: Runtime,
+    rt: Arc<Runtime>,
     /// Keyed by file, so a reload replaces each file's playbook in place.
     slots: BTreeMap<String, Slot>,
     gate: Gate,
     audit: AuditLog,
-    sampler: Sampler,
-    history: Arc<History>,
+    /// `None` while an evaluation holds it.
+    sense: Option<Sensing>,
+    /// The history's status as of the last tick (the history itself may be on the worker).
+    history_status: Value,
+    repeats: repeats::Repeats,
+    evaluating: Option<Running>,
+    overruns: u64,
     playbooks_dir: Option<PathBuf>,
     state_dir: PathBuf,
     disable_ms: i64,
@@ -99,7 +188,24 @@ pub struct Agent {
     pub verifier: crate::control::remote::Verifier,
     /// Fleet groups this node belongs to (shown in its retained status).
     pub groups: Vec<String>,
+    /// The MQTT topic prefix: a fleet command's topic names its scope under it.
+    prefix: String,
+    /// Rejected commands per topic in the current minute (see `Agent::remote`).
+    rejections: BTreeMap<String, Rejections>,
     unavailable: BTreeMap<String, String>,
+}
+
+/// Rejected commands recorded one by one per topic and minute; past that they are counted
+/// and summarised in one `commands_rejected` record when the minute ends.
+const REJECTIONS_RECORDED_PER_MIN: u32 = 10;
+
+/// Rejected commands of one topic within a minute.
+#[derive(Debug, Default)]
+struct Rejections {
+    since_ms: i64,
+    recorded: u32,
+    suppressed: u64,
+    by_code: BTreeMap<&'static str, u64>,
 }
 
 impl Agent {
@@ -136,8 +242,8 @@ impl Agent {
         let roots = Roots { proc: cfg.signals.proc_root.clone(), sys: cfg.signals.sys_root.clone() };
         let ebpf = crate::signals::ebpf::EbpfSignals::start(&cfg.signals.ebpf);
         let mut sampler = Sampler::with_socket_scan_every(roots, cfg.signals.socket_scan_every).with_ebpf(ebpf);
-        let interval_ms = cfg.signals.interval_secs as i64 * 1000;
-        let mut history = History::new(cfg.signals.history_secs as i64 * 1000, interval_ms, cfg.signals.max_series);
+        let interval_ms = cfg.signals.interval_ms();
+        let mut history = History::new(cfg.signals.history_ms(), interval_ms, cfg.signals.max_series);
         let first = sampler.sample(crate::audit::now_ms());
         history.push(&first);
         for (family, why) in &first.unavailable {
@@ -172,26 +278,22 @@ impl Agent {
             )?;
         }
         let (done_tx, done_rx) = mpsc::channel();
-        let exec = ExecContext {
-            timeout: Duration::from_secs(cfg.actions.timeout_secs),
-            kill_after: Duration::from_secs(cfg.actions.kill_after_secs),
-            systemd_bus: cfg.actions.systemd_bus.clone(),
-            max_output_bytes: cfg.actions.max_output_bytes,
-            allowed_paths: cfg.policy.allowed_paths.clone(),
-            command: None,
-        };
+        let exec = ExecContext::from_config(cfg);
         let mut agent = Self {
             node,
-            rt: Runtime::new(cfg.playbooks.limits).with_history(playbooks::HistoryReach::of(&cfg.signals)),
+            rt: Arc::new(Runtime::new(cfg.playbooks.limits).with_history(playbooks::HistoryReach::of(&cfg.signals))),
             slots: BTreeMap::new(),
             gate,
             audit,
-            sampler,
-            history: Arc::new(history),
+            history_status: json!(history.status()),
+            sense: Some(Sensing { sampler, history: Arc::new(history) }),
+            repeats: repeats::Repeats::new(cfg.audit.repeat_window_secs),
+            evaluating: None,
+            overruns: 0,
             playbooks_dir,
             state_dir,
-            disable_ms: cfg.playbooks.disable_secs as i64 * 1000,
-            max_disable_ms: cfg.playbooks.max_disable_secs as i64 * 1000,
+            disable_ms: cfg.playbooks.disable_ms(),
+            max_disable_ms: cfg.playbooks.max_disable_ms(),
             mode,
             exec,
             done_tx,
@@ -203,6 +305,8 @@ impl Agent {
             replication: None,
             verifier: Default::default(),
             groups: cfg.mqtt.groups.clone(),
+            prefix: cfg.mqtt.prefix.clone(),
+            rejections: BTreeMap::new(),
             unavailable: first.unavailable.clone(),
         };
         agent.expire_mode(crate::audit::now_ms())?;
@@ -223,7 +327,16 @@ impl Agent {
     }
 
     /// Appends a record; on failure the agent falls back to observing (see the module note).
-    fn record(&mut self, kind: &str, body: Map<String, Value>, ts: i64) -> Result<u64, AuditError> {
+    /// Every record is bounded in bytes first (`audit::bound`).
+    fn record(&mut self, kind: &str, mut body: Map<String, Value>, ts: i64) -> Result<u64, AuditError> {
+        if let Some(from) = crate::audit::bound::bound(&mut body, &self.node, kind) {
+            tracing::warn!(
+                message = "Audit record truncated to its byte bound.",
+                kind,
+                from_bytes = from,
+                bound = crate::audit::bound::MAX_RECORD_BYTES
+            );
+        }
         match self.audit.append_at(kind, body, ts) {
             Ok(seq) => Ok(seq),
             Err(e) => {
@@ -259,6 +372,7 @@ impl Agent {
                         continue;
                     }
                     tracing::info!(message = "Playbook loaded.", playbook = %pb.meta.name, file = %pb.file);
+                    self.gate.note_playbook(&pb.meta);
                     self.record("playbook_loaded", obj(json!({ "playbook": pb_ref(&pb), "file": pb.file, "meta": pb.meta })), now)?;
                     self.slots.insert(
                         pb.file.clone(),
@@ -282,29 +396,32 @@ impl Agent {
         Ok(())
     }
 
-    /// Reverts a mode change whose TTL has passed, and records it.
+    /// Reverts a mode change whose TTL has passed to exactly the state before it (or dry-run
+    /// when that expired too; `ModeState::successor`), and records it. Also writes the summary
+    /// of rejected commands whose minute ended.
     fn expire_mode(&mut self, now: i64) -> Result<(), AuditError> {
-        if !self.mode.expired(now) {
-            return Ok(());
-        }
-        let to = self.mode.revert_to.unwrap_or(Mode::DryRun);
+        self.flush_rejections(now);
+        let Some(next) = self.mode.successor(now) else { return Ok(()) };
         let old = self.mode.clone();
-        let next = ModeState {
-            mode: to,
-            since_ms: now,
-            actor: "medic (ttl expiry)".into(),
-            reason: format!("ttl of the change by {} expired", old.actor),
-            expires_ms: None,
-            revert_to: None,
-        };
         self.apply_mode(next, &old, "mode_expired", now)
     }
 
     /// Persists and records a mode change: the safer state is always durable first (a switch to
-    /// dry-run is saved before it is recorded; a switch to live is recorded before it is saved).
+    /// dry-run takes effect and is saved before it is recorded, so the brake works even when the
+    /// log cannot be written; a switch to live is recorded, then saved, then takes effect).
     fn apply_mode(&mut self, next: ModeState, old: &ModeState, kind: &str, now: i64) -> Result<(), AuditError> {
+        let (actor, reason) = if kind == "mode_expired" {
+            let back = if next.since_ms == now {
+                next.reason.clone()
+            } else {
+                format!("back to the state set by {} ({})", next.actor, next.reason)
+            };
+            ("medic (ttl expiry)".to_string(), format!("ttl of the change by {} expired; {back}", old.actor))
+        } else {
+            (next.actor.clone(), next.reason.clone())
+        };
         let body = obj(json!({
-            "from": old.mode.as_str(), "to": next.mode.as_str(), "actor": next.actor, "reason": next.reason,
+            "from": old.mode.as_str(), "to": next.mode.as_str(), "actor": actor, "reason": reason,
             "expires": next.expires_ms.map(crate::audit::now_rfc3339), "revert_to": next.revert_to.map(Mode::as_str),
         }));
         let save = |m: &ModeState, dir: &std::path::Path| {
@@ -319,8 +436,79 @@ impl Agent {
             save(&next, &self.state_dir)?;
             self.mode = next.clone();
         }
-        tracing::warn!(message = "Mode changed.", from = old.mode.as_str(), to = next.mode.as_str(), actor = %next.actor, reason = %next.reason);
+        tracing::warn!(message = "Mode changed.", from = old.mode.as_str(), to = next.mode.as_str(), actor = %actor, reason = %reason);
         Ok(())
+    }
+
+    /// Applies one command, whatever its origin (the control socket or the broker): the one
+    /// path, so that the two cannot drift. Authorization is the edge's (peer credentials, or a
+    /// signature checked in `remote`); here each command is validated, recorded, and only then
+    /// changes state (except a switch to dry-run, see `apply_mode`).
+    pub fn apply(&mut self, cmd: Command, origin: &Origin, now: i64) -> Result<Value, CommandError> {
+        use crate::control::command::bounded;
+        match cmd {
+            Command::Status => Ok(self.status(now)),
+            Command::Breakers => Ok(json!(self.gate.open_breakers())),
+            Command::SetMode { mode, reason, ttl_secs } => {
+                let old = self.mode.clone();
+                let next = old.change(mode, origin.actor(), bounded(&reason), ttl_secs, now);
+                if let Err(e) = self.apply_mode(next, &old, "mode_change", now) {
+                    let already = if mode == Mode::DryRun && self.mode.mode == Mode::DryRun { "dry-run is in effect, but " } else { "" };
+                    return Err(CommandError::NotRecorded(format!("{already}{e}")));
+                }
+                Ok(self.status(now)["mode"].clone())
+            }
+            Command::ResetBreaker { playbook, action, target, reason } => {
+                if !self.gate.open_breakers().iter().any(|b| b.playbook == playbook && b.action == action && b.target == target) {
+                    return Err(CommandError::NoBreaker(format!("{} {action} {:?}", bounded(&playbook), bounded(&target))));
+                }
+                let body = obj(
+                    json!({ "playbook": playbook, "action": action, "target": target, "actor": origin.actor(), "reason": bounded(&reason) }),
+                );
+                self.record("breaker_reset", body, now).map_err(|e| CommandError::NotRecorded(e.to_string()))?;
+                self.gate.reset(&(playbook, action, target));
+                Ok(json!({ "reset": true }))
+            }
+            Command::Reload => {
+                self.reload().map_err(|e| CommandError::NotRecorded(e.to_string()))?;
+                Ok(json!({ "playbooks": self.playbook_names() }))
+            }
+        }
+    }
+
+    /// Whether a rejected command on `channel` gets a record of its own; past
+    /// `REJECTIONS_RECORDED_PER_MIN` a minute it is only counted.
+    fn rejection_recorded(&mut self, channel: &str, code: &'static str, now: i64) -> bool {
+        self.flush_rejections(now);
+        let r = self.rejections.entry(channel.to_string()).or_insert_with(|| Rejections { since_ms: now, ..Default::default() });
+        if r.recorded < REJECTIONS_RECORDED_PER_MIN {
+            r.recorded += 1;
+            return true;
+        }
+        r.suppressed += 1;
+        *r.by_code.entry(code).or_default() += 1;
+        false
+    }
+
+    /// Records one summary per topic whose minute of rejections ended with some only counted.
+    fn flush_rejections(&mut self, now: i64) {
+        let due: Vec<String> =
+            self.rejections.iter().filter(|(_, r)| now.saturating_sub(r.since_ms) >= 60_000).map(|(k, _)| k.clone()).collect();
+        for k in due {
+            let Some(r) = self.rejections.remove(&k) else { continue };
+            if r.suppressed == 0 {
+                continue;
+            }
+            let until = if now == i64::MAX { crate::audit::now_ms() } else { now };
+            let body = obj(json!({
+                "topic": k, "count": r.suppressed, "by_code": r.by_code,
+                "since": crate::audit::now_rfc3339(r.since_ms), "until": crate::audit::now_rfc3339(until),
+            }));
+            tracing::warn!(message = "Fleet commands rejected without a record each.", topic = %k, count = r.suppressed);
+            if self.record("commands_rejected", body, until).is_err() {
+                self.rejections.insert(k, r); // tried again at the next tick
+            }
+        }
     }
 
     /// Records the outcomes of actions that ended.
@@ -357,19 +545,30 @@ impl Agent {
         }
     }
 
-    /// One tick at `now_ms`: sample, then evaluate what is due.
+    /// One tick at `now_ms`: sample, then evaluate what is due, all on this thread.
     pub fn tick(&mut self, now_ms: i64) -> Result<TickReport, AuditError> {
-        let snap = self.sampler.sample(now_ms);
-        self.tick_with(snap)
+        self.tick_inline(now_ms, None)
     }
 
-    /// One tick on a given snapshot (the sampler's, or a test's).
+    /// One tick on a given snapshot (the sampler's, or a test's), all on this thread.
     pub fn tick_with(&mut self, snap: Snapshot) -> Result<TickReport, AuditError> {
-        let now = snap.ts_ms;
-        Arc::make_mut(&mut self.history).push(&snap);
-        self.unavailable = snap.unavailable.clone();
+        self.tick_inline(snap.ts_ms, Some(snap))
+    }
+
+    fn tick_inline(&mut self, now: i64, input: Option<Snapshot>) -> Result<TickReport, AuditError> {
+        // No worker holds the sensing state when ticks are run inline.
+        let Some((job, ready)) = self.begin(now, input) else { return Ok(TickReport::default()) };
+        let report = self.finish(job.run(), now);
+        ready?;
+        report
+    }
+
+    /// What a tick does on the loop before evaluating, also when an evaluation still runs:
+    /// record the outcomes of actions that ended, try to record an audit outage's end, expire a
+    /// timed mode, write out coalesced decisions whose window ended.
+    pub fn housekeeping(&mut self, now: i64) -> Result<(), AuditError> {
         // The log must still be the one this agent writes (not deleted, replaced or cut off):
-        // checked before anything is decided; what is found is recorded (audit module).
+        // checked before anything is recorded or decided; what is found is recorded (audit module).
         if let Err(e) = self.audit.check(now) {
             self.audit_down.get_or_insert((now, e.to_string()));
             return Err(e);
@@ -383,67 +582,121 @@ impl Agent {
             self.record_finished();
         }
         self.expire_mode(now)?;
-        let snap = Arc::new(snap);
-        let mut report = TickReport::default();
-        let force = self.force_next;
+        for t in self.repeats.ended(now) {
+            self.close_repeat(&t, now)?;
+        }
+        Ok(())
+    }
+
+    /// Writes out a coalescing window (if it counted anything) and closes it.
+    fn close_repeat(&mut self, t: &repeats::Target, now: i64) -> Result<(), AuditError> {
+        let Some(o) = self.repeats.take(t) else { return Ok(()) };
+        self.write_repeat(t.clone(), o, now)
+    }
+
+    fn write_repeat(&mut self, t: repeats::Target, o: repeats::Open, now: i64) -> Result<(), AuditError> {
+        if o.count == 0 {
+            return Ok(());
+        }
+        let body = repeats::body(&t, &o, self.repeats.window_ms);
+        match self.record("decision_repeated", body, now) {
+            Ok(seq) => {
+                tracing::info!(message = "Repeated decision.", seq, playbook = %t.0, action = %t.1, target = %t.2, decision = o.what.0, rule = o.what.1, count = o.count);
+                Ok(())
+            }
+            Err(e) => {
+                self.repeats.restore(t, o);
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts a tick: housekeeping, then the playbooks due at `now` (none while records cannot
+    /// be written: sensing goes on). `None` while an evaluation holds the sensing state. The
+    /// second value is why nothing may be decided, if so.
+    pub fn begin(&mut self, now: i64, input: Option<Snapshot>) -> Option<(EvalJob, Result<(), AuditError>)> {
+        let sense = self.sense.take()?;
+        let mut due = Vec::new();
+        let ready = self.housekeeping(now).and_then(|()| self.plan(now, &mut due));
+        let job = EvalJob { rt: self.rt.clone(), sense, input, now, due };
+        self.evaluating = Some(Running { since_ms: now, playbooks: job.playbooks(), overruns: 0 });
+        Some((job, ready))
+    }
+
+    /// The playbooks due at `now` (every one after an eBPF wake-up), re-enabling those whose
+    /// back-off ended.
+    fn plan(&mut self, now: i64, due: &mut Vec<Due>) -> Result<(), AuditError> {
+        let force = std::mem::take(&mut self.force_next);
         let files: Vec<String> = self.slots.keys().cloned().collect();
         for file in files {
-            let slot = self.slots.get_mut(&file).expect("listed");
-            let name = slot.pb.meta.name.clone();
-            let pbref = pb_ref(&slot.pb);
+            let Some(slot) = self.slots.get_mut(&file) else { continue };
             if let Some(until) = slot.disabled_until {
                 if now < until {
                     continue;
                 }
                 slot.disabled_until = None;
+                let pbref = pb_ref(&slot.pb);
                 self.record("playbook_enabled", obj(json!({ "playbook": pbref })), now)?;
             }
-            let slot = self.slots.get_mut(&file).expect("listed");
+            let Some(slot) = self.slots.get_mut(&file) else { continue };
             if !force && slot.last_eval_ms.is_some_and(|t| now - t < slot.pb.meta.interval_ms) {
                 continue;
             }
             slot.last_eval_ms = Some(now);
+            due.push(Due { file, pb: slot.pb.clone(), state: slot.state.clone() });
+        }
+        Ok(())
+    }
+
+    /// A tick came while the evaluation started at `since_ms` still runs: it is skipped (only
+    /// housekeeping runs). The first overrun of an evaluation is recorded, the others counted.
+    pub fn overrun(&mut self, now: i64) {
+        self.overruns += 1;
+        let Some(r) = self.evaluating.as_mut() else { return };
+        r.overruns += 1;
+        let r = r.clone();
+        if r.overruns == 1 {
+            tracing::warn!(message = "Evaluation overran its tick; ticks are skipped until it ends.", playbooks = ?r.playbooks, running_ms = now - r.since_ms);
+            let body =
+                obj(json!({ "playbooks": r.playbooks, "started": crate::audit::now_rfc3339(r.since_ms), "running_ms": now - r.since_ms }));
+            let _ = self.record("evaluation_overrun", body, now);
+        }
+        if let Err(e) = self.housekeeping(now) {
+            tracing::error!(message = "Audit log not writable.", error_code = e.code(), error = %e);
+        }
+    }
+
+    /// Ends a tick: takes the sensing state back, then gates each request with the mode current
+    /// now, records it, and starts what was executed; disables a playbook that failed.
+    pub fn finish(&mut self, done: Evaluated, now: i64) -> Result<TickReport, AuditError> {
+        let Evaluated { sense, now: started, unavailable, results } = done;
+        self.history_status = json!(sense.history.status());
+        self.sense = Some(sense);
+        self.unavailable = unavailable;
+        if let Some(r) = self.evaluating.take().filter(|r| r.overruns > 0) {
+            tracing::warn!(message = "Evaluation ended after overrunning.", playbooks = ?r.playbooks, ticks_skipped = r.overruns, took_ms = now - started);
+        }
+        let mut report = TickReport::default();
+        for (d, res) in results {
+            let name = d.pb.meta.name.clone();
             report.evaluated.push(name.clone());
-            match self.rt.evaluate(&slot.pb, snap.clone(), self.history.clone(), &slot.state) {
+            // Reloaded or unloaded meanwhile: that version no longer speaks for the file.
+            if self.slots.get(&d.file).is_none_or(|s| s.pb.sha256 != d.pb.sha256) {
+                tracing::warn!(message = "Playbook changed during its evaluation; its requests are dropped.", playbook = %name, file = %d.file);
+                continue;
+            }
+            let pbref = pb_ref(&d.pb);
+            match res {
                 Ok(requests) => {
-                    slot.failures = 0;
-                    let meta = slot.pb.meta.clone();
+                    if let Some(slot) = self.slots.get_mut(&d.file) {
+                        slot.failures = 0;
+                    }
                     for req in requests {
-                        let v = self.gate.decide(&meta, &req, self.mode.mode, now);
-                        let body = json!({
-                            "playbook": pbref,
-                            "trigger": { "signals": req.signals, "reason": req.reason },
-                            "action": { "kind": req.kind, "target": req.target, "params": req.params },
-                            "mode": v.mode.as_str(),
-                            "decision": v.decision.as_str(),
-                            "rule": v.rule,
-                            "detail": v.detail,
-                            "outcome": Value::Null,
-                        });
-                        // Write-ahead: the decision is durable before the action starts.
-                        let seq = match self.record("action", obj(body), now) {
-                            Ok(seq) => seq,
-                            Err(e) => {
-                                if v.decision == Decision::Executed {
-                                    self.gate.finished(req.kind, &req.target);
-                                }
-                                return Err(e);
-                            }
-                        };
-                        tracing::info!(message = "Decision.", seq, playbook = %name, action = %req.kind, target = %req.target, decision = v.decision.as_str(), rule = v.rule);
-                        report.decisions.push((
-                            name.clone(),
-                            req.kind.to_string(),
-                            req.target.clone(),
-                            v.decision.as_str().into(),
-                            v.rule.into(),
-                        ));
-                        if v.decision == Decision::Executed && req.kind != actions::ActionKind::Notify {
-                            self.launch(seq, pbref.clone(), req);
-                        }
+                        self.decide_one(&d.pb.meta, &pbref, req, now, &mut report)?;
                     }
                 }
                 Err(e) => {
+                    let Some(slot) = self.slots.get_mut(&d.file) else { continue };
                     slot.failures += 1;
                     slot.last_error = Some(e.to_string());
                     let backoff = self.disable_ms.saturating_mul(1 << (slot.failures - 1).min(16)).min(self.max_disable_ms);
@@ -459,26 +712,84 @@ impl Agent {
                 }
             }
         }
-        self.force_next = false;
         Ok(report)
+    }
+
+    /// Gates one request, records the decision (or counts it into an open repeat window), and
+    /// starts it when executed.
+    fn decide_one(
+        &mut self,
+        meta: &crate::playbooks::meta::Meta,
+        pbref: &Value,
+        req: ActionRequest,
+        now: i64,
+        report: &mut TickReport,
+    ) -> Result<(), AuditError> {
+        let name = meta.name.clone();
+        let v = self.gate.decide(meta, &req, self.mode.mode, now);
+        report.decisions.push((name.clone(), req.kind.to_string(), req.target.clone(), v.decision.as_str().into(), v.rule.into()));
+        let t: repeats::Target = (name.clone(), req.kind.to_string(), req.target.clone());
+        let what = (v.decision.as_str(), v.rule, v.mode.as_str());
+        if self.repeats.closes(&t, what, now) {
+            self.close_repeat(&t, now)?;
+        }
+        let coalesce = repeats::coalescible(v.decision) && self.repeats.window_ms > 0;
+        if coalesce && self.repeats.absorb(&t, now) {
+            report.coalesced += 1;
+            tracing::debug!(message = "Decision repeated.", playbook = %name, action = %req.kind, target = %req.target, decision = v.decision.as_str(), rule = v.rule);
+            return Ok(());
+        }
+        let body = json!({
+            "playbook": pbref,
+            "trigger": { "signals": req.signals, "reason": req.reason },
+            "action": { "kind": req.kind, "target": req.target, "params": req.params },
+            "mode": v.mode.as_str(),
+            "decision": v.decision.as_str(),
+            "rule": v.rule,
+            "detail": v.detail,
+            "outcome": Value::Null,
+        });
+        // Write-ahead: the decision is durable before the action starts.
+        let seq = match self.record("action", obj(body), now) {
+            Ok(seq) => seq,
+            Err(e) => {
+                if v.decision == Decision::Executed {
+                    self.gate.finished(req.kind, &req.target);
+                }
+                return Err(e);
+            }
+        };
+        tracing::info!(message = "Decision.", seq, playbook = %name, action = %req.kind, target = %req.target, decision = v.decision.as_str(), rule = v.rule);
+        if coalesce {
+            let open = repeats::Open { what, playbook: pbref.clone(), first_seq: seq, first_ms: now, last_ms: now, count: 0 };
+            if let Some((t, o)) = self.repeats.open(t, open) {
+                self.write_repeat(t, o, now)?;
+            }
+        }
+        if v.decision == Decision::Executed && req.kind != actions::ActionKind::Notify {
+            self.launch(seq, pbref.clone(), req);
+        }
+        Ok(())
     }
 
     /// File descriptors of the eBPF event rings (readable when an event should wake a tick).
     pub fn event_fds(&self) -> Vec<std::os::fd::OwnedFd> {
-        self.sampler.ebpf().map(|e| e.event_fds()).unwrap_or_default()
+        self.sense.as_ref().and_then(|s| s.sampler.ebpf()).map(|e| e.event_fds()).unwrap_or_default()
     }
 
     /// Takes pending eBPF events; returns how many there were. When there were any, the next
-    /// tick evaluates every playbook at once, due or not.
+    /// tick evaluates every playbook at once, due or not. None are taken while an evaluation
+    /// holds the sampler (they wait in their ring).
     pub fn drain_events(&mut self) -> usize {
-        let n = self.sampler.ebpf_mut().map(|e| e.drain_events().len()).unwrap_or(0);
+        let n = self.sense.as_mut().and_then(|s| s.sampler.ebpf_mut()).map(|e| e.drain_events().len()).unwrap_or(0);
         self.force_next |= n > 0;
         n
     }
 
     /// Waits up to `max` for running actions to end, recording their outcomes.
     pub fn wait_actions(&mut self, max: Duration) {
-        let deadline = std::time::Instant::now() + max;
+        let deadline =
+            std::time::Instant::now().checked_add(max).unwrap_or_else(|| std::time::Instant::now() + Duration::from_secs(86_400));
         while !self.running.is_empty() && std::time::Instant::now() < deadline {
             if let Ok(f) = self.done_rx.recv_timeout(Duration::from_millis(50)) {
                 self.unrecorded.push(f);
@@ -490,115 +801,67 @@ impl Agent {
     /// Answers one control request from `peer`.
     pub fn control(&mut self, req: Request, peer: &Peer) -> Response {
         let now = crate::audit::now_ms();
-        match req {
-            Request::Status => Response::ok(self.status(now)),
-            Request::SetMode { mode, reason, ttl_secs } => {
-                let Some(to) = Mode::parse(&mode) else { return Response::err(format!("unknown mode {mode:?}: live or dry-run")) };
-                if reason.trim().is_empty() {
-                    return Response::err("a reason is required");
-                }
-                let old = self.mode.clone();
-                let next = ModeState {
-                    mode: to,
-                    since_ms: now,
-                    actor: peer.actor(),
-                    reason,
-                    expires_ms: ttl_secs.map(|t| now + t.min(365 * 86_400) as i64 * 1000),
-                    revert_to: ttl_secs.map(|_| old.mode),
-                };
-                match self.apply_mode(next, &old, "mode_change", now) {
-                    Ok(()) => Response::ok(self.status(now)["mode"].clone()),
-                    Err(e) => Response::err(format!("mode not changed: {e}")),
-                }
-            }
-            Request::Breakers => Response::ok(json!(self.gate.open_breakers())),
-            Request::ResetBreaker { playbook, action, target, reason } => {
-                let Some(kind) = actions::ActionKind::parse(&action) else { return Response::err(format!("unknown action {action:?}")) };
-                let key = (playbook.clone(), kind, target.clone());
-                if !self.gate.open_breakers().iter().any(|b| b.playbook == playbook && b.action == kind && b.target == target) {
-                    return Response::err(format!("no open breaker for {playbook} {action} {target:?}"));
-                }
-                let body =
-                    obj(json!({ "playbook": playbook, "action": action, "target": target, "actor": peer.actor(), "reason": reason }));
-                match self.record("breaker_reset", body, now) {
-                    Ok(_) => {
-                        self.gate.reset(&key);
-                        Response::ok(json!({ "reset": true }))
-                    }
-                    Err(e) => Response::err(format!("breaker not reset: {e}")),
-                }
-            }
+        let result = Command::from_request(req).and_then(|cmd| self.apply(cmd, &Origin::Local { actor: peer.actor() }, now));
+        match result {
+            Ok(v) => Response::ok(v),
+            Err(e) => Response::err(e.to_string()),
         }
     }
 
-    /// Handles a fleet command from the broker (see `control::remote`); returns its ack.
-    pub fn remote(&mut self, topic: &str, payload: &[u8]) -> Value {
-        use crate::control::remote;
+    /// Handles a publish on a command topic (see `control::remote`) and returns its ack (none
+    /// for a packet whose topic is not known). Refused: retained messages, payloads over the
+    /// limit, duplicate keys, a scope that is not the topic's or does not include this node,
+    /// and unsigned live or breaker commands. Every command is recorded, its claimed fields
+    /// bounded; rejections past `REJECTIONS_RECORDED_PER_MIN` a minute on a topic are counted
+    /// and summarised instead.
+    pub fn remote(&mut self, inc: &Incoming) -> Option<Value> {
+        use crate::control::command::bounded;
+        use crate::control::remote::{self, Scope};
         let now = crate::audit::now_ms();
-        let parsed = remote::parse(payload);
-        let (id, op, actor) = match &parsed {
-            Ok((c, _)) => (c.id.clone(), c.op.clone(), c.actor.clone().unwrap_or_else(|| "unknown".into())),
-            Err(_) => (String::new(), String::new(), "unknown".into()),
+        let scope = Scope::of_topic(&self.prefix, &inc.topic).filter(|s| s.includes(&self.node, &self.groups));
+        let parsed = if inc.retained { Err(CommandError::Retained) } else { remote::parse(&inc.payload, inc.bytes) };
+        let (id, op, claimed) = match &parsed {
+            Ok((c, _)) => (bounded(&c.id), bounded(&c.op), bounded(c.actor.as_deref().unwrap_or("unknown"))),
+            Err(_) => (String::new(), String::new(), "unknown".to_string()),
         };
-        let result: Result<Value, String> = parsed.and_then(|(cmd, raw)| {
-            let signed = |v: &mut remote::Verifier| v.check(&cmd, &raw, now / 1000);
-            let by = |key: Option<String>| {
-                format!(
-                    "mqtt:{} via {topic}{}",
-                    cmd.actor.as_deref().unwrap_or("unknown"),
-                    key.map(|k| format!(" (signed by {k})")).unwrap_or_default()
-                )
-            };
-            match cmd.op.as_str() {
-                "set_mode" => {
-                    let to = cmd.mode.as_deref().and_then(Mode::parse).ok_or("set_mode needs `mode`: live or dry-run")?;
-                    let reason = cmd.reason.clone().filter(|r| !r.trim().is_empty()).ok_or("set_mode needs a `reason`")?;
-                    let key = if to == Mode::Live { Some(signed(&mut self.verifier)?) } else { None };
-                    let old = self.mode.clone();
-                    let next = ModeState {
-                        mode: to,
-                        since_ms: now,
-                        actor: by(key),
-                        reason,
-                        expires_ms: cmd.ttl_secs.map(|t| now + t.min(365 * 86_400) as i64 * 1000),
-                        revert_to: cmd.ttl_secs.map(|_| old.mode),
-                    };
-                    self.apply_mode(next, &old, "mode_change", now).map_err(|e| e.to_string())?;
-                    Ok(json!({ "mode": to.as_str(), "expires": self.mode.expires_ms.map(crate::audit::now_rfc3339) }))
+        let result = parsed.and_then(|(env, raw)| {
+            let scope = scope.clone().ok_or_else(|| CommandError::Scope("not a command topic of this node".into()))?;
+            if let Some(named) = env.scope.as_deref() {
+                if Scope::parse(named).as_ref() != Some(&scope) {
+                    return Err(CommandError::Scope(format!("names {:?}, received on the topic of {scope}", bounded(named))));
                 }
-                "reset_breaker" => {
-                    let key = signed(&mut self.verifier)?;
-                    let kind = cmd.action.as_deref().and_then(crate::actions::ActionKind::parse).ok_or("reset_breaker needs `action`")?;
-                    let (pb, target) = (cmd.playbook.clone().unwrap_or_default(), cmd.target.clone().unwrap_or_default());
-                    if !self.gate.reset(&(pb.clone(), kind, target.clone())) {
-                        return Err(format!("no open breaker for {pb} {kind} {target:?}"));
-                    }
-                    let body =
-                        obj(json!({ "playbook": pb, "action": kind, "target": target, "actor": by(Some(key)), "reason": cmd.reason }));
-                    self.record("breaker_reset", body, now).map_err(|e| e.to_string())?;
-                    Ok(json!({ "reset": true }))
-                }
-                "reload" => {
-                    self.reload().map_err(|e| e.to_string())?;
-                    Ok(json!({ "playbooks": self.playbook_names() }))
-                }
-                other => Err(format!("unknown op {other:?}: set_mode, reset_breaker or reload")),
             }
+            let cmd = env.command()?;
+            let key = if cmd.needs_signature() { Some(self.verifier.check(&env, &raw, &scope, now / 1000)?) } else { None };
+            let origin = Origin::Remote { topic: inc.topic.clone(), actor: claimed.clone(), key };
+            self.apply(cmd, &origin, now)
         });
-        let (ok, detail) = match &result {
-            Ok(v) => (true, v.clone()),
-            Err(e) => (false, json!(e)),
+        let channel = if scope.is_some() { bounded(&inc.topic) } else { "other".to_string() };
+        let (ok, detail, code) = match &result {
+            Ok(v) => (true, v.clone(), None),
+            Err(e) => (false, json!(bounded(&e.to_string())), Some(e.code())),
         };
-        let body = obj(
-            json!({ "topic": topic, "command_id": id, "op": op, "actor": actor, "accepted": ok, "result": if ok { detail.clone() } else { Value::Null }, "error": if ok { Value::Null } else { detail.clone() }, "payload_bytes": payload.len() }),
-        );
-        if let Err(e) = self.record("command", body, now) {
-            tracing::error!(message = "Fleet command not recorded.", error = %e);
+        let body = obj(json!({
+            "topic": bounded(&inc.topic), "command_id": id, "op": op, "actor": claimed, "accepted": ok,
+            "result": if ok { detail.clone() } else { Value::Null }, "error": if ok { Value::Null } else { detail.clone() },
+            "error_code": code, "payload_bytes": inc.bytes, "retained": inc.retained,
+        }));
+        let recorded = match code {
+            None => true,
+            Some(c) => self.rejection_recorded(&channel, c, now),
+        };
+        if recorded {
+            if let Err(e) = self.record("command", body, now) {
+                tracing::error!(message = "Fleet command not recorded.", error_code = e.code(), error = %e);
+            }
         }
-        if !ok {
-            tracing::warn!(message = "Fleet command rejected.", topic, id = %id, error = %detail);
+        if let Some(c) = code {
+            tracing::warn!(message = "Fleet command rejected.", topic = %channel, id = %id, error_code = c, error = %detail);
         }
-        json!({ "node": self.node, "id": id, "ok": ok, "result": if ok { detail.clone() } else { Value::Null }, "error": if ok { Value::Null } else { detail } })
+        scope.as_ref()?;
+        Some(
+            json!({ "node": self.node, "id": id, "ok": ok, "result": if ok { detail.clone() } else { Value::Null }, "error": if ok { Value::Null } else { detail }, "error_code": code }),
+        )
     }
 
     /// The retained status published on the broker: what changes rarely (not budgets or seq).
@@ -649,16 +912,38 @@ impl Agent {
                 "integrity": self.audit.status(),
             },
             "unavailable_signals": self.unavailable,
-            "history": self.history.status(),
+            "history": self.history_status,
+            "evaluation": {
+                "running_since": self.evaluating.as_ref().map(|r| crate::audit::now_rfc3339(r.since_ms)),
+                "playbooks": self.evaluating.as_ref().map(|r| r.playbooks.clone()),
+                "overruns": self.overruns,
+            },
+            "gate_ledger_keys": self.gate.ledger_len(),
+            "repeat_windows_open": self.repeats.len(),
             "replication": self.replication.as_ref().map(|r| json!(*r.borrow())),
         })
     }
 
-    /// Lets running actions end (recording them), then records the stop.
+    /// Lets running actions end (recording them, for at most `actions.timeout_secs` + 5 s),
+    /// writes out coalesced decisions, then records the stop. An evaluation still running is
+    /// abandoned (its requests are never gated) and named in the record.
     pub fn stop(mut self, reason: &str) -> Result<(), AuditError> {
-        self.wait_actions(self.exec.timeout + Duration::from_secs(5));
+        self.wait_actions(self.exec.timeout.saturating_add(Duration::from_secs(5)));
         let still = self.running.len();
-        self.audit.append("agent_stopped", obj(json!({ "reason": reason, "actions_still_running": still })))?;
+        self.flush_rejections(i64::MAX); // counted rejections of the last minute, summarised
+        let now = crate::audit::now_ms();
+        for t in self.repeats.ended(i64::MAX) {
+            if let Err(e) = self.close_repeat(&t, now) {
+                tracing::error!(message = "Repeated decisions not recorded at stop.", error_code = e.code(), error = %e);
+                break;
+            }
+        }
+        let abandoned = self.evaluating.take().map(|r| r.playbooks);
+        self.record(
+            "agent_stopped",
+            obj(json!({ "reason": reason, "actions_still_running": still, "evaluation_abandoned": abandoned })),
+            now,
+        )?;
         Ok(())
     }
 }
@@ -685,8 +970,51 @@ fn bind_control(path: &std::path::Path, group: Option<&str>) -> anyhow::Result<t
     Ok(l)
 }
 
-/// Reads one request from a control connection, answers it, closes.
-async fn serve(agent: &mut Agent, stream: tokio::net::UnixStream, group: Option<&str>) {
+/// How long a control connection may take to send its request.
+pub const CONTROL_READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// Control connections served at once; one more is answered "busy" and closed.
+pub const MAX_CONTROL_CONNECTIONS: usize = 128;
+
+/// A control request read and checked by its connection's task, for the loop to answer.
+struct ControlCall {
+    req: Request,
+    peer: Peer,
+    reply: tokio::sync::oneshot::Sender<Response>,
+}
+
+/// Accepts control connections; each is read in a task of its own (peer check, one line of at
+/// most `MAX_REQUEST` bytes within [`CONTROL_READ_TIMEOUT`]), so an idle or slow client stalls
+/// nothing; only a whole request reaches the loop.
+async fn accept_control(listener: tokio::net::UnixListener, group: Option<String>, calls: tokio::sync::mpsc::Sender<ControlCall>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONTROL_CONNECTIONS));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // Out of fds, most likely: wait rather than spin.
+                tracing::warn!(message = "Control socket accept failed.", error = %e);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(message = "Control connection refused: too many at once.", max = MAX_CONTROL_CONNECTIONS);
+            let mut out =
+                serde_json::to_string(&Response::err("busy: too many control connections at once; try again")).unwrap_or_default();
+            out.push('\n');
+            let _ = stream.try_write(out.as_bytes());
+            continue;
+        };
+        let (calls, group) = (calls.clone(), group.clone());
+        tokio::spawn(async move {
+            serve(stream, group.as_deref(), calls).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Reads one request from a control connection, has the loop answer it, writes the answer.
+async fn serve(stream: tokio::net::UnixStream, group: Option<&str>, calls: tokio::sync::mpsc::Sender<ControlCall>) {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
     let Ok(cred) = stream.peer_cred() else { return };
     let peer = Peer { uid: cred.uid(), gid: cred.gid(), pid: cred.pid().unwrap_or(0) };
@@ -697,17 +1025,24 @@ async fn serve(agent: &mut Agent, stream: tokio::net::UnixStream, group: Option<
     } else {
         let mut line = String::new();
         let mut reader = BufReader::new(r.take(crate::control::MAX_REQUEST as u64));
-        match tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await {
+        match tokio::time::timeout(CONTROL_READ_TIMEOUT, reader.read_line(&mut line)).await {
             Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
-                Ok(req) => agent.control(req, &peer),
+                Ok(req) => {
+                    let (reply, answer) = tokio::sync::oneshot::channel();
+                    if calls.send(ControlCall { req, peer, reply }).await.is_err() {
+                        Response::err("the agent is stopping")
+                    } else {
+                        answer.await.unwrap_or_else(|_| Response::err("the agent is stopping"))
+                    }
+                }
                 Err(e) => Response::err(format!("bad request: {e}")),
             },
-            _ => Response::err("no request within 5 s"),
+            _ => Response::err(format!("no request within {} s", CONTROL_READ_TIMEOUT.as_secs())),
         }
     };
     let mut out = serde_json::to_string(&answer).unwrap_or_default();
     out.push('\n');
-    let _ = w.write_all(out.as_bytes()).await;
+    let _ = tokio::time::timeout(CONTROL_READ_TIMEOUT, w.write_all(out.as_bytes())).await;
 }
 
 /// Registers an eBPF ring's fd with the reactor.
@@ -730,9 +1065,6 @@ async fn readable(fd: Option<&tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>) {
     }
 }
 
-/// Runs the agent until SIGTERM/SIGINT; SIGHUP reloads the playbooks; the control socket
-/// answers between ticks; an eBPF event (a retransmit burst, a CLOSE_WAIT count crossing its
-/// threshold) runs a tick at once instead of waiting for the next one.
 /// SIGTERM and SIGINT, listened for from before the agent starts: one that arrives while the
 /// audit log is opened or the eBPF programs load must neither kill the agent half-way (the
 /// default action) nor be lost; it stops the agent as soon as the loop runs. Made inside the
@@ -749,6 +1081,14 @@ impl StopSignals {
     }
 }
 
+/// Runs the agent until SIGTERM/SIGINT; SIGHUP reloads the playbooks; control connections are
+/// served by tasks of their own and answered by the loop; each tick's sampling and evaluation
+/// run on a worker thread while the loop keeps serving; an eBPF event (a retransmit burst, a
+/// CLOSE_WAIT count crossing its threshold) runs a tick at once (at most one every 200 ms).
+///
+/// SIGTERM stops the agent whatever a playbook does: an evaluation in progress is abandoned
+/// (its thread dies with the process), running actions get `actions.timeout_secs` + 5 s to end,
+/// the forwarder 3 s to send the last records.
 pub async fn run(
     mut agent: Agent,
     stops: StopSignals,
@@ -760,38 +1100,82 @@ pub async fn run(
     use tokio::signal::unix::{signal, SignalKind};
     let (status_tx, status_rx) = tokio::sync::watch::channel(String::new());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let (cmd_tx, mut cmd_rx) = tokio::sync::mpsc::channel::<(String, Vec<u8>)>(64);
+    let (cmd_tx, mut cmd_rx) = tokio::sync::mpsc::channel::<Incoming>(64);
     let (ack_tx, ack_rx) = tokio::sync::mpsc::channel::<(String, String)>(64);
     let forwarder = mqtt.enabled.then(|| {
         let state_dir = agent.audit_path().parent().map(PathBuf::from).unwrap_or_default();
         let keys = mqtt.trusted_keys_dir.clone().unwrap_or_else(|| state_dir.join("trusted-keys"));
-        agent.verifier = crate::control::remote::Verifier::load(&keys);
+        agent.verifier = crate::control::remote::Verifier::load(&keys, &state_dir);
         let (health_tx, health_rx) = tokio::sync::watch::channel(crate::forward::Health::default());
         agent.replication = Some(health_rx);
         let links = crate::forward::Links { status: status_rx, stop: stop_rx, health: health_tx, commands: cmd_tx, acks: ack_rx };
         tokio::spawn(crate::forward::run(mqtt.clone(), agent.node.clone(), state_dir, links))
     });
     let listener = bind_control(&control, group.as_deref())?;
+    let (call_tx, mut call_rx) = tokio::sync::mpsc::channel::<ControlCall>(MAX_CONTROL_CONNECTIONS);
+    let acceptor = tokio::spawn(accept_control(listener, group.clone(), call_tx));
+    // The evaluation worker: one thread for the agent's life, one job at a time. It is never
+    // joined: at stop a job still running is abandoned with the process.
+    let (job_tx, job_rx) = std::sync::mpsc::channel::<EvalJob>();
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<Evaluated>(1);
+    std::thread::Builder::new().name("medic-eval".into()).spawn(move || {
+        while let Ok(job) = job_rx.recv() {
+            if done_tx.blocking_send(job.run()).is_err() {
+                break;
+            }
+        }
+    })?;
     let StopSignals { mut term, mut int } = stops;
     let mut hup = signal(SignalKind::hangup())?;
     let mut ticker = tokio::time::interval(Duration::from_secs(interval_secs));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let rings: Vec<_> = agent.event_fds().into_iter().filter_map(ring_fd).collect();
-    let mut last_wake = std::time::Instant::now() - Duration::from_secs(1);
+    let mut last_wake = tokio::time::Instant::now() - Duration::from_secs(1);
+    // An eBPF wake-up waiting for its 200 ms spacing, or for the running evaluation to end.
+    let mut wake_at: Option<tokio::time::Instant> = None;
+    let mut woken_while_busy = false;
+    let mut busy = false;
     let reason = loop {
         tokio::select! {
-            _ = readable(rings.first()) => wake(&mut agent, &mut last_wake).await,
-            _ = readable(rings.get(1)) => wake(&mut agent, &mut last_wake).await,
+            _ = readable(rings.first()) => {
+                if busy { woken_while_busy = true } else { wake_at = wake(&mut agent, last_wake).or(wake_at) }
+            }
+            _ = readable(rings.get(1)) => {
+                if busy { woken_while_busy = true } else { wake_at = wake(&mut agent, last_wake).or(wake_at) }
+            }
+            _ = tokio::time::sleep_until(wake_at.unwrap_or_else(tokio::time::Instant::now)), if wake_at.is_some() && !busy => {
+                wake_at = None;
+                last_wake = tokio::time::Instant::now();
+                tracing::info!(message = "Woken by an eBPF event.");
+                busy = start_tick(&mut agent, &job_tx);
+            }
             _ = ticker.tick() => {
-                if let Err(e) = agent.tick(crate::audit::now_ms()) {
-                    tracing::error!(message = "Audit log not writable; no decisions this tick.", error_code = e.code(), error = %e);
+                if busy {
+                    agent.overrun(crate::audit::now_ms());
+                } else {
+                    busy = start_tick(&mut agent, &job_tx);
                 }
                 let _ = status_tx.send(agent.public_status());
             }
-            Ok((stream, _)) = listener.accept() => serve(&mut agent, stream, group.as_deref()).await,
-            Some((topic, payload)) = cmd_rx.recv() => {
-                let ack = agent.remote(&topic, &payload);
-                let _ = ack_tx.try_send((format!("{topic}/ack"), ack.to_string()));
+            Some(done) = done_rx.recv() => {
+                busy = false;
+                let now = crate::audit::now_ms().max(done.now);
+                if let Err(e) = agent.finish(done, now) {
+                    tracing::error!(message = "Audit log not writable; no decisions this tick.", error_code = e.code(), error = %e);
+                }
+                if std::mem::take(&mut woken_while_busy) {
+                    wake_at = wake(&mut agent, last_wake).or(wake_at);
+                }
+                let _ = status_tx.send(agent.public_status());
+            }
+            Some(call) = call_rx.recv() => {
+                let answer = agent.control(call.req, &call.peer);
+                let _ = call.reply.send(answer);
+            }
+            Some(inc) = cmd_rx.recv() => {
+                if let Some(ack) = agent.remote(&inc) {
+                    let _ = ack_tx.try_send((format!("{}/ack", inc.topic), ack.to_string()));
+                }
                 let _ = status_tx.send(agent.public_status());
             }
             _ = hup.recv() => {
@@ -804,7 +1188,9 @@ pub async fn run(
             _ = int.recv() => break "SIGINT",
         }
     };
-    tracing::info!(message = "Stopping.", reason);
+    tracing::info!(message = "Stopping.", reason, evaluation_abandoned = busy);
+    acceptor.abort();
+    drop(call_rx);
     drop(rings);
     let _ = std::fs::remove_file(&control);
     agent.stop(reason)?;
@@ -816,19 +1202,33 @@ pub async fn run(
     Ok(())
 }
 
-/// An eBPF event: drain the rings and run a tick now (at most one every 200 ms).
-async fn wake(agent: &mut Agent, last: &mut std::time::Instant) {
-    let n = agent.drain_events();
-    if n == 0 {
-        return;
-    }
-    let since = last.elapsed();
-    if since < Duration::from_millis(200) {
-        tokio::time::sleep(Duration::from_millis(200) - since).await;
-    }
-    *last = std::time::Instant::now();
-    tracing::info!(message = "Woken by an eBPF event.", events = n);
-    if let Err(e) = agent.tick(crate::audit::now_ms()) {
+/// Starts a tick on the worker; true when one is running.
+fn start_tick(agent: &mut Agent, jobs: &std::sync::mpsc::Sender<EvalJob>) -> bool {
+    let Some((job, ready)) = agent.begin(crate::audit::now_ms(), None) else { return true };
+    if let Err(e) = ready {
         tracing::error!(message = "Audit log not writable; no decisions this tick.", error_code = e.code(), error = %e);
     }
+    match jobs.send(job) {
+        Ok(()) => true,
+        Err(std::sync::mpsc::SendError(job)) => {
+            // The worker is gone (it cannot be, short of a bug): evaluate here rather than never.
+            tracing::error!(message = "Evaluation worker gone; evaluating on the loop.");
+            let now = job.now;
+            if let Err(e) = agent.finish(job.run(), now) {
+                tracing::error!(message = "Audit log not writable; no decisions this tick.", error_code = e.code(), error = %e);
+            }
+            false
+        }
+    }
+}
+
+/// An eBPF event: drains the rings; when there were events, the time of the tick they call for
+/// (at once, or 200 ms after the last such tick).
+fn wake(agent: &mut Agent, last: tokio::time::Instant) -> Option<tokio::time::Instant> {
+    let n = agent.drain_events();
+    if n == 0 {
+        return None;
+    }
+    tracing::debug!(message = "eBPF events.", events = n);
+    Some((last + Duration::from_millis(200)).max(tokio::time::Instant::now()))
 }

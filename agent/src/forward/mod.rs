@@ -14,6 +14,12 @@
 //! with retained status and a last will needs. Also a retained status on
 //! `<prefix>/node/<node>/status`, updated on change (at most every 5 s) and set offline by the
 //! last will.
+//!
+//! Fleet commands use a connection of their own (`commands.rs`), so nothing published on a
+//! command topic can disturb replication. Reconnects back off from 200 ms to 30 s while
+//! attempts fail, and start over only after a connection stayed up for 30 s (`Backoff`).
+
+pub mod commands;
 
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use serde::Deserialize;
@@ -229,6 +235,44 @@ pub fn connection_options(cfg: &MqttConfig, client_id: String) -> Result<MqttOpt
     Ok(opts)
 }
 
+/// Reconnect delays: 200 ms, doubling to 30 s while attempts fail. A CONNACK alone does not
+/// start over (a broker that accepts and then drops the connection at once, as on a packet
+/// over the limit, is a failure that repeats); a connection that stayed up for [`HEALTHY`] does.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+    up_since: Option<Instant>,
+}
+
+/// Backoff bounds.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(200);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How long a connection must stay up before the backoff starts over.
+pub const HEALTHY: Duration = Duration::from_secs(30);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { next: BACKOFF_MIN, up_since: None }
+    }
+}
+
+impl Backoff {
+    /// A connection was made at `now`.
+    pub fn connected(&mut self, now: Instant) {
+        self.up_since = Some(now);
+    }
+
+    /// A connection or an attempt failed at `now`: how long to wait before the next.
+    pub fn failed(&mut self, now: Instant) -> Duration {
+        if self.up_since.take().is_some_and(|t| now.saturating_duration_since(t) >= HEALTHY) {
+            self.next = BACKOFF_MIN;
+        }
+        let d = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        d
+    }
+}
+
 /// How replication is doing, for `medic status`.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct Health {
@@ -248,8 +292,8 @@ pub struct Links {
     pub stop: watch::Receiver<bool>,
     /// How replication is doing, for `medic status`.
     pub health: watch::Sender<Health>,
-    /// Fleet commands received: (topic, payload).
-    pub commands: tokio::sync::mpsc::Sender<(String, Vec<u8>)>,
+    /// Fleet commands received (sent with backpressure: never dropped).
+    pub commands: tokio::sync::mpsc::Sender<crate::control::command::Incoming>,
     /// Acks to publish: (topic, payload).
     pub acks: tokio::sync::mpsc::Receiver<(String, String)>,
 }
@@ -257,11 +301,8 @@ pub struct Links {
 /// Runs until `stop` turns true. Never returns an error: a broker that cannot be reached is
 /// retried with backoff while the agent goes on deciding and recording locally.
 pub async fn run(cfg: MqttConfig, node: String, state_dir: PathBuf, links: Links) {
-    let Links { status, mut stop, health, commands, mut acks } = links;
-    let cmd_topics: Vec<String> = std::iter::once(format!("{}/node/{node}/cmd", cfg.prefix))
-        .chain(cfg.groups.iter().map(|g| format!("{}/group/{g}/cmd", cfg.prefix)))
-        .chain(std::iter::once(format!("{}/fleet/cmd", cfg.prefix)))
-        .collect();
+    let Links { status, mut stop, health, commands, acks } = links;
+    let command_side = tokio::spawn(commands::run(cfg.clone(), node.clone(), commands, acks, stop.clone()));
     let audit_topic = format!("{}/node/{node}/audit", cfg.prefix);
     let status_topic = format!("{}/node/{node}/status", cfg.prefix);
     let broker = format!("{}:{}", cfg.host, cfg.port);
@@ -290,7 +331,7 @@ pub async fn run(cfg: MqttConfig, node: String, state_dir: PathBuf, links: Links
     let mut sent: VecDeque<u64> = VecDeque::new();
     let mut published_upto = cursor;
     let mut last_cursor_write = Instant::now();
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::default();
     let mut last_status = String::new();
     let mut last_status_at = Instant::now() - Duration::from_secs(60);
     let budget_per_tick = (cfg.max_rate as usize / 20).max(1);
@@ -317,15 +358,9 @@ pub async fn run(cfg: MqttConfig, node: String, state_dir: PathBuf, links: Links
             _ = stop.changed(), if drain_until.is_none() => {
                 drain_until = Some(Instant::now() + Duration::from_secs(2));
             }
-            Some((topic, ack)) = acks.recv() => {
-                if client.try_publish(topic, QoS::AtLeastOnce, false, ack).is_ok() {
-                    unassigned.push_back(0); // an ack: no seq
-                }
-            }
-            _ = tick.tick() => {
-                if !connected {
-                    continue;
-                }
+            // Not while connecting: `events.poll()` is not cancel-safe until the CONNACK, and a
+            // tick every 50 ms dropped every TLS handshake slower than that (reconnect loop).
+            _ = tick.tick(), if connected => {
                 // Publish more while the window allows, at most max_rate per second.
                 let room = (cfg.max_inflight as usize).saturating_sub(inflight.len() + unassigned.len()).min(budget_per_tick);
                 if room > 0 {
@@ -364,7 +399,7 @@ pub async fn run(cfg: MqttConfig, node: String, state_dir: PathBuf, links: Links
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     tracing::info!(message = "Connected to the broker.", session_present = ack.session_present, cursor);
                     connected = true;
-                    backoff = Duration::from_millis(200);
+                    backoff.connected(Instant::now());
                     report(true, cursor, None);
                     // In-flight publishes are gone with the old connection: drop rumqttc's own resend
                     // queue (its packet ids would not match our map) and send again from the cursor.
@@ -377,16 +412,6 @@ pub async fn run(cfg: MqttConfig, node: String, state_dir: PathBuf, links: Links
                     published_upto = cursor;
                     tail = None;
                     last_status.clear();
-                    for t in &cmd_topics {
-                        if client.try_subscribe(t.clone(), QoS::AtLeastOnce).is_err() {
-                            tracing::warn!(message = "Could not subscribe to a command topic.", topic = %t);
-                        }
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if cmd_topics.contains(&p.topic) {
-                        let _ = commands.try_send((p.topic.clone(), p.payload.to_vec()));
-                    }
                 }
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
                     if let Some(seq) = unassigned.pop_front() {
@@ -412,12 +437,12 @@ pub async fn run(cfg: MqttConfig, node: String, state_dir: PathBuf, links: Links
                     }
                     report(false, cursor, Some(error));
                     connected = false;
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    tokio::time::sleep(backoff.failed(Instant::now())).await;
                 }
             }
         }
     }
+    let _ = tokio::time::timeout(Duration::from_millis(500), command_side).await;
     let _ = write_cursor(&state_dir, cursor);
     let _ = client.try_publish(status_topic, QoS::AtLeastOnce, true, serde_json::json!({ "node": node, "online": false }).to_string());
     let _ = tokio::time::timeout(Duration::from_millis(500), async {
@@ -425,4 +450,28 @@ pub async fn run(cfg: MqttConfig, node: String, state_dir: PathBuf, links: Links
         while events.poll().await.is_ok() {}
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_while_connections_fail_at_once_and_starts_over_after_a_healthy_one() {
+        let t0 = Instant::now();
+        let mut b = Backoff::default();
+        let mut waits = Vec::new();
+        for i in 0..10 {
+            // Connected, then dropped 10 ms later (an oversized retained message does that).
+            let at = t0 + Duration::from_secs(i);
+            b.connected(at);
+            waits.push(b.failed(at + Duration::from_millis(10)));
+        }
+        assert_eq!(waits[0], BACKOFF_MIN);
+        assert!(waits.windows(2).all(|w| w[1] >= w[0]));
+        assert_eq!(*waits.last().unwrap(), BACKOFF_MAX);
+        let at = t0 + Duration::from_secs(100);
+        b.connected(at);
+        assert_eq!(b.failed(at + HEALTHY), BACKOFF_MIN);
+    }
 }

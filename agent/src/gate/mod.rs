@@ -5,8 +5,9 @@
 //!    mode decides whether a request that passes every rule below runs (`executed`) or only
 //!    would run (`would_execute`); the record's `mode` is this effective mode.
 //! 2. **manifest**: outside the playbook's capability manifest → `denied`.
-//! 3. **policy**: protected things (PID 1, medic itself, ssh, journald, dbus, and what the config
-//!    lists) and the node's allowlists (units, paths, commands) → `denied`.
+//! 3. **policy**: protected things (PID 1, medic itself, ssh, logind, journald, dbus, and what
+//!    the config lists; a process by its executable and cgroup, never its name: [`protect`])
+//!    and the node's allowlists (units, paths, commands) → `denied`.
 //! 4. **limits**: `cooldown` per (playbook, action, target), `rate_limit` per (playbook,
 //!    target) and window, the node-wide hourly `budget`, one action `in_flight` per target, and
 //!    a cap on `concurrency` → `suppressed`.
@@ -18,6 +19,12 @@
 //! and dry-run still shows what live mode would do. Time comes from the caller (the snapshot's
 //! clock). The ledgers are rebuilt from the audit log at start ([`Gate::replay`]): a restart
 //! never refills a budget, resets a cooldown or closes a breaker.
+//!
+//! The ledgers forget what can no longer decide anything ([`Gate::prune`], run from `decide` at
+//! most every [`PRUNE_EVERY_MS`]): a run older than its playbook's longest window (cooldown, rate
+//! window), the hourly budget's hour and the breaker window is dropped, and a key with nothing
+//! left goes. An open breaker is never forgotten. So a flood of unique targets costs memory for
+//! one window, not forever.
 
 use crate::actions::{ActionKind, ActionRequest};
 use crate::config::PolicyConfig;
@@ -85,23 +92,10 @@ pub struct Verdict {
     pub detail: String,
 }
 
-/// Units no playbook may restart, whatever the config says.
-pub const PROTECTED_UNITS: &[&str] = &[
-    "ssh.service",
-    "sshd.service",
-    "systemd-journald.service",
-    "systemd-journald.socket",
-    "dbus.service",
-    "dbus-broker.service",
-    "dbus.socket",
-    "medic.service",
-    "init.scope",
-    "-.slice",
-];
-/// Process names no playbook may signal, whatever the config says (PID 1 and medic's own PID
-/// are protected by number).
-pub const PROTECTED_PROCESSES: &[&str] =
-    &["systemd", "init", "sshd", "systemd-journal", "systemd-journald", "dbus-daemon", "dbus-broker", "medic"];
+pub mod protect;
+
+/// Units no playbook may restart and whose processes are never signalled (see [`protect`]).
+pub use protect::PROTECTED_UNITS;
 
 /// A breaker's key: (playbook, action, target).
 pub type BreakerKey = (String, ActionKind, String);
@@ -122,6 +116,8 @@ struct Ledger {
 }
 
 const HOUR_MS: i64 = 3_600_000;
+/// How often `decide` prunes the ledgers (of the caller's clock).
+pub const PRUNE_EVERY_MS: i64 = 10_000;
 
 impl Ledger {
     fn note_run(&mut self, key: &BreakerKey, counts_budget: bool, now: i64) {
@@ -131,6 +127,32 @@ impl Ledger {
             self.budget.push_back(now);
         }
         self.breakers.entry(key.clone()).or_default().runs.push_back(now);
+    }
+
+    /// Drops what is older than every window that reads it; `window(playbook)` is that
+    /// playbook's longest cooldown or rate window.
+    fn prune(&mut self, now: i64, window: impl Fn(&str) -> i64, breaker_ms: i64) {
+        self.last_run.retain(|k, t| now - *t < window(&k.0));
+        self.runs.retain(|k, v| {
+            let w = window(&k.0);
+            while v.front().is_some_and(|t| *t <= now - w) {
+                v.pop_front();
+            }
+            !v.is_empty()
+        });
+        while self.budget.front().is_some_and(|t| *t <= now - HOUR_MS) {
+            self.budget.pop_front();
+        }
+        self.breakers.retain(|_, b| {
+            while b.runs.front().is_some_and(|t| *t <= now - breaker_ms) {
+                b.runs.pop_front();
+            }
+            b.open_since.is_some() || !b.runs.is_empty()
+        });
+    }
+
+    fn len(&self) -> usize {
+        self.last_run.len() + self.runs.len() + self.breakers.len()
     }
 }
 
@@ -153,6 +175,12 @@ pub struct Gate {
     live: Ledger,
     in_flight: HashSet<(ActionKind, String)>,
     running: u32,
+    /// Where the protected rule reads what a process is; None for fixtures (`playbook test`),
+    /// whose pids are not this host's.
+    procfs: Option<PathBuf>,
+    /// Longest window (cooldown or rate window, ms) of each playbook seen, for pruning.
+    windows: HashMap<String, i64>,
+    last_prune: i64,
 }
 
 /// `path` without `.` and `..` components and relative parts (no symlink resolution: the
@@ -181,7 +209,43 @@ impl Gate {
             live: Ledger::default(),
             in_flight: HashSet::new(),
             running: 0,
+            procfs: Some(PathBuf::from("/proc")),
+            windows: HashMap::new(),
+            last_prune: i64::MIN,
         }
+    }
+
+    /// A gate for fixture snapshots: the protected rule goes by the request's unit and name
+    /// only, since the pids are not this host's processes.
+    pub fn for_fixtures(policy: PolicyConfig) -> Self {
+        Self { procfs: None, ..Self::new(policy) }
+    }
+
+    /// Notes a playbook's windows (at load, and at each decision), so that pruning keeps its
+    /// runs for as long as they can matter, also for the playbooks that have not asked yet.
+    pub fn note_playbook(&mut self, meta: &Meta) {
+        let w = meta.cooldown_ms.max(meta.rate_limit.per_ms).max(0);
+        let e = self.windows.entry(meta.name.clone()).or_insert(0);
+        *e = (*e).max(w);
+    }
+
+    /// Forgets what can no longer affect a decision (see the module note). A playbook not seen
+    /// (unloaded) keeps its runs for the longest window of any playbook, the budget hour and the
+    /// breaker window.
+    pub fn prune(&mut self, now: i64) {
+        let breaker_ms = self.policy.breaker_window_secs.min(i64::MAX as u64 / 1000) as i64 * 1000;
+        let longest = self.windows.values().copied().max().unwrap_or(0).max(HOUR_MS).max(breaker_ms);
+        let windows = &self.windows;
+        let window = |pb: &str| windows.get(pb).copied().unwrap_or(longest);
+        self.dry.prune(now, window, breaker_ms);
+        self.live.prune(now, window, breaker_ms);
+        self.last_prune = now;
+    }
+
+    /// Keys held in the ledgers of both modes (cooldowns, rate windows, breakers): bounded by
+    /// what was asked for within the longest window, plus open breakers.
+    pub fn ledger_len(&self) -> usize {
+        self.dry.len() + self.live.len()
     }
 
     fn ledger(&mut self, mode: Mode) -> &mut Ledger {
@@ -197,7 +261,7 @@ impl Gate {
         match req.kind {
             ActionKind::RestartUnit => {
                 let u = req.target.as_str();
-                if PROTECTED_UNITS.contains(&u) || p.protected_units.iter().any(|pat| glob_match(pat, u)) {
+                if protect::unit_protected(u, &p.protected_units) {
                     return Some(("protected", format!("{u} is protected")));
                 }
                 if !p.allowed_units.iter().any(|pat| glob_match(pat, u)) {
@@ -206,15 +270,23 @@ impl Gate {
             }
             ActionKind::SignalProcess => {
                 let pid = req.params.get("pid").and_then(Value::as_i64).unwrap_or(0);
-                let name = req.target.as_str();
                 if pid <= 1 || pid == self.self_pid {
                     return Some(("protected", format!("pid {pid} is protected (PID 1 or medic itself)")));
                 }
-                if PROTECTED_PROCESSES.contains(&name) || p.protected_processes.iter().any(|pat| glob_match(pat, name)) {
-                    return Some(("protected", format!("process {name:?} is protected")));
+                // What the process is (its executable and cgroup), never what it calls itself.
+                if let Some(procfs) = &self.procfs {
+                    if let Some(why) =
+                        protect::identify(procfs, pid).and_then(|id| protect::protected(&id, &p.protected_units, &p.protected_processes))
+                    {
+                        return Some(("protected", format!("pid {pid} is protected: {why}")));
+                    }
+                } else if protect::PROTECTED_EXES.contains(&req.target.as_str())
+                    || p.protected_processes.iter().any(|pat| glob_match(pat, &req.target))
+                {
+                    return Some(("protected", format!("process {:?} is protected", req.target)));
                 }
                 if let Some(u) = req.params.get("unit").and_then(Value::as_str) {
-                    if PROTECTED_UNITS.contains(&u) || p.protected_units.iter().any(|pat| glob_match(pat, u)) {
+                    if protect::unit_protected(u, &p.protected_units) {
                         return Some(("protected", format!("pid {pid} belongs to protected unit {u}")));
                     }
                 }
@@ -238,16 +310,18 @@ impl Gate {
     }
 
     /// The allowlist entry a `run_command` request matches (path equal, arguments matched one
-    /// to one against the entry's patterns).
+    /// to one against the entry's path-like patterns: see [`crate::actions::run_command::arg_matches`]).
     pub fn command_rule(&self, req: &ActionRequest) -> Option<&crate::config::CommandRule> {
         let args: Vec<&str> =
             req.params.get("args").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
-        self.policy.commands.iter().find(|c| {
-            c.path == Path::new(&req.target) && c.args.len() == args.len() && c.args.iter().zip(&args).all(|(pat, a)| glob_match(pat, a))
-        })
+        self.policy.commands.iter().find(|c| c.path == Path::new(&req.target) && crate::actions::run_command::args_match(&c.args, &args))
     }
 
     pub fn decide(&mut self, meta: &Meta, req: &ActionRequest, node_mode: Mode, now: i64) -> Verdict {
+        self.note_playbook(meta);
+        if now.saturating_sub(self.last_prune) >= PRUNE_EVERY_MS || now < self.last_prune {
+            self.prune(now);
+        }
         let mode = if meta.dry_run { Mode::DryRun } else { node_mode };
         let v = |decision, rule, detail: String| Verdict { decision, rule, mode, detail };
         if !meta.allows(req.kind, &req.target) {
@@ -268,7 +342,7 @@ impl Gate {
             self.policy.budget_per_hour as usize,
             self.policy.max_concurrent,
             self.policy.breaker_after as usize,
-            self.policy.breaker_window_secs as i64 * 1000,
+            crate::config::secs_to_ms(self.policy.breaker_window_secs),
         );
         let in_flight = self.in_flight.contains(&(req.kind, req.target.clone()));
         let running = self.running;
@@ -282,11 +356,13 @@ impl Gate {
                 );
             }
         }
-        let runs = ledger.runs.entry((key.0.clone(), key.2.clone())).or_default();
-        while runs.front().is_some_and(|t| *t <= now - meta.rate_limit.per_ms) {
-            runs.pop_front();
-        }
-        if runs.len() >= meta.rate_limit.max as usize {
+        let recent = ledger.runs.get_mut(&(key.0.clone(), key.2.clone())).map_or(0, |runs| {
+            while runs.front().is_some_and(|t| *t <= now - meta.rate_limit.per_ms) {
+                runs.pop_front();
+            }
+            runs.len()
+        });
+        if recent >= meta.rate_limit.max as usize {
             return v(
                 Decision::Suppressed,
                 "rate_limit",
@@ -306,18 +382,20 @@ impl Gate {
             if mode == Mode::Live && running >= max_concurrent {
                 return v(Decision::Suppressed, "concurrency", format!("{running} actions running (policy.max_concurrent)"));
             }
-            let b = ledger.breakers.entry(key.clone()).or_default();
-            if let Some(since) = b.open_since {
-                return v(
-                    Decision::Suppressed,
-                    "breaker_open",
-                    format!("breaker open since {}; `medic breaker reset` to re-arm", crate::audit::now_rfc3339(since)),
-                );
+            // Only a key that ran has a breaker entry: a request suppressed earlier leaves none.
+            if let Some(b) = ledger.breakers.get_mut(&key) {
+                if let Some(since) = b.open_since {
+                    return v(
+                        Decision::Suppressed,
+                        "breaker_open",
+                        format!("breaker open since {}; `medic breaker reset` to re-arm", crate::audit::now_rfc3339(since)),
+                    );
+                }
+                while b.runs.front().is_some_and(|t| *t <= now - window) {
+                    b.runs.pop_front();
+                }
             }
-            while b.runs.front().is_some_and(|t| *t <= now - window) {
-                b.runs.pop_front();
-            }
-            if b.runs.len() >= k {
+            if let Some(b) = ledger.breakers.get_mut(&key).filter(|b| b.runs.len() >= k) {
                 b.open_since = Some(now);
                 return v(
                     Decision::Escalated,
@@ -418,4 +496,72 @@ impl Gate {
 
 fn secs(ms: i64) -> String {
     humantime::format_duration(std::time::Duration::from_millis(ms.max(0) as u64 / 1000 * 1000)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::playbooks::meta::{Capability, RateLimit};
+
+    fn meta(cooldown_ms: i64) -> Meta {
+        Meta {
+            name: "flood".into(),
+            description: String::new(),
+            interval_ms: 1000,
+            tags: Vec::new(),
+            dry_run: false,
+            actions: vec![Capability { kind: ActionKind::RestartUnit, target: "*.service".into() }],
+            rate_limit: RateLimit { max: 2, per_ms: 600_000 },
+            cooldown_ms,
+        }
+    }
+
+    fn restart(target: String) -> ActionRequest {
+        ActionRequest {
+            kind: ActionKind::RestartUnit,
+            target,
+            params: Default::default(),
+            reason: "flood".into(),
+            signals: Default::default(),
+        }
+    }
+
+    /// Regression: the ledgers kept an entry for every distinct target ever asked for,
+    /// suppressed or not (1.5 MB/min under a flood of unique targets).
+    #[test]
+    fn ledgers_stay_bounded_under_a_flood_of_unique_targets() {
+        let mut gate = Gate::new(PolicyConfig { budget_per_hour: 1_000_000, ..Default::default() });
+        let m = meta(60_000);
+        let t0 = 1_800_000_000_000;
+        let mut most = 0;
+        // Three simulated hours, two new targets a second, in dry-run (every request is noted).
+        for s in 0..3 * 3600 {
+            for i in 0..2 {
+                gate.decide(&m, &restart(format!("u{s}-{i}.service")), Mode::DryRun, t0 + s * 1000);
+            }
+            most = most.max(gate.ledger_len());
+        }
+        // One entry per key within its window (breaker 1 h: 7,200; last run and rate runs for
+        // the playbook's longest window, 10 min: 1,200 each) plus one prune period (10 s): never
+        // the 21,600 targets asked for.
+        assert!(most <= 7_200 + 2 * 1_200 + 3 * 20, "ledger held {most} keys");
+        // Two hours of silence: everything can be forgotten.
+        gate.prune(t0 + 8 * 3_600_000);
+        assert_eq!(gate.ledger_len(), 0);
+    }
+
+    #[test]
+    fn pruning_keeps_what_still_decides_and_every_open_breaker() {
+        let mut gate = Gate::new(PolicyConfig { breaker_after: 1, ..Default::default() });
+        let m = meta(0);
+        let t0 = 1_800_000_000_000;
+        let a = || restart("a.service".into());
+        assert_eq!(gate.decide(&m, &a(), Mode::DryRun, t0).decision, Decision::WouldExecute);
+        // Rate window (10 min) still holds the run after 9 minutes of pruning.
+        gate.prune(t0 + 540_000);
+        assert_eq!(gate.decide(&m, &a(), Mode::DryRun, t0 + 540_000).decision, Decision::Escalated);
+        gate.prune(t0 + 100 * 3_600_000);
+        assert_eq!(gate.open_breakers().len(), 1, "an open breaker is never forgotten");
+        assert_eq!(gate.decide(&m, &a(), Mode::DryRun, t0 + 100 * 3_600_000).rule, "breaker_open");
+    }
 }

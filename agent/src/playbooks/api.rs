@@ -6,6 +6,16 @@
 //! Every value a script reads through `Node` is noted, so each request carries the signal
 //! values that led to it (its trigger); and every key it reads from the history is noted in the
 //! history, which keeps such series first when it is full.
+//!
+//! What a request carries is bounded where it is made, whatever the script does: each noted read
+//! at [`MAX_VALUE_BYTES`], all of a request's reads together at [`MAX_SIGNALS_BYTES`], the reason
+//! and a notification's subject at [`MAX_VALUE_BYTES`], its details at [`MAX_DETAILS_BYTES`].
+//! What is cut ends with the truncation marker; reads left out are counted under a key of their
+//! own ([`OMITTED_READS`]), never dropped silently.
+//!
+//! `state` holds plain data only (numbers, strings, booleans, `()`, arrays and maps of them), at
+//! most `limits.max_state_bytes` in all: a script cannot keep the node (and with it the whole
+//! history) alive between evaluations, nor grow the agent's memory through its state.
 
 use crate::actions::{ActionKind, ActionRequest};
 use crate::signals::history::{Cmp, History};
@@ -21,15 +31,31 @@ type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
 const MAX_NOTED_READS: usize = 64;
 /// Keys a playbook may keep in its state.
 const MAX_STATE_KEYS: usize = 1000;
+/// One recorded value (a read's key, a reason, a subject), in bytes.
+pub const MAX_VALUE_BYTES: usize = 4 * 1024;
+/// All the reads one request records, keys and values, in bytes.
+pub const MAX_SIGNALS_BYTES: usize = 32 * 1024;
+/// A notification's details, as JSON, in bytes.
+pub const MAX_DETAILS_BYTES: usize = 8 * 1024;
+/// The key under which a request counts the reads it could not carry.
+pub const OMITTED_READS: &str = "…[truncated] reads omitted";
+/// Nesting of a value kept in `state`.
+const MAX_STATE_DEPTH: usize = 16;
 /// Signals a playbook may send.
 pub const SIGNALS: &[&str] = &["TERM", "KILL", "HUP", "INT", "QUIT", "USR1", "USR2", "STOP", "CONT"];
 
-/// What one evaluation accumulates.
+/// What one evaluation accumulates, and what it may do.
 #[derive(Debug, Default)]
 pub struct EvalCtx {
     pub requests: Vec<ActionRequest>,
     pub reads: BTreeMap<String, Value>,
+    /// Reads not noted because `MAX_NOTED_READS` were already.
+    pub reads_omitted: usize,
     pub max_requests: usize,
+    pub max_state_bytes: usize,
+    /// The action kinds of the playbook's manifest: checked again when a request is made, so a
+    /// call the load-time check could not see (a name computed at run time) cannot ask for more.
+    pub allowed: Vec<ActionKind>,
 }
 
 /// The script's `node`: one snapshot, the history up to it, and the evaluation's context.
@@ -41,8 +67,8 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn new(snap: Arc<Snapshot>, history: Arc<History>, max_requests: usize) -> Self {
-        let ctx = EvalCtx { max_requests, ..Default::default() };
+    pub fn new(snap: Arc<Snapshot>, history: Arc<History>, limits: &super::engine::Limits, allowed: Vec<ActionKind>) -> Self {
+        let ctx = EvalCtx { max_requests: limits.max_requests, max_state_bytes: limits.max_state_bytes, allowed, ..Default::default() };
         Self { snap, history, ctx: Arc::new(Mutex::new(ctx)) }
     }
 
@@ -51,28 +77,125 @@ impl Node {
     }
 
     fn note(&self, what: String, v: Option<f64>) -> Dynamic {
+        let what = crate::signals::parse::bounded(what, MAX_VALUE_BYTES);
         let mut ctx = self.ctx.lock().unwrap_or_else(|e| e.into_inner());
         if ctx.reads.len() < MAX_NOTED_READS || ctx.reads.contains_key(&what) {
             ctx.reads.insert(what, v.and_then(|v| serde_json::Number::from_f64(v).map(Value::Number)).unwrap_or(Value::Null));
+        } else {
+            ctx.reads_omitted = ctx.reads_omitted.saturating_add(1);
         }
         v.map_or(Dynamic::UNIT, Dynamic::from_float)
     }
 }
 
-/// The playbook's memory between evaluations (a map, bounded to 1000 keys).
+/// The playbook's memory between evaluations: plain data, at most 1000 keys and
+/// `limits.max_state_bytes` bytes (see [`plain`]).
 #[derive(Clone, Default, Debug)]
-pub struct State(pub Arc<Mutex<Map>>);
+pub struct State(Arc<Mutex<Memory>>);
+
+/// What a [`State`] holds, with its size kept as it changes.
+#[derive(Clone, Default, Debug)]
+pub struct Memory {
+    map: Map,
+    bytes: usize,
+}
 
 impl State {
-    fn map(&self) -> std::sync::MutexGuard<'_, Map> {
+    fn mem(&self) -> std::sync::MutexGuard<'_, Memory> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
-    pub fn snapshot(&self) -> Map {
-        self.map().clone()
+    pub fn snapshot(&self) -> Memory {
+        self.mem().clone()
     }
-    pub fn restore(&self, m: Map) {
-        *self.map() = m;
+    pub fn restore(&self, m: Memory) {
+        *self.mem() = m;
     }
+    /// Bytes held, as counted against `limits.max_state_bytes`.
+    pub fn bytes(&self) -> usize {
+        self.mem().bytes
+    }
+    /// Keys held.
+    pub fn len(&self) -> usize {
+        self.mem().map.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.mem().map.is_empty()
+    }
+
+    /// Keeps a plain copy of `v` under `k`, within the key and byte bounds.
+    fn set(&self, k: &str, v: &Dynamic, max_bytes: usize) -> RhaiResult<()> {
+        let mut size = 0;
+        let v = plain(v, 0, &mut size)
+            .map_err(|why| err(format!("state.set({:?}, ...): {why}", crate::signals::parse::bounded(k.to_string(), 64))))?;
+        let mut m = self.mem();
+        let old = m.map.get(k).map(|o| entry_bytes(k, o));
+        if old.is_none() && m.map.len() >= MAX_STATE_KEYS {
+            return Err(err(format!("playbook state is full ({MAX_STATE_KEYS} keys)")));
+        }
+        let total = m.bytes - old.unwrap_or(0) + k.len() + size;
+        if total > max_bytes {
+            return Err(err(format!(
+                "playbook state would hold {total} bytes, over playbooks.limits.max_state_bytes ({max_bytes}); remove keys or keep less"
+            )));
+        }
+        m.map.insert(k.into(), v);
+        m.bytes = total;
+        Ok(())
+    }
+
+    fn remove(&self, k: &str) -> Dynamic {
+        let mut m = self.mem();
+        match m.map.remove(k) {
+            Some(v) => {
+                m.bytes = m.bytes.saturating_sub(entry_bytes(k, &v));
+                v
+            }
+            None => Dynamic::UNIT,
+        }
+    }
+}
+
+/// What one kept entry counts for (its value was checked by [`plain`] when it was set).
+fn entry_bytes(k: &str, v: &Dynamic) -> usize {
+    let mut size = 0;
+    let _ = plain(v, 0, &mut size);
+    k.len() + size
+}
+
+/// A plain copy of `v` (numbers, strings, booleans, `()`, arrays and maps of them, at most
+/// `MAX_STATE_DEPTH` deep), adding its size to `size`: strings by their length, every other
+/// value and container 8 bytes, map keys by their length. Anything else (the node, a list the
+/// agent handed over, `state` itself, a function pointer) is refused with its type.
+pub fn plain(v: &Dynamic, depth: usize, size: &mut usize) -> Result<Dynamic, String> {
+    if depth > MAX_STATE_DEPTH {
+        return Err(format!("only values nested at most {MAX_STATE_DEPTH} deep can be kept"));
+    }
+    let v = v.flatten_clone();
+    *size = size.saturating_add(8);
+    if v.is_unit() || v.is_bool() || v.is_int() || v.is_float() || v.is_char() {
+        return Ok(v);
+    }
+    if let Some(s) = v.read_lock::<rhai::ImmutableString>() {
+        *size = size.saturating_add(s.len());
+        return Ok(v.clone());
+    }
+    if v.is_array() {
+        let a = v.into_array().unwrap_or_default();
+        return a.iter().map(|x| plain(x, depth + 1, size)).collect::<Result<Array, _>>().map(Dynamic::from_array);
+    }
+    if v.is_map() {
+        let m = v.cast::<Map>();
+        let mut out = Map::new();
+        for (k, x) in &m {
+            *size = size.saturating_add(k.len());
+            out.insert(k.clone(), plain(x, depth + 1, size)?);
+        }
+        return Ok(Dynamic::from_map(out));
+    }
+    Err(format!(
+        "a {} cannot be kept in state: only numbers, strings, booleans, () and arrays and maps of them (keep the values you need, not the node or its lists)",
+        v.type_name().rsplit("::").next().unwrap_or("value")
+    ))
 }
 
 /// A list the agent hands a script (`node.processes()`, `units()`, `mounts()`, `keys()`,
@@ -232,20 +355,57 @@ fn node_of(ctx: &NativeCallContext) -> RhaiResult<Node> {
 fn request(ctx: &NativeCallContext, kind: ActionKind, target: String, params: BTreeMap<String, Value>, reason: &str) -> RhaiResult<bool> {
     let node = node_of(ctx)?;
     let mut c = node.ctx.lock().unwrap_or_else(|e| e.into_inner());
+    if !c.allowed.contains(&kind) {
+        return Err(err(format!("action `{kind}` is not in this playbook's manifest (META.actions)")));
+    }
     if c.requests.len() >= c.max_requests {
         return Err(err(format!("more than {} action requests in one evaluation", c.max_requests)));
     }
-    let signals = c.reads.clone();
-    c.requests.push(ActionRequest { kind, target, params, reason: reason.to_string(), signals });
+    // A target is matched against the manifest and the policy: cutting it could change what it
+    // names, so a longer one is refused rather than truncated.
+    if target.len() > MAX_VALUE_BYTES {
+        return Err(err(format!("{kind}: target of {} bytes, over {MAX_VALUE_BYTES}", target.len())));
+    }
+    let signals = bounded_reads(&c.reads, c.reads_omitted);
+    let reason = crate::signals::parse::bounded(reason.to_string(), MAX_VALUE_BYTES);
+    c.requests.push(ActionRequest { kind, target, params, reason, signals });
     Ok(true)
+}
+
+/// The reads a request carries: in key order while they fit in [`MAX_SIGNALS_BYTES`]; the
+/// count of the rest (and of reads never noted) under [`OMITTED_READS`].
+pub fn bounded_reads(reads: &BTreeMap<String, Value>, already_omitted: usize) -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    let (mut bytes, mut omitted) = (0usize, already_omitted);
+    // Room for the marker itself.
+    let room = MAX_SIGNALS_BYTES - OMITTED_READS.len() - 32;
+    for (k, v) in reads {
+        let size = k.len() + v.to_string().len() + 4;
+        if omitted == already_omitted && bytes + size <= room {
+            bytes += size;
+            out.insert(k.clone(), v.clone());
+        } else {
+            omitted += 1;
+        }
+    }
+    if omitted > 0 {
+        out.insert(OMITTED_READS.to_string(), Value::from(omitted as u64));
+    }
+    out
 }
 
 fn dyn_to_json(d: &Dynamic) -> Value {
     serde_json::to_value(d).unwrap_or(Value::Null)
 }
 
+/// The state bound of the evaluation running (the default outside one).
+fn max_state_bytes(ctx: &NativeCallContext) -> usize {
+    node_of(ctx)
+        .map_or(super::engine::Limits::default().max_state_bytes, |n| n.ctx.lock().unwrap_or_else(|e| e.into_inner()).max_state_bytes)
+}
+
 /// Registers the `Node` and `State` types and the action functions.
-pub fn register(e: &mut Engine, _max_requests: usize) {
+pub fn register(e: &mut Engine) {
     e.register_type_with_name::<Node>("Node");
     e.register_type_with_name::<State>("State");
     register_list(e);
@@ -349,24 +509,18 @@ pub fn register(e: &mut Engine, _max_requests: usize) {
     e.register_fn("available", |n: &mut Node, family: &str| !n.snap.unavailable.contains_key(family));
 
     // State.
-    e.register_fn("get", |s: &mut State, k: &str| s.map().get(k).cloned().unwrap_or(Dynamic::UNIT));
-    e.register_fn("has", |s: &mut State, k: &str| s.map().contains_key(k));
-    e.register_fn("remove", |s: &mut State, k: &str| s.map().remove(k).unwrap_or(Dynamic::UNIT));
-    e.register_fn("set", |s: &mut State, k: &str, v: Dynamic| -> RhaiResult<()> {
-        let mut m = s.map();
-        if m.len() >= MAX_STATE_KEYS && !m.contains_key(k) {
-            return Err(err(format!("playbook state is full ({MAX_STATE_KEYS} keys)")));
-        }
-        m.insert(k.into(), v);
-        Ok(())
+    e.register_fn("get", |s: &mut State, k: &str| s.mem().map.get(k).cloned().unwrap_or(Dynamic::UNIT));
+    e.register_fn("has", |s: &mut State, k: &str| s.mem().map.contains_key(k));
+    e.register_fn("remove", |s: &mut State, k: &str| s.remove(k));
+    e.register_fn("set", |ctx: NativeCallContext, s: &mut State, k: &str, v: Dynamic| -> RhaiResult<()> {
+        s.set(k, &v, max_state_bytes(&ctx))
     });
     // Hysteresis: latches on when `fire` is true, releases only when `clear` is true.
-    e.register_fn("hysteresis", |s: &mut State, name: &str, fire: bool, clear: bool| -> bool {
-        let mut m = s.map();
-        let on = m.get(name).and_then(|v| v.as_bool().ok()).unwrap_or(false);
+    e.register_fn("hysteresis", |ctx: NativeCallContext, s: &mut State, name: &str, fire: bool, clear: bool| -> RhaiResult<bool> {
+        let on = s.mem().map.get(name).and_then(|v| v.as_bool().ok()).unwrap_or(false);
         let next = if on { !clear } else { fire };
-        m.insert(name.into(), next.into());
-        next
+        s.set(name, &next.into(), max_state_bytes(&ctx))?;
+        Ok(next)
     });
 
     // Actions: each records one request and returns true.
@@ -434,12 +588,55 @@ pub fn register(e: &mut Engine, _max_requests: usize) {
     });
     e.register_fn("notify", |ctx: NativeCallContext, subject: &str, details: Map| -> RhaiResult<bool> {
         let mut params = BTreeMap::new();
-        params.insert("details".into(), dyn_to_json(&Dynamic::from_map(details)));
-        request(&ctx, ActionKind::Notify, subject.to_string(), params, subject)
+        let mut details = dyn_to_json(&Dynamic::from_map(details));
+        let text = details.to_string();
+        if text.len() > MAX_DETAILS_BYTES {
+            details = Value::String(crate::signals::parse::cut_marked(text, MAX_DETAILS_BYTES));
+        }
+        params.insert("details".into(), details);
+        let subject = crate::signals::parse::bounded(subject.to_string(), MAX_VALUE_BYTES);
+        request(&ctx, ActionKind::Notify, subject.clone(), params, &subject)
     });
     e.register_fn("notify", |ctx: NativeCallContext, subject: &str| -> RhaiResult<bool> {
-        request(&ctx, ActionKind::Notify, subject.to_string(), BTreeMap::new(), subject)
+        let subject = crate::signals::parse::bounded(subject.to_string(), MAX_VALUE_BYTES);
+        request(&ctx, ActionKind::Notify, subject.clone(), BTreeMap::new(), &subject)
     });
+
+    refuse_named_functions(e);
+}
+
+/// rhai's array methods still accept a function *named by a string* (`a.map("notify")`, kept
+/// for compatibility and deprecated): a call the load-time manifest check cannot see. Engine
+/// functions take precedence over packages, so these replace them: the ones that would call a
+/// named function fail with a clear error, `index_of` searches for the string as a value.
+fn refuse_named_functions(e: &mut Engine) {
+    fn named(method: &str) -> Box<EvalAltResult> {
+        err(format!(
+            "`{method}` with a function name: pass a closure (`|x| ...`) instead; playbooks cannot call functions named by strings"
+        ))
+    }
+    macro_rules! refuse {
+        ($($name:literal),*) => {$(
+            e.register_fn($name, |_: &mut Array, _: &str| -> RhaiResult<Dynamic> { Err(named($name)) });
+        )*};
+    }
+    refuse!("map", "filter", "some", "all", "dedup", "reduce", "reduce_rev", "sort", "drain", "retain");
+    e.register_fn("reduce", |_: &mut Array, _: &str, _: Dynamic| -> RhaiResult<Dynamic> { Err(named("reduce")) });
+    e.register_fn("reduce_rev", |_: &mut Array, _: &str, _: Dynamic| -> RhaiResult<Dynamic> { Err(named("reduce_rev")) });
+    e.register_fn("index_of", |a: &mut Array, s: &str| -> i64 { string_index(a, s, 0) });
+    e.register_fn("index_of", |a: &mut Array, s: &str, start: i64| -> i64 { string_index(a, s, start) });
+}
+
+/// The index of the first element equal to the string `s` from `start` (negative: from the
+/// end), or -1.
+fn string_index(a: &Array, s: &str, start: i64) -> i64 {
+    let n = a.len() as i64;
+    let from = if start < 0 { (n + start).max(0) } else { start.min(n) } as usize;
+    a.iter()
+        .enumerate()
+        .skip(from)
+        .find(|(_, v)| v.read_lock::<rhai::ImmutableString>().is_some_and(|x| x.as_str() == s))
+        .map_or(-1, |(i, _)| i as i64)
 }
 
 /// The names of the action functions, for the static manifest check.

@@ -71,7 +71,7 @@ pub struct HistoryReach {
 
 impl HistoryReach {
     pub fn of(signals: &crate::config::SignalsConfig) -> Self {
-        Self { horizon_ms: signals.history_secs as i64 * 1000, interval_ms: signals.interval_secs.max(1) as i64 * 1000 }
+        Self { horizon_ms: signals.history_ms(), interval_ms: signals.interval_ms() }
     }
 
     /// The most points a series holds: one per interval over the horizon.
@@ -92,7 +92,8 @@ const WINDOW_FNS: &[(&str, usize)] = &[("avg", 2), ("min", 2), ("max", 2), ("rat
 /// Why an evaluation failed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EvalError {
-    /// Stable code: `limit_exceeded` or `runtime_error`.
+    /// Stable code: `deadline` (past `limits.deadline_ms`), `limit_exceeded` (another limit of
+    /// the engine) or `runtime_error` (the script failed, or a call it made refused).
     pub code: &'static str,
     pub message: String,
 }
@@ -105,6 +106,21 @@ impl fmt::Display for EvalError {
 
 /// Words rhai treats as functions without registering them.
 const KEYWORD_FNS: &[&str] = &["print", "debug", "type_of", "Fn", "call", "curry", "is_def_var", "is_def_fn", "is_shared", "this"];
+
+/// Calls refused at load whatever their arguments, and why. `Fn`, `call` and `curry` build or
+/// call functions from values, which the manifest check cannot follow; `sleep` and `timestamp`
+/// are not in the engine (see `engine`) but are common enough to deserve a clear word.
+const REFUSED_FNS: &[(&str, &str)] = &[
+    ("Fn", "function pointers built from names are not available to playbooks: call the function by its name"),
+    ("call", "calling function pointers is not available to playbooks: call the function by its name"),
+    ("curry", "function pointers are not available to playbooks (closures `|x| ...` are)"),
+    ("sleep", "playbooks cannot wait: an evaluation runs under a deadline (playbooks.limits.deadline_ms)"),
+    ("timestamp", "the engine has no clock: use node.now(), the time of the snapshot"),
+];
+
+/// rhai's array methods that take a function: a string argument names the function, which the
+/// manifest check cannot follow (refused at run time too, see `api`).
+const FN_TAKING_METHODS: &[&str] = &["map", "filter", "some", "all", "dedup", "reduce", "reduce_rev", "sort", "drain", "retain"];
 
 /// The engine plus what the static checks need to know about it.
 pub struct Runtime {
@@ -132,6 +148,11 @@ fn meta_pos(source: &str) -> (usize, usize) {
         }
     }
     (1, 1)
+}
+
+/// A stop by the deadline check of the engine's progress callback.
+fn is_deadline(e: &EvalAltResult) -> bool {
+    matches!(e, EvalAltResult::ErrorTerminated(v, _) if v.read_lock::<rhai::ImmutableString>().is_some_and(|s| s.as_str() == engine::DEADLINE_TOKEN))
 }
 
 fn is_limit(e: &EvalAltResult) -> bool {
@@ -164,7 +185,7 @@ impl Runtime {
     /// function called exists, every action asked for is in the manifest, no literal window
     /// reaches further back than the history.
     pub fn compile(&self, file: &str, source: &str) -> Result<Playbook, PlaybookError> {
-        let ast = self.engine.compile(source).map_err(|e| err_at(file, e.1, e.0.to_string()))?;
+        let mut ast = self.engine.compile(source).map_err(|e| err_at(file, e.1, e.0.to_string()))?;
         let (ml, mc) = meta_pos(source);
         let meta_err = |reason: String| PlaybookError { file: file.to_string(), line: ml, col: mc, reason };
         let meta_value = ast
@@ -181,6 +202,8 @@ impl Runtime {
         }
         self.check_calls(file, &ast, &meta)?;
         let reads = key_patterns(&ast);
+        // `debug` lines name their playbook.
+        ast.set_source(meta.name.as_str());
         Ok(Playbook { meta, file: file.to_string(), sha256: hex::encode(Sha256::digest(source.as_bytes())), ast: Arc::new(ast), reads })
     }
 
@@ -215,6 +238,18 @@ impl Runtime {
         let mut found: Option<PlaybookError> = None;
         ast.walk(&mut |path: &[ASTNode]| {
             let (call, pos, method) = match path.last() {
+                // `Fn("name")` with a literal name, folded by the optimizer into a constant.
+                Some(ASTNode::Expr(Expr::DynamicConstant(v, pos))) => {
+                    if let Some(f) = v.read_lock::<rhai::FnPtr>().filter(|f| !f.is_anonymous()) {
+                        found = Some(err_at(
+                            file,
+                            *pos,
+                            format!("`Fn({:?})`: function pointers built from names are not available to playbooks: call the function by its name", f.fn_name()),
+                        ));
+                        return false;
+                    }
+                    return true;
+                }
                 Some(ASTNode::Expr(Expr::FnCall(x, pos))) => (x, *pos, false),
                 Some(ASTNode::Expr(Expr::MethodCall(x, pos))) => (x, *pos, true),
                 // A call used as a statement is a statement node of its own.
@@ -231,6 +266,27 @@ impl Runtime {
             let name = call.name.as_str();
             if !call.namespace.is_empty() {
                 found = Some(err_at(file, pos, format!("`{}::{name}`: modules are not available to playbooks", call.namespace)));
+                return false;
+            }
+            if let Some((_, why)) = REFUSED_FNS.iter().find(|(n, _)| *n == name) {
+                // A closure that captures variables is built as `curry(<anonymous fn>, vars...)`.
+                let closure = name == "curry"
+                    && !method
+                    && matches!(call.args.first(), Some(Expr::DynamicConstant(v, _)) if v.read_lock::<rhai::FnPtr>().is_some_and(|f| f.is_anonymous()));
+                if !closure {
+                    found = Some(err_at(file, pos, format!("`{name}`: {why}")));
+                    return false;
+                }
+            }
+            if method
+                && FN_TAKING_METHODS.contains(&name)
+                && call.args.iter().any(|a| matches!(a, Expr::StringConstant(..) | Expr::InterpolatedString(..)))
+            {
+                found = Some(err_at(
+                    file,
+                    pos,
+                    format!("`{name}` with a function name: pass a closure (`|x| ...`) instead; playbooks cannot call functions named by strings"),
+                ));
                 return false;
             }
             if !self.known_fns.contains(name) && !script_fns.contains(name) {
@@ -270,15 +326,37 @@ impl Runtime {
         state: &State,
     ) -> Result<Vec<ActionRequest>, EvalError> {
         history.note_reads(&pb.reads, snap.ts_ms);
-        let node = Node::new(snap, history, self.limits.max_requests);
+        let allowed = pb.meta.actions.iter().map(|c| c.kind).collect();
+        let node = Node::new(snap, history, &self.limits, allowed);
         let before = state.snapshot();
         let options = CallFnOptions::new().eval_ast(true).rewind_scope(true).with_tag(node.clone());
         let mut scope = rhai::Scope::new();
-        let result = self.engine.call_fn_with_options::<Dynamic>(options, &mut scope, &pb.ast, "evaluate", (node.clone(), state.clone()));
+        let started = std::time::Instant::now();
+        let result = {
+            let _eval = engine::Evaluation::begin(&pb.meta.name, &self.limits);
+            self.engine.call_fn_with_options::<Dynamic>(options, &mut scope, &pb.ast, "evaluate", (node.clone(), state.clone()))
+        };
+        // The node holds the snapshot and the history: nothing of this evaluation keeps it.
+        let mut ctx = node.ctx.lock().unwrap_or_else(|e| e.into_inner());
+        let requests = std::mem::take(&mut ctx.requests);
+        drop(ctx);
         match result {
-            Ok(_) => {
-                let mut ctx = node.ctx.lock().unwrap_or_else(|e| e.into_inner());
-                Ok(std::mem::take(&mut ctx.requests))
+            Ok(_) => Ok(requests),
+            Err(e) if is_deadline(&e) => {
+                state.restore(before);
+                // rhai stops between operations and does not always know where it was.
+                let at = match e.position() {
+                    p if p.is_none() => pb.file.clone(),
+                    p => format!("{}:{}:{}", pb.file, pos_of(p).0, pos_of(p).1),
+                };
+                Err(EvalError {
+                    code: "deadline",
+                    message: format!(
+                        "{at}: evaluation stopped after {} ms, past its deadline (playbooks.limits.deadline_ms = {})",
+                        started.elapsed().as_millis(),
+                        self.limits.deadline_ms
+                    ),
+                })
             }
             Err(e) => {
                 state.restore(before);
@@ -328,27 +406,87 @@ fn key_patterns(ast: &AST) -> Vec<String> {
 /// A file that was found and what became of it.
 pub type Loaded = Vec<Result<Playbook, PlaybookError>>;
 
+/// The largest playbook (or case file) read, in bytes: the bundled ones are under 4 KiB.
+pub const MAX_SOURCE_BYTES: u64 = 1024 * 1024;
+
+/// What a directory entry is when it is not a regular file.
+fn kind_of(ft: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_dir() {
+        "a directory"
+    } else if ft.is_symlink() {
+        "a symbolic link"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_block_device() || ft.is_char_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Reads a playbook or case file without ever blocking on it or following a link: opened with
+/// `O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY`, checked with `fstat` to be a regular file
+/// (so a FIFO is never read and a file swapped after a directory listing is judged by what was
+/// opened), and read up to [`MAX_SOURCE_BYTES`]. The error says why, for `file:1:1: <why>`.
+pub fn read_source(path: &Path) -> Result<String, String> {
+    use rustix::fs::{Mode, OFlags};
+    use std::io::Read;
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
+    let fd = rustix::fs::open(path, flags, Mode::empty()).map_err(|e| match e {
+        rustix::io::Errno::LOOP => "a symbolic link: playbooks must be regular files (copy the file instead)".to_string(),
+        e => std::io::Error::from(e).to_string(),
+    })?;
+    let file = std::fs::File::from(fd);
+    let md = file.metadata().map_err(|e| e.to_string())?;
+    if !md.is_file() {
+        return Err(format!("{}: playbooks must be regular files", kind_of(&md.file_type())));
+    }
+    let too_big = || format!("larger than {MAX_SOURCE_BYTES} bytes");
+    if md.len() > MAX_SOURCE_BYTES {
+        return Err(too_big());
+    }
+    let mut buf = Vec::new();
+    file.take(MAX_SOURCE_BYTES + 1).read_to_end(&mut buf).map_err(|e| e.to_string())?;
+    if buf.len() as u64 > MAX_SOURCE_BYTES {
+        return Err(too_big());
+    }
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// One file of the playbooks directory: its source, or why it could not be read.
+fn read_entry(path: &Path, ft: Option<std::fs::FileType>) -> Result<String, String> {
+    match ft {
+        // Never opened: a directory, a link (dangling or not), a FIFO, a device.
+        Some(ft) if !ft.is_file() => Err(format!("{}: playbooks must be regular files", kind_of(&ft))),
+        _ => read_source(path),
+    }
+}
+
 /// Compiles every `*.rhai` file in `dir` (sorted by name), or the bundled set when `dir` is
-/// `None`. Duplicate names are rejected (the first file keeps the name).
+/// `None`. Duplicate names are rejected (the first file keeps the name). An entry that cannot be
+/// read (not a regular file, too large, unreadable) is that entry's error at `1:1`; the others
+/// load. Only a directory that cannot be listed is an error of the whole load.
 pub fn load(rt: &Runtime, dir: Option<&Path>) -> Result<Loaded, std::io::Error> {
-    let sources: Vec<(String, String)> = match dir {
-        None => bundled::PLAYBOOKS.iter().map(|(f, s, _)| (format!("bundled:{f}"), s.to_string())).collect(),
+    let sources: Vec<(String, Result<String, String>)> = match dir {
+        None => bundled::PLAYBOOKS.iter().map(|(f, s, _)| (format!("bundled:{f}"), Ok(s.to_string()))).collect(),
         Some(dir) => {
-            let mut files: Vec<_> =
-                std::fs::read_dir(dir)?.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "rhai")).collect();
-            files.sort();
-            let mut v = Vec::new();
-            for f in files {
-                let text = std::fs::read(&f)?;
-                v.push((f.display().to_string(), String::from_utf8_lossy(&text).into_owned()));
-            }
-            v
+            let mut files: Vec<_> = std::fs::read_dir(dir)?
+                .flatten()
+                .map(|e| (e.path(), e.file_type().ok()))
+                .filter(|(p, _)| p.extension().is_some_and(|e| e == "rhai"))
+                .collect();
+            files.sort_by(|a, b| a.0.cmp(&b.0));
+            files.into_iter().map(|(f, ft)| (f.display().to_string(), read_entry(&f, ft))).collect()
         }
     };
     let mut names = HashSet::new();
     Ok(sources
         .into_iter()
         .map(|(file, src)| {
+            let src = src.map_err(|reason| PlaybookError { file: file.clone(), line: 1, col: 1, reason })?;
             let pb = rt.compile(&file, &src)?;
             if !names.insert(pb.meta.name.clone()) {
                 let (line, col) = meta_pos(&src);
@@ -362,4 +500,268 @@ pub fn load(rt: &Runtime, dir: Option<&Path>) -> Result<Loaded, std::io::Error> 
             Ok(pb)
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signals::Snapshot;
+
+    const NOTIFY_META: &str = "const META = #{ name: \"t\", description: \"t\", interval: \"1s\", actions: [#{ kind: \"notify\", target: \"*\" }], rate_limit: #{ max: 9, per: \"1h\" }, cooldown: \"0s\" };\n";
+
+    /// A runtime whose deadline is far: these tests run in debug builds beside others, and
+    /// only `a_spinning_playbook_stops_at_its_deadline` is about the deadline.
+    fn runtime(limits: engine::Limits) -> Runtime {
+        Runtime::new(engine::Limits { deadline_ms: 60_000, ..limits })
+    }
+
+    fn pb(rt: &Runtime, body: &str) -> Result<Playbook, PlaybookError> {
+        rt.compile("t.rhai", &format!("{NOTIFY_META}{body}"))
+    }
+
+    fn eval(rt: &Runtime, p: &Playbook, state: &State) -> (Result<Vec<ActionRequest>, EvalError>, Arc<History>) {
+        let history = Arc::new(History::new(600_000, 1000, 100));
+        let snap = Arc::new(Snapshot { ts_ms: 1_700_000_000_000, ..Default::default() });
+        (rt.evaluate(p, snap, history.clone(), state), history)
+    }
+
+    #[test]
+    fn dynamic_calls_are_refused_at_load_with_their_position() {
+        let rt = runtime(Default::default());
+        let cases = [
+            ("let f = Fn(\"restart_unit\"); f.call(\"x.service\", \"r\");", "`Fn(\"restart_unit\")`"),
+            ("let n = \"restart\" + \"_unit\"; let f = Fn(n);", "`Fn`: function pointers"),
+            ("call(Fn(\"notify\"), \"x\");", "function pointers"),
+            ("let f = |x| x; f.call(1);", "`call`"),
+            ("let f = |x| x; let g = f.curry(1);", "`curry`"),
+            ("[\"x\"].map(\"notify\");", "`map` with a function name"),
+            ("[\"x\"].filter(`notify`);", "`filter` with a function name"),
+            ("sleep(3600);", "`sleep`: playbooks cannot wait"),
+            ("sleep(1e20);", "`sleep`"),
+            ("let t = timestamp();", "`timestamp`: the engine has no clock"),
+        ];
+        for (body, want) in cases {
+            let e = pb(&rt, &format!("fn evaluate(node, state) {{\n    {body}\n}}\n")).expect_err(body);
+            assert!(e.to_string().starts_with("t.rhai:3:") && e.reason.contains(want), "{body}: {e}");
+        }
+        // Closures, capturing or not, stay available (the bundled playbooks sort with one).
+        let ok = "fn evaluate(node, state) { let k = 2; let a = [3, 1, 2]; a.sort(|x, y| x - y); let b = a.map(|x| x * k); }";
+        pb(&rt, ok).unwrap();
+    }
+
+    #[test]
+    fn a_function_named_at_run_time_cannot_reach_outside_the_manifest() {
+        let rt = runtime(Default::default());
+        let state = State::default();
+        // A restart_unit-only manifest; `notify` named by a computed string.
+        let src = "const META = #{ name: \"r\", description: \"r\", interval: \"1s\", actions: [#{ kind: \"restart_unit\", target: \"app.service\" }], rate_limit: #{ max: 9, per: \"1h\" }, cooldown: \"0s\" };\nfn evaluate(node, state) { let n = \"not\" + \"ify\"; [\"x\"].map(n); }\n";
+        let p = rt.compile("r.rhai", src).unwrap();
+        let e = eval(&rt, &p, &state).0.unwrap_err();
+        assert_eq!(e.code, "runtime_error");
+        assert!(e.message.contains("`map` with a function name"), "{e}");
+        // `index_of` with a string searches for it as a value, and calls nothing.
+        let p = pb(&rt, "fn evaluate(node, state) { let i = [\"a\", \"notify\"].index_of(\"notify\"); if i != 1 { throw i; } }").unwrap();
+        assert_eq!(eval(&rt, &p, &state).0.unwrap(), vec![]);
+    }
+
+    #[test]
+    fn a_spinning_playbook_stops_at_its_deadline() {
+        let limits = engine::Limits { max_operations: u64::MAX, deadline_ms: 100, ..Default::default() };
+        let rt = Runtime::new(limits);
+        let p = pb(&rt, "fn evaluate(node, state) { let x = 0; loop { x += 1; } }").unwrap();
+        let t = std::time::Instant::now();
+        let e = eval(&rt, &p, &State::default()).0.unwrap_err();
+        assert!(t.elapsed() < std::time::Duration::from_secs(2), "{:?}", t.elapsed());
+        assert_eq!(e.code, "deadline");
+        assert!(e.message.starts_with("t.rhai") && e.message.contains("deadline_ms = 100"), "{e}");
+        // The next evaluation has a deadline of its own.
+        let p = pb(&rt, "fn evaluate(node, state) { notify(\"x\"); }").unwrap();
+        assert_eq!(eval(&rt, &p, &State::default()).0.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn print_is_bounded_and_does_not_fail_the_playbook() {
+        let rt = runtime(Default::default());
+        let p = pb(
+            &rt,
+            "fn evaluate(node, state) { let s = \"\"; s.pad(60000, 'x'); for i in 0..100 { print(s); debug(s); } notify(\"done\"); }",
+        )
+        .unwrap();
+        assert_eq!(eval(&rt, &p, &State::default()).0.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn state_keeps_plain_data_only_and_never_the_node() {
+        let rt = runtime(Default::default());
+        for (what, v) in [
+            ("node", "node"),
+            ("a list", "node.processes()"),
+            ("state", "state"),
+            ("a nested node", "[1, #{ n: node }]"),
+            ("a closure", "|x| x"),
+        ] {
+            let state = State::default();
+            let p = pb(&rt, &format!("fn evaluate(node, state) {{ state.set(\"k\", {v}); }}")).unwrap();
+            for _ in 0..20 {
+                let (r, history) = eval(&rt, &p, &state);
+                let e = r.unwrap_err();
+                assert!(e.message.contains("cannot be kept in state"), "{what}: {e}");
+                // Nothing of the evaluation holds the history any more.
+                assert_eq!(Arc::strong_count(&history), 1, "{what}");
+            }
+            assert!(state.is_empty(), "{what}");
+        }
+        let state = State::default();
+        let p = pb(&rt, "fn evaluate(node, state) { state.set(\"k\", #{ a: [1, 2.5, \"s\", true, ()], b: #{ c: 'x' } }); }").unwrap();
+        eval(&rt, &p, &state).0.unwrap();
+        assert_eq!(state.len(), 1);
+    }
+
+    #[test]
+    fn state_is_bounded_in_bytes() {
+        let rt = runtime(engine::Limits { max_state_bytes: 4096, ..Default::default() });
+        let state = State::default();
+        let p = pb(&rt, "fn evaluate(node, state) { let s = \"\"; s.pad(1000, 'x'); for i in 0..10 { state.set(`k${i}`, s); } }").unwrap();
+        let e = eval(&rt, &p, &state).0.unwrap_err();
+        assert!(e.message.contains("over playbooks.limits.max_state_bytes (4096)"), "{e}");
+        assert!(state.is_empty(), "a failed evaluation's changes are rolled back");
+        // Replacing and removing keys gives the room back.
+        let p = pb(&rt, "fn evaluate(node, state) { let s = \"\"; s.pad(1000, 'x'); for i in 0..50 { state.set(\"k\", s); state.set(\"j\", s); state.remove(\"j\"); } }").unwrap();
+        eval(&rt, &p, &state).0.unwrap();
+        assert!(state.bytes() > 1000 && state.bytes() < 1100, "{}", state.bytes());
+    }
+
+    #[test]
+    fn a_request_carries_bounded_reads_and_reason() {
+        let rt = runtime(Default::default());
+        let body = "fn evaluate(node, state) { let s = \"\"; s.pad(60000, 'k'); for i in 0..100 { node.value(`${i}${s}`); } let r = \"\"; r.pad(60000, 'r'); notify(r, #{ big: s }); }";
+        let p = pb(&rt, body).unwrap();
+        let reqs = eval(&rt, &p, &State::default()).0.unwrap();
+        let req = &reqs[0];
+        let signals = serde_json::to_string(&req.signals).unwrap();
+        assert!(signals.len() <= api::MAX_SIGNALS_BYTES, "{}", signals.len());
+        // 100 reads: the ones that did not fit are counted, not dropped silently.
+        let kept = req.signals.len() - 1;
+        assert_eq!(req.signals[api::OMITTED_READS], serde_json::json!(100 - kept));
+        assert!(req
+            .signals
+            .keys()
+            .filter(|k| *k != api::OMITTED_READS)
+            .all(|k| k.len() <= api::MAX_VALUE_BYTES && k.ends_with(crate::signals::parse::TRUNCATED)));
+        assert!(req.reason.len() <= api::MAX_VALUE_BYTES && req.reason.ends_with(crate::signals::parse::TRUNCATED));
+        assert!(req.target.len() <= api::MAX_VALUE_BYTES);
+        assert!(serde_json::to_string(&req.params).unwrap().len() <= api::MAX_DETAILS_BYTES + 64);
+    }
+
+    #[test]
+    fn a_bad_entry_rejects_that_entry_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = format!("{NOTIFY_META}fn evaluate(node, state) {{ notify(\"x\"); }}\n");
+        std::fs::write(dir.path().join("good.rhai"), &good).unwrap();
+        std::fs::create_dir(dir.path().join("a_dir.rhai")).unwrap();
+        std::os::unix::fs::symlink("/nonexistent", dir.path().join("b_dangling.rhai")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("good.rhai"), dir.path().join("c_link.rhai")).unwrap();
+        rustix::fs::mknodat(rustix::fs::CWD, dir.path().join("d_fifo.rhai"), rustix::fs::FileType::Fifo, rustix::fs::Mode::from(0o644), 0)
+            .unwrap();
+        std::fs::write(dir.path().join("e_big.rhai"), vec![b' '; MAX_SOURCE_BYTES as usize + 1]).unwrap();
+        let loaded = load(&runtime(Default::default()), Some(dir.path())).unwrap();
+        let errs: Vec<String> = loaded.iter().filter_map(|r| r.as_ref().err()).map(|e| e.to_string()).collect();
+        assert_eq!(loaded.len(), 6);
+        assert_eq!(loaded.iter().filter(|r| r.is_ok()).count(), 1, "{errs:?}");
+        for (file, why) in [
+            ("a_dir.rhai", "a directory"),
+            ("b_dangling.rhai", "a symbolic link"),
+            ("c_link.rhai", "a symbolic link"),
+            ("d_fifo.rhai", "a FIFO"),
+            ("e_big.rhai", "larger than"),
+        ] {
+            let want = format!("{}:1:1: {why}", dir.path().join(file).display());
+            assert!(errs.iter().any(|e| e.starts_with(&want)), "{want} in {errs:?}");
+        }
+        // The same reader refuses a FIFO named directly, without blocking on it.
+        assert!(read_source(&dir.path().join("d_fifo.rhai")).unwrap_err().contains("a FIFO"));
+    }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn rhai_text() -> impl Strategy<Value = String> {
+            let token = prop_oneof![
+                Just(NOTIFY_META.to_string()),
+                Just("fn evaluate(node, state) {".to_string()),
+                Just("}".to_string()),
+                Just("notify(\"x\");".to_string()),
+                Just("restart_unit(\"a\", \"b\");".to_string()),
+                Just("Fn(\"notify\")".to_string()),
+                Just("|x| x".to_string()),
+                Just("loop { }".to_string()),
+                Just("let x = ".to_string()),
+                Just("node.value(\"k\")".to_string()),
+                Just("state.set(\"k\", node);".to_string()),
+                Just("import \"x\" as y;".to_string()),
+                "[ -~]{0,12}",
+                any::<char>().prop_map(|c| c.to_string()),
+            ];
+            proptest::collection::vec(token, 0..24).prop_map(|v| v.join(" "))
+        }
+
+        #[derive(Debug, Clone)]
+        enum Entry {
+            File(String),
+            Dir,
+            Dangling,
+            Fifo,
+            LinkToFirst,
+        }
+
+        fn entry() -> impl Strategy<Value = Entry> {
+            prop_oneof![
+                4 => rhai_text().prop_map(Entry::File),
+                1 => Just(Entry::Dir),
+                1 => Just(Entry::Dangling),
+                1 => Just(Entry::Fifo),
+                1 => Just(Entry::LinkToFirst),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Any text compiles or fails with file:line:col, never panics.
+            #[test]
+            fn compile_never_panics(src in rhai_text()) {
+                let rt = runtime(Default::default());
+                if let Err(e) = rt.compile("p.rhai", &src) {
+                    prop_assert!(e.line >= 1 && e.col >= 1);
+                }
+            }
+
+            /// Any directory yields exactly one result per `*.rhai` entry, in name order.
+            #[test]
+            fn load_yields_one_result_per_entry(entries in proptest::collection::vec(entry(), 0..6)) {
+                let dir = tempfile::tempdir().unwrap();
+                let d = dir.path();
+                for (i, e) in entries.iter().enumerate() {
+                    let p = d.join(format!("{i:02}.rhai"));
+                    match e {
+                        Entry::File(s) => std::fs::write(&p, s).unwrap(),
+                        Entry::Dir => std::fs::create_dir(&p).unwrap(),
+                        Entry::Dangling => std::os::unix::fs::symlink(d.join("missing"), &p).unwrap(),
+                        Entry::Fifo => rustix::fs::mknodat(rustix::fs::CWD, &p, rustix::fs::FileType::Fifo, rustix::fs::Mode::from(0o600), 0).unwrap(),
+                        Entry::LinkToFirst => std::os::unix::fs::symlink(d.join("00.rhai"), &p).unwrap(),
+                    }
+                }
+                let loaded = load(&runtime(Default::default()), Some(d)).unwrap();
+                prop_assert_eq!(loaded.len(), entries.len());
+                for (i, r) in loaded.iter().enumerate() {
+                    let file = match r { Ok(p) => p.file.clone(), Err(e) => e.file.clone() };
+                    prop_assert_eq!(file, d.join(format!("{i:02}.rhai")).display().to_string());
+                    if !matches!(entries[i], Entry::File(_)) {
+                        prop_assert!(r.is_err());
+                    }
+                }
+            }
+        }
+    }
 }

@@ -128,7 +128,7 @@ fn run_case(rt: &Runtime, pb: &super::Playbook, case: &Case) -> Result<CaseResul
     // The node's horizon, not the case's length: a window the agent's history cannot cover must
     // not pass here and stay silent there.
     let mut history = Arc::new(History::new(rt.history.horizon_ms, step, 100_000));
-    let mut gate = Gate::new(crate::config::PolicyConfig::default());
+    let mut gate = Gate::for_fixtures(crate::config::PolicyConfig::default());
     let state = State::default();
     let mut cur = Snapshot::default();
     let mut outcomes = Vec::new();
