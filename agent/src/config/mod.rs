@@ -394,6 +394,23 @@ impl Config {
         if cfg.audit.repeat_window_secs > 86_400 {
             return Err(at("repeat_window_secs", "audit.repeat_window_secs: at most 86400 (a day)".into()));
         }
+        let a = &cfg.audit;
+        if a.segment_bytes < 4096 {
+            return Err(at("segment_bytes", "audit.segment_bytes: at least 4096".into()));
+        }
+        for (key, v) in [("segment_secs", a.segment_secs), ("checkpoint_secs", a.checkpoint_secs)] {
+            if !(1..=30 * 86_400).contains(&v) {
+                return Err(at(key, format!("audit.{key}: between 1 and 2592000 (30 days)")));
+            }
+        }
+        for (key, v) in [("retain_secs", a.retain_secs), ("replay_secs", a.replay_secs)] {
+            if v > 3650 * 86_400 {
+                return Err(at(key, format!("audit.{key}: at most 315360000 (10 years)")));
+            }
+        }
+        if a.checkpoint_every == 0 {
+            return Err(at("checkpoint_every", "audit.checkpoint_every: at least 1".into()));
+        }
         let m = &cfg.mqtt;
         if m.prefix.is_empty() || m.prefix.contains(['+', '#']) || m.prefix.ends_with('/') {
             return Err(at("mqtt.prefix", format!("mqtt.prefix: {:?} must be non-empty, without '+', '#' or a trailing '/'", m.prefix)));
