@@ -605,7 +605,7 @@ fn the_forwarder_follows_segments_and_goes_on_after_a_rewind() {
     let sub = Subscriber::run(broker.port, "auditor-seg", 120);
     let (cfg, pbs, state) = write_setup(dir.path(), broker.port, "node-s", 10);
     let mut text = std::fs::read_to_string(&cfg).unwrap();
-    text.push_str("[audit]\nsegment_bytes = 3000\n");
+    text.push_str("[audit]\nsegment_bytes = 4096\n");
     std::fs::write(&cfg, text).unwrap();
     let a = agent(&cfg, &pbs, &state);
     std::thread::sleep(Duration::from_secs(5));
