@@ -586,6 +586,60 @@ fn audit_tail_fleet_streams_every_nodes_records() {
     assert!(lines.iter().all(|r| r["node"] == "tailed" && r["schema"] == "medic.audit/v1"));
 }
 
+fn all_seqs(state: &Path) -> std::collections::BTreeSet<u64> {
+    let mut s = std::collections::BTreeSet::new();
+    medic::audit::verify::for_each_record(state, |r| {
+        s.insert(r.unwrap()["seq"].as_u64().unwrap());
+    })
+    .unwrap();
+    s
+}
+
+/// The forwarder read one file: after rotation it must follow the segments, and after a rewind
+/// (a jump in `seq`) its cursor must not wait for the lost seq values forever.
+#[test]
+fn the_forwarder_follows_segments_and_goes_on_after_a_rewind() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::new(dir.path());
+    broker.start();
+    let sub = Subscriber::run(broker.port, "auditor-seg", 120);
+    let (cfg, pbs, state) = write_setup(dir.path(), broker.port, "node-s", 10);
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("[audit]\nsegment_bytes = 4096\n");
+    std::fs::write(&cfg, text).unwrap();
+    let a = agent(&cfg, &pbs, &state);
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(a.stop());
+    let segs = medic::audit::segments::list(&state).unwrap();
+    assert!(segs.len() >= 3, "rotated: {segs:?}, {} records", all_seqs(&state).len());
+    let all = all_seqs(&state);
+    assert!(
+        crate::util::wait_until(30, || sub.seqs("node-s").into_iter().collect::<std::collections::BTreeSet<_>>() == all),
+        "every record of every segment reached the broker"
+    );
+    // Cut off the active segment's last records: the next start records a rewind and jumps.
+    let log = state.join("audit.log");
+    let good = std::fs::read(&log).unwrap();
+    let lines: Vec<&[u8]> = good.split_inclusive(|b| *b == b'\n').collect();
+    let kept = &lines[..lines.len().saturating_sub(3).max(1)];
+    std::fs::write(&log, kept.concat()).unwrap();
+    // As if the broker had not acknowledged the last two kept records yet: the forwarder sends
+    // them, then the rewind record, whose seq jumps past the lost ones.
+    let last_kept = serde_json::from_slice::<serde_json::Value>(kept.last().unwrap()).unwrap()["seq"].as_u64().unwrap();
+    std::fs::write(state.join("forward.cursor"), format!("{}\n", last_kept - 2)).unwrap();
+    let a = agent(&cfg, &pbs, &state);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(a.stop());
+    let after = all_seqs(&state);
+    let max = *after.iter().max().unwrap();
+    assert!(max > *all.iter().max().unwrap());
+    assert!(
+        crate::util::wait_until(30, || sub.seqs("node-s").contains(&max)),
+        "records after the rewind reached the broker (the cursor went past the jump)"
+    );
+    assert!(medic::forward::read_cursor(&state) >= max - 1);
+}
+
 // ---- Issue 9: the broker (and local users) cannot turn nodes live or silence them. ----
 
 fn now_s() -> i64 {

@@ -8,12 +8,18 @@
 //! `audit.torn.<unix-ms>`, and recorded as an `audit_torn_tail` record, so the chain continues
 //! from the last whole record and nothing is dropped silently. `verify` re-checks the whole file.
 
+pub mod anchor;
 pub mod bound;
+pub mod chain;
+pub mod segments;
 pub mod verify;
 
+use anchor::{Anchor, AnchorFile};
+use chain::Chain;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -35,6 +41,10 @@ pub enum AuditError {
     /// Another medic holds the log.
     #[error("audit log {path} is in use by another medic process")]
     Locked { path: PathBuf },
+    /// The state dir or one of its files belongs to another user (who could swap the log or
+    /// hold its lock), or is not what it should be.
+    #[error("{path}: unsafe: {reason}")]
+    Unsafe { path: PathBuf, reason: String },
 }
 
 impl AuditError {
@@ -44,6 +54,7 @@ impl AuditError {
             Self::Io { .. } => "audit_io",
             Self::Corrupt { .. } => "audit_corrupt",
             Self::Locked { .. } => "audit_locked",
+            Self::Unsafe { .. } => "audit_unsafe",
         }
     }
 }
@@ -83,9 +94,8 @@ pub fn canonical(v: &Value) -> String {
 
 /// SHA-256 (hex) of the record's canonical form without its `hash` field.
 pub fn record_hash(record: &Map<String, Value>) -> String {
-    let mut m = record.clone();
-    m.remove("hash");
-    hex::encode(Sha256::digest(canonical(&Value::Object(m)).as_bytes()))
+    let without: Map<String, Value> = record.iter().filter(|(k, _)| *k != "hash").map(|(k, v)| (k.clone(), v.clone())).collect();
+    hex::encode(Sha256::digest(canonical(&Value::Object(without)).as_bytes()))
 }
 
 pub fn now_rfc3339(ts_ms: i64) -> String {
@@ -93,16 +103,176 @@ pub fn now_rfc3339(ts_ms: i64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
+/// `[audit]` in the config: segments, retention, the replay window and checkpoints.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Identical decisions that did not execute (same playbook, action, target, decision, rule
+    /// and mode) within this many seconds of the first are written once, then counted into one
+    /// `decision_repeated` record when the window ends. 0: every decision is written.
+    pub repeat_window_secs: u64,
+    /// A segment is closed when it reaches this size…
+    pub segment_bytes: u64,
+    /// …or this age (of its first record).
+    pub segment_secs: u64,
+    /// A closed segment is removed only when older than this (and, with `[mqtt] enabled`, once
+    /// the broker acknowledged its last record).
+    pub retain_secs: u64,
+    /// At start the agent replays (and verifies) the segments covering this many seconds back:
+    /// at least the longest gate window (cooldown, rate limit, budget, breaker) of any playbook.
+    /// Open breakers and unfinished actions from before it come from the checkpoint that starts
+    /// every segment.
+    pub replay_secs: u64,
+    /// An `audit_checkpoint` record (the chain head, open breakers, unfinished actions) every
+    /// this many records…
+    pub checkpoint_every: u64,
+    /// …or this many seconds, whichever comes first.
+    pub checkpoint_secs: u64,
+    /// Set by the agent: segments wait for the forwarder's acknowledgement before removal.
+    #[serde(skip)]
+    pub replicated: bool,
+    /// Set by the agent: the control group, which may read the log (dir 0750, files 0640).
+    #[serde(skip)]
+    pub group: Option<u32>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            repeat_window_secs: 600,
+            segment_bytes: 64 << 20,
+            segment_secs: 86_400,
+            retain_secs: 7 * 86_400,
+            replay_secs: 86_400,
+            checkpoint_every: 1000,
+            checkpoint_secs: 600,
+            replicated: false,
+            group: None,
+        }
+    }
+}
+
+impl AuditConfig {
+    fn file_mode(&self) -> u32 {
+        if self.group.is_some() {
+            0o640
+        } else {
+            0o600
+        }
+    }
+    fn dir_mode(&self) -> u32 {
+        if self.group.is_some() {
+            0o750
+        } else {
+            0o700
+        }
+    }
+}
+
+/// What the log holds that outlives the replay window: executed actions without an outcome yet
+/// and open breakers. Kept up to date from every record appended (and replayed), and written
+/// into each `audit_checkpoint`, so a start replays a bounded suffix and still knows them.
+#[derive(Debug, Default, Clone)]
+struct Tracker {
+    /// seq of an executed decision → its playbook and action.
+    pending: BTreeMap<u64, (Value, Value)>,
+    /// (mode, playbook, action kind, target) → open since (RFC 3339).
+    breakers: BTreeMap<(String, String, String, String), String>,
+}
+
+/// At most this many open breakers and unfinished actions are carried in a checkpoint.
+const MAX_CARRIED: usize = 4096;
+
+impl Tracker {
+    fn observe(&mut self, seq: u64, rec: &Map<String, Value>) {
+        let s = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or("").to_string();
+        match rec.get("kind").and_then(Value::as_str) {
+            Some("action") => {
+                let action = rec.get("action").cloned().unwrap_or(Value::Null);
+                let kind = s(action.get("kind"));
+                match rec.get("decision").and_then(Value::as_str) {
+                    Some("executed") if kind != "notify" => {
+                        let pb = rec.get("playbook").cloned().unwrap_or(Value::Null);
+                        self.pending.insert(seq, (pb, action));
+                    }
+                    Some("escalated") => {
+                        let key = (s(rec.get("mode")), s(rec.get("playbook").and_then(|p| p.get("name"))), kind, s(action.get("target")));
+                        if self.breakers.len() < MAX_CARRIED || self.breakers.contains_key(&key) {
+                            self.breakers.insert(key, s(rec.get("ts")));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Some("action_outcome") => {
+                if let Some(r) = rec.get("ref_seq").and_then(Value::as_u64) {
+                    self.pending.remove(&r);
+                }
+            }
+            Some("breaker_reset") => {
+                let (pb, kind, target) = (s(rec.get("playbook")), s(rec.get("action")), s(rec.get("target")));
+                self.breakers.retain(|k, _| !(k.1 == pb && k.2 == kind && k.3 == target));
+            }
+            _ => {}
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        let pending: Vec<Value> = self
+            .pending
+            .iter()
+            .take(MAX_CARRIED)
+            .map(|(seq, (pb, a))| serde_json::json!({ "ref_seq": seq, "playbook": pb, "action": a }))
+            .collect();
+        let breakers: Vec<Value> = self
+            .breakers
+            .iter()
+            .map(|((mode, pb, kind, target), since)| {
+                serde_json::json!({ "mode": mode, "playbook": pb, "action": kind, "target": target, "since": since })
+            })
+            .collect();
+        serde_json::json!({ "pending": pending, "open_breakers": breakers })
+    }
+
+    fn seed(&mut self, checkpoint: &Value) {
+        let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+        for p in checkpoint.get("pending").and_then(Value::as_array).into_iter().flatten() {
+            if let Some(seq) = p.get("ref_seq").and_then(Value::as_u64) {
+                let pb = p.get("playbook").cloned().unwrap_or(Value::Null);
+                self.pending.insert(seq, (pb, p.get("action").cloned().unwrap_or(Value::Null)));
+            }
+        }
+        for b in checkpoint.get("open_breakers").and_then(Value::as_array).into_iter().flatten() {
+            let key = (s(b, "mode"), s(b, "playbook"), s(b, "action"), s(b, "target"));
+            self.breakers.entry(key).or_insert_with(|| s(b, "since"));
+        }
+    }
+}
+
 /// The append side of the log, held by the running agent.
 pub struct AuditLog {
+    dir: PathBuf,
     path: PathBuf,
     file: File,
     _lock: File,
+    anchor_file: AnchorFile,
+    anchor: Anchor,
+    cfg: AuditConfig,
     node: String,
     seq: u64,
     last_hash: String,
-    /// Length of the file up to the end of the last whole record.
+    /// Length of the active segment up to the end of the last whole record.
     good_len: u64,
+    /// First seq and first record's time (ms) of the active segment (0: it is empty).
+    seg_first: u64,
+    seg_started_ms: i64,
+    since_checkpoint: u64,
+    last_checkpoint_ms: i64,
+    last_checkpoint_seq: u64,
+    last_prune_ms: i64,
+    tracker: Tracker,
+    /// Why the anchor could not be written last (it lags the log meanwhile).
+    anchor_error: Option<String>,
 }
 
 /// What was found torn at open.
@@ -117,90 +287,361 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> AuditError + '_ {
     move |source| AuditError::Io { path: path.to_path_buf(), source }
 }
 
-/// Reads the tail of the log: (length up to the last newline, the last whole line).
-fn last_line(file: &mut File, len: u64) -> std::io::Result<(u64, Option<String>)> {
-    const CHUNK: u64 = 1 << 20;
-    let start = len.saturating_sub(CHUNK);
-    file.seek(SeekFrom::Start(start))?;
-    let mut buf = Vec::new();
-    file.read_to_end(&mut buf)?;
-    let Some(end) = buf.iter().rposition(|b| *b == b'\n') else {
-        return Ok((start, None));
-    };
-    let line_start = buf[..end].iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    if line_start == 0 && start > 0 {
-        // A single record longer than the chunk: read it whole.
-        return Err(std::io::Error::other("last record longer than 1 MiB"));
+/// Cuts a reason to a length that fits the anchor and a status line.
+fn short(s: &str) -> String {
+    s.chars().take(200).collect()
+}
+
+/// Creates the state dir 0700 (0750 with the control group) whatever the umask, and refuses
+/// one that belongs to another user: whoever owns it could swap the log or hold its lock.
+fn secure_dir(dir: &Path, cfg: &AuditConfig) -> Result<(), AuditError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new().recursive(true).mode(cfg.dir_mode()).create(dir).map_err(io(dir))?;
     }
-    Ok((start + end as u64 + 1, Some(String::from_utf8_lossy(&buf[line_start..end]).into_owned())))
+    let md = std::fs::metadata(dir).map_err(io(dir))?;
+    let me = rustix::process::geteuid().as_raw();
+    if !md.is_dir() || md.uid() != me {
+        return Err(AuditError::Unsafe {
+            path: dir.to_path_buf(),
+            reason: format!("owned by uid {}, not by the user running medic (uid {me})", md.uid()),
+        });
+    }
+    if md.mode() & 0o7777 != cfg.dir_mode() {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(cfg.dir_mode())).map_err(io(dir))?;
+    }
+    if let Some(g) = cfg.group.filter(|g| *g != md.gid()) {
+        rustix::fs::chown(dir, None, Some(rustix::process::Gid::from_raw(g))).map_err(|e| io(dir)(e.into()))?;
+    }
+    Ok(())
+}
+
+/// Opens (creating) a file of the state dir with the log's mode, never through a symlink, and
+/// makes sure it is ours with that mode.
+fn open_private(path: &Path, cfg: &AuditConfig, append: bool) -> Result<File, AuditError> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let mut o = OpenOptions::new();
+    o.create(true).read(true).mode(cfg.file_mode()).custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
+    if append {
+        o.append(true);
+    } else {
+        o.write(true).truncate(false);
+    }
+    let f = o.open(path).map_err(io(path))?;
+    let md = f.metadata().map_err(io(path))?;
+    if md.uid() != rustix::process::geteuid().as_raw() || !md.is_file() {
+        return Err(AuditError::Unsafe { path: path.to_path_buf(), reason: format!("owned by uid {}, or not a file", md.uid()) });
+    }
+    if md.mode() & 0o7777 != cfg.file_mode() {
+        f.set_permissions(std::fs::Permissions::from_mode(cfg.file_mode())).map_err(io(path))?;
+    }
+    if let Some(g) = cfg.group.filter(|g| *g != md.gid()) {
+        rustix::fs::fchown(&f, None, Some(rustix::process::Gid::from_raw(g))).map_err(|e| io(path)(e.into()))?;
+    }
+    Ok(f)
+}
+
+/// Writes a new private file with `bytes`, fsync'd.
+fn write_private(path: &Path, cfg: &AuditConfig, bytes: &[u8]) -> Result<(), AuditError> {
+    let mut f = open_private(path, cfg, false)?;
+    f.set_len(0).and_then(|_| f.write_all(bytes)).and_then(|_| f.sync_all()).map_err(io(path))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), AuditError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
+fn ts_ms(rec: &Map<String, Value>) -> Option<i64> {
+    let t = humantime::parse_rfc3339_weak(rec.get("ts")?.as_str()?).ok()?;
+    Some(t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64))
+}
+
+/// What the active segment holds after tail repair.
+struct Found {
+    seq: u64,
+    hash: String,
+    good_len: u64,
+    torn: Option<TornTail>,
 }
 
 impl AuditLog {
-    /// Opens (creating) `<state_dir>/audit.log` for appending, takes its lock, and repairs a
-    /// torn tail. The returned [`TornTail`] has already been recorded in the log.
+    /// Opens `<state_dir>` with the default `[audit]` settings and no replay (tests, tools).
     pub fn open(state_dir: &Path, node: &str) -> Result<(Self, Option<TornTail>), AuditError> {
-        std::fs::create_dir_all(state_dir).map_err(io(state_dir))?;
+        Self::open_with(state_dir, node, &AuditConfig::default(), &mut |_| {})
+    }
+
+    /// Opens (creating) the log in `state_dir` for appending, takes its lock, repairs a torn
+    /// tail, replays the suffix of the log that covers `replay_secs` through `replay` (verifying
+    /// its chain), and compares what it found with the anchor and the forwarder's cursor. What
+    /// it finds wrong is recorded before this returns: `audit_rewound`, `audit_torn_tail`,
+    /// `audit_chain_broken`, `audit_anchor_reset`.
+    pub fn open_with(
+        state_dir: &Path,
+        node: &str,
+        cfg: &AuditConfig,
+        replay: &mut dyn FnMut(&Map<String, Value>),
+    ) -> Result<(Self, Option<TornTail>), AuditError> {
+        secure_dir(state_dir, cfg)?;
         let lock_path = state_dir.join("audit.lock");
-        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io(&lock_path))?;
+        let lock = match open_private(&lock_path, cfg, false) {
+            // A lock file someone else made (in a dir they could write once): replace it.
+            Err(AuditError::Unsafe { .. }) => {
+                std::fs::remove_file(&lock_path).map_err(io(&lock_path))?;
+                open_private(&lock_path, cfg, false)?
+            }
+            other => other?,
+        };
         rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
             .map_err(|_| AuditError::Locked { path: state_dir.join(FILE_NAME) })?;
         let path = state_dir.join(FILE_NAME);
-        let mut file = OpenOptions::new().create(true).read(true).append(true).open(&path).map_err(io(&path))?;
-        let len = file.metadata().map_err(io(&path))?.len();
-        let (mut good_len, mut last) = last_line(&mut file, len).map_err(io(&path))?;
-        // A whole last line that does not parse is also a torn write (e.g. zero-filled blocks).
-        if let Some(l) = &last {
-            if serde_json::from_str::<Map<String, Value>>(l).is_err() {
-                let before = good_len - l.len() as u64 - 1;
-                let (gl, prev) = last_line(&mut file, before).map_err(io(&path))?;
-                if gl != before {
-                    return Err(AuditError::Corrupt { path, reason: "unparseable record before the tail".into() });
-                }
-                good_len = before;
-                last = prev;
-            }
-        }
-        let (seq, last_hash) = match &last {
-            None => (0, GENESIS.to_string()),
-            Some(l) => {
-                let m: Map<String, Value> =
-                    serde_json::from_str(l).map_err(|e| AuditError::Corrupt { path: path.clone(), reason: e.to_string() })?;
-                let seq = m.get("seq").and_then(Value::as_u64);
-                let hash = m.get("hash").and_then(Value::as_str);
-                match (seq, hash) {
-                    (Some(s), Some(h)) => (s, h.to_string()),
-                    _ => return Err(AuditError::Corrupt { path, reason: "missing seq or hash".into() }),
-                }
-            }
+        let created = !path.exists();
+        let file = open_private(&path, cfg, true)?;
+        let stored = anchor::read(state_dir);
+        let anchor_file = AnchorFile::open(state_dir, cfg.file_mode()).map_err(io(state_dir))?;
+        let _ = open_private(anchor_file.path(), cfg, false)?;
+        let mut log = Self {
+            dir: state_dir.to_path_buf(),
+            path,
+            file,
+            _lock: lock,
+            anchor_file,
+            anchor: stored.clone().unwrap_or_else(|_| Anchor::fresh()),
+            cfg: cfg.clone(),
+            node: node.to_string(),
+            seq: 0,
+            last_hash: GENESIS.into(),
+            good_len: 0,
+            seg_first: 0,
+            seg_started_ms: now_ms(),
+            since_checkpoint: 0,
+            last_checkpoint_ms: now_ms(),
+            last_checkpoint_seq: 0,
+            last_prune_ms: 0,
+            tracker: Tracker::default(),
+            anchor_error: None,
         };
-        let mut log = Self { path: path.clone(), file, _lock: lock, node: node.to_string(), seq, last_hash, good_len };
-        let mut torn = None;
-        if len > good_len {
-            let mut bytes = Vec::new();
-            log.file.seek(SeekFrom::Start(good_len)).map_err(io(&path))?;
-            log.file.read_to_end(&mut bytes).map_err(io(&path))?;
-            let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
-            let saved_as = state_dir.join(format!("audit.torn.{ts}"));
-            let mut f = File::create(&saved_as).map_err(io(&saved_as))?;
-            f.write_all(&bytes).and_then(|_| f.sync_all()).map_err(io(&saved_as))?;
-            log.file.set_len(good_len).and_then(|_| log.file.sync_all()).map_err(io(&path))?;
-            let t = TornTail { bytes: bytes.len() as u64, saved_as, sha256: hex::encode(Sha256::digest(&bytes)) };
-            let mut body = Map::new();
-            body.insert(
-                "torn".into(),
-                serde_json::json!({
-                    "bytes": t.bytes, "saved_as": t.saved_as.display().to_string(), "sha256": t.sha256,
-                    "after_seq": log.seq,
-                }),
-            );
-            log.append("audit_torn_tail", body)?;
-            torn = Some(t);
-        }
-        if len == 0 {
-            // A new log: make its directory entry durable too.
-            File::open(state_dir).and_then(|d| d.sync_all()).map_err(io(state_dir))?;
+        let found = log.repair()?;
+        let broken = log.replay_suffix(found.good_len, replay)?;
+        let anchor_problem = match stored {
+            Ok(_) => None,
+            Err(anchor::Read::Missing) if found.seq == 0 && found.torn.is_none() => None,
+            Err(anchor::Read::Missing) => Some("no anchor (the first start of a version with anchors, or it was deleted)".to_string()),
+            Err(anchor::Read::Invalid(e)) => Some(format!("anchor unreadable: {e}")),
+        };
+        let torn = log.settle(found, None, anchor_problem, broken, None)?;
+        if created {
+            sync_dir(state_dir)?;
         }
         Ok((log, torn))
+    }
+
+    /// Tail repair of the active segment: keeps everything up to the last whole record that
+    /// chains and sets the rest aside (`audit.torn.<ms>`), whatever its size or content.
+    fn repair(&mut self) -> Result<Found, AuditError> {
+        let path = self.path.clone();
+        let len = self.file.metadata().map_err(io(&path))?.len();
+        let mut r = self.file.try_clone().map_err(io(&path))?;
+        let good = segments::last_good(&mut r, len).map_err(io(&path))?;
+        let (mut seq, mut hash, good_len) = match &good {
+            Some((v, gl)) => (v.seq, v.hash.clone(), *gl),
+            None => (0, GENESIS.to_string(), 0),
+        };
+        if good.is_none() {
+            // Nothing whole in the active segment: the chain head is the last closed segment's
+            // last record, else the point removed segments ended at.
+            let closed = segments::list(&self.dir).map_err(io(&self.dir))?;
+            match closed.iter().rev().find(|s| s.first.is_some()) {
+                Some(s) => {
+                    let mut f = File::open(&s.path).map_err(io(&s.path))?;
+                    let l = f.metadata().map_err(io(&s.path))?.len();
+                    if let Some((v, _)) = segments::last_good(&mut f, l).map_err(io(&s.path))? {
+                        (seq, hash) = (v.seq, v.hash);
+                    }
+                }
+                None => (seq, hash) = (self.anchor.base_seq, self.anchor.base_hash.clone()),
+            }
+        }
+        let mut torn = None;
+        if len > good_len {
+            let ts = now_ms();
+            let saved_as = self.dir.join(format!("audit.torn.{ts}"));
+            let mut out = open_private(&saved_as, &self.cfg, false)?;
+            let mut src = self.file.try_clone().map_err(io(&path))?;
+            src.seek(SeekFrom::Start(good_len)).map_err(io(&path))?;
+            let mut hasher = Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut n = 0u64;
+            loop {
+                let k = src.read(&mut buf).map_err(io(&path))?;
+                if k == 0 {
+                    break;
+                }
+                hasher.update(&buf[..k]);
+                out.write_all(&buf[..k]).map_err(io(&saved_as))?;
+                n += k as u64;
+            }
+            out.sync_all().map_err(io(&saved_as))?;
+            self.file.set_len(good_len).and_then(|_| self.file.sync_all()).map_err(io(&path))?;
+            torn = Some(TornTail { bytes: n, saved_as, sha256: hex::encode(hasher.finalize()) });
+        }
+        self.seq = seq;
+        self.last_hash = hash.clone();
+        self.good_len = good_len;
+        match segments::first_record(&self.path).map_err(io(&path))? {
+            Some(v) if good_len > 0 => {
+                self.seg_first = v.seq;
+                self.seg_started_ms = ts_ms(&v.rec).unwrap_or_else(now_ms);
+            }
+            _ => {
+                self.seg_first = 0;
+                self.seg_started_ms = now_ms();
+            }
+        }
+        Ok(Found { seq, hash, good_len, torn })
+    }
+
+    /// Replays the segments covering `replay_secs` (the active one up to `good_len`) through
+    /// `replay`, verifying their chain, and learns open breakers and unfinished actions (from
+    /// the checkpoint that starts the first of them, then from the records). Returns the first
+    /// break found, if any. Memory: one line at a time.
+    fn replay_suffix(&mut self, good_len: u64, replay: &mut dyn FnMut(&Map<String, Value>)) -> Result<Option<Value>, AuditError> {
+        let segs = segments::list(&self.dir).map_err(io(&self.dir))?;
+        let window_start = now_ms().saturating_sub(self.cfg.replay_secs.min(i64::MAX as u64 / 1000) as i64 * 1000);
+        let mut start = 0;
+        for (i, s) in segs.iter().enumerate().rev() {
+            let first = segments::first_record(&s.path).map_err(io(&s.path))?;
+            if first.is_some_and(|v| ts_ms(&v.rec).is_some_and(|t| t <= window_start)) {
+                start = i;
+                break;
+            }
+        }
+        let mut lines = segments::Lines::new(segs[start..].to_vec(), Some(good_len));
+        let mut chain = Chain::loose();
+        let mut broken: Option<Value> = None;
+        while let Some((item, path, line_no)) = lines.next_line().map_err(io(&self.dir))? {
+            let path = path.display().to_string();
+            let res = match item {
+                segments::Item::Whole(text) => match chain.push(text) {
+                    Ok(v) => Ok(v),
+                    Err(reason) => Err((reason, chain::valid(text).ok())),
+                },
+                segments::Item::TooLong => Err((format!("a line longer than {} bytes", segments::MAX_LINE), None)),
+                segments::Item::Torn => Err(("a torn line inside the log".to_string(), None)),
+            };
+            let v = match res {
+                Ok(v) => v,
+                Err((reason, v)) => {
+                    if broken.is_none() {
+                        broken = Some(serde_json::json!({
+                            "after_seq": chain.seq, "segment": path, "line": line_no, "reason": short(&reason),
+                        }));
+                    }
+                    let Some(v) = v else { continue };
+                    chain.accept(&v);
+                    v
+                }
+            };
+            if chain.records == 1 && v.kind == "audit_checkpoint" {
+                if let Some(c) = v.rec.get("checkpoint") {
+                    self.tracker.seed(c);
+                }
+            }
+            self.tracker.observe(v.seq, &v.rec);
+            replay(&v.rec);
+        }
+        Ok(broken)
+    }
+
+    /// Compares what the log holds (after repair) with the anchor and the forwarder's cursor,
+    /// and records what is wrong: a rewind first (it continues `seq` after the highest ever
+    /// issued), then a torn tail, a chain break, an anchor that had to be made anew.
+    fn settle(
+        &mut self,
+        found: Found,
+        rescued: Option<PathBuf>,
+        anchor_problem: Option<String>,
+        broken: Option<Value>,
+        detected: Option<String>,
+    ) -> Result<Option<TornTail>, AuditError> {
+        let cursor = crate::forward::read_cursor(&self.dir);
+        let a = self.anchor.clone();
+        let high = a.max_seq.max(cursor).max(found.seq);
+        let why = if found.seq < a.seq {
+            Some(format!(
+                "the log ends at seq {} but its anchor says {}: records were cut off, or the file deleted or replaced",
+                found.seq, a.seq
+            ))
+        } else if found.seq == a.seq && found.hash != a.hash {
+            Some(format!("seq {} has another hash than the anchor's: the log was replaced", found.seq))
+        } else if found.seq < cursor {
+            Some(format!("the broker acknowledged seq {cursor} but the log ends at seq {}", found.seq))
+        } else {
+            None
+        };
+        self.refresh_identity();
+        if let Some(why) = why {
+            let why = match &detected {
+                Some(d) => format!("{d}; {why}"),
+                None => why,
+            };
+            tracing::error!(message = "AUDIT LOG REWOUND: records are missing; seq continues after the highest issued.", error_code = "audit_rewound", found_seq = found.seq, anchor_seq = a.seq, forward_cursor = cursor, reason = %why);
+            self.seq = high;
+            let body = serde_json::json!({ "rewound": {
+                "expected": { "seq": a.seq, "hash": a.hash, "max_seq": a.max_seq },
+                "found": { "seq": found.seq, "hash": found.hash },
+                "lost": { "from_seq": found.seq + 1, "to_seq": high },
+                "forward_cursor": cursor, "reason": why, "rescued": rescued.as_ref().map(|p| p.display().to_string()),
+            }});
+            let seq = self.write_record("audit_rewound", obj(body), now_ms())?;
+            self.anchor.rewound = Some(serde_json::json!({
+                "seq": seq, "ts": now_rfc3339(now_ms()), "lost_from_seq": found.seq + 1, "lost_to_seq": high, "reason": short(&why),
+            }));
+        }
+        if let Some(t) = &found.torn {
+            let body = serde_json::json!({ "torn": {
+                "bytes": t.bytes, "saved_as": t.saved_as.display().to_string(), "sha256": t.sha256, "after_seq": found.seq,
+            }});
+            self.write_record("audit_torn_tail", obj(body), now_ms())?;
+        }
+        if let Some(b) = broken {
+            tracing::error!(message = "AUDIT CHAIN BROKEN in the replayed part of the log.", error_code = "audit_chain_broken", detail = %b);
+            let seq = self.write_record("audit_chain_broken", obj(serde_json::json!({ "broken": b })), now_ms())?;
+            self.anchor.chain_broken = Some(serde_json::json!({
+                "seq": seq, "ts": now_rfc3339(now_ms()), "after_seq": b["after_seq"], "reason": b["reason"],
+            }));
+        }
+        if let Some(p) = anchor_problem {
+            tracing::warn!(message = "Audit anchor made anew.", error_code = "audit_anchor_reset", reason = %p);
+            let body = serde_json::json!({ "reason": p, "found": { "seq": found.seq, "hash": found.hash } });
+            self.write_record("audit_anchor_reset", obj(body), now_ms())?;
+        }
+        self.save_anchor();
+        Ok(found.torn)
+    }
+
+    fn refresh_identity(&mut self) {
+        if let Ok(st) = rustix::fs::fstat(&self.file) {
+            self.anchor.dev = st.st_dev;
+            self.anchor.ino = st.st_ino;
+        }
+    }
+
+    /// Brings the anchor up to the last record and fsyncs it. A failure is kept for status:
+    /// the anchor then lags, which the next start accepts (a log ahead of its anchor).
+    fn save_anchor(&mut self) {
+        self.anchor.seq = self.seq;
+        self.anchor.hash = self.last_hash.clone();
+        self.anchor.max_seq = self.anchor.max_seq.max(self.seq);
+        self.anchor.len = self.good_len;
+        match self.anchor_file.write(&self.anchor) {
+            Ok(()) => self.anchor_error = None,
+            Err(e) => {
+                if self.anchor_error.is_none() {
+                    tracing::error!(message = "Audit anchor not writable.", error_code = "audit_anchor_io", error = %e);
+                }
+                self.anchor_error = Some(e.to_string());
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -211,13 +652,77 @@ impl AuditLog {
         self.seq
     }
 
+    /// Executed actions the log has no outcome for: (seq, playbook, action).
+    pub fn pending(&self) -> Vec<(u64, Value, Value)> {
+        self.tracker.pending.iter().map(|(s, (p, a))| (*s, p.clone(), a.clone())).collect()
+    }
+
+    /// Open breakers as `escalated` decisions, for `Gate::replay`: the ones opened before the
+    /// replayed suffix come from its checkpoint.
+    pub fn breaker_records(&self) -> Vec<Map<String, Value>> {
+        self.tracker
+            .breakers
+            .iter()
+            .map(|((mode, pb, kind, target), since)| {
+                obj(serde_json::json!({
+                    "kind": "action", "ts": since, "mode": mode, "decision": "escalated",
+                    "playbook": { "name": pb }, "action": { "kind": kind, "target": target },
+                }))
+            })
+            .collect()
+    }
+
     /// Appends one record of `kind` with the given fields, fsync'd. Returns its `seq`.
     pub fn append(&mut self, kind: &str, body: Map<String, Value>) -> Result<u64, AuditError> {
         self.append_at(kind, body, now_ms())
     }
 
     /// As [`append`](Self::append), with the record's timestamp given (the tick's clock).
-    pub fn append_at(&mut self, kind: &str, mut body: Map<String, Value>, ts_ms: i64) -> Result<u64, AuditError> {
+    /// Closes the segment first when it is full or old, and writes a checkpoint first when one
+    /// is due (so the record asked for is still the last one written).
+    pub fn append_at(&mut self, kind: &str, body: Map<String, Value>, ts_ms: i64) -> Result<u64, AuditError> {
+        let wall = now_ms();
+        let age_ms = self.cfg.segment_secs.min(i64::MAX as u64 / 1000) as i64 * 1000;
+        if self.good_len > 0 && (self.good_len >= self.cfg.segment_bytes || wall.saturating_sub(self.seg_started_ms) >= age_ms) {
+            self.rotate(wall)?;
+        } else if self.since_checkpoint >= self.cfg.checkpoint_every.max(1)
+            || wall.saturating_sub(self.last_checkpoint_ms) >= self.cfg.checkpoint_secs.min(i64::MAX as u64 / 1000) as i64 * 1000
+        {
+            self.checkpoint(wall)?;
+        }
+        let seq = self.write_record(kind, body, ts_ms)?;
+        self.since_checkpoint += 1;
+        Ok(seq)
+    }
+
+    /// Writes an `audit_checkpoint`: the chain head before it, open breakers and unfinished
+    /// actions. Published like every record, so the broker holds proof of what the node had.
+    fn checkpoint(&mut self, now: i64) -> Result<u64, AuditError> {
+        let mut c = self.tracker.to_json();
+        c["head"] = serde_json::json!({ "seq": self.seq, "hash": self.last_hash });
+        c["segment_first_seq"] = if self.good_len == 0 { (self.seq + 1).into() } else { self.seg_first.into() };
+        let seq = self.write_record("audit_checkpoint", obj(serde_json::json!({ "checkpoint": c })), now)?;
+        self.since_checkpoint = 0;
+        self.last_checkpoint_ms = now;
+        self.last_checkpoint_seq = seq;
+        Ok(seq)
+    }
+
+    /// Closes the active segment (renamed `audit.<first>-<last>.log`) and starts a new one
+    /// with a checkpoint.
+    fn rotate(&mut self, now: i64) -> Result<(), AuditError> {
+        let closed = self.dir.join(segments::closed_name(self.seg_first, self.seq));
+        std::fs::rename(&self.path, &closed).map_err(io(&closed))?;
+        sync_dir(&self.dir)?;
+        self.file = open_private(&self.path, &self.cfg, true)?;
+        self.good_len = 0;
+        self.refresh_identity();
+        tracing::info!(message = "Audit segment closed.", segment = %closed.display(), last_seq = self.seq);
+        self.checkpoint(now)?;
+        sync_dir(&self.dir)
+    }
+
+    fn write_record(&mut self, kind: &str, mut body: Map<String, Value>, ts_ms: i64) -> Result<u64, AuditError> {
         let seq = self.seq + 1;
         body.insert("schema".into(), SCHEMA.into());
         body.insert("seq".into(), seq.into());
@@ -228,6 +733,8 @@ impl AuditLog {
         body.insert("prev_hash".into(), self.last_hash.clone().into());
         let hash = record_hash(&body);
         body.insert("hash".into(), hash.clone().into());
+        // Only these kinds change what the tracker holds (and they are small).
+        let tracked = matches!(kind, "action" | "action_outcome" | "breaker_reset").then(|| body.clone());
         let mut line = canonical(&Value::Object(body));
         line.push('\n');
         let res = self.file.write_all(line.as_bytes()).and_then(|_| self.file.sync_data());
@@ -236,10 +743,139 @@ impl AuditLog {
             let _ = self.file.set_len(self.good_len);
             return Err(AuditError::Io { path: self.path.clone(), source: e });
         }
+        if self.good_len == 0 {
+            self.seg_first = seq;
+            self.seg_started_ms = now_ms();
+        }
         self.good_len += line.len() as u64;
         self.seq = seq;
         self.last_hash = hash;
+        if let Some(m) = tracked {
+            self.tracker.observe(seq, &m);
+        }
+        self.save_anchor();
         Ok(seq)
+    }
+
+    /// The per-tick check (an fstat and a stat): the active segment must still be the file at
+    /// its path, linked, with the length this agent wrote. A deleted or replaced file is
+    /// rescued from the open descriptor and the log reopened; bytes someone appended are set
+    /// aside; a cut-off file is a rewind. Each is recorded. Also removes segments that were
+    /// replicated and are past retention (at most once a minute).
+    pub fn check(&mut self, now: i64) -> Result<(), AuditError> {
+        let path = self.path.clone();
+        let fst = rustix::fs::fstat(&self.file).map_err(|e| io(&path)(e.into()))?;
+        let pst = rustix::fs::statat(rustix::fs::CWD, &path, rustix::fs::AtFlags::SYMLINK_NOFOLLOW);
+        let size = fst.st_size as u64;
+        let problem = match &pst {
+            Err(_) => Some(("the active segment was deleted while the agent ran", true)),
+            Ok(p) if (p.st_dev, p.st_ino) != (fst.st_dev, fst.st_ino) => {
+                Some(("the active segment was replaced while the agent ran", true))
+            }
+            Ok(_) if fst.st_nlink == 0 => Some(("the active segment was unlinked while the agent ran", true)),
+            Ok(_) if size < self.good_len => Some(("the active segment was cut off while the agent ran", false)),
+            _ => None,
+        };
+        if let Some((why, gone)) = problem {
+            tracing::error!(message = "Audit log changed under the agent.", error_code = "audit_rewound", reason = why);
+            let rescued = if gone { self.rescue(now) } else { None };
+            self.file = open_private(&path, &self.cfg, true)?;
+            let found = self.repair()?;
+            self.settle(found, rescued, None, None, Some(why.to_string()))?;
+        } else if size > self.good_len {
+            // Bytes after the last record this agent wrote: not ours. Set them aside.
+            tracing::error!(
+                message = "Bytes appended to the audit log by someone else; set aside.",
+                error_code = "audit_torn_tail",
+                bytes = size - self.good_len
+            );
+            let found = self.repair_foreign()?;
+            self.settle(found, None, None, None, None)?;
+        }
+        if now.saturating_sub(self.last_prune_ms) >= 60_000 {
+            self.last_prune_ms = now;
+            self.prune(now)?;
+        }
+        Ok(())
+    }
+
+    /// Sets aside everything after the last record this agent wrote (which it knows exactly).
+    fn repair_foreign(&mut self) -> Result<Found, AuditError> {
+        let (seq, hash, good_len) = (self.seq, self.last_hash.clone(), self.good_len);
+        let path = self.path.clone();
+        let ts = now_ms();
+        let saved_as = self.dir.join(format!("audit.torn.{ts}"));
+        let mut src = self.file.try_clone().map_err(io(&path))?;
+        src.seek(SeekFrom::Start(good_len)).map_err(io(&path))?;
+        let mut bytes = Vec::new();
+        src.take(segments::MAX_LINE as u64).read_to_end(&mut bytes).map_err(io(&path))?;
+        write_private(&saved_as, &self.cfg, &bytes)?;
+        self.file.set_len(good_len).and_then(|_| self.file.sync_all()).map_err(io(&path))?;
+        let torn = TornTail { bytes: bytes.len() as u64, saved_as, sha256: hex::encode(Sha256::digest(&bytes)) };
+        Ok(Found { seq, hash, good_len, torn: Some(torn) })
+    }
+
+    /// Copies what this agent wrote to the active segment, still readable through its open
+    /// descriptor, to `audit.rescued.<ms>`.
+    fn rescue(&self, now: i64) -> Option<PathBuf> {
+        let to = self.dir.join(format!("audit.rescued.{now}"));
+        let mut src = self.file.try_clone().ok()?;
+        src.seek(SeekFrom::Start(0)).ok()?;
+        let mut out = open_private(&to, &self.cfg, false).ok()?;
+        std::io::copy(&mut src.take(self.good_len), &mut out).ok()?;
+        out.sync_all().ok()?;
+        Some(to)
+    }
+
+    /// Removes closed segments, oldest first, that retention allows and (with replication on)
+    /// the broker acknowledged; each removal is recorded first and moves the anchor's base.
+    fn prune(&mut self, now: i64) -> Result<(), AuditError> {
+        let keep_ms = self.cfg.retain_secs.max(self.cfg.replay_secs).min(i64::MAX as u64 / 1000) as i64 * 1000;
+        let cursor = if self.cfg.replicated { crate::forward::read_cursor(&self.dir) } else { u64::MAX };
+        for s in segments::list(&self.dir).map_err(io(&self.dir))? {
+            let (Some(first), Some(last)) = (s.first, s.last) else { break };
+            let mtime = std::fs::metadata(&s.path)
+                .and_then(|m| m.modified())
+                .map(|t| t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64))
+                .map_err(io(&s.path))?;
+            if last > cursor || now.saturating_sub(mtime) < keep_ms {
+                break;
+            }
+            let mut f = File::open(&s.path).map_err(io(&s.path))?;
+            let len = f.metadata().map_err(io(&s.path))?.len();
+            let Some((v, _)) = segments::last_good(&mut f, len).map_err(io(&s.path))? else { break };
+            let name = s.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let body = serde_json::json!({ "segment": name, "first_seq": first, "last_seq": v.seq, "last_hash": v.hash, "forward_cursor": self.cfg.replicated.then_some(cursor) });
+            self.write_record("audit_segment_removed", obj(body), now)?;
+            self.anchor.base_seq = v.seq;
+            self.anchor.base_hash = v.hash.clone();
+            self.save_anchor();
+            std::fs::remove_file(&s.path).map_err(io(&s.path))?;
+            sync_dir(&self.dir)?;
+            tracing::info!(message = "Audit segment removed.", segment = %name, last_seq = v.seq);
+        }
+        Ok(())
+    }
+
+    /// The log's integrity for `medic status`: segments, the anchor, the last rewind and chain
+    /// break recorded.
+    pub fn status(&self) -> Value {
+        let segments = segments::list(&self.dir).map(|v| v.len()).unwrap_or(0);
+        serde_json::json!({
+            "segments": segments,
+            "active_bytes": self.good_len,
+            "anchor": { "seq": self.anchor.seq, "max_seq": self.anchor.max_seq, "base_seq": self.anchor.base_seq, "error": self.anchor_error },
+            "last_checkpoint_seq": self.last_checkpoint_seq,
+            "rewound": self.anchor.rewound,
+            "chain_broken": self.anchor.chain_broken,
+        })
+    }
+}
+
+fn obj(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
     }
 }
 
@@ -247,13 +883,61 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Reads every record of a log (for `audit show`); lines that do not parse are returned as errors.
-pub fn read_all(path: &Path) -> std::io::Result<Vec<Result<Map<String, Value>, String>>> {
-    let text = std::fs::read(path)?;
-    Ok(text
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .enumerate()
-        .map(|(i, l)| serde_json::from_slice(l).map_err(|e| format!("line {}: {e}", i + 1)))
-        .collect())
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Garbage a crash (or a disk) can leave after the last whole record.
+    fn garbage() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            // zero-filled blocks
+            (1usize..9000).prop_map(|n| vec![0u8; n]),
+            // newlines
+            (1usize..4).prop_map(|n| vec![b'\n'; n]),
+            // a prefix of a record
+            (1usize..300).prop_map(|n| br#"{"hash":"00","kind":"note","node":"n","prev_hash":"00","schema":"medic.audit/v1","seq":4}"#
+                .iter()
+                .cycle()
+                .take(n)
+                .copied()
+                .collect()),
+            // anything
+            proptest::collection::vec(any::<u8>(), 1..600),
+        ];
+        proptest::collection::vec(piece, 1..5).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(48), ..ProptestConfig::default() })]
+
+        /// Any garbage appended to a valid log: it opens, keeps every whole record, sets the
+        /// rest aside (recorded), and the chain goes on.
+        #[test]
+        fn tail_repair_keeps_every_whole_record_whatever_the_garbage(junk in garbage(), n in 1u64..5) {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let (mut log, _) = AuditLog::open(dir.path(), "n").unwrap();
+                for i in 0..n {
+                    log.append("note", obj(serde_json::json!({ "i": i }))).unwrap();
+                }
+            }
+            let path = dir.path().join(FILE_NAME);
+            let whole = std::fs::read(&path).unwrap();
+            let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+            f.write_all(&junk).unwrap();
+            drop(f);
+            let (mut log, torn) = AuditLog::open(dir.path(), "n").expect("opens whatever the tail");
+            let torn = torn.expect("the garbage is set aside");
+            prop_assert_eq!(torn.bytes, junk.len() as u64);
+            prop_assert_eq!(std::fs::read(&torn.saved_as).unwrap(), junk);
+            log.append("after", Map::new()).unwrap();
+            drop(log);
+            let now = std::fs::read(&path).unwrap();
+            prop_assert!(now.starts_with(&whole), "every whole record kept");
+            let v = verify::verify(&path).unwrap();
+            prop_assert!(v.is_ok(), "{:?}", v);
+            prop_assert_eq!(v.unwrap().last_seq, n + 2);
+        }
+    }
 }

@@ -201,10 +201,15 @@ enum AuditCmd {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
-    /// Verify the hash chain; exit 1 naming the first bad seq.
+    /// Verify the hash chain across segments, against the anchor and the forwarder's cursor;
+    /// exit 1 naming the first bad seq.
     Verify {
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
+        /// Also require this record to be in the log: a checkpoint (or any record) as JSON, as
+        /// the broker holds it, or `{"seq":N,"hash":"…"}`; inline or a file name.
+        #[arg(long, value_name = "JSON|FILE")]
+        checkpoint: Option<String>,
     },
 }
 
@@ -484,47 +489,81 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Audit(AuditCmd::Verify { state_dir }) => {
-            let path = state_dir_of(state_dir)?.join(audit::FILE_NAME);
-            match audit::verify::verify(&path).with_context(|| format!("reading {}", path.display()))? {
+        Command::Audit(AuditCmd::Verify { state_dir, checkpoint }) => {
+            let dir = state_dir_of(state_dir)?;
+            let checkpoint = match checkpoint {
+                None => None,
+                Some(c) => {
+                    let text = if c.trim_start().starts_with('{') {
+                        c
+                    } else {
+                        std::fs::read_to_string(&c).with_context(|| format!("reading checkpoint {c}"))?
+                    };
+                    match audit::verify::Checkpoint::parse(&text) {
+                        Ok(c) => Some(c),
+                        Err(e) => {
+                            eprintln!("medic: checkpoint: {e}");
+                            return Ok(ExitCode::from(2));
+                        }
+                    }
+                }
+            };
+            match audit::verify::verify_with(&dir, checkpoint.as_ref()).with_context(|| format!("reading {}", dir.display()))? {
                 Ok(v) => {
-                    println!("{}: ok, {} record(s), chain intact (last hash {})", path.display(), v.records, v.last_hash);
+                    println!(
+                        "{}: ok, {} record(s) in {} segment(s), seq {}..{}, chain intact (last hash {})",
+                        dir.display(),
+                        v.records,
+                        v.segments,
+                        v.first_seq,
+                        v.last_seq,
+                        v.last_hash
+                    );
+                    if let Some(c) = &checkpoint {
+                        println!("checkpoint seq {} found with its hash", c.seq);
+                    }
+                    for (seq, after) in &v.rewinds {
+                        println!("warning: seq {seq} records a rewind: records after seq {after} were lost (audit_rewound)");
+                    }
+                    for seq in &v.chain_breaks {
+                        println!("warning: seq {seq} records a chain break found at start (audit_chain_broken)");
+                    }
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(b) => {
-                    println!("{}: {b}", path.display());
+                    println!("{}: {b}", dir.display());
                     Ok(ExitCode::from(1))
                 }
             }
         }
         Command::Audit(AuditCmd::Show { state_dir, since, playbook, json }) => {
-            let path = state_dir_of(state_dir)?.join(audit::FILE_NAME);
+            let dir = state_dir_of(state_dir)?;
             let since = since.map(|s| parse_since(&s)).transpose()?;
-            let records = audit::read_all(&path).with_context(|| format!("reading {}", path.display()))?;
-            for r in records {
+            audit::verify::for_each_record(&dir, |r| {
                 let r = match r {
                     Ok(r) => r,
                     Err(e) => {
-                        eprintln!("{}: {e}", path.display());
-                        continue;
+                        eprintln!("{e}");
+                        return;
                     }
                 };
                 let ts = r.get("ts").and_then(|v| v.as_str()).unwrap_or("");
                 if let Some(s) = since {
                     if humantime::parse_rfc3339_weak(ts).is_ok_and(|t| t < s) {
-                        continue;
+                        return;
                     }
                 }
                 let pb = r.get("playbook").and_then(|p| p.get("name")).and_then(|n| n.as_str());
                 if playbook.as_deref().is_some_and(|want| pb != Some(want)) {
-                    continue;
+                    return;
                 }
                 if json {
                     println!("{}", audit::canonical(&serde_json::Value::Object(r)));
                 } else {
                     println!("{}", show_line(&r));
                 }
-            }
+            })
+            .with_context(|| format!("reading {}", dir.display()))?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -624,6 +663,28 @@ fn print_status(st: &serde_json::Value) {
         );
     } else {
         println!("audit:    {} (last seq {})", s(&a["path"]), st["last_seq"]);
+    }
+    let i = &a["integrity"];
+    if i["rewound"].is_object() {
+        let r = &i["rewound"];
+        println!(
+            "audit:    REWOUND (recorded at seq {}, {}): seq {}..{} lost: {}",
+            r["seq"],
+            s(&r["ts"]),
+            r["lost_from_seq"],
+            r["lost_to_seq"],
+            s(&r["reason"])
+        );
+    }
+    if i["chain_broken"].is_object() {
+        let b = &i["chain_broken"];
+        println!(
+            "audit:    CHAIN BROKEN after seq {} (recorded at seq {}, {}): {}",
+            b["after_seq"],
+            b["seq"],
+            s(&b["ts"]),
+            s(&b["reason"])
+        );
     }
     let r = &st["replication"];
     if r.is_object() {

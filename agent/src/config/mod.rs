@@ -27,7 +27,7 @@ pub struct Config {
     pub playbooks: PlaybooksConfig,
     pub policy: PolicyConfig,
     pub actions: ActionsConfig,
-    /// The audit log (`[audit]`).
+    /// The audit log (`[audit]`): coalescing, segments, retention, replay window, checkpoints.
     pub audit: AuditConfig,
     pub control: ControlConfig,
     /// Replication of the audit log to an MQTT broker (`[mqtt]`; off unless enabled).
@@ -118,21 +118,8 @@ impl Default for ActionsConfig {
     }
 }
 
-/// The audit log.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuditConfig {
-    /// Identical decisions that did not execute (same playbook, action, target, decision, rule
-    /// and mode) within this many seconds of the first are written once, then counted into one
-    /// `decision_repeated` record when the window ends. 0: every decision is written.
-    pub repeat_window_secs: u64,
-}
-
-impl Default for AuditConfig {
-    fn default() -> Self {
-        Self { repeat_window_secs: 600 }
-    }
-}
+/// `[audit]`: defined beside the log it configures.
+pub use crate::audit::AuditConfig;
 
 /// The local control socket (`medic mode`, `medic status`, `medic breaker`).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -406,6 +393,23 @@ impl Config {
         }
         if cfg.audit.repeat_window_secs > 86_400 {
             return Err(at("repeat_window_secs", "audit.repeat_window_secs: at most 86400 (a day)".into()));
+        }
+        let a = &cfg.audit;
+        if a.segment_bytes < 4096 {
+            return Err(at("segment_bytes", "audit.segment_bytes: at least 4096".into()));
+        }
+        for (key, v) in [("segment_secs", a.segment_secs), ("checkpoint_secs", a.checkpoint_secs)] {
+            if !(1..=30 * 86_400).contains(&v) {
+                return Err(at(key, format!("audit.{key}: between 1 and 2592000 (30 days)")));
+            }
+        }
+        for (key, v) in [("retain_secs", a.retain_secs), ("replay_secs", a.replay_secs)] {
+            if v > 3650 * 86_400 {
+                return Err(at(key, format!("audit.{key}: at most 315360000 (10 years)")));
+            }
+        }
+        if a.checkpoint_every == 0 {
+            return Err(at("checkpoint_every", "audit.checkpoint_every: at least 1".into()));
         }
         let m = &cfg.mqtt;
         if m.prefix.is_empty() || m.prefix.contains(['+', '#']) || m.prefix.ends_with('/') {

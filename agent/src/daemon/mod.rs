@@ -214,31 +214,21 @@ impl Agent {
     /// sample so that rates are known from the first tick.
     pub fn start(cfg: &Config, playbooks_dir: Option<PathBuf>, state_dir: PathBuf) -> anyhow::Result<Self> {
         let node = cfg.node_name();
-        let (mut audit, torn) = AuditLog::open(&state_dir, &node)?;
+        // One pass over the suffix of the log that covers the gate's windows (streamed, and its
+        // chain verified): the gate's ledgers; open breakers and executed actions without an
+        // outcome come from the audit module, which carries them across segments in checkpoints.
+        let mut gate = Gate::new(cfg.policy.clone());
+        let mut audit_cfg = cfg.audit.clone();
+        audit_cfg.replicated = cfg.mqtt.enabled;
+        audit_cfg.group = cfg.control.group.as_deref().and_then(crate::control::group_id);
+        let (mut audit, torn) = AuditLog::open_with(&state_dir, &node, &audit_cfg, &mut |rec| gate.replay(rec))?;
         if let Some(t) = torn {
             tracing::warn!(message = "Torn audit record set aside.", bytes = t.bytes, saved_as = %t.saved_as.display());
         }
-        // One pass over the log: the gate's ledgers, and executed actions without an outcome.
-        let mut gate = Gate::new(cfg.policy.clone());
-        let mut pending: BTreeMap<u64, Map<String, Value>> = BTreeMap::new();
-        for rec in crate::audit::read_all(audit.path())?.into_iter().flatten() {
+        for rec in audit.breaker_records() {
             gate.replay(&rec);
-            let seq = rec.get("seq").and_then(Value::as_u64).unwrap_or(0);
-            match rec.get("kind").and_then(Value::as_str) {
-                Some("action")
-                    if rec.get("decision").and_then(Value::as_str) == Some("executed")
-                        && rec.get("action").and_then(|a| a.get("kind")) != Some(&json!("notify")) =>
-                {
-                    pending.insert(seq, rec);
-                }
-                Some("action_outcome") => {
-                    if let Some(r) = rec.get("ref_seq").and_then(Value::as_u64) {
-                        pending.remove(&r);
-                    }
-                }
-                _ => {}
-            }
         }
+        let pending = audit.pending();
         let (mode, mode_problem) = match ModeState::load(&state_dir) {
             Ok(Some(m)) => (m, None),
             Ok(None) => (ModeState::fresh(), None),
@@ -275,14 +265,14 @@ impl Agent {
         if let Some(e) = mode_problem {
             audit.append("mode_unknown", obj(json!({ "error": e, "mode": "dry-run" })))?;
         }
-        for (seq, rec) in pending {
+        for (seq, playbook, action) in pending {
             tracing::warn!(message = "Action outcome unknown: the agent stopped while it ran.", seq);
             audit.append(
                 "action_outcome",
                 obj(json!({
                     "ref_seq": seq,
-                    "playbook": rec.get("playbook"),
-                    "action": rec.get("action"),
+                    "playbook": playbook,
+                    "action": action,
                     "outcome": { "status": Status::Unknown, "error_code": "agent_restarted", "error": "the agent stopped before this action's end was recorded", "verified": false },
                 })),
             )?;
@@ -577,6 +567,12 @@ impl Agent {
     /// record the outcomes of actions that ended, try to record an audit outage's end, expire a
     /// timed mode, write out coalesced decisions whose window ended.
     pub fn housekeeping(&mut self, now: i64) -> Result<(), AuditError> {
+        // The log must still be the one this agent writes (not deleted, replaced or cut off):
+        // checked before anything is recorded or decided; what is found is recorded (audit module).
+        if let Err(e) = self.audit.check(now) {
+            self.audit_down.get_or_insert((now, e.to_string()));
+            return Err(e);
+        }
         self.record_finished();
         if let Some((since, error)) = self.audit_down.clone() {
             let body = obj(json!({ "since": crate::audit::now_rfc3339(since), "error": error, "running_actions": self.running.len() }));
@@ -875,6 +871,7 @@ impl Agent {
             "node": st["node"], "online": true, "version": st["version"], "mode": st["mode"],
             "playbooks": st["playbooks"].as_array().map(|a| a.iter().map(|p| json!({ "name": p["name"], "sha256": p["sha256"] })).collect::<Vec<_>>()),
             "open_breakers": st["open_breakers"], "audit_writable": st["audit"]["writable"], "last_seq": st["last_seq"],
+            "audit_rewound": st["audit"]["integrity"]["rewound"], "audit_chain_broken": st["audit"]["integrity"]["chain_broken"],
             "groups": self.groups,
         })
         .to_string()
@@ -912,6 +909,7 @@ impl Agent {
                 "writable": self.audit_down.is_none(),
                 "down_since": self.audit_down.as_ref().map(|(t, _)| crate::audit::now_rfc3339(*t)),
                 "error": self.audit_down.as_ref().map(|(_, e)| e.clone()),
+                "integrity": self.audit.status(),
             },
             "unavailable_signals": self.unavailable,
             "history": self.history_status,

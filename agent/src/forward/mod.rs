@@ -24,7 +24,6 @@ pub mod commands;
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use serde::Deserialize;
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::io::{BufRead, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -89,76 +88,116 @@ pub fn read_cursor(state_dir: &Path) -> u64 {
 }
 
 fn write_cursor(state_dir: &Path, seq: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = state_dir.join(format!(".{CURSOR_FILE}.tmp"));
-    std::fs::write(&tmp, format!("{seq}\n"))?;
+    // Private whatever the umask (the state dir's files are 0600).
+    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(format!("{seq}\n").as_bytes())?;
     std::fs::rename(&tmp, state_dir.join(CURSOR_FILE))
 }
 
-/// Reads records after a position in the audit log.
+/// Reads records after a `seq`, across the log's segments (see `audit::segments`): a closed
+/// segment is read to its end, then the next one; the active one through an open descriptor,
+/// so a rotation (a rename) loses nothing. Lines are read with a bounded buffer.
 struct Tail {
+    dir: PathBuf,
     path: PathBuf,
-    offset: u64,
+    reader: std::io::BufReader<std::fs::File>,
+    /// (device, inode) when reading the active segment; None for a closed one.
+    active: Option<(u64, u64)>,
+    /// The last `seq` returned (or the one to start after).
+    last: u64,
+    /// The start of a line not yet whole (the agent is writing it).
+    partial: Vec<u8>,
 }
 
 impl Tail {
-    /// Positions after the record with `seq` (the start of the file for 0).
-    fn after(path: &Path, seq: u64) -> std::io::Result<Self> {
-        let mut t = Self { path: path.to_path_buf(), offset: 0 };
-        if seq == 0 {
-            return Ok(t);
-        }
-        let f = std::fs::File::open(path)?;
-        let mut r = std::io::BufReader::new(f);
-        let mut line = String::new();
-        let mut off = 0u64;
-        loop {
-            line.clear();
-            let n = r.read_line(&mut line)?;
-            if n == 0 || !line.ends_with('\n') {
-                break;
-            }
-            off += n as u64;
-            if seq_of(&line) >= Some(seq) {
-                t.offset = off;
-                break;
-            }
-        }
-        Ok(t)
+    /// Positioned after the record with `seq`: in the first closed segment that holds a later
+    /// one, else in the active segment.
+    fn after(dir: &Path, seq: u64) -> std::io::Result<Self> {
+        use crate::audit::segments;
+        let segs = segments::list(dir)?;
+        let seg = segs
+            .iter()
+            .find(|s| s.last.is_some_and(|l| l > seq))
+            .or_else(|| segs.iter().find(|s| s.first.is_none()))
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no audit log"))?;
+        let f = std::fs::File::open(&seg.path)?;
+        let active = if seg.first.is_none() {
+            let st = rustix::fs::fstat(&f)?;
+            Some((st.st_dev, st.st_ino))
+        } else {
+            None
+        };
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            path: seg.path.clone(),
+            reader: std::io::BufReader::new(f),
+            active,
+            last: seq,
+            partial: Vec::new(),
+        })
     }
 
-    /// Up to `max` whole records from the current position.
+    /// Whether the active segment read is still the file at `audit.log`.
+    fn still_active(&self) -> bool {
+        let st = rustix::fs::stat(self.dir.join(crate::audit::FILE_NAME));
+        matches!((st, self.active), (Ok(st), Some(id)) if (st.st_dev, st.st_ino) == id)
+    }
+
+    /// Up to `max` whole records after the last one returned.
     fn next(&mut self, max: usize) -> std::io::Result<Vec<(u64, String)>> {
-        let mut f = std::fs::File::open(&self.path)?;
-        f.seek(SeekFrom::Start(self.offset))?;
-        let mut r = std::io::BufReader::new(f);
+        use crate::audit::segments::{read_line, Line, MAX_LINE};
         let mut out = Vec::new();
-        let mut line = String::new();
+        let mut buf = Vec::new();
+        let mut drained_after_rotation = false;
         while out.len() < max {
-            line.clear();
-            let n = r.read_line(&mut line)?;
-            if n == 0 || !line.ends_with('\n') {
-                break;
-            }
-            self.offset += n as u64;
-            if let Some(seq) = seq_of(&line) {
-                out.push((seq, line.trim_end().to_string()));
+            let (kind, _) = read_line(&mut self.reader, &mut buf, MAX_LINE)?;
+            match kind {
+                Line::Whole => {
+                    let line = if self.partial.is_empty() {
+                        String::from_utf8_lossy(&buf).into_owned()
+                    } else {
+                        self.partial.extend_from_slice(&buf);
+                        String::from_utf8_lossy(&std::mem::take(&mut self.partial)).into_owned()
+                    };
+                    if let Some(seq) = seq_of(&line).filter(|s| *s > self.last) {
+                        self.last = seq;
+                        out.push((seq, line));
+                    }
+                }
+                Line::TooLong => self.partial.clear(),
+                Line::Torn => self.partial.extend_from_slice(&buf),
+                Line::Eof => {
+                    if self.active.is_some() {
+                        if self.still_active() {
+                            break;
+                        }
+                        if !drained_after_rotation {
+                            // Rotated: what was written before the rename is read first.
+                            drained_after_rotation = true;
+                            continue;
+                        }
+                    }
+                    // The end of a closed (or rotated) segment: on to the next one.
+                    let next = Self::after(&self.dir, self.last)?;
+                    if next.path == self.path && next.active.is_none() {
+                        tracing::warn!(message = "Audit segment ends before the seq its name says; run `medic audit verify`.", segment = %self.path.display(), seq = self.last);
+                        break;
+                    }
+                    *self = next;
+                    drained_after_rotation = false;
+                }
             }
         }
         Ok(out)
     }
 }
 
-/// The `seq` of the last whole record in the log (reads only its tail).
-fn last_seq(log: &Path) -> u64 {
-    use std::io::Read;
-    let Ok(mut f) = std::fs::File::open(log) else { return 0 };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(1 << 20)));
-    let mut text = Vec::new();
-    let _ = f.read_to_end(&mut text);
-    let end = text.iter().rposition(|b| *b == b'\n').unwrap_or(0);
-    let start = text[..end].iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    seq_of(&String::from_utf8_lossy(&text[start..end])).unwrap_or(0)
+/// The `seq` of the last record written (from the audit log's anchor: no read of the log).
+fn last_seq(state_dir: &Path) -> u64 {
+    crate::audit::anchor::read(state_dir).map_or(0, |a| a.seq)
 }
 
 fn seq_of(line: &str) -> Option<u64> {
@@ -281,13 +320,15 @@ pub async fn run(cfg: MqttConfig, node: String, state_dir: PathBuf, links: Links
     let offline = serde_json::json!({ "node": node, "online": false }).to_string();
     opts.set_last_will(LastWill::new(status_topic.clone(), offline, QoS::AtLeastOnce, true));
     let (client, mut events) = AsyncClient::new(opts, cfg.max_inflight as usize * 2);
-    let log = state_dir.join(crate::audit::FILE_NAME);
     let mut cursor = read_cursor(&state_dir);
     let mut tail = None;
     let mut connected = false;
     let mut unassigned: VecDeque<u64> = VecDeque::new();
     let mut inflight: HashMap<u16, u64> = HashMap::new();
     let mut acked: BTreeSet<u64> = BTreeSet::new();
+    // Records published since the cursor, in log order: the cursor moves along this list, not
+    // by +1, so the jump an `audit_rewound` record makes in `seq` does not stall it.
+    let mut sent: VecDeque<u64> = VecDeque::new();
     let mut published_upto = cursor;
     let mut last_cursor_write = Instant::now();
     let mut backoff = Backoff::default();
@@ -308,7 +349,7 @@ pub async fn run(cfg: MqttConfig, node: String, state_dir: PathBuf, links: Links
     let mut drain_until: Option<Instant> = None;
     loop {
         if let Some(d) = drain_until {
-            let last = last_seq(&log);
+            let last = last_seq(&state_dir);
             if Instant::now() >= d || cursor >= last {
                 break;
             }
@@ -324,7 +365,7 @@ pub async fn run(cfg: MqttConfig, node: String, state_dir: PathBuf, links: Links
                 let room = (cfg.max_inflight as usize).saturating_sub(inflight.len() + unassigned.len()).min(budget_per_tick);
                 if room > 0 {
                     if tail.is_none() {
-                        tail = Tail::after(&log, published_upto).ok();
+                        tail = Tail::after(&state_dir, published_upto).ok();
                     }
                     if let Some(t) = tail.as_mut() {
                         for (seq, line) in t.next(room).unwrap_or_default() {
@@ -336,6 +377,7 @@ pub async fn run(cfg: MqttConfig, node: String, state_dir: PathBuf, links: Links
                                 break;
                             }
                             unassigned.push_back(seq);
+                            sent.push_back(seq);
                             published_upto = seq;
                         }
                     }
@@ -365,7 +407,8 @@ pub async fn run(cfg: MqttConfig, node: String, state_dir: PathBuf, links: Links
                     // `unassigned`.
                     events.pending.clear();
                     inflight.clear();
-                    acked.retain(|s| *s > cursor);
+                    acked.clear();
+                    sent.clear();
                     published_upto = cursor;
                     tail = None;
                     last_status.clear();
@@ -380,8 +423,9 @@ pub async fn run(cfg: MqttConfig, node: String, state_dir: PathBuf, links: Links
                 Ok(Event::Incoming(Packet::PubAck(ack))) => {
                     if let Some(seq) = inflight.remove(&ack.pkid) {
                         acked.insert(seq);
-                        while acked.remove(&(cursor + 1)) {
-                            cursor += 1;
+                        while let Some(next) = sent.front().copied().filter(|s| acked.remove(s)) {
+                            sent.pop_front();
+                            cursor = next;
                         }
                     }
                 }
