@@ -14,11 +14,17 @@
 #   SEED=1234          $RANDOM seed, to replay a run's schedule (default: the script's pid)
 #   STATE_MB=64        size of the state tmpfs
 #   KEEP=1             keep the work dir (it is always kept when a violation is found)
+#   BIG_KB=900         also: a playbook whose notification carries BIG_KB KiB of details on
+#                      every other tick (large records: torn tails, the broker's packet limit)
+#   REWIND_PCT=10      also: after that % of kills, cut 1-3 records off the log's end (an
+#                      attack, not a crash: shows that the checks catch a rewind and seq reuse)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 CYCLES=${CYCLES:-1000}
 STATE_MB=${STATE_MB:-64}
+BIG_KB=${BIG_KB:-0}
+REWIND_PCT=${REWIND_PCT:-0}
 SEED=${SEED:-$$}
 RANDOM=$SEED
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
@@ -96,6 +102,18 @@ const META = #{ name: "chatter", description: "chaos: a notification every tick"
   rate_limit: #{ max: 100000, per: "1h" }, cooldown: "0s" };
 fn evaluate(node, state) { notify("chaos tick"); }
 EOF
+if [ "$BIG_KB" -gt 0 ]; then
+  cat >"$work/pb/bulky.rhai" <<EOF
+const META = #{ name: "bulky", description: "chaos: a large notification every other tick",
+  interval: "2s", actions: [#{ kind: "notify", target: "*" }],
+  rate_limit: #{ max: 100000, per: "1h" }, cooldown: "0s" };
+fn evaluate(node, state) {
+  let chunk = "x"; while chunk.len() < 32768 { chunk += chunk; }
+  let d = #{}; for i in 0..$(( (BIG_KB + 31) / 32 )) { d[\`k\${i}\`] = chunk; }
+  notify("bulky", d);
+}
+EOF
+fi
 cat >"$work/medic.toml" <<EOF
 node = "$node"
 [signals]
@@ -188,7 +206,7 @@ for _ in $(seq 50); do [ -f "$work/sub.ready" ] && break; sleep 0.1; done
 [ -f "$work/sub.ready" ] || { echo "chaos: the subscriber did not subscribe" >&2; exit 2; }
 
 t0=$(date +%s)
-kills=0 broker_stops=0 broker_starts=0 disk_full=0 dry_cycles=0 dry_switch_failed=0
+rewinds=0 kills=0 broker_stops=0 broker_starts=0 disk_full=0 dry_cycles=0 dry_switch_failed=0
 died_full_disk=0 died_unexpectedly=0 full=0 need_live=1 broker_up=1
 echo "chaos: $CYCLES cycles, seed $SEED, binary $MEDIC, work dir $work" >&2
 for cycle in $(seq "$CYCLES"); do
@@ -274,6 +292,12 @@ for cycle in $(seq "$CYCLES"); do
   fi
   agent=""
   witness
+  if [ "$(rand 100)" -lt "$REWIND_PCT" ] && [ -s "$state/audit.log" ]; then
+    k=$((1 + $(rand 3)))
+    truncate -s "$(head -n "-$k" "$state/audit.log" | wc -c)" "$state/audit.log"
+    rewinds=$((rewinds + 1))
+    log "rewound: the last $k records cut off"
+  fi
   if [ $((cycle % 50)) = 0 ]; then
     echo "chaos: cycle $cycle/$CYCLES, $(( $(date +%s) - t0 )) s, log $(du -k "$state" 2>/dev/null | tail -n1 | cut -f1) KiB" >&2
   fi
@@ -324,6 +348,8 @@ broker_starts=$broker_starts
 disk_full=$disk_full
 dry_cycles=$dry_cycles
 dry_switch_failed=$dry_switch_failed
+rewinds=$rewinds
+big_kb=$BIG_KB
 final_not_caught_up=$final_not_caught_up
 final_stop_failed=$final_stop_failed
 verify=$verify

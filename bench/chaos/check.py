@@ -135,13 +135,14 @@ def final(work):
         violations.append(
             f"seq {r['seq']}: {r.get('action', {}).get('kind')} {r.get('action', {}).get('target')!r} executed with mode {r.get('mode')!r} while the node was in dry-run"
         )
-    host = []
+    script = []
     try:
         with open(os.path.join(work, "violations")) as f:
-            host = [line.rstrip("\n") for line in f if line.strip()]
+            script = [line.rstrip("\n") for line in f if line.strip()]
     except OSError:
         pass
-    violations += host
+    violations += script
+    host = [v for v in script if "(dry-run)" in v]
     if counters.get("verify") != "ok":
         violations.append(f"medic audit verify failed: {counters.get('verify_out', '')}")
     for k, what in [
@@ -163,6 +164,8 @@ def final(work):
         ("broker stops / starts", f"{c('broker_stops')} / {c('broker_starts')}"),
         ("disk-full episodes", c("disk_full")),
         ("dry-run cycles checked on the host", c("dry_cycles")),
+        ("log rewinds by the script (REWIND_PCT; 0 in the standard run)", c("rewinds")),
+        ("large notification (BIG_KB; 0 in the standard run)", f"{c('big_kb')} KiB"),
         ("records in the log (last seq)", f"{len(local)} ({max(local_hash) if local_hash else 0})"),
         ("records on the broker (distinct seq / messages)", f"{len(broker_hashes)} / {len(broker)}"),
         ("actions executed (not notify) / would_execute / outcomes", f"{executed} / {would} / {outcomes}"),
