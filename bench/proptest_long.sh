@@ -25,6 +25,7 @@ TESTS=(
   no_sequence_of_changes_keeps_a_node_live_longer_than_allowed
   # audit record bound (audit/bound.rs) and tail repair (audit/)
   any_body_is_bounded
+  tail_repair_keeps_every_whole_record_whatever_the_garbage
 )
 echo "== ${#TESTS[@]} property tests, ${CASES} cases each"
 start=$(date +%s)
