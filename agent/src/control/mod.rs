@@ -111,3 +111,31 @@ pub fn call(socket: &Path, req: &Request) -> Result<Response, String> {
     BufReader::new(s).read_line(&mut answer).map_err(|e| format!("{}: {e}", socket.display()))?;
     serde_json::from_str(&answer).map_err(|e| format!("{}: bad answer from the agent: {e}", socket.display()))
 }
+
+/// Creates a new state file (a temp file to be renamed into place) 0600 whatever the umask,
+/// replacing whatever was at `path` and never writing through a link left there.
+pub(crate) fn create_private(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32).open(path)
+}
+
+#[cfg(test)]
+mod private_file_tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A link left where a state file's temp file goes is replaced, never written through, and
+    /// the file is 0600 whatever the umask asks for.
+    #[test]
+    fn a_link_in_place_of_a_state_file_is_replaced_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "untouched").unwrap();
+        let tmp = dir.path().join(".mode.json.tmp");
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        std::io::Write::write_all(&mut super::create_private(&tmp).unwrap(), b"new").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+        assert_eq!(std::fs::read_to_string(&tmp).unwrap(), "new");
+        assert_eq!(std::fs::metadata(&tmp).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+}

@@ -118,10 +118,11 @@ impl ModeState {
         }
     }
 
+    /// Saves atomically (temp file, fsync, rename, fsync of the directory).
     pub fn save(&self, state_dir: &Path) -> std::io::Result<()> {
         let p = state_dir.join(FILE_NAME);
         let tmp = state_dir.join(format!(".{FILE_NAME}.tmp"));
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = super::create_private(&tmp)?;
         f.write_all(serde_json::to_string_pretty(self).unwrap_or_default().as_bytes())?;
         f.sync_all()?;
         std::fs::rename(&tmp, &p)?;

@@ -250,7 +250,7 @@ impl Verifier {
         let Some(path) = &self.store else { return Ok(()) };
         let dir = path.parent().unwrap_or(Path::new("."));
         let tmp = dir.join(format!(".{NONCE_FILE}.tmp"));
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = super::create_private(&tmp)?;
         let mut text = String::new();
         for (n, t) in &self.seen {
             text.push_str(&format!("{t} {n}\n"));
