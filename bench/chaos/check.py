@@ -90,9 +90,26 @@ def final(work):
     reused = sorted(s for s, hs in seen.items() if len(hs) > 1)
     if lost:
         violations.append(f"{len(lost)} records of the log never reached the broker: seq {ranges(lost)}")
+    # A record cut from the log is on the broker only; that is allowed when the agent noticed and
+    # recorded it (an `audit_rewound` record whose `lost` range holds its seq), never otherwise.
+    declared = set()
+    for r in local:
+        if r.get("kind") == "audit_rewound":
+            lost_range = (r.get("rewound") or {}).get("lost") or {}
+            lo, hi = lost_range.get("from_seq"), lost_range.get("to_seq")
+            if isinstance(lo, int) and isinstance(hi, int):
+                declared.update(range(lo, hi + 1))
+    # A segment removed after the broker acknowledged it is recorded the same way.
+    removed = set()
+    for r in local:
+        if r.get("kind") == "audit_segment_removed" and isinstance(r.get("first_seq"), int) and isinstance(r.get("last_seq"), int):
+            removed.update(range(r["first_seq"], r["last_seq"] + 1))
+    broker_only = [s for s in broker_only if s not in removed]
+    rewound_recorded = [s for s in broker_only if s in declared]
+    broker_only = [s for s in broker_only if s not in declared]
     if broker_only:
         violations.append(
-            f"{len(broker_only)} records on the broker are not in the final log (rewound or removed): seq {ranges(broker_only)}"
+            f"{len(broker_only)} records on the broker are not in the final log and no `audit_rewound` names them: seq {ranges(broker_only)}"
         )
     for s in reused[:10]:
         where = "; ".join(f"{h[:12]}… in {', '.join(sorted(set(w))[:3])}" for h, w in seen[s].items())
@@ -171,7 +188,8 @@ def final(work):
         ("actions executed (not notify) / would_execute / outcomes", f"{executed} / {would} / {outcomes}"),
         ("`audit_torn_tail` / `audit_recovered` records", f"{kinds['audit_torn_tail']} / {kinds['audit_recovered']}"),
         ("**lost** (in the log, not on the broker; must be 0)", str(len(lost))),
-        ("on the broker, not in the log (must be 0)", str(len(broker_only))),
+        ("cut from the log, on the broker, named by `audit_rewound`", str(len(rewound_recorded))),
+        ("on the broker, not in the log, not named (must be 0)", str(len(broker_only))),
         ("**reused seqs** (must be 0)", str(len(reused))),
         ("dry-run violations, log / host (must be 0)", f"{len(dry_execs)} / {len(host)}"),
         ("`medic audit verify`", c("verify")),
