@@ -1022,3 +1022,48 @@ fn a_breaker_reset_that_cannot_be_recorded_leaves_the_breaker_open_from_the_brok
     assert!(audit_lines(&state).iter().any(|r| r["kind"] == "breaker_reset"));
     agent.stop("test").unwrap();
 }
+
+/// Regression (issue 9): a playbook that slept or spun stopped replication and fleet commands
+/// along with the control socket. Now, while an evaluation spins on the worker, a dry-run sent
+/// over the broker is applied and acked, and its record reaches an auditor on the broker.
+#[test]
+fn replication_and_fleet_commands_go_on_while_a_playbook_spins() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::new(dir.path());
+    broker.start();
+    let sub = Subscriber::run(broker.port, "auditor-spin", 120);
+    let pbs = dir.path().join("pb");
+    std::fs::create_dir_all(&pbs).unwrap();
+    std::fs::write(
+        pbs.join("spin.rhai"),
+        "const META = #{ name: \"spin\", description: \"t\", interval: \"1s\", actions: [#{ kind: \"notify\", target: \"*\" }],\n  rate_limit: #{ max: 100, per: \"1h\" }, cooldown: \"0s\" };\n\
+         fn evaluate(node, state) { let x = 0; while x < 1_000_000_000_000 { x += 1; } }\n",
+    )
+    .unwrap();
+    let sock = dir.path().join("c.sock");
+    let cfg = dir.path().join("medic.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "node = \"spinner\"\n[control]\nsocket = \"{}\"\n[mqtt]\nenabled = true\nport = {}\nkeep_alive_secs = 5\n[playbooks.limits]\nmax_operations = 1000000000\ndeadline_ms = 60000\n",
+            sock.display(),
+            broker.port
+        ),
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let a = agent(&cfg, &pbs, &state);
+    let spinning = || crate::util::status_json(&sock)["evaluation"]["playbooks"].as_array().is_some_and(|p| p.iter().any(|n| n == "spin"));
+    assert!(crate::util::wait_until(30, spinning), "the spin runs on the worker");
+    commands_ready(broker.port, "spinner");
+    let dry = serde_json::json!({ "id": "brake", "op": "set_mode", "mode": "dry-run", "reason": "on-call brake" });
+    assert_eq!(ack(broker.port, "medic/v1/node/spinner/cmd", &dry)["ok"], true, "the brake is applied and acked");
+    let brake_seq = audit_lines(&state)
+        .iter()
+        .find(|r| r["kind"] == "command" && r["command_id"] == "brake")
+        .and_then(|r| r["seq"].as_u64())
+        .expect("the command is recorded");
+    assert!(crate::util::wait_until(20, || sub.seqs("spinner").contains(&brake_seq)), "its record reaches the broker");
+    assert!(spinning(), "all of this while the evaluation still spins");
+    assert!(a.stop());
+}
