@@ -12,10 +12,17 @@ fn main() {
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     println!("cargo:rerun-if-changed={}", src.display());
     println!("cargo:rerun-if-env-changed=MEDIC_CLANG");
+    println!("cargo:rerun-if-env-changed=PATH");
     let clang = std::env::var("MEDIC_CLANG").unwrap_or_else(|_| "clang-19".into());
+    // Rerun when clang or libbpf's headers appear, change or go away: a build made before
+    // `.ci/setup` installed them must not stay eBPF-less after it. A path that does not exist
+    // makes cargo rerun this script on every build until it does, which is what is wanted then.
+    println!("cargo:rerun-if-changed={}", which(&clang).unwrap_or_else(|| PathBuf::from("/usr/bin").join(&clang)).display());
+    const HEADER: &str = "/usr/include/bpf/bpf_helpers.h";
+    println!("cargo:rerun-if-changed={HEADER}");
     let mut missing = None;
     // libbpf's headers (bpf_helpers.h, bpf_core_read.h) come with libbpf-dev.
-    if !Path::new("/usr/include/bpf/bpf_helpers.h").exists() {
+    if !Path::new(HEADER).exists() {
         missing = Some("libbpf-dev headers not found in /usr/include/bpf".to_string());
     }
     for f in FAMILIES {
@@ -47,4 +54,13 @@ fn main() {
     } else {
         std::fs::write(out.join("ebpf_missing.txt"), "").expect("write OUT_DIR");
     }
+}
+
+/// `name` as the shell would find it: itself when it has a `/`, else the first match on PATH.
+fn which(name: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        return Some(PathBuf::from(name));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
 }

@@ -510,3 +510,35 @@ fn sockets_a_worker_accepted_and_read_count_under_the_worker_not_the_listeners_p
     assert_eq!(w, (CONNS, CONNS), "worker {worker}: (medic, ss)");
     assert_eq!(p, (0, 0), "listener's process {ppid}: (medic, ss)");
 }
+
+/// Regression (issue 10): on a fresh machine without tracefs mounted, classic tracepoints did
+/// not attach and three of four families were unavailable, while CI passed where tracefs
+/// happened to be mounted. In a private mount namespace with every tracefs (and debugfs, which
+/// automounts one) unmounted, all four families load.
+#[test]
+fn all_four_families_load_with_tracefs_unmounted() {
+    let script = r#"
+        set -e
+        findmnt -rn -t tracefs,debugfs -o TARGET | sort -r | while read -r m; do umount -l "$m"; done
+        if grep -qE ' (tracefs|debugfs) ' /proc/self/mounts; then echo "tracefs still mounted" >&2; exit 97; fi
+        exec "$MEDIC" signals --json
+    "#;
+    let o = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", script])
+        .env("MEDIC", env!("CARGO_BIN_EXE_medic"))
+        .output()
+        .expect("unshare (util-linux)");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let unavailable: Vec<&String> =
+        v["unavailable"].as_object().map(|m| m.keys().filter(|k| k.starts_with("ebpf.")).collect()).unwrap_or_default();
+    assert!(unavailable.is_empty(), "families unavailable without tracefs: {}", v["unavailable"]);
+    let metrics = v["metrics"].as_object().unwrap();
+    for family in ["ebpf.tcp.", "ebpf.sock.", "ebpf.runq."] {
+        assert!(
+            metrics.keys().any(|k| k.starts_with(family)),
+            "no {family}* metric: {:?}",
+            metrics.keys().filter(|k| k.starts_with("ebpf.")).collect::<Vec<_>>()
+        );
+    }
+}

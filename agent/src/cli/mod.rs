@@ -17,16 +17,30 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// `medic --version`: the version, and whether this build embeds the eBPF programs (and if not,
+/// why), so that an eBPF-less build is never silent.
+fn long_version() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| {
+        let ebpf = match crate::signals::ebpf::embedded() {
+            Ok(()) => "embedded (tcp, sock, sched, block; CO-RE, tp_btf: no tracefs needed)".to_string(),
+            Err(why) => format!("NOT embedded ({why}): eBPF signals are unavailable; install clang-19 and libbpf-dev, then rebuild"),
+        };
+        format!("{}\neBPF programs: {ebpf}", env!("CARGO_PKG_VERSION"))
+    })
+}
+
 #[derive(Parser)]
 #[command(
     name = "medic",
     version,
+    long_version = long_version(),
     about = "Host-level auto-remediation agent.",
     long_about = "\
 medic senses CPU, memory, disk, socket and TCP signals, evaluates Rhai playbooks against them, \
 passes every requested action through one gate, and records every decision in a local, \
-hash-chained, fsync'd audit log. This release always runs in dry-run: it decides and records \
-what it would do, and changes nothing on the host.
+hash-chained, fsync'd audit log. A fresh install runs in dry-run: it decides and records what \
+it would do and changes nothing on the host until an operator runs `medic mode live`.
 
 Run `medic run` to start the agent on its defaults (bundled playbooks, dry-run, a state dir you \
 can write)."

@@ -25,6 +25,16 @@ pub(crate) static SCHED_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("O
 pub(crate) static BLOCK_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/block.bpf.o"));
 static MISSING: &str = include_str!(concat!(env!("OUT_DIR"), "/ebpf_missing.txt"));
 
+/// Whether this build embeds the eBPF programs: `Err(why)` when it was built without them
+/// (clang-19 or libbpf-dev missing at build time). Shown by `medic --version`.
+pub fn embedded() -> Result<(), &'static str> {
+    if MISSING.is_empty() {
+        Ok(())
+    } else {
+        Err(MISSING)
+    }
+}
+
 /// `[signals.ebpf]` in the config.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
