@@ -233,6 +233,8 @@ pub mod bounds {
     pub const DAY_SECS: u64 = 86_400;
     /// 30 days: the longest history, breaker window or playbook back-off.
     pub const MONTH_SECS: u64 = 30 * 86_400;
+    /// 10 years: the longest an audit segment is retained, or replayed at start.
+    pub const TEN_YEARS_SECS: u64 = 3_650 * 86_400;
     /// 1 hour: the longest timeout of `restart_unit`, `signal_process` and `clean_files`, and
     /// the longest wait before SIGKILL (the agent waits this long for actions at stop).
     pub const ACTION_TIMEOUT_SECS: u64 = 3_600;
@@ -307,7 +309,8 @@ impl Config {
         // Numbers first: each within what can work (see `bounds`), named as written.
         let range = |key: &str, v: u64, min: u64, max: u64, unit: &str| -> Result<(), ConfigError> {
             if v < min || v > max {
-                return Err(at(key, format!("{key}: {v} is out of range: must be {min}..={max}{unit}")));
+                let bounds = if max == u64::MAX { format!("at least {min}") } else { format!("{min}..={max}") };
+                return Err(at(key, format!("{key}: {v} is out of range: must be {bounds}{unit}")));
             }
             Ok(())
         };
@@ -337,6 +340,14 @@ impl Config {
         range("actions.kill_after_secs", ac.kill_after_secs, 0, ACTION_TIMEOUT_SECS, " seconds")?;
         range("actions.max_output_bytes", ac.max_output_bytes as u64, 0, MAX_OUTPUT_BYTES, " bytes")?;
         range("mqtt.keep_alive_secs", cfg.mqtt.keep_alive_secs, 5, u16::MAX.into(), " seconds")?;
+        let au = &cfg.audit;
+        range("audit.repeat_window_secs", au.repeat_window_secs, 0, DAY_SECS, " seconds")?;
+        range("audit.segment_bytes", au.segment_bytes, 4096, u64::MAX, " bytes")?;
+        range("audit.segment_secs", au.segment_secs, 1, MONTH_SECS, " seconds")?;
+        range("audit.checkpoint_secs", au.checkpoint_secs, 1, MONTH_SECS, " seconds")?;
+        range("audit.retain_secs", au.retain_secs, 0, TEN_YEARS_SECS, " seconds")?;
+        range("audit.replay_secs", au.replay_secs, 0, TEN_YEARS_SECS, " seconds")?;
+        range("audit.checkpoint_every", au.checkpoint_every, 1, u64::MAX, " records")?;
         for c in &po.commands {
             range("policy.commands.timeout_secs", c.timeout_secs, 1, DAY_SECS, " seconds")?;
             if let Some(a) = c.args.iter().find(|a| a.split(['/', '=']).any(|x| x == "..")) {
@@ -346,17 +357,8 @@ impl Config {
                 ));
             }
         }
-        if cfg.signals.interval_secs == 0 {
-            return Err(at("signals.interval_secs", "signals.interval_secs: must be at least 1".into()));
-        }
         if cfg.signals.history_secs < cfg.signals.interval_secs {
             return Err(at("signals.history_secs", "signals.history_secs: must be at least interval_secs".into()));
-        }
-        if cfg.signals.max_series == 0 {
-            return Err(at("signals.max_series", "signals.max_series: must be at least 1".into()));
-        }
-        if cfg.playbooks.limits.max_operations == 0 {
-            return Err(at("playbooks.limits.max_operations", "playbooks.limits.max_operations: must be at least 1".into()));
         }
         if let Err((key, reason)) = cfg.playbooks.limits.validate() {
             return Err(at(key, reason));
@@ -376,40 +378,11 @@ impl Config {
             if !c.path.is_absolute() {
                 return Err(at("policy.commands.path", format!("policy.commands[{i}].path: {:?} must be absolute", c.path)));
             }
-            if c.timeout_secs == 0 {
-                return Err(at("policy.commands.timeout_secs", format!("policy.commands[{i}].timeout_secs: must be at least 1")));
-            }
         }
         for p in &cfg.policy.allowed_paths {
             if !p.is_absolute() || p == Path::new("/") {
                 return Err(at("policy.allowed_paths", format!("policy.allowed_paths: {p:?} must be an absolute path other than /")));
             }
-        }
-        if cfg.policy.breaker_after == 0 || cfg.policy.max_concurrent == 0 {
-            return Err(at("policy.breaker_after", "policy.breaker_after and policy.max_concurrent: must be at least 1".into()));
-        }
-        if cfg.actions.timeout_secs == 0 {
-            return Err(at("actions.timeout_secs", "actions.timeout_secs: must be at least 1".into()));
-        }
-        if cfg.audit.repeat_window_secs > 86_400 {
-            return Err(at("repeat_window_secs", "audit.repeat_window_secs: at most 86400 (a day)".into()));
-        }
-        let a = &cfg.audit;
-        if a.segment_bytes < 4096 {
-            return Err(at("segment_bytes", "audit.segment_bytes: at least 4096".into()));
-        }
-        for (key, v) in [("segment_secs", a.segment_secs), ("checkpoint_secs", a.checkpoint_secs)] {
-            if !(1..=30 * 86_400).contains(&v) {
-                return Err(at(key, format!("audit.{key}: between 1 and 2592000 (30 days)")));
-            }
-        }
-        for (key, v) in [("retain_secs", a.retain_secs), ("replay_secs", a.replay_secs)] {
-            if v > 3650 * 86_400 {
-                return Err(at(key, format!("audit.{key}: at most 315360000 (10 years)")));
-            }
-        }
-        if a.checkpoint_every == 0 {
-            return Err(at("checkpoint_every", "audit.checkpoint_every: at least 1".into()));
         }
         let m = &cfg.mqtt;
         if m.prefix.is_empty() || m.prefix.contains(['+', '#']) || m.prefix.ends_with('/') {
