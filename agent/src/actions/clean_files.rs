@@ -180,8 +180,9 @@ fn walk(
     Ok(())
 }
 
-/// `path` as plain components (absolute, no `.`/`..`), or None.
-fn plain(path: &Path) -> Option<PathBuf> {
+/// `path` as plain components (absolute, no `.`/`..`), or None. The gate reads targets with it
+/// too.
+pub(crate) fn plain(path: &Path) -> Option<PathBuf> {
     if !path.is_absolute() {
         return None;
     }
@@ -197,7 +198,7 @@ fn plain(path: &Path) -> Option<PathBuf> {
 }
 
 /// The allowed root `dir` lies under (the longest), and `dir` relative to it.
-fn allowed_root(dir: &Path, roots: &[PathBuf]) -> Option<(PathBuf, PathBuf)> {
+pub(crate) fn allowed_root(dir: &Path, roots: &[PathBuf]) -> Option<(PathBuf, PathBuf)> {
     roots
         .iter()
         .filter_map(|r| plain(r))

@@ -26,13 +26,13 @@
 //! left goes. An open breaker is never forgotten. So a flood of unique targets costs memory for
 //! one window, not forever.
 
-use crate::actions::{ActionKind, ActionRequest};
+use crate::actions::{clean_files, ActionKind, ActionRequest};
 use crate::config::PolicyConfig;
 use crate::playbooks::meta::{glob_match, Meta};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 /// The node's mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -183,23 +183,6 @@ pub struct Gate {
     last_prune: i64,
 }
 
-/// `path` without `.` and `..` components and relative parts (no symlink resolution: the
-/// executor refuses symlinks itself).
-fn normal(path: &Path) -> Option<PathBuf> {
-    if !path.is_absolute() {
-        return None;
-    }
-    let mut out = PathBuf::from("/");
-    for c in path.components() {
-        match c {
-            Component::Normal(x) => out.push(x),
-            Component::ParentDir => return None,
-            _ => {}
-        }
-    }
-    Some(out)
-}
-
 impl Gate {
     pub fn new(policy: PolicyConfig) -> Self {
         Self {
@@ -292,10 +275,11 @@ impl Gate {
                 }
             }
             ActionKind::CleanFiles => {
-                let Some(dir) = normal(Path::new(&req.target)) else {
+                // The executor's own reading of the target and the roots, so the two cannot differ.
+                let Some(dir) = clean_files::plain(Path::new(&req.target)) else {
                     return Some(("allowlist", format!("{:?} is not a plain absolute path", req.target)));
                 };
-                if !p.allowed_paths.iter().any(|root| normal(root).is_some_and(|r| dir.starts_with(&r))) {
+                if clean_files::allowed_root(&dir, &p.allowed_paths).is_none() {
                     return Some(("allowlist", format!("{} is outside policy.allowed_paths {:?}", dir.display(), p.allowed_paths)));
                 }
             }
