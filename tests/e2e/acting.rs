@@ -3,7 +3,7 @@
 //! (checked on the host, not in logs), a flood bounded by limits and the breaker, a `kill -9`
 //! between the write-ahead record and the outcome, and a full state filesystem.
 
-use crate::util::{audit_lines, medic, run, text, wait_until};
+use crate::util::{audit_lines, medic, run, text, wait_until, write_playbooks};
 use medic::config::Config;
 use medic::control::mode::ModeState;
 use medic::daemon::Agent;
@@ -31,18 +31,7 @@ fn alive(child: &mut Child) -> bool {
 }
 
 fn playbook(name: &str, actions: &str, body: &str) -> String {
-    format!(
-        "const META = #{{ name: \"{name}\", description: \"test\", interval: \"1s\", actions: [{actions}],\n  rate_limit: #{{ max: 100, per: \"1h\" }}, cooldown: \"0s\" }};\nfn evaluate(node, state) {{\n{body}\n}}\n"
-    )
-}
-
-fn write_playbooks(dir: &Path, pbs: &[(&str, String)]) -> PathBuf {
-    let d = dir.join("pb");
-    std::fs::create_dir_all(&d).unwrap();
-    for (f, src) in pbs {
-        std::fs::write(d.join(f), src).unwrap();
-    }
-    d
+    crate::util::playbook_src(name, actions, "100", "0s", body)
 }
 
 fn set_mode(state: &Path, mode: Mode) {
@@ -434,23 +423,11 @@ fn kill_9_between_the_write_ahead_record_and_the_outcome() {
     assert!(run(&["audit", "verify", "--state-dir", state.to_str().unwrap()]).status.success());
 }
 
-/// A small tmpfs the test mounts as the state dir, unmounted (by path) when dropped.
-struct SmallFs(PathBuf);
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn a_full_state_dir_stops_acting_until_space_returns() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    std::fs::create_dir_all(&state).unwrap();
-    let st = Command::new("mount").args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"]).arg(&state).status().unwrap();
-    assert!(st.success(), "mount a tmpfs (the test runs as root)");
-    let _fs = SmallFs(state.clone());
+    let _fs = crate::util::Tmpfs::mount(&state, "size=256k");
     set_mode(&state, Mode::Live);
     let pb = playbook(
         "stop-victim",

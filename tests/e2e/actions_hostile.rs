@@ -154,9 +154,7 @@ fn clean_files_does_not_cross_a_bind_mount_of_the_same_filesystem() {
 }
 
 fn playbook(name: &str, actions: &str, body: &str) -> String {
-    format!(
-        "const META = #{{ name: \"{name}\", description: \"test\", interval: \"1s\", actions: [{actions}],\n  rate_limit: #{{ max: 100, per: \"1h\" }}, cooldown: \"0s\" }};\nfn evaluate(node, state) {{\n{body}\n}}\n"
-    )
+    crate::util::playbook_src(name, actions, "100", "0s", body)
 }
 
 /// A live agent on `dir` with the given playbooks and config.

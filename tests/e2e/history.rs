@@ -3,27 +3,15 @@
 //! series is counted, named in `medic status` (JSON and text) and in the `agent_started` record,
 //! and logged.
 
-use crate::util::{audit_lines, medic, run, text, wait_until, write_config};
+use crate::util::{audit_lines, medic, run, text, wait_until, write_config, write_playbooks};
 use medic::config::Config;
 use medic::daemon::Agent;
 use medic::signals::process::{units_of, ProcessInfo};
 use medic::signals::Snapshot;
-use std::path::Path;
 use std::process::Stdio;
 
 fn playbook(name: &str, body: &str) -> String {
-    format!(
-        "const META = #{{ name: \"{name}\", description: \"test\", interval: \"1s\", actions: [#{{ kind: \"notify\", target: \"*\" }}],\n  rate_limit: #{{ max: 1000, per: \"1h\" }}, cooldown: \"1h\" }};\nfn evaluate(node, state) {{\n{body}\n}}\n"
-    )
-}
-
-fn write_playbooks(dir: &Path, pbs: &[(&str, String)]) -> std::path::PathBuf {
-    let d = dir.join("pb");
-    std::fs::create_dir_all(&d).unwrap();
-    for (f, src) in pbs {
-        std::fs::write(d.join(f), src).unwrap();
-    }
-    d
+    crate::util::playbook_src(name, "#{ kind: \"notify\", target: \"*\" }", "1000", "1h", body)
 }
 
 fn process(pid: i64, name: &str, cpu: f64, fds: u64) -> ProcessInfo {

@@ -4,7 +4,9 @@
 //! real binary or the real agent and shows that the loop keeps answering and the log stays
 //! bounded.
 
-use crate::util::{audit_lines, medic, run, status_json, text, wait_until, write_config, Reaped};
+use crate::util::{
+    audit_lines, medic, playbook_src as playbook, run, status_json, text, wait_until, write_config, write_playbooks, Reaped,
+};
 use medic::config::Config;
 use medic::daemon::Agent;
 use medic::signals::Snapshot;
@@ -12,21 +14,6 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-fn playbook(name: &str, actions: &str, rate: &str, cooldown: &str, body: &str) -> String {
-    format!(
-        "const META = #{{ name: \"{name}\", description: \"test\", interval: \"1s\", actions: [{actions}],\n  rate_limit: #{{ max: {rate}, per: \"1h\" }}, cooldown: \"{cooldown}\" }};\nfn evaluate(node, state) {{\n{body}\n}}\n"
-    )
-}
-
-fn write_playbooks(dir: &Path, pbs: &[(&str, String)]) -> PathBuf {
-    let d = dir.join("pb");
-    std::fs::create_dir_all(&d).unwrap();
-    for (f, src) in pbs {
-        std::fs::write(d.join(f), src).unwrap();
-    }
-    d
-}
 
 /// Starts `medic run` on `pbs` with `extra` config; returns (agent, socket, state dir).
 fn spawn_agent(dir: &Path, pbs: &[(&str, String)], extra: &str) -> (Reaped, PathBuf, PathBuf) {

@@ -941,24 +941,12 @@ fn a_flood_of_commands_loses_none_keeps_the_dry_run_and_bounds_rejection_records
     assert!(cmds.iter().all(|c| c["actor"].as_str().unwrap().len() <= 300), "claimed actors are bounded");
 }
 
-/// A tmpfs of the test's, unmounted when the guard goes.
-struct Tmpfs(PathBuf);
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn a_breaker_reset_that_cannot_be_recorded_leaves_the_breaker_open_from_the_broker_and_the_socket() {
     use medic::control::command::Incoming;
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    std::fs::create_dir_all(&state).unwrap();
-    let st = Command::new("mount").args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"]).arg(&state).status().unwrap();
-    assert!(st.success(), "mount a tmpfs (the test runs as root)");
-    let _fs = Tmpfs(state.clone());
+    let _fs = crate::util::Tmpfs::mount(&state, "size=256k");
     // An escalated decision in the log: the agent's replay opens the breaker.
     let (mut log, _) = medic::audit::AuditLog::open(&state, "bk").unwrap();
     let rec = serde_json::json!({ "playbook": { "name": "pb", "sha256": "" }, "action": { "kind": "restart_unit", "target": "x.service" }, "mode": "live", "decision": "escalated" });

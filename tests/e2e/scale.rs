@@ -10,13 +10,13 @@
 //! Everything the fixture starts or mounts goes when it drops, failing test or not. Socket counts
 //! against `ss` are checked with the socket tests.
 
-use crate::util::{Nft, Reaped};
+use crate::util::{Nft, Reaped, Tmpfs};
 use medic::signals::{Roots, Sampler, Snapshot};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::panic::AssertUnwindSafe;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -51,27 +51,6 @@ print(l.getsockname()[1], flush=True)
 sys.stdin.read()
 "#;
 
-/// A tmpfs the test mounted, unmounted on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(path: &Path, size: &str, inodes: u64) -> Self {
-        std::fs::create_dir_all(path).unwrap();
-        let opts = format!("size={size},nr_inodes={inodes}");
-        let st = Command::new("mount").args(["-t", "tmpfs", "-o", &opts, "medic-scale"]).arg(path).status();
-        assert!(st.is_ok_and(|s| s.success()), "mount -t tmpfs on {}", path.display());
-        Tmpfs(path.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        if !Command::new("umount").arg(&self.0).status().is_ok_and(|s| s.success()) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-}
-
 /// The load. Fields drop in order: the mounts go before the directory that holds them.
 struct LoadedNode {
     mounts: Vec<Tmpfs>,
@@ -103,7 +82,7 @@ impl LoadedNode {
         let mut mounts = Vec::new();
         for (name, size, inodes, files, bytes) in MOUNTS {
             let path = dir.path().join(name);
-            mounts.push(Tmpfs::mount(&path, size, *inodes));
+            mounts.push(Tmpfs::mount(&path, &format!("size={size},nr_inodes={inodes}")));
             let data = vec![0x5au8; *bytes];
             for i in 0..*files {
                 std::fs::write(path.join(format!("f{i}")), &data).unwrap();

@@ -169,3 +169,42 @@ impl Drop for Nft {
         let _ = Command::new(nft()).args(["delete", "table", "inet", &self.0]).status();
     }
 }
+
+/// A tmpfs the test mounted (it runs as root) with mount options `opts` (`size=256k`,
+/// `size=1g,nr_inodes=1000`), unmounted when the guard goes (lazily if still busy).
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    pub fn mount(path: &Path, opts: &str) -> Self {
+        std::fs::create_dir_all(path).unwrap();
+        let st = Command::new("mount").args(["-t", "tmpfs", "-o", opts, "medic-test"]).arg(path).status();
+        assert!(st.is_ok_and(|s| s.success()), "mount -t tmpfs -o {opts} on {} (the tests run as root)", path.display());
+        Tmpfs(path.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        if !Command::new("umount").arg(&self.0).status().is_ok_and(|s| s.success()) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+/// A playbook's source: META with `actions` (rhai map literals), `rate` runs per hour and
+/// `cooldown`, ticking every second, and `body` as its `evaluate`.
+pub fn playbook_src(name: &str, actions: &str, rate: &str, cooldown: &str, body: &str) -> String {
+    format!(
+        "const META = #{{ name: \"{name}\", description: \"test\", interval: \"1s\", actions: [{actions}],\n  rate_limit: #{{ max: {rate}, per: \"1h\" }}, cooldown: \"{cooldown}\" }};\nfn evaluate(node, state) {{\n{body}\n}}\n"
+    )
+}
+
+/// Writes `(file, source)` playbooks into `<dir>/pb` and returns that directory.
+pub fn write_playbooks(dir: &Path, pbs: &[(&str, String)]) -> PathBuf {
+    let d = dir.join("pb");
+    std::fs::create_dir_all(&d).unwrap();
+    for (f, src) in pbs {
+        std::fs::write(d.join(f), src).unwrap();
+    }
+    d
+}
