@@ -5,6 +5,7 @@ mod acting;
 mod actions_hostile;
 mod audit;
 mod cli;
+mod container;
 mod ebpf;
 mod history;
 mod hostile;
