@@ -42,9 +42,8 @@ fn restart_once(c: &Container, mode: Mode, dir: &Path) -> serde_json::Value {
 #[test]
 fn restart_unit_restarts_a_real_unit_in_live_mode_only() {
     let c = Container::boot(&format!("medic-test-{}", std::process::id()));
-    c.sh(&format!(
-        "printf '{UNIT}' > /etc/systemd/system/medic-demo.service && systemctl daemon-reload && systemctl start medic-demo.service"
-    ));
+    std::fs::write(c.path("/etc/systemd/system/medic-demo.service"), UNIT).unwrap();
+    c.sh("systemctl daemon-reload && systemctl start medic-demo.service");
     let id = || c.sh("systemctl show -p InvocationID --value medic-demo.service");
     let first = id();
     assert_eq!(first.len(), 32, "{first}");
