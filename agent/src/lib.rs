@@ -1,6 +1,6 @@
 //! medic: a host-level auto-remediation agent. Modules follow the data flow:
 //! `signals` (sense) → `playbooks` (decide) → `gate` → `actions` (act) → `audit` (record),
-//! with `config`, `cli`, `daemon` (the loop) and `telemetry` (logs) around them.
+//! with `config`, `cli`, `daemon` (the loop), `telemetry` (logs) and `metrics` (`/metrics`) around them.
 
 pub mod actions;
 pub mod audit;
@@ -10,6 +10,7 @@ pub mod control;
 pub mod daemon;
 pub mod forward;
 pub mod gate;
+pub mod metrics;
 pub mod playbooks;
 pub mod signals;
 pub mod telemetry;

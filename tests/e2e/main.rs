@@ -9,6 +9,7 @@ mod container;
 mod ebpf;
 mod history;
 mod hostile;
+mod metrics;
 mod mqtt;
 mod playbooks;
 mod scale;

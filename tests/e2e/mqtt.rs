@@ -125,7 +125,7 @@ fn write_setup(dir: &Path, port: u16, node: &str, per_tick: u32) -> (PathBuf, Pa
     std::fs::write(
         &cfg,
         format!(
-            "node = \"{node}\"\n[control]\nsocket = \"{}\"\n[mqtt]\nenabled = true\nport = {port}\nkeep_alive_secs = 5\n",
+            "node = \"{node}\"\n[control]\nsocket = \"{}\"\n[metrics]\nlisten = \"\"\n[mqtt]\nenabled = true\nport = {port}\nkeep_alive_secs = 5\n",
             dir.join("c.sock").display()
         ),
     )
@@ -1033,7 +1033,7 @@ fn replication_and_fleet_commands_go_on_while_a_playbook_spins() {
     std::fs::write(
         &cfg,
         format!(
-            "node = \"spinner\"\n[control]\nsocket = \"{}\"\n[mqtt]\nenabled = true\nport = {}\nkeep_alive_secs = 5\n[playbooks.limits]\nmax_operations = 1000000000\ndeadline_ms = 60000\n",
+            "node = \"spinner\"\n[control]\nsocket = \"{}\"\n[metrics]\nlisten = \"\"\n[mqtt]\nenabled = true\nport = {}\nkeep_alive_secs = 5\n[playbooks.limits]\nmax_operations = 1000000000\ndeadline_ms = 60000\n",
             sock.display(),
             broker.port
         ),

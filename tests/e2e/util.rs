@@ -42,10 +42,12 @@ pub fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-/// Writes a config for a fixture-driven agent: state dir, playbooks dir and procfs root.
+/// Writes a config for a fixture-driven agent: state dir, playbooks dir and procfs root. The
+/// metrics endpoint is off unless `extra` configures it: many agents run at once in the suite.
 pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
     let p = dir.join("medic.toml");
-    std::fs::write(&p, format!("node = \"test-node\"\n{extra}")).unwrap();
+    let metrics = if extra.contains("[metrics]") { "" } else { "\n[metrics]\nlisten = \"\"\n" };
+    std::fs::write(&p, format!("node = \"test-node\"\n{extra}{metrics}")).unwrap();
     p
 }
 

@@ -273,6 +273,8 @@ pub struct AuditLog {
     tracker: Tracker,
     /// Why the anchor could not be written last (it lags the log meanwhile).
     anchor_error: Option<String>,
+    /// Where each append's write + fdatasync time goes (`medic_audit_fsync_duration_seconds`).
+    fsync_seconds: Option<prometheus_client::metrics::histogram::Histogram>,
 }
 
 /// What was found torn at open.
@@ -419,6 +421,7 @@ impl AuditLog {
             last_prune_ms: 0,
             tracker: Tracker::default(),
             anchor_error: None,
+            fsync_seconds: None,
         };
         let found = log.repair()?;
         let broken = log.replay_suffix(found.good_len, replay)?;
@@ -722,6 +725,11 @@ impl AuditLog {
         sync_dir(&self.dir)
     }
 
+    /// Observes each append's write and fdatasync time into `h` from now on.
+    pub fn time_appends(&mut self, h: prometheus_client::metrics::histogram::Histogram) {
+        self.fsync_seconds = Some(h);
+    }
+
     fn write_record(&mut self, kind: &str, mut body: Map<String, Value>, ts_ms: i64) -> Result<u64, AuditError> {
         let seq = self.seq + 1;
         body.insert("schema".into(), SCHEMA.into());
@@ -737,7 +745,11 @@ impl AuditLog {
         let tracked = matches!(kind, "action" | "action_outcome" | "breaker_reset").then(|| body.clone());
         let mut line = canonical(&Value::Object(body));
         line.push('\n');
+        let t = std::time::Instant::now();
         let res = self.file.write_all(line.as_bytes()).and_then(|_| self.file.sync_data());
+        if let Some(h) = &self.fsync_seconds {
+            h.observe(t.elapsed().as_secs_f64());
+        }
         if let Err(e) = res {
             // Cut a partial write back so the next append continues a whole chain.
             let _ = self.file.set_len(self.good_len);

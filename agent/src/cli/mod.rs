@@ -412,6 +412,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let socket = cfg.control_socket(&state_dir);
+            // Served by tasks on the loop's runtime; a bind failure is logged and the agent runs on.
+            let _metrics = {
+                let _in_runtime = rt.enter();
+                crate::metrics::server::start(&cfg.metrics, agent.metrics())
+            };
             rt.block_on(crate::daemon::run(agent, stops, cfg.signals.interval_secs, socket, cfg.control.group.clone(), cfg.mqtt.clone()))?;
             Ok(ExitCode::SUCCESS)
         }

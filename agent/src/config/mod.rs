@@ -32,6 +32,8 @@ pub struct Config {
     pub control: ControlConfig,
     /// Replication of the audit log to an MQTT broker (`[mqtt]`; off unless enabled).
     pub mqtt: crate::forward::MqttConfig,
+    /// The Prometheus endpoint (`[metrics]`; on, loopback only, by default).
+    pub metrics: crate::metrics::MetricsConfig,
     pub log: LogConfig,
 }
 
@@ -400,6 +402,9 @@ impl Config {
         if m.max_inflight == 0 || m.max_rate == 0 {
             return Err(at("mqtt.max_inflight", "mqtt.max_inflight and mqtt.max_rate: must be at least 1".into()));
         }
+        if let Err(reason) = cfg.metrics.address() {
+            return Err(at("metrics.listen", reason));
+        }
         if let Some(n) = &cfg.node {
             if n.is_empty() || n.contains(['/', '+', '#']) || n.chars().any(char::is_whitespace) {
                 return Err(at("node", format!("node: {n:?} must be non-empty, without '/', '+', '#' or spaces")));
@@ -480,6 +485,15 @@ mod tests {
         assert!(e.reason.contains("password_file"), "{e}");
         let e = Config::parse("m.toml", "[mqtt]\nprefix = \"medic/#\"\n").unwrap_err();
         assert_eq!(e.line, 2, "{e}");
+    }
+
+    #[test]
+    fn metrics_listen_that_is_not_an_address_names_file_line_and_key() {
+        let e = Config::parse("m.toml", "[metrics]\nlisten = \"localhost:9464\"\n").unwrap_err();
+        assert_eq!((e.file.as_str(), e.line), ("m.toml", 2), "{e}");
+        assert!(e.reason.contains("metrics.listen"), "{e}");
+        let off = Config::parse("m.toml", "[metrics]\nlisten = \"\"\n").unwrap();
+        assert_eq!(off.metrics.address(), Ok(None));
     }
 
     #[test]
@@ -583,6 +597,7 @@ mod tests {
             "[mqtt]",
             "[[policy.commands]]",
             "[control]",
+            "[metrics]",
             "[log]",
             "[",
             "]]",
@@ -592,7 +607,7 @@ mod tests {
             NUMERIC
                 .iter()
                 .map(|(_, k)| *k)
-                .chain(["node", "path", "args", "allowed_paths", "enabled", "prefix", "level"])
+                .chain(["node", "path", "args", "allowed_paths", "enabled", "prefix", "level", "listen"])
                 .collect::<Vec<_>>(),
         );
         let value = prop_oneof![

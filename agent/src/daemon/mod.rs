@@ -92,6 +92,7 @@ pub struct EvalJob {
     input: Option<Snapshot>,
     now: i64,
     due: Vec<Due>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// What an [`EvalJob`] gives back: sensing, and each due playbook's requests or error.
@@ -111,13 +112,21 @@ impl EvalJob {
     /// Samples (unless given a snapshot), pushes into the history, evaluates each due playbook.
     /// A panic inside one evaluation is that playbook's error, not the worker's end.
     pub fn run(self) -> Evaluated {
-        let EvalJob { rt, mut sense, input, now, due } = self;
+        let EvalJob { rt, mut sense, input, now, due, metrics } = self;
+        let t = std::time::Instant::now();
         let snap = input.unwrap_or_else(|| sense.sampler.sample(now));
+        metrics.sampled(t.elapsed().as_secs_f64());
+        for family in ["tcp", "sock"] {
+            if let Some(n) = snap.metrics.get(&format!("ebpf.{family}.events_dropped")) {
+                metrics.ring_drops(family, *n as u64);
+            }
+        }
         Arc::make_mut(&mut sense.history).push(&snap);
         let unavailable = snap.unavailable.clone();
         let snap = Arc::new(snap);
         let mut results = Vec::with_capacity(due.len());
         for d in due {
+            let t = std::time::Instant::now();
             let run = std::panic::AssertUnwindSafe(|| rt.evaluate(&d.pb, snap.clone(), sense.history.clone(), &d.state));
             let res = std::panic::catch_unwind(run).unwrap_or_else(|p| {
                 let what = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
@@ -126,6 +135,7 @@ impl EvalJob {
                     message: format!("{}: evaluation panicked: {}", d.pb.file, what.unwrap_or_default()),
                 })
             });
+            metrics.evaluated(&d.pb.meta.name, t.elapsed().as_secs_f64());
             results.push((d, res));
         }
         Evaluated { sense, now, unavailable, results }
@@ -136,6 +146,7 @@ impl EvalJob {
 #[derive(Debug, Clone)]
 struct Running {
     since_ms: i64,
+    started: std::time::Instant,
     playbooks: Vec<String>,
     overruns: u64,
 }
@@ -193,6 +204,7 @@ pub struct Agent {
     /// Rejected commands per topic in the current minute (see `Agent::remote`).
     rejections: BTreeMap<String, Rejections>,
     unavailable: BTreeMap<String, String>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Rejected commands recorded one by one per topic and minute; past that they are counted
@@ -277,6 +289,17 @@ impl Agent {
                 })),
             )?;
         }
+        let metrics = {
+            use crate::metrics::collect;
+            let ebpf = sampler.ebpf();
+            let programs = ebpf.map(|e| e.programs.clone()).unwrap_or_default();
+            let m = crate::metrics::Metrics::new()
+                .with_collector(Box::new(collect::Process::new("/proc")))
+                .with_collector(Box::new(collect::Bpf::new(programs, cfg.metrics.bpf_stats)));
+            m.ebpf_families(&ebpf.map(|e| e.loaded()).unwrap_or_default());
+            audit.time_appends(m.audit_fsync_seconds.clone());
+            Arc::new(m)
+        };
         let (done_tx, done_rx) = mpsc::channel();
         let exec = ExecContext::from_config(cfg);
         let mut agent = Self {
@@ -308,9 +331,11 @@ impl Agent {
             prefix: cfg.mqtt.prefix.clone(),
             rejections: BTreeMap::new(),
             unavailable: first.unavailable.clone(),
+            metrics,
         };
         agent.expire_mode(crate::audit::now_ms())?;
         agent.reload()?;
+        agent.publish_metrics();
         Ok(agent)
     }
 
@@ -324,6 +349,22 @@ impl Agent {
 
     pub fn mode(&self) -> &ModeState {
         &self.mode
+    }
+
+    /// The metrics the agent keeps, for the `/metrics` endpoint.
+    pub fn metrics(&self) -> Arc<crate::metrics::Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Sets the state gauges (mode, audit, forwarder, playbooks): once a tick and on a mode change.
+    fn publish_metrics(&self) {
+        let m = &self.metrics;
+        let last = self.audit.last_seq();
+        m.mode(self.mode.mode.as_str(), self.mode.expires_ms);
+        m.audit(last, self.audit_down.is_none());
+        m.forwarder(self.replication.as_ref().map(|r| (r.borrow().connected, r.borrow().cursor)), last);
+        let now = crate::audit::now_ms();
+        m.playbooks(self.slots.len(), self.slots.values().filter(|s| s.disabled_until.is_some_and(|u| u > now)).count());
     }
 
     /// Appends a record; on failure the agent falls back to observing (see the module note).
@@ -437,6 +478,7 @@ impl Agent {
             self.mode = next.clone();
         }
         tracing::warn!(message = "Mode changed.", from = old.mode.as_str(), to = next.mode.as_str(), actor = %actor, reason = %reason);
+        self.publish_metrics();
         Ok(())
     }
 
@@ -524,6 +566,9 @@ impl Agent {
                 return;
             }
             let f = self.unrecorded.remove(0);
+            let status = serde_json::to_value(f.outcome.status).ok();
+            let status = status.as_ref().and_then(Value::as_str).unwrap_or("unknown");
+            self.metrics.action_ended(f.req.kind.as_str(), status, f.outcome.duration_ms as f64 / 1000.0);
             tracing::info!(message = "Action ended.", seq = f.seq, action = %f.req.kind, target = %f.req.target, status = ?f.outcome.status, error_code = f.outcome.error_code.unwrap_or(""));
             self.running.remove(&f.seq);
             self.gate.finished(f.req.kind, &f.req.target);
@@ -618,8 +663,9 @@ impl Agent {
         let sense = self.sense.take()?;
         let mut due = Vec::new();
         let ready = self.housekeeping(now).and_then(|()| self.plan(now, &mut due));
-        let job = EvalJob { rt: self.rt.clone(), sense, input, now, due };
-        self.evaluating = Some(Running { since_ms: now, playbooks: job.playbooks(), overruns: 0 });
+        let job = EvalJob { rt: self.rt.clone(), sense, input, now, due, metrics: self.metrics.clone() };
+        let started = std::time::Instant::now();
+        self.evaluating = Some(Running { since_ms: now, started, playbooks: job.playbooks(), overruns: 0 });
         Some((job, ready))
     }
 
@@ -652,6 +698,7 @@ impl Agent {
     /// housekeeping runs). The first overrun of an evaluation is recorded, the others counted.
     pub fn overrun(&mut self, now: i64) {
         self.overruns += 1;
+        self.metrics.overrun();
         let Some(r) = self.evaluating.as_mut() else { return };
         r.overruns += 1;
         let r = r.clone();
@@ -667,8 +714,19 @@ impl Agent {
     }
 
     /// Ends a tick: takes the sensing state back, then gates each request with the mode current
-    /// now, records it, and starts what was executed; disables a playbook that failed.
+    /// now, records it, and starts what was executed; disables a playbook that failed. Counted
+    /// and timed in the metrics, which it then brings up to date.
     pub fn finish(&mut self, done: Evaluated, now: i64) -> Result<TickReport, AuditError> {
+        let started = self.evaluating.as_ref().map(|r| r.started);
+        let report = self.finish_tick(done, now);
+        if let Some(t) = started {
+            self.metrics.tick(t.elapsed().as_secs_f64());
+        }
+        self.publish_metrics();
+        report
+    }
+
+    fn finish_tick(&mut self, done: Evaluated, now: i64) -> Result<TickReport, AuditError> {
         let Evaluated { sense, now: started, unavailable, results } = done;
         self.history_status = json!(sense.history.status());
         self.sense = Some(sense);
@@ -702,6 +760,7 @@ impl Agent {
                     let backoff = self.disable_ms.saturating_mul(1 << (slot.failures - 1).min(16)).min(self.max_disable_ms);
                     slot.disabled_until = Some(now + backoff);
                     let failures = slot.failures;
+                    self.metrics.eval_failed(&name, e.code);
                     tracing::warn!(message = "Playbook disabled.", playbook = %name, error_code = e.code, error = %e.message, for_secs = backoff / 1000);
                     self.record(
                         "playbook_disabled",
@@ -727,6 +786,7 @@ impl Agent {
     ) -> Result<(), AuditError> {
         let name = meta.name.clone();
         let v = self.gate.decide(meta, &req, self.mode.mode, now);
+        self.metrics.decided(&name, v.decision.as_str(), v.rule);
         report.decisions.push((name.clone(), req.kind.to_string(), req.target.clone(), v.decision.as_str().into(), v.rule.into()));
         let t: repeats::Target = (name.clone(), req.kind.to_string(), req.target.clone());
         let what = (v.decision.as_str(), v.rule, v.mode.as_str());

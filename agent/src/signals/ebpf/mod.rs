@@ -84,6 +84,8 @@ pub struct EbpfSignals {
     block: Option<block::Block>,
     /// `ebpf.<family>` → why it is not loaded.
     pub unavailable: BTreeMap<String, String>,
+    /// The programs of the loaded families (for their run counts in `/metrics`).
+    pub programs: Vec<crate::metrics::collect::Program>,
     cgroups: cgroups::CgroupNames,
 }
 
@@ -106,9 +108,13 @@ impl EbpfSignals {
                 } else if let Some(m) = &missing {
                     s.unavailable.insert(format!("ebpf.{}", $name), m.clone());
                 } else {
-                    match $load {
+                    let loaded = $load;
+                    let attached = std::mem::take(&mut *ATTACHED.lock().unwrap_or_else(|p| p.into_inner()));
+                    match loaded {
                         Ok(f) => {
                             tracing::info!(message = "eBPF family loaded.", family = $name);
+                            let programs = attached.into_iter().map(|(name, id)| crate::metrics::collect::Program { family: $name, name, id });
+                            s.programs.extend(programs);
                             s.$field = Some(f)
                         }
                         Err(e) => {
@@ -192,6 +198,9 @@ impl EbpfSignals {
     }
 }
 
+/// Programs attached by [`attach_btf`] since the last family was loaded: (name, kernel id).
+static ATTACHED: std::sync::Mutex<Vec<(String, u32)>> = std::sync::Mutex::new(Vec::new());
+
 /// Loads program `prog` as a BTF-enabled raw tracepoint (`tp_btf`, 5.5) on `tracepoint` and
 /// attaches it: typed kernel arguments, no tracefs, and a recursion guard per program (a
 /// classic tracepoint program is skipped whenever any other tracing program runs on the CPU).
@@ -200,6 +209,9 @@ pub(crate) fn attach_btf(bpf: &mut aya::Ebpf, btf: &aya::Btf, prog: &str, tracep
         bpf.program_mut(prog).ok_or_else(|| format!("program {prog} missing"))?.try_into().map_err(|e| format!("{prog}: {}", why(e)))?;
     p.load(tracepoint, btf).map_err(|e| format!("{prog}: load: {}", why(e)))?;
     p.attach().map_err(|e| format!("{prog}: attach {tracepoint}: {}", why(e)))?;
+    if let Ok(info) = p.info() {
+        ATTACHED.lock().unwrap_or_else(|p| p.into_inner()).push((prog.to_string(), info.id()));
+    }
     Ok(())
 }
 
