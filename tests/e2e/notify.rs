@@ -22,10 +22,7 @@ fn demo_playbooks(dir: &Path) -> PathBuf {
 }
 
 fn spawn(dir: &Path, state: &Path, env: &[(&str, &str)]) -> Reaped {
-    let cfg = write_config(
-        dir,
-        &format!("[control]\nsocket = \"{}\"\n[signals.ebpf]\nenabled = false\n", dir.join("c.sock").display()),
-    );
+    let cfg = write_config(dir, &format!("[control]\nsocket = \"{}\"\n[signals.ebpf]\nenabled = false\n", dir.join("c.sock").display()));
     let pbs = demo_playbooks(dir);
     let mut c = medic();
     c.args(["run", "--config", cfg.to_str().unwrap(), "--playbooks", pbs.to_str().unwrap(), "--state-dir", state.to_str().unwrap()])
@@ -210,4 +207,91 @@ fn kill_9_is_recorded_as_an_unclean_end_at_the_next_start() {
     assert_eq!(started(&state)["previous_run"], serde_json::json!({ "ended": "clean", "last_seq": stopped["seq"] }));
     assert!(!out.contains("uncleanly"), "{out}");
     assert!(medic::audit::verify::verify(&state.join("audit.log")).unwrap().is_ok());
+}
+
+/// The agent as a real `Type=notify` service under systemd 252 in a booted container, with the
+/// repository's unit (ExecStart pointed at the test binary) and a short watchdog (a drop-in).
+#[test]
+fn under_systemd_notify_watchdog_restart_and_journal_fields() {
+    use crate::container::Container;
+    use medic::telemetry::ids;
+    let bin = tempfile::tempdir().unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_medic"), bin.path().join("medic")).unwrap();
+    let c =
+        Container::boot_with(&format!("medic-notify-{}", std::process::id()), &[&format!("--bind-ro={}:/opt/medic", bin.path().display())]);
+    let unit =
+        std::fs::read_to_string(crate::util::repo().join("systemd/medic.service")).unwrap().replace("/usr/bin/medic", "/opt/medic/medic");
+    assert!(unit.contains("Type=notify") && unit.contains("WatchdogSec="), "{unit}");
+    std::fs::write(c.path("/etc/systemd/system/medic.service"), unit).unwrap();
+    std::fs::create_dir_all(c.path("/etc/systemd/system/medic.service.d")).unwrap();
+    // A short watchdog keeps the test quick; no core file of the aborted agent.
+    std::fs::write(c.path("/etc/systemd/system/medic.service.d/test.conf"), "[Service]\nWatchdogSec=3s\nRestartSec=1s\nLimitCORE=0\n")
+        .unwrap();
+    std::fs::create_dir_all(c.path("/etc/medic/playbooks")).unwrap();
+    std::fs::write(
+        c.path("/etc/medic/medic.toml"),
+        "node = \"ct\"\nplaybooks_dir = \"/etc/medic/playbooks\"\n[signals.ebpf]\nenabled = false\n",
+    )
+    .unwrap();
+    let pbs = demo_playbooks(&c.path("/tmp"));
+    for e in std::fs::read_dir(&pbs).unwrap().flatten() {
+        std::fs::copy(e.path(), c.path("/etc/medic/playbooks").join(e.file_name())).unwrap();
+    }
+    // `systemctl start` of a Type=notify unit returns once READY=1 came.
+    c.sh("systemctl daemon-reload && systemctl start medic");
+    let show = || c.sh("systemctl show -p Type,WatchdogUSec,NRestarts,MainPID,ActiveState,StatusText medic");
+    let first = show();
+    assert!(first.contains("Type=notify") && first.contains("WatchdogUSec=3s") && first.contains("NRestarts=0"), "{first}");
+    assert!(first.contains("ActiveState=active") && first.contains("StatusText=mode dry-run; last seq "), "{first}");
+    let audit = || audit_lines(&c.path("/var/lib/medic"));
+    assert!(audit().iter().any(|r| r["kind"] == "action"), "active before the first decision was recorded");
+
+    // The journal: structured fields and message ids, no prefix.
+    let journal = || -> Vec<serde_json::Value> {
+        c.sh("journalctl -u medic -o json --no-pager").lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    };
+    let with_id = |id: &str| journal().into_iter().filter(|e| e["MESSAGE_ID"] == id).collect::<Vec<_>>();
+    assert!(wait_until(10, || !with_id(ids::DECISION).is_empty()), "{:?}", journal());
+    let d = &with_id(ids::DECISION)[0];
+    assert_eq!(d["PLAYBOOK"], "notify-demo", "{d}");
+    assert_eq!(d["DECISION"], "would_execute", "{d}");
+    assert_eq!(d["ACTION"], "restart_unit", "{d}");
+    assert_eq!(d["ACTION_TARGET"], "demo.service", "{d}");
+    assert!(d["RULE"].is_string() && d["SEQ"].is_string(), "{d}");
+    assert_eq!(d["SYSLOG_IDENTIFIER"], "medic", "{d}");
+    assert_eq!(with_id(ids::STARTED).len(), 1);
+    let o = c.exec(&["/opt/medic/medic", "mode", "live", "--ttl", "1m", "--reason", "journal test"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(wait_until(10, || !with_id(ids::MODE_CHANGED).is_empty()));
+    let m = &with_id(ids::MODE_CHANGED)[0];
+    assert_eq!((m["FROM"].as_str(), m["TO"].as_str()), (Some("dry-run"), Some("live")), "{m}");
+    assert!(m["EXPIRES"].is_string() && m["ACTOR"].is_string(), "{m}");
+    assert!(wait_until(10, || show().contains("StatusText=mode live until ")), "{}", show());
+    let o = c.exec(&["/opt/medic/medic", "mode", "dry-run", "--reason", "journal test"]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    // A stopped agent feeds no watchdog: systemd aborts it and starts a new one, which records
+    // the unclean end.
+    let pid = |s: &str| s.lines().find_map(|l| l.strip_prefix("MainPID=")).unwrap_or("0").to_string();
+    let old = pid(&first);
+    c.sh(&format!("kill -STOP {old}"));
+    assert!(
+        wait_until(30, || {
+            let s = show();
+            s.contains("NRestarts=1") && s.contains("ActiveState=active") && pid(&s) != old && pid(&s) != "0"
+        }),
+        "{}",
+        show()
+    );
+    let started: Vec<_> = audit().into_iter().filter(|r| r["kind"] == "agent_started").collect();
+    assert_eq!(started.len(), 2, "{started:?}");
+    assert_eq!(started[1]["previous_run"]["ended"], "unclean", "{}", started[1]);
+    assert!(wait_until(10, || !with_id(ids::PREVIOUS_RUN_UNCLEAN).is_empty()));
+    let watchdog = c.sh("journalctl -u medic --no-pager | grep -c 'Watchdog timeout' || true");
+    assert_ne!(watchdog, "0", "systemd logs the watchdog timeout");
+
+    // An orderly stop: STOPPING, then the stopped id and agent_stopped.
+    c.sh("systemctl stop medic");
+    assert_eq!(audit().last().unwrap()["kind"], "agent_stopped");
+    assert!(wait_until(10, || !with_id(ids::STOPPED).is_empty()));
 }
