@@ -180,7 +180,7 @@ fn kill_9_is_recorded_as_an_unclean_end_at_the_next_start() {
         assert!(o.status.success(), "{}", text(&o));
         text(&o)
     };
-    let started = |state: &Path| audit_lines(state).into_iter().filter(|r| r["kind"] == "agent_started").last().unwrap();
+    let started = |state: &Path| audit_lines(state).into_iter().rev().find(|r| r["kind"] == "agent_started").unwrap();
 
     // The first start: there was no previous run.
     let mut agent = spawn(dir.path(), &state, &[]);

@@ -60,7 +60,7 @@ pub fn stderr_is_journal() -> bool {
     let Some((dev, ino)) = v.split_once(':') else { return false };
     let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else { return false };
     match rustix::fs::fstat(std::io::stderr()) {
-        Ok(st) => st.st_dev as u64 == dev && st.st_ino as u64 == ino,
+        Ok(st) => st.st_dev == dev && st.st_ino == ino,
         Err(_) => false,
     }
 }
