@@ -1267,7 +1267,10 @@ pub async fn run(
                 if let Err(e) = agent.reload() {
                     tracing::error!(message = "Reload not recorded.", error_code = e.code(), error = %e);
                 }
-                sd.ready(&notify::status_of(&agent));
+                // Ready again, unless the first tick (which sends READY=1) has not completed yet.
+                if sd.is_ready() {
+                    sd.ready(&notify::status_of(&agent));
+                }
             }
             _ = term.recv() => break "SIGTERM",
             _ = int.recv() => break "SIGINT",
