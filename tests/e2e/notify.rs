@@ -267,6 +267,24 @@ fn under_systemd_notify_watchdog_restart_and_journal_fields() {
     assert_eq!((m["FROM"].as_str(), m["TO"].as_str()), (Some("dry-run"), Some("live")), "{m}");
     assert!(m["EXPIRES"].is_string() && m["ACTOR"].is_string(), "{m}");
     assert!(wait_until(10, || show().contains("StatusText=mode live until ")), "{}", show());
+    // Live: the demo restart executes, fails (no such unit), and after policy.breaker_after (3)
+    // runs the breaker opens. Each with its id and fields, found by journalctl's own match.
+    let by_match = |id: &str| -> Vec<serde_json::Value> {
+        c.sh(&format!("journalctl -u medic -o json --no-pager MESSAGE_ID={id}"))
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    assert!(wait_until(20, || !by_match(ids::BREAKER_OPENED).is_empty()), "{:?}", journal());
+    let b = &by_match(ids::BREAKER_OPENED)[0];
+    assert_eq!((b["DECISION"].as_str(), b["PLAYBOOK"].as_str()), (Some("escalated"), Some("notify-demo")), "{b}");
+    let x = &by_match(ids::ACTION_EXECUTED)[0];
+    assert_eq!((x["DECISION"].as_str(), x["ACTION_TARGET"].as_str()), (Some("executed"), Some("demo.service")), "{x}");
+    let f = &by_match(ids::ACTION_FAILED)[0];
+    assert_eq!((f["ERROR_CODE"].as_str(), f["SEQ"].as_str()), (Some("restart_refused"), x["SEQ"].as_str()), "{f}");
+    assert!(by_match(ids::DECISION).iter().all(|e| e["MESSAGE_ID"] == ids::DECISION), "journalctl's match is exact");
+    // No field carries tracing-journald's default F_ prefix.
+    assert!(journal().iter().all(|e| e.as_object().unwrap().keys().all(|k| !k.starts_with("F_"))));
     let o = c.exec(&["/opt/medic/medic", "mode", "dry-run", "--reason", "journal test"]);
     assert!(o.status.success(), "{}", text(&o));
 
