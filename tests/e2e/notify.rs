@@ -313,3 +313,22 @@ fn under_systemd_notify_watchdog_restart_and_journal_fields() {
     assert_eq!(audit().last().unwrap()["kind"], "agent_stopped");
     assert!(wait_until(10, || !with_id(ids::STOPPED).is_empty()));
 }
+
+/// A start that fails after `agent_started` (the control socket is another agent's) records its
+/// stop, so the next start does not report a crash.
+#[test]
+fn a_start_refused_by_a_busy_control_socket_ends_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = spawn(dir.path(), &dir.path().join("state"), &[]);
+    assert!(wait_until(30, || dir.path().join("c.sock").exists()));
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let state = other.join("state");
+    let mut second = spawn(dir.path(), &state, &[]);
+    let st = second.0.wait().unwrap();
+    assert!(!st.success());
+    let recs = audit_lines(&state);
+    assert_eq!(recs.last().unwrap()["kind"], "agent_stopped", "{recs:?}");
+    assert_eq!(recs.last().unwrap()["reason"], "the control socket could not be bound");
+    assert!(first.stop());
+}

@@ -1191,7 +1191,14 @@ pub async fn run(
         let links = crate::forward::Links { status: status_rx, stop: stop_rx, health: health_tx, commands: cmd_tx, acks: ack_rx };
         tokio::spawn(crate::forward::run(mqtt.clone(), agent.node.clone(), state_dir, links))
     });
-    let listener = bind_control(&control, group.as_deref())?;
+    let listener = match bind_control(&control, group.as_deref()) {
+        Ok(l) => l,
+        Err(e) => {
+            // A start that cannot serve ends in order: the next start must not report a crash.
+            let _ = agent.stop("the control socket could not be bound");
+            return Err(e);
+        }
+    };
     let (call_tx, mut call_rx) = tokio::sync::mpsc::channel::<ControlCall>(MAX_CONTROL_CONNECTIONS);
     let acceptor = tokio::spawn(accept_control(listener, group.clone(), call_tx));
     // The evaluation worker: one thread for the agent's life, one job at a time. It is never
