@@ -11,6 +11,7 @@ mod history;
 mod hostile;
 mod metrics;
 mod mqtt;
+mod notify;
 mod playbooks;
 mod scale;
 mod signals;

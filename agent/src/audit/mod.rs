@@ -587,7 +587,7 @@ impl AuditLog {
                 Some(d) => format!("{d}; {why}"),
                 None => why,
             };
-            tracing::error!(message = "AUDIT LOG REWOUND: records are missing; seq continues after the highest issued.", error_code = "audit_rewound", found_seq = found.seq, anchor_seq = a.seq, forward_cursor = cursor, reason = %why);
+            tracing::error!(message = "AUDIT LOG REWOUND: records are missing; seq continues after the highest issued.", message_id = crate::telemetry::ids::AUDIT_REWOUND, error_code = "audit_rewound", found_seq = found.seq, anchor_seq = a.seq, forward_cursor = cursor, reason = %why);
             self.seq = high;
             let body = serde_json::json!({ "rewound": {
                 "expected": { "seq": a.seq, "hash": a.hash, "max_seq": a.max_seq },
@@ -607,7 +607,7 @@ impl AuditLog {
             self.write_record("audit_torn_tail", obj(body), now_ms())?;
         }
         if let Some(b) = broken {
-            tracing::error!(message = "AUDIT CHAIN BROKEN in the replayed part of the log.", error_code = "audit_chain_broken", detail = %b);
+            tracing::error!(message = "AUDIT CHAIN BROKEN in the replayed part of the log.", message_id = crate::telemetry::ids::AUDIT_CHAIN_BROKEN, error_code = "audit_chain_broken", detail = %b);
             let seq = self.write_record("audit_chain_broken", obj(serde_json::json!({ "broken": b })), now_ms())?;
             self.anchor.chain_broken = Some(serde_json::json!({
                 "seq": seq, "ts": now_rfc3339(now_ms()), "after_seq": b["after_seq"], "reason": b["reason"],
@@ -789,7 +789,12 @@ impl AuditLog {
             _ => None,
         };
         if let Some((why, gone)) = problem {
-            tracing::error!(message = "Audit log changed under the agent.", error_code = "audit_rewound", reason = why);
+            tracing::error!(
+                message = "Audit log changed under the agent.",
+                message_id = crate::telemetry::ids::AUDIT_REWOUND,
+                error_code = "audit_rewound",
+                reason = why
+            );
             let rescued = if gone { self.rescue(now) } else { None };
             self.file = open_private(&path, &self.cfg, true)?;
             let found = self.repair()?;

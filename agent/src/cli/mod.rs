@@ -391,7 +391,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let mut agent = Agent::start(&cfg, playbooks, state_dir.clone())
                 .with_context(|| format!("starting with state dir {}", state_dir.display()))?;
-            tracing::info!(message = "Started.", node = %agent.node, mode = agent.mode().mode.as_str(), playbooks = ?agent.playbook_names(), audit = %agent.audit_path().display());
+            tracing::info!(message = "Started.", message_id = crate::telemetry::ids::STARTED, node = %agent.node, mode = agent.mode().mode.as_str(), playbooks = ?agent.playbook_names(), audit = %agent.audit_path().display());
             if once {
                 // A second sample a moment later gives CPU % and rates something to compare with.
                 std::thread::sleep(std::time::Duration::from_millis(250));

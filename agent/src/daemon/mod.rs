@@ -30,9 +30,11 @@ use crate::gate::{Decision, Gate, Mode};
 use crate::playbooks::{self, api::State, EvalError, Playbook, Runtime};
 use crate::signals::history::History;
 use crate::signals::{Roots, Sampler, Snapshot};
+use crate::telemetry::ids;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 
+pub mod notify;
 pub mod repeats;
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -162,6 +164,40 @@ fn pb_ref(pb: &Playbook) -> Value {
     json!({ "name": pb.meta.name, "sha256": pb.sha256 })
 }
 
+/// How the previous run ended, read from the log at start: it ended cleanly when the log's last
+/// record is its `agent_stopped` (nothing is written after it); anything else (kill -9, a
+/// watchdog abort, a crash, power loss) leaves its last record something else.
+#[derive(Debug, Default)]
+struct PreviousRun {
+    last_kind: Option<String>,
+    last_seq: u64,
+    /// seq of the last `agent_started` not followed by an `agent_stopped`.
+    started_seq: Option<u64>,
+}
+
+impl PreviousRun {
+    fn observe(&mut self, rec: &Map<String, Value>) {
+        let kind = rec.get("kind").and_then(Value::as_str).unwrap_or("");
+        let seq = rec.get("seq").and_then(Value::as_u64).unwrap_or(0);
+        match kind {
+            "agent_started" => self.started_seq = Some(seq),
+            "agent_stopped" => self.started_seq = None,
+            _ => {}
+        }
+        self.last_kind = Some(kind.to_string());
+        self.last_seq = seq;
+    }
+
+    /// The `previous_run` field of `agent_started`.
+    fn summary(&self) -> Value {
+        match self.last_kind.as_deref() {
+            None => json!({ "ended": "none" }),
+            Some("agent_stopped") => json!({ "ended": "clean", "last_seq": self.last_seq }),
+            Some(_) => json!({ "ended": "unclean", "last_seq": self.last_seq, "started_seq": self.started_seq }),
+        }
+    }
+}
+
 /// The running agent.
 pub struct Agent {
     pub node: String,
@@ -233,7 +269,11 @@ impl Agent {
         let mut audit_cfg = cfg.audit.clone();
         audit_cfg.replicated = cfg.mqtt.enabled;
         audit_cfg.group = cfg.control.group.as_deref().and_then(crate::control::group_id);
-        let (mut audit, torn) = AuditLog::open_with(&state_dir, &node, &audit_cfg, &mut |rec| gate.replay(rec))?;
+        let mut previous = PreviousRun::default();
+        let (mut audit, torn) = AuditLog::open_with(&state_dir, &node, &audit_cfg, &mut |rec| {
+            gate.replay(rec);
+            previous.observe(rec);
+        })?;
         if let Some(t) = torn {
             tracing::warn!(message = "Torn audit record set aside.", bytes = t.bytes, saved_as = %t.saved_as.display());
         }
@@ -261,10 +301,20 @@ impl Agent {
         for (family, why) in &first.unavailable {
             tracing::warn!(message = "Signal unavailable.", family = %family, reason = %why);
         }
+        let previous_run = previous.summary();
+        if previous_run["ended"] == "unclean" {
+            tracing::warn!(
+                message = "The previous run ended uncleanly (no agent_stopped after its last record).",
+                message_id = ids::PREVIOUS_RUN_UNCLEAN,
+                last_seq = previous.last_seq,
+                started_seq = previous.started_seq,
+            );
+        }
         audit.append(
             "agent_started",
             obj(json!({
                 "version": env!("CARGO_PKG_VERSION"),
+                "previous_run": previous_run,
                 "mode": mode.mode.as_str(),
                 "mode_state": mode,
                 "pid": std::process::id(),
@@ -382,7 +432,7 @@ impl Agent {
             Ok(seq) => Ok(seq),
             Err(e) => {
                 if self.audit_down.is_none() {
-                    tracing::error!(message = "AUDIT LOG NOT WRITABLE: no action will be decided or started until it is.", error_code = e.code(), error = %e);
+                    tracing::error!(message = "AUDIT LOG NOT WRITABLE: no action will be decided or started until it is.", message_id = ids::AUDIT_UNWRITABLE, error_code = e.code(), error = %e);
                     self.audit_down = Some((ts, e.to_string()));
                 }
                 Err(e)
@@ -398,7 +448,7 @@ impl Agent {
             Ok(l) => l,
             Err(e) => {
                 let dir = self.playbooks_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default();
-                tracing::error!(message = "Playbooks directory unreadable; keeping the loaded set.", dir = %dir, error = %e);
+                tracing::error!(message = "Playbooks directory unreadable; keeping the loaded set.", message_id = ids::PLAYBOOK_REJECTED, dir = %dir, error = %e);
                 let kept = self.playbook_names();
                 self.record("playbook_rejected", obj(json!({ "file": dir, "error": e.to_string(), "kept": kept })), now)?;
                 return Ok(());
@@ -423,7 +473,7 @@ impl Agent {
                 Err(e) => {
                     seen.push(e.file.clone());
                     let kept = self.slots.get(&e.file).map(|s| pb_ref(&s.pb));
-                    tracing::error!(message = "Playbook rejected.", error = %e, kept_previous = kept.is_some());
+                    tracing::error!(message = "Playbook rejected.", message_id = ids::PLAYBOOK_REJECTED, file = %e.file, error = %e, kept_previous = kept.is_some());
                     self.record("playbook_rejected", obj(json!({ "file": e.file, "error": e.to_string(), "kept": kept })), now)?;
                 }
             }
@@ -477,7 +527,15 @@ impl Agent {
             save(&next, &self.state_dir)?;
             self.mode = next.clone();
         }
-        tracing::warn!(message = "Mode changed.", from = old.mode.as_str(), to = next.mode.as_str(), actor = %actor, reason = %reason);
+        tracing::warn!(
+            message = "Mode changed.",
+            message_id = ids::MODE_CHANGED,
+            from = old.mode.as_str(),
+            to = next.mode.as_str(),
+            actor = %actor,
+            reason = %reason,
+            expires = next.expires_ms.map(crate::audit::now_rfc3339),
+        );
         self.publish_metrics();
         Ok(())
     }
@@ -569,7 +627,12 @@ impl Agent {
             let status = serde_json::to_value(f.outcome.status).ok();
             let status = status.as_ref().and_then(Value::as_str).unwrap_or("unknown");
             self.metrics.action_ended(f.req.kind.as_str(), status, f.outcome.duration_ms as f64 / 1000.0);
-            tracing::info!(message = "Action ended.", seq = f.seq, action = %f.req.kind, target = %f.req.target, status = ?f.outcome.status, error_code = f.outcome.error_code.unwrap_or(""));
+            let playbook = f.playbook.get("name").and_then(Value::as_str).unwrap_or("");
+            if f.outcome.status == Status::Ok {
+                tracing::info!(message = "Action ended.", message_id = ids::ACTION_SUCCEEDED, seq = f.seq, playbook, action = %f.req.kind, action_target = %f.req.target, status = ?f.outcome.status);
+            } else {
+                tracing::warn!(message = "Action failed.", message_id = ids::ACTION_FAILED, seq = f.seq, playbook, action = %f.req.kind, action_target = %f.req.target, status = ?f.outcome.status, error_code = f.outcome.error_code.unwrap_or(""), error = f.outcome.error.as_deref().unwrap_or(""));
+            }
             self.running.remove(&f.seq);
             self.gate.finished(f.req.kind, &f.req.target);
         }
@@ -622,7 +685,7 @@ impl Agent {
         if let Some((since, error)) = self.audit_down.clone() {
             let body = obj(json!({ "since": crate::audit::now_rfc3339(since), "error": error, "running_actions": self.running.len() }));
             self.audit.append_at("audit_recovered", body, now)?;
-            tracing::warn!(message = "Audit log writable again; acting resumes.", down_since = %crate::audit::now_rfc3339(since));
+            tracing::warn!(message = "Audit log writable again; acting resumes.", message_id = ids::AUDIT_RECOVERED, down_since = %crate::audit::now_rfc3339(since));
             self.audit_down = None;
             self.record_finished();
         }
@@ -646,7 +709,7 @@ impl Agent {
         let body = repeats::body(&t, &o, self.repeats.window_ms);
         match self.record("decision_repeated", body, now) {
             Ok(seq) => {
-                tracing::info!(message = "Repeated decision.", seq, playbook = %t.0, action = %t.1, target = %t.2, decision = o.what.0, rule = o.what.1, count = o.count);
+                tracing::info!(message = "Repeated decision.", seq, playbook = %t.0, action = %t.1, action_target = %t.2, decision = o.what.0, rule = o.what.1, count = o.count);
                 Ok(())
             }
             Err(e) => {
@@ -703,7 +766,7 @@ impl Agent {
         r.overruns += 1;
         let r = r.clone();
         if r.overruns == 1 {
-            tracing::warn!(message = "Evaluation overran its tick; ticks are skipped until it ends.", playbooks = ?r.playbooks, running_ms = now - r.since_ms);
+            tracing::warn!(message = "Evaluation overran its tick; ticks are skipped until it ends.", message_id = ids::EVALUATION_OVERRUN, playbooks = ?r.playbooks, running_ms = now - r.since_ms);
             let body =
                 obj(json!({ "playbooks": r.playbooks, "started": crate::audit::now_rfc3339(r.since_ms), "running_ms": now - r.since_ms }));
             let _ = self.record("evaluation_overrun", body, now);
@@ -761,7 +824,7 @@ impl Agent {
                     slot.disabled_until = Some(now + backoff);
                     let failures = slot.failures;
                     self.metrics.eval_failed(&name, e.code);
-                    tracing::warn!(message = "Playbook disabled.", playbook = %name, error_code = e.code, error = %e.message, for_secs = backoff / 1000);
+                    tracing::warn!(message = "Playbook disabled.", message_id = ids::PLAYBOOK_DISABLED, playbook = %name, error_code = e.code, error = %e.message, for_secs = backoff / 1000);
                     self.record(
                         "playbook_disabled",
                         obj(json!({ "playbook": pbref, "error_code": e.code, "error": e.message, "until": crate::audit::now_rfc3339(now + backoff), "failures": failures })),
@@ -796,7 +859,7 @@ impl Agent {
         let coalesce = repeats::coalescible(v.decision) && self.repeats.window_ms > 0;
         if coalesce && self.repeats.absorb(&t, now) {
             report.coalesced += 1;
-            tracing::debug!(message = "Decision repeated.", playbook = %name, action = %req.kind, target = %req.target, decision = v.decision.as_str(), rule = v.rule);
+            tracing::debug!(message = "Decision repeated.", playbook = %name, action = %req.kind, action_target = %req.target, decision = v.decision.as_str(), rule = v.rule);
             return Ok(());
         }
         let body = json!({
@@ -819,7 +882,17 @@ impl Agent {
                 return Err(e);
             }
         };
-        tracing::info!(message = "Decision.", seq, playbook = %name, action = %req.kind, target = %req.target, decision = v.decision.as_str(), rule = v.rule);
+        match v.decision {
+            Decision::Escalated => {
+                tracing::warn!(message = "Circuit breaker opened: escalated, not executed.", message_id = ids::BREAKER_OPENED, seq, playbook = %name, action = %req.kind, action_target = %req.target, decision = v.decision.as_str(), rule = v.rule)
+            }
+            Decision::Executed => {
+                tracing::info!(message = "Decision: executing.", message_id = ids::ACTION_EXECUTED, seq, playbook = %name, action = %req.kind, action_target = %req.target, decision = v.decision.as_str(), rule = v.rule)
+            }
+            _ => {
+                tracing::info!(message = "Decision.", message_id = ids::DECISION, seq, playbook = %name, action = %req.kind, action_target = %req.target, decision = v.decision.as_str(), rule = v.rule)
+            }
+        }
         if coalesce {
             let open = repeats::Open { what, playbook: pbref.clone(), first_seq: seq, first_ms: now, last_ms: now, count: 0 };
             if let Some((t, o)) = self.repeats.open(t, open) {
@@ -1158,6 +1231,13 @@ pub async fn run(
     mqtt: crate::forward::MqttConfig,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
+    let mut sd = notify::Notifier::from_env();
+    if let Some(timeout) = sd.watchdog() {
+        match notify::watchdog_problem(Duration::from_secs(interval_secs), timeout) {
+            Some(why) => tracing::warn!(message = "Watchdog cannot be kept fed.", error_code = "watchdog_interval", reason = %why),
+            None => tracing::info!(message = "Watchdog on: fed after each completed tick.", timeout_ms = timeout.as_millis() as u64),
+        }
+    }
     let (status_tx, status_rx) = tokio::sync::watch::channel(String::new());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (cmd_tx, mut cmd_rx) = tokio::sync::mpsc::channel::<Incoming>(64);
@@ -1171,7 +1251,14 @@ pub async fn run(
         let links = crate::forward::Links { status: status_rx, stop: stop_rx, health: health_tx, commands: cmd_tx, acks: ack_rx };
         tokio::spawn(crate::forward::run(mqtt.clone(), agent.node.clone(), state_dir, links))
     });
-    let listener = bind_control(&control, group.as_deref())?;
+    let listener = match bind_control(&control, group.as_deref()) {
+        Ok(l) => l,
+        Err(e) => {
+            // A start that cannot serve ends in order: the next start must not report a crash.
+            let _ = agent.stop("the control socket could not be bound");
+            return Err(e);
+        }
+    };
     let (call_tx, mut call_rx) = tokio::sync::mpsc::channel::<ControlCall>(MAX_CONTROL_CONNECTIONS);
     let acceptor = tokio::spawn(accept_control(listener, group.clone(), call_tx));
     // The evaluation worker: one thread for the agent's life, one job at a time. It is never
@@ -1227,6 +1314,9 @@ pub async fn run(
                     wake_at = wake(&mut agent, last_wake).or(wake_at);
                 }
                 let _ = status_tx.send(agent.public_status());
+                // A tick completed on the loop: the only thing that feeds the watchdog.
+                sd.tick_completed();
+                if sd.is_ready() { sd.status(&notify::status_of(&agent)) } else { sd.ready(&notify::status_of(&agent)) }
             }
             Some(call) = call_rx.recv() => {
                 let answer = agent.control(call.req, &call.peer);
@@ -1240,8 +1330,13 @@ pub async fn run(
             }
             _ = hup.recv() => {
                 tracing::info!(message = "Reloading playbooks (SIGHUP).");
+                sd.reloading();
                 if let Err(e) = agent.reload() {
                     tracing::error!(message = "Reload not recorded.", error_code = e.code(), error = %e);
+                }
+                // Ready again, unless the first tick (which sends READY=1) has not completed yet.
+                if sd.is_ready() {
+                    sd.ready(&notify::status_of(&agent));
                 }
             }
             _ = term.recv() => break "SIGTERM",
@@ -1249,11 +1344,13 @@ pub async fn run(
         }
     };
     tracing::info!(message = "Stopping.", reason, evaluation_abandoned = busy);
+    sd.stopping(reason);
     acceptor.abort();
     drop(call_rx);
     drop(rings);
     let _ = std::fs::remove_file(&control);
     agent.stop(reason)?;
+    tracing::info!(message = "Stopped.", message_id = ids::STOPPED, reason);
     // The forwarder gets a moment to send the last records, the stop among them.
     let _ = stop_tx.send(true);
     if let Some(f) = forwarder {
