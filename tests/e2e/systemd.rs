@@ -74,3 +74,181 @@ fn restart_unit_restarts_a_real_unit_in_live_mode_only() {
     assert_eq!(r["outcome"]["outcome"]["status"], "failed", "{r}");
     assert_eq!(r["outcome"]["outcome"]["error_code"], "restart_refused", "{r}");
 }
+
+// ---- The shipped unit: its hardening score, and every action working under it ----
+
+fn analyze_security(unit: &Path) -> (f64, String) {
+    let o = std::process::Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(unit)
+        .output()
+        .expect("systemd-analyze (apt-get install systemd; .ci/setup installs it)");
+    let (out, err) = (String::from_utf8_lossy(&o.stdout).to_string(), String::from_utf8_lossy(&o.stderr).to_string());
+    let line = out.lines().find(|l| l.contains("Overall exposure level for")).unwrap_or_else(|| panic!("no score in:\n{out}{err}"));
+    let score = line.rsplit(':').next().and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse().ok());
+    (score.unwrap_or_else(|| panic!("unreadable score: {line}")), err)
+}
+
+#[test]
+fn shipped_unit_exposure_is_at_most_4() {
+    let (score, err) = analyze_security(&crate::util::repo().join("systemd/medic.service"));
+    // A misspelt or unknown setting is only a warning to systemd, and silently unhardened.
+    assert!(err.trim().is_empty(), "systemd-analyze warned about the unit:\n{err}");
+    assert!(score <= 4.0, "systemd-analyze security --offline=true systemd/medic.service: {score} > 4.0");
+}
+
+/// The directories the unit lets medic write besides its own state and runtime dirs.
+fn read_write_paths(unit: &str) -> Vec<std::path::PathBuf> {
+    unit.lines().filter_map(|l| l.strip_prefix("ReadWritePaths=")).flat_map(|v| v.split_whitespace()).map(Into::into).collect()
+}
+
+#[test]
+fn unit_lets_clean_files_write_every_allowed_path_of_the_shipped_config() {
+    let repo = crate::util::repo();
+    let unit = std::fs::read_to_string(repo.join("systemd/medic.service")).unwrap();
+    let rw = read_write_paths(&unit);
+    let text = std::fs::read_to_string(repo.join("packaging/medic.toml")).unwrap();
+    let cfg = Config::parse("packaging/medic.toml", &text).unwrap();
+    for p in &cfg.policy.allowed_paths {
+        assert!(
+            rw.iter().any(|w| p.starts_with(w)),
+            "policy.allowed_paths has {} but the unit's ReadWritePaths= ({rw:?}) do not",
+            p.display()
+        );
+    }
+}
+
+/// `base` (a TOML text) with `lines` put right under the table header `table`.
+fn with_keys(base: &str, table: &str, lines: &str) -> String {
+    let at = base.find(&format!("\n{table}\n")).unwrap_or_else(|| panic!("packaging/medic.toml has no {table}")) + table.len() + 2;
+    format!("{}{lines}\n{}", &base[..at], &base[at..])
+}
+
+/// A playbook asking for one action every tick; a cooldown of an hour makes it run once in
+/// each mode (dry-run and live keep separate ledgers).
+fn once_playbook(name: &str, kind: &str, target: &str, body: &str) -> String {
+    crate::util::playbook_src(name, &format!("#{{ kind: \"{kind}\", target: \"{target}\" }}"), "1", "1h", body)
+}
+
+/// The agent installed as an operator would (binary, the shipped unit as it is, the shipped
+/// config with this test's policy, test playbooks), started by systemd in a booted container.
+/// Every action kind acts in live mode and is verified, every eBPF family loads, and the
+/// control socket answers root and belongs to the `medic` group: each capability, system call
+/// and path the unit grants is used here, so a setting that takes one away fails this test.
+#[test]
+fn under_the_hardened_unit_every_action_acts_and_every_ebpf_family_loads() {
+    let bin = env!("CARGO_BIN_EXE_medic");
+    let c = Container::boot_with(&format!("medic-unit-{}", std::process::id()), &[&format!("--bind-ro={bin}:/usr/bin/medic")]);
+    let repo = crate::util::repo();
+    let journal = || c.exec(&["journalctl", "-u", "medic", "--no-pager", "-o", "cat"]).stdout;
+    let journal = || String::from_utf8_lossy(&journal()).to_string();
+
+    // The unit as shipped; a drop-in with test knobs only (more logging), never the sandbox.
+    std::fs::copy(repo.join("systemd/medic.service"), c.path("/etc/systemd/system/medic.service")).unwrap();
+    std::fs::create_dir_all(c.path("/etc/systemd/system/medic.service.d")).unwrap();
+    std::fs::write(c.path("/etc/systemd/system/medic.service.d/test.conf"), "[Service]\nEnvironment=MEDIC_LOG=debug\n").unwrap();
+    // The shipped config with this test's policy: one allowed command, run as `nobody`.
+    let base = std::fs::read_to_string(repo.join("packaging/medic.toml")).unwrap();
+    let cfg = with_keys(&base, "[policy]", "commands = [{ path = \"/usr/bin/id\", args = [], user = \"nobody\", timeout_secs = 10 }]");
+    // The clean_files target is a tmpfs of its own: on the container's overlayfs root a file's
+    // device is its layer's, not the directory's, and clean_files never crosses a device.
+    let cfg = with_keys(&cfg, "[policy]", "allowed_paths = [\"/var/log\", \"/var/log/medic-test\"]");
+    let cfg = with_keys(&cfg, "[control]", "group = \"medic\"");
+    std::fs::create_dir_all(c.path("/etc/medic/playbooks")).unwrap();
+    std::fs::write(c.path("/etc/medic/medic.toml"), cfg).unwrap();
+    let pbs = [
+        ("restart.rhai", once_playbook("t-restart", "restart_unit", "medic-demo.service", "restart_unit(\"medic-demo.service\", \"test\");")),
+        (
+            "signal.rhai",
+            once_playbook(
+                "t-signal",
+                "signal_process",
+                "*",
+                "for p in node.processes() { if p.unit == \"medic-victim.service\" && p.name == \"sleep\" { signal_process(p.pid, \"TERM\", \"test\"); } }",
+            ),
+        ),
+        (
+            "clean.rhai",
+            once_playbook(
+                "t-clean",
+                "clean_files",
+                "/var/log/medic-test",
+                "clean_files(\"/var/log/medic-test\", #{ glob: \"*.log\", older_than: \"1d\", target_free_bytes: 1073741824 }, \"test\");",
+            ),
+        ),
+        ("command.rhai", once_playbook("t-command", "run_command", "/usr/bin/id", "run_command(\"/usr/bin/id\", [], \"test\");")),
+    ];
+    for (f, src) in &pbs {
+        std::fs::write(c.path(&format!("/etc/medic/playbooks/{f}")), src).unwrap();
+    }
+    // Targets owned by other users than medic's (root): a demo unit, a process of `nobody` in
+    // its own unit, and old files of `nobody` in a directory only `nobody` may write.
+    std::fs::write(c.path("/etc/systemd/system/medic-demo.service"), UNIT).unwrap();
+    c.sh("groupadd --system medic && systemctl daemon-reload && systemctl start medic-demo.service");
+    c.sh("systemd-run --unit=medic-victim -p User=nobody /bin/sleep infinity");
+    c.sh(
+        "mkdir /var/log/medic-test && mount -t tmpfs -o size=1m medic-test /var/log/medic-test && for f in a b c; do head -c 4096 /dev/zero > /var/log/medic-test/$f.log; done \
+         && touch -d '3 days ago' /var/log/medic-test/*.log && chown -R nobody:nogroup /var/log/medic-test \
+         && chmod 0755 /var/log/medic-test",
+    );
+    let demo_before = c.sh("systemctl show -p InvocationID --value medic-demo.service");
+
+    let o = c.exec(&["systemctl", "start", "medic.service"]);
+    assert!(o.status.success(), "systemctl start medic: {}\n{}", crate::util::text(&o), journal());
+    assert!(
+        crate::util::wait_until(60, || c.exec(&["systemctl", "is-active", "medic.service"]).stdout.starts_with(b"active")),
+        "medic did not become active:\n{}",
+        journal()
+    );
+    // The sandbox is the shipped one (the drop-in loosened nothing).
+    let show = c.sh("systemctl show medic.service -p CapabilityBoundingSet -p ProtectProc -p NoNewPrivileges -p ProtectSystem");
+    assert!(
+        show.contains("ProtectProc=invisible") && show.contains("NoNewPrivileges=yes") && show.contains("ProtectSystem=strict"),
+        "{show}"
+    );
+    assert!(!show.contains("cap_sys_admin") && show.contains("cap_bpf"), "{show}");
+
+    // The control socket answers root, and belongs to the medic group (CAP_CHOWN).
+    let status = || -> serde_json::Value {
+        let o = c.exec(&["medic", "status", "--json"]);
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("medic status --json: {e}: {}\n{}", crate::util::text(&o), journal()))
+    };
+    // Type=simple is active before the socket is bound (Type=notify only once ready): poll.
+    crate::util::wait_until(60, || c.exec(&["medic", "status", "--json"]).status.success());
+    let s = status();
+    assert_eq!(s["mode"]["mode"], "dry-run", "{s}");
+    assert_eq!(c.sh("stat -c '%G %a' /run/medic/control.sock"), "medic 660");
+    // Every eBPF family loaded: none is unavailable, and the agent holds their programs.
+    let unavailable: Vec<&String> = s["unavailable_signals"].as_object().map(|m| m.keys().collect()).unwrap_or_default();
+    assert!(!unavailable.iter().any(|k| k.starts_with("ebpf")), "eBPF families unavailable under the unit: {s}\n{}", journal());
+    let pid = c.sh("systemctl show -p MainPID --value medic.service");
+    let progs = c.sh(&format!("ls -l /proc/{pid}/fd | grep -c 'anon_inode:bpf-prog' || true"));
+    assert!(progs.parse::<u32>().unwrap_or(0) >= 4, "bpf programs held by medic: {progs}");
+
+    // Live: each action runs once, as the sandboxed daemon, and is verified.
+    c.sh("medic mode live --reason 'hardened unit test'");
+    let state = c.path("/var/lib/medic");
+    let outcomes = || -> Vec<serde_json::Value> { audit_lines(&state).into_iter().filter(|r| r["kind"] == "action_outcome").collect() };
+    let done = crate::util::wait_until(60, || outcomes().len() >= 4);
+    let recs = audit_lines(&state);
+    let all = serde_json::Value::Array(recs.clone());
+    assert!(done, "four live outcomes expected:\n{all:#}\n{}", journal());
+    for kind in ["restart_unit", "signal_process", "clean_files", "run_command"] {
+        let executed = recs.iter().find(|r| r["kind"] == "action" && r["decision"] == "executed" && r["action"]["kind"] == kind);
+        let executed = executed.unwrap_or_else(|| panic!("no executed {kind}:\n{all:#}"));
+        let outcome = recs.iter().find(|r| r["kind"] == "action_outcome" && r["ref_seq"] == executed["seq"]);
+        let outcome = outcome.unwrap_or_else(|| panic!("no outcome of {kind}:\n{all:#}"));
+        assert_eq!(outcome["outcome"]["status"], "ok", "{kind}: {outcome:#}\n{}", journal());
+        assert_eq!(outcome["outcome"]["verified"], true, "{kind}: {outcome:#}");
+    }
+    // And what they did is there to see.
+    assert_ne!(c.sh("systemctl show -p InvocationID --value medic-demo.service"), demo_before);
+    assert_eq!(c.sh("systemctl is-active medic-victim.service || true"), "inactive");
+    assert_eq!(c.sh("ls -A /var/log/medic-test | wc -l"), "0");
+    let cmd = recs.iter().find(|r| r["kind"] == "action_outcome" && r["outcome"]["detail"]["command"] == "/usr/bin/id").unwrap();
+    assert!(cmd["outcome"]["detail"]["stdout"].as_str().unwrap_or("").starts_with("uid=65534(nobody)"), "{cmd:#}");
+
+    // An orderly stop, recorded.
+    c.sh("systemctl stop medic.service");
+    assert_eq!(crate::util::kinds(&state).last().map(String::as_str), Some("agent_stopped"), "{}", journal());
+}
