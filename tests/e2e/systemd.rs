@@ -1,8 +1,10 @@
 //! `restart_unit` against a real systemd: the test boots a Debian root (made by
 //! `.ci/prepare-rootfs`) with systemd-nspawn, systemd as PID 1, starts a unit in it, and the
 //! agent, on the host, restarts that unit over the container's system bus. The test reads the
-//! unit's InvocationID inside the container: changed in live mode, unchanged in dry-run. This
-//! test does not skip: without the root it fails and says how to make it.
+//! unit's InvocationID inside the container: changed in live mode, unchanged in dry-run. The
+//! shipped unit: its `systemd-analyze security` score, and the agent installed in the container
+//! and run by systemd under it, every action and eBPF family working. These tests do not skip:
+//! without the root or systemd-analyze they fail and say how to get them.
 
 use crate::container::Container;
 use crate::util::audit_lines;
