@@ -234,6 +234,14 @@ fn under_the_hardened_unit_every_action_acts_and_every_ebpf_family_loads() {
     let s = status();
     assert_eq!(s["mode"]["mode"], "dry-run", "{s}");
     assert_eq!(c.sh("stat -c '%G %a' /run/medic/control.sock /var/lib/medic /var/lib/medic/audit.log"), "medic 660\nmedic 750\nmedic 640");
+    // UMask=0077 leaves the group its access: a member may ask, anyone else is refused.
+    c.sh("useradd --no-create-home --groups medic medic-op");
+    // (--socket: as a user, medic's default socket is under that user's own state dir.)
+    let as_user = |user: &str| c.exec(&["runuser", "-u", user, "--", "medic", "status", "--json", "--socket", "/run/medic/control.sock"]);
+    let member = as_user("medic-op");
+    assert!(member.status.success(), "a member of the medic group: {}", crate::util::text(&member));
+    let other = as_user("nobody");
+    assert!(!other.status.success() && crate::util::text(&other).contains("ermission denied"), "{}", crate::util::text(&other));
     // Every eBPF family loaded (and every other signal family read): none is unavailable, and
     // the agent holds the programs.
     assert_eq!(s["unavailable_signals"], serde_json::json!({}), "signal families unavailable under the unit:\n{}", journal());
