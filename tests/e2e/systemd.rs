@@ -132,6 +132,16 @@ fn once_playbook(name: &str, kind: &str, target: &str, body: &str) -> String {
     crate::util::playbook_src(name, &format!("#{{ kind: \"{kind}\", target: \"{target}\" }}"), "1", "1h", body)
 }
 
+/// The body of `GET /metrics` on 127.0.0.1:`port`.
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("/metrics on port {port}: {e}"));
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    text.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or(text)
+}
+
 /// The agent installed as an operator would (binary, the shipped unit as it is, the shipped
 /// config with this test's policy, test playbooks), started by systemd in a booted container.
 /// Every action kind acts in live mode and is verified, every eBPF family loads, and the
@@ -161,6 +171,9 @@ fn under_the_hardened_unit_every_action_acts_and_every_ebpf_family_loads() {
     let broker_dir = tempfile::tempdir().unwrap();
     let mut broker = crate::mqtt::Broker::listening_on(broker_dir.path(), &["127.0.0.1", "::1"]);
     broker.start();
+    // /metrics on a free loopback port (the container shares the host's network).
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cfg = with_keys(&cfg, "[metrics]", &format!("listen = \"127.0.0.1:{metrics_port}\""));
     let cfg = with_keys(&cfg, "[mqtt]", &format!("enabled = true\nhost = \"::1\"\nport = {}", broker.port));
     std::fs::create_dir_all(c.path("/etc/medic/playbooks")).unwrap();
     std::fs::write(c.path("/etc/medic/medic.toml"), cfg).unwrap();
@@ -245,6 +258,8 @@ fn under_the_hardened_unit_every_action_acts_and_every_ebpf_family_loads() {
     // Every eBPF family loaded (and every other signal family read): none is unavailable, and
     // the agent holds the programs.
     assert_eq!(s["unavailable_signals"], serde_json::json!({}), "signal families unavailable under the unit:\n{}", journal());
+    let metrics = scrape(metrics_port);
+    assert!(metrics.lines().any(|l| l == "medic_ebpf_families_loaded 4"), "/metrics:\n{metrics}");
     let pid = c.sh("systemctl show -p MainPID --value medic.service");
     let progs = c.sh(&format!("ls -l /proc/{pid}/fd | grep -c 'anon_inode:bpf-prog' || true"));
     assert!(progs.parse::<u32>().unwrap_or(0) >= 4, "bpf programs held by medic: {progs}");
