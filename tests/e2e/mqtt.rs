@@ -10,22 +10,28 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A mosquitto of the test's, with persistence in its own directory.
-struct Broker {
+pub struct Broker {
     conf: PathBuf,
-    port: u16,
+    pub port: u16,
     child: Option<Child>,
 }
 
 impl Broker {
     fn new(dir: &Path) -> Self {
+        Self::listening_on(dir, &["127.0.0.1"])
+    }
+
+    /// A broker listening on one port at each of `addrs` (the first must be 127.0.0.1).
+    pub fn listening_on(dir: &Path, addrs: &[&str]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let listeners: String = addrs.iter().map(|a| format!("listener {port} {a}\n")).collect();
         let data = dir.join("mosquitto");
         std::fs::create_dir_all(&data).unwrap();
         let conf = dir.join("mosquitto.conf");
         std::fs::write(
             &conf,
             format!(
-                "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 0\n",
+                "user root\n{listeners}allow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 0\n",
                 data.display()
             ),
         )
@@ -33,7 +39,7 @@ impl Broker {
         Self { conf, port, child: None }
     }
 
-    fn start(&mut self) {
+    pub fn start(&mut self) {
         let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"].into_iter().find(|p| Path::new(p).exists()).unwrap_or("mosquitto");
         let child = Command::new(bin)
             .arg("-c")
