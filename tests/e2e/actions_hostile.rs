@@ -153,6 +153,44 @@ fn clean_files_does_not_cross_a_bind_mount_of_the_same_filesystem() {
     assert!(outside.join("secret.log").exists() && outside.join("deeper/secret.log").exists());
 }
 
+/// An overlayfs mount (a container's root is one), unmounted on drop.
+struct Overlay(PathBuf);
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn clean_files_deletes_on_overlayfs_where_files_report_their_layers_device() {
+    // The bug: a file on overlayfs reports the device of its layer, its directory the overlay's;
+    // compared by device, every file was skipped as "another filesystem" and the outcome said
+    // ok with nothing deleted (found under the hardened unit in the booted container).
+    let tmp = tempfile::tempdir().unwrap();
+    // As in the container: the lower layer on disk, the upper one on a tmpfs.
+    let rw = tmp.path().join("rw");
+    std::fs::create_dir_all(&rw).unwrap();
+    let _rw = crate::util::Tmpfs::mount(&rw, "size=1m");
+    let (lower, upper, work, merged) = (tmp.path().join("lower"), rw.join("upper"), rw.join("work"), tmp.path().join("merged"));
+    for d in [&upper, &work, &merged] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    old_file(&lower.join("logs/from-lower.log"));
+    old_file(&upper.join("logs/from-upper.log"));
+    let opts = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
+    let st = std::process::Command::new("mount").args(["-t", "overlay", "overlay", "-o", &opts]).arg(&merged).status().unwrap();
+    assert!(st.success(), "mount -t overlay (the test runs as root)");
+    let _m = Overlay(merged.clone());
+    let dir = |p: &Path| std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(p).unwrap());
+    assert_ne!(dir(&merged.join("logs")), dir(&merged.join("logs/from-lower.log")), "overlayfs reports the layer's device for a file");
+    let out = execute(&clean(&merged.join("logs")), &cx(&[&merged]));
+    assert_eq!(out.error_code, None, "{out:?}");
+    assert_eq!(out.detail["deleted"], 2, "{}", out.detail);
+    assert_eq!(out.detail["skipped"]["other_filesystems"], 0, "{}", out.detail);
+    assert!(!merged.join("logs/from-lower.log").exists() && !merged.join("logs/from-upper.log").exists());
+}
+
 fn playbook(name: &str, actions: &str, body: &str) -> String {
     crate::util::playbook_src(name, actions, "100", "0s", body)
 }

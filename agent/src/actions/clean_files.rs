@@ -48,10 +48,23 @@ struct Walk {
 
 /// Where a filesystem object lives: its device and, where the kernel tells (Linux ≥ 5.8), its
 /// mount. Two bind mounts of one filesystem share a device but not a mount id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 struct Place {
     dev: (u32, u32),
     mnt: Option<u64>,
+}
+
+/// The same mount: by mount id where the kernel gives both (another filesystem is always another
+/// mount), else by device. Not by device when the ids are known: on overlayfs (container roots)
+/// a file reports the device of the layer it lives in while its directory reports the overlay's,
+/// so a device check skipped every file there as "another filesystem".
+impl PartialEq for Place {
+    fn eq(&self, other: &Self) -> bool {
+        match (self.mnt, other.mnt) {
+            (Some(a), Some(b)) => a == b,
+            _ => self.dev == other.dev,
+        }
+    }
 }
 
 struct Meta {
