@@ -142,16 +142,19 @@ pub fn unit_protected(unit: &str, extra: &[String]) -> bool {
 
 /// Why a process with this identity is protected, or None.
 pub fn protected(id: &Identity, extra_units: &[String], extra_processes: &[String]) -> Option<String> {
-    if let Some(exe) = &id.exe {
-        let name = exe.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let in_system_dir = exe.parent().is_some_and(|d| SYSTEM_DIRS.iter().any(|s| d == Path::new(s)));
-        if id.exe_root_owned && in_system_dir && PROTECTED_EXES.contains(&name.as_str()) {
-            return Some(format!("it runs {}, a protected executable", exe.display()));
-        }
-        let exe_s = exe.to_string_lossy();
-        if let Some(p) = extra_processes.iter().find(|p| if p.contains('/') { glob_match(p, &exe_s) } else { glob_match(p, &name) }) {
-            return Some(format!("it runs {} (policy.protected_processes {p:?})", exe.display()));
-        }
+    // What cannot be identified is not signalled: a kernel thread has no executable, and one that
+    // cannot be read (no CAP_SYS_PTRACE, a sandbox) might be sshd's.
+    let Some(exe) = &id.exe else {
+        return Some("its executable cannot be read (a kernel thread, or no permission): medic signals only what it can identify".into());
+    };
+    let name = exe.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let in_system_dir = exe.parent().is_some_and(|d| SYSTEM_DIRS.iter().any(|s| d == Path::new(s)));
+    if id.exe_root_owned && in_system_dir && PROTECTED_EXES.contains(&name.as_str()) {
+        return Some(format!("it runs {}, a protected executable", exe.display()));
+    }
+    let exe_s = exe.to_string_lossy();
+    if let Some(p) = extra_processes.iter().find(|p| if p.contains('/') { glob_match(p, &exe_s) } else { glob_match(p, &name) }) {
+        return Some(format!("it runs {} (policy.protected_processes {p:?})", exe.display()));
     }
     if id.exe_id.is_some() && id.exe_id == own_exe() {
         return Some("it runs medic's own executable".into());
@@ -185,6 +188,15 @@ mod tests {
         let mut planted = id("/usr/sbin/sshd", "/");
         planted.exe_root_owned = false;
         assert!(protected(&planted, &[], &[]).is_none());
+    }
+
+    #[test]
+    fn a_process_whose_executable_cannot_be_read_is_protected() {
+        // The bug: an unreadable /proc/<pid>/exe (another user's process without CAP_SYS_PTRACE)
+        // left exe None, and None passed every check.
+        let mut unknown = id("/tmp/a", "/");
+        unknown.exe = None;
+        assert!(protected(&unknown, &[], &[]).unwrap().contains("cannot be read"));
     }
 
     #[test]
