@@ -249,8 +249,8 @@ fn under_the_hardened_unit_every_action_acts_and_every_ebpf_family_loads() {
     assert_eq!(c.sh("stat -c '%G %a' /run/medic/control.sock /var/lib/medic /var/lib/medic/audit.log"), "medic 660\nmedic 750\nmedic 640");
     // UMask=0077 leaves the group its access: a member may ask, anyone else is refused.
     c.sh("useradd --no-create-home --groups medic medic-op");
-    // (--socket: as a user, medic's default socket is under that user's own state dir.)
-    let as_user = |user: &str| c.exec(&["runuser", "-u", user, "--", "medic", "status", "--json", "--socket", "/run/medic/control.sock"]);
+    // No --socket: a user without an agent of their own talks to the system agent's socket.
+    let as_user = |user: &str| c.exec(&["runuser", "-u", user, "--", "medic", "status", "--json"]);
     let member = as_user("medic-op");
     assert!(member.status.success(), "a member of the medic group: {}", crate::util::text(&member));
     let other = as_user("nobody");

@@ -252,7 +252,14 @@ fn socket_of(c: &ControlArgs) -> anyhow::Result<PathBuf> {
         return Ok(s.clone());
     }
     let (cfg, _) = Config::load(c.config.as_deref())?;
-    Ok(cfg.control_socket(&cfg.state_dir()))
+    let own = cfg.control_socket(&cfg.state_dir());
+    // A member of the control group (not root) talks to the system agent's socket, unless an
+    // agent of their own is listening on theirs.
+    let system = Path::new(crate::config::SYSTEM_CONTROL_SOCKET);
+    if cfg.control.socket.is_none() && !own.exists() && system.exists() {
+        return Ok(system.to_path_buf());
+    }
+    Ok(own)
 }
 
 /// Sends a control request; prints an error and returns exit code 3 when it fails.

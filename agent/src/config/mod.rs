@@ -441,13 +441,16 @@ impl Config {
     pub fn control_socket(&self, state_dir: &Path) -> PathBuf {
         self.control.socket.clone().unwrap_or_else(|| {
             if rustix::process::geteuid().is_root() {
-                "/run/medic/control.sock".into()
+                SYSTEM_CONTROL_SOCKET.into()
             } else {
                 state_dir.join("control.sock")
             }
         })
     }
 }
+
+/// The control socket of the agent run by root (systemd's `RuntimeDirectory=medic`).
+pub const SYSTEM_CONTROL_SOCKET: &str = "/run/medic/control.sock";
 
 /// `/var/lib/medic` for root; for anyone else a directory they can write.
 pub fn default_state_dir() -> PathBuf {
