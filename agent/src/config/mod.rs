@@ -408,7 +408,8 @@ impl Config {
         if cfg.playbooks_dir.is_some() && cfg.local_playbooks_dir.is_some() {
             return Err(at(
                 "local_playbooks_dir",
-                "local_playbooks_dir: playbooks_dir replaces the bundled playbooks, local_playbooks_dir adds to them: set one of the two".into(),
+                "local_playbooks_dir: playbooks_dir replaces the bundled playbooks, local_playbooks_dir adds to them: set one of the two"
+                    .into(),
             ));
         }
         if let Some(n) = &cfg.node {

@@ -359,7 +359,8 @@ impl Agent {
         let loaded = match playbooks::load_with(&self.rt, self.playbooks_dir.as_deref(), self.local_playbooks_dir.as_deref()) {
             Ok(l) => l,
             Err(e) => {
-                let dir = self.playbooks_dir.as_ref().or(self.local_playbooks_dir.as_ref()).map(|d| d.display().to_string()).unwrap_or_default();
+                let dir =
+                    self.playbooks_dir.as_ref().or(self.local_playbooks_dir.as_ref()).map(|d| d.display().to_string()).unwrap_or_default();
                 tracing::error!(message = "Playbooks directory unreadable; keeping the loaded set.", dir = %dir, error = %e);
                 let kept = self.playbook_names();
                 self.record("playbook_rejected", obj(json!({ "file": dir, "error": e.to_string(), "kept": kept })), now)?;

@@ -478,7 +478,7 @@ pub fn load(rt: &Runtime, dir: Option<&Path>) -> Result<Loaded, std::io::Error> 
 /// replaces it and an empty local file turns it off, as in systemd's `/usr/lib` and `/etc`. A
 /// missing `local` holds no playbooks. The bundled ones come first, then the local ones by name.
 pub fn load_with(rt: &Runtime, dir: Option<&Path>, local: Option<&Path>) -> Result<Loaded, std::io::Error> {
-    let sources: Vec<(String, Result<String, String>)> = match (dir, local) {
+    let sources: Sources = match (dir, local) {
         (Some(dir), _) => list(dir)?,
         (None, None) => bundled::PLAYBOOKS.iter().map(|(f, s, _)| (format!("bundled:{f}"), Ok(s.to_string()))).collect(),
         (None, Some(local)) => {
@@ -517,8 +517,11 @@ pub fn load_with(rt: &Runtime, dir: Option<&Path>, local: Option<&Path>) -> Resu
         .collect())
 }
 
+/// Playbook files: each label (a path, or `bundled:<file>`) with its source or why it could not be read.
+type Sources = Vec<(String, Result<String, String>)>;
+
 /// The `*.rhai` files of `dir`, sorted by name, each with its source or why it could not be read.
-fn list(dir: &Path) -> Result<Vec<(String, Result<String, String>)>, std::io::Error> {
+fn list(dir: &Path) -> Result<Sources, std::io::Error> {
     let mut files: Vec<_> = std::fs::read_dir(dir)?
         .flatten()
         .map(|e| (e.path(), e.file_type().ok()))
