@@ -10,6 +10,7 @@ mod ebpf;
 mod history;
 mod hostile;
 mod mqtt;
+mod package;
 mod playbooks;
 mod scale;
 mod signals;
