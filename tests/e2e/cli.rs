@@ -63,7 +63,9 @@ fn the_packaged_config_is_valid_and_documents_the_defaults() {
     let path = crate::util::repo().join("packaging/medic.toml");
     let text = std::fs::read_to_string(&path).unwrap();
     let cfg = medic::config::Config::parse(&path.display().to_string(), &text).unwrap();
-    assert_eq!(cfg.playbooks_dir.as_deref(), Some(std::path::Path::new("/etc/medic/playbooks")));
+    assert_eq!(cfg.local_playbooks_dir.as_deref(), Some(std::path::Path::new("/etc/medic/playbooks")));
+    assert_eq!(cfg.playbooks_dir, None, "the packaged config adds to the bundled playbooks");
+    assert_eq!(cfg.control.group.as_deref(), Some("medic"));
     // Uncommenting every default must give the defaults back.
     let uncommented: String = text
         .lines()

@@ -12,6 +12,7 @@ mod hostile;
 mod metrics;
 mod mqtt;
 mod notify;
+mod package;
 mod playbooks;
 mod scale;
 mod signals;

@@ -57,7 +57,8 @@ enum Command {
         /// Config file (TOML). Default: /etc/medic/medic.toml if it exists, else built-in defaults.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
-        /// Directory of *.rhai playbooks. Default: the config's playbooks_dir, else the bundled set.
+        /// Directory of *.rhai playbooks. Default: the config's playbooks_dir, else the bundled set
+        /// and the config's local_playbooks_dir.
         #[arg(long, value_name = "DIR")]
         playbooks: Option<PathBuf>,
         /// Where the audit log lives. Default: the config's state_dir, else /var/lib/medic (root)
@@ -456,8 +457,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let dir = playbooks.or(cfg.playbooks_dir.clone());
             let rt = Runtime::new(cfg.playbooks.limits).with_history(playbooks::HistoryReach::of(&cfg.signals));
-            let loaded =
-                playbooks::load(&rt, dir.as_deref()).map_err(|e| anyhow!("{}: {e}", dir.as_deref().unwrap_or(Path::new("")).display()))?;
+            let local = cfg.local_playbooks_dir.as_deref();
+            let loaded = playbooks::load_with(&rt, dir.as_deref(), local)
+                .map_err(|e| anyhow!("{}: {e}", dir.as_deref().or(local).unwrap_or(Path::new("")).display()))?;
             for r in loaded {
                 match r {
                     Ok(pb) => println!("{}: ok ({})", pb.file, pb.meta.name),

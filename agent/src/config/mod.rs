@@ -21,8 +21,13 @@ pub struct Config {
     /// Where the audit log lives. Default: `/var/lib/medic` as root, else
     /// `$XDG_STATE_HOME/medic` (or `~/.local/state/medic`).
     pub state_dir: Option<PathBuf>,
-    /// Directory of `*.rhai` playbooks. Default: the playbooks bundled in the binary.
+    /// Directory of `*.rhai` playbooks, instead of the bundled ones. Default: the playbooks
+    /// bundled in the binary.
     pub playbooks_dir: Option<PathBuf>,
+    /// Directory of local `*.rhai` playbooks loaded with the bundled ones: a file named like a
+    /// bundled playbook replaces it, an empty one turns it off (see docs/PLAYBOOKS.md). A missing
+    /// directory holds none. Not with `playbooks_dir`. The packages set `/etc/medic/playbooks`.
+    pub local_playbooks_dir: Option<PathBuf>,
     pub signals: SignalsConfig,
     pub playbooks: PlaybooksConfig,
     pub policy: PolicyConfig,
@@ -405,6 +410,13 @@ impl Config {
         if let Err(reason) = cfg.metrics.address() {
             return Err(at("metrics.listen", reason));
         }
+        if cfg.playbooks_dir.is_some() && cfg.local_playbooks_dir.is_some() {
+            return Err(at(
+                "local_playbooks_dir",
+                "local_playbooks_dir: playbooks_dir replaces the bundled playbooks, local_playbooks_dir adds to them: set one of the two"
+                    .into(),
+            ));
+        }
         if let Some(n) = &cfg.node {
             if n.is_empty() || n.contains(['/', '+', '#']) || n.chars().any(char::is_whitespace) {
                 return Err(at("node", format!("node: {n:?} must be non-empty, without '/', '+', '#' or spaces")));
@@ -469,6 +481,13 @@ pub fn default_state_dir() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn playbooks_dir_and_local_playbooks_dir_exclude_each_other() {
+        let e = Config::parse("m.toml", "playbooks_dir = \"/a\"\nlocal_playbooks_dir = \"/b\"\n").unwrap_err();
+        assert_eq!((e.line, e.col), (2, 1), "{e}");
+        assert!(e.reason.contains("set one of the two"), "{e}");
+    }
 
     #[test]
     fn unknown_key_names_line_and_column() {

@@ -214,6 +214,8 @@ pub struct Agent {
     evaluating: Option<Running>,
     overruns: u64,
     playbooks_dir: Option<PathBuf>,
+    /// Local playbooks added to the bundled ones (config `local_playbooks_dir`).
+    local_playbooks_dir: Option<PathBuf>,
     state_dir: PathBuf,
     disable_ms: i64,
     max_disable_ms: i64,
@@ -364,6 +366,7 @@ impl Agent {
             evaluating: None,
             overruns: 0,
             playbooks_dir,
+            local_playbooks_dir: cfg.local_playbooks_dir.clone(),
             state_dir,
             disable_ms: cfg.playbooks.disable_ms(),
             max_disable_ms: cfg.playbooks.max_disable_ms(),
@@ -444,10 +447,11 @@ impl Agent {
     /// any) and is recorded as rejected; a file that disappeared is unloaded.
     pub fn reload(&mut self) -> Result<(), AuditError> {
         let now = crate::audit::now_ms();
-        let loaded = match playbooks::load(&self.rt, self.playbooks_dir.as_deref()) {
+        let loaded = match playbooks::load_with(&self.rt, self.playbooks_dir.as_deref(), self.local_playbooks_dir.as_deref()) {
             Ok(l) => l,
             Err(e) => {
-                let dir = self.playbooks_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default();
+                let dir =
+                    self.playbooks_dir.as_ref().or(self.local_playbooks_dir.as_ref()).map(|d| d.display().to_string()).unwrap_or_default();
                 tracing::error!(message = "Playbooks directory unreadable; keeping the loaded set.", message_id = ids::PLAYBOOK_REJECTED, dir = %dir, error = %e);
                 let kept = self.playbook_names();
                 self.record("playbook_rejected", obj(json!({ "file": dir, "error": e.to_string(), "kept": kept })), now)?;

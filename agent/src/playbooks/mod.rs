@@ -470,16 +470,31 @@ fn read_entry(path: &Path, ft: Option<std::fs::FileType>) -> Result<String, Stri
 /// read (not a regular file, too large, unreadable) is that entry's error at `1:1`; the others
 /// load. Only a directory that cannot be listed is an error of the whole load.
 pub fn load(rt: &Runtime, dir: Option<&Path>) -> Result<Loaded, std::io::Error> {
-    let sources: Vec<(String, Result<String, String>)> = match dir {
-        None => bundled::PLAYBOOKS.iter().map(|(f, s, _)| (format!("bundled:{f}"), Ok(s.to_string()))).collect(),
-        Some(dir) => {
-            let mut files: Vec<_> = std::fs::read_dir(dir)?
-                .flatten()
-                .map(|e| (e.path(), e.file_type().ok()))
-                .filter(|(p, _)| p.extension().is_some_and(|e| e == "rhai"))
-                .collect();
-            files.sort_by(|a, b| a.0.cmp(&b.0));
-            files.into_iter().map(|(f, ft)| (f.display().to_string(), read_entry(&f, ft))).collect()
+    load_with(rt, dir, None)
+}
+
+/// [`load`], and with `dir` `None` and a `local` directory: the bundled set with the `*.rhai`
+/// files of `local` added, where a local file named like a bundled one (`disk_old_logs.rhai`)
+/// replaces it and an empty local file turns it off, as in systemd's `/usr/lib` and `/etc`. A
+/// missing `local` holds no playbooks. The bundled ones come first, then the local ones by name.
+pub fn load_with(rt: &Runtime, dir: Option<&Path>, local: Option<&Path>) -> Result<Loaded, std::io::Error> {
+    let sources: Sources = match (dir, local) {
+        (Some(dir), _) => list(dir)?,
+        (None, None) => bundled::PLAYBOOKS.iter().map(|(f, s, _)| (format!("bundled:{f}"), Ok(s.to_string()))).collect(),
+        (None, Some(local)) => {
+            let local = match list(local) {
+                Ok(l) => l,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => return Err(e),
+            };
+            let name = |label: &str| Path::new(label).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let replaced: HashSet<String> = local.iter().map(|(f, _)| name(f)).collect();
+            bundled::PLAYBOOKS
+                .iter()
+                .filter(|(f, _, _)| !replaced.contains(*f))
+                .map(|(f, s, _)| (format!("bundled:{f}"), Ok(s.to_string())))
+                .chain(local.into_iter().filter(|(_, src)| !src.as_ref().is_ok_and(|s| s.trim().is_empty())))
+                .collect()
         }
     };
     let mut names = HashSet::new();
@@ -500,6 +515,20 @@ pub fn load(rt: &Runtime, dir: Option<&Path>) -> Result<Loaded, std::io::Error> 
             Ok(pb)
         })
         .collect())
+}
+
+/// Playbook files: each label (a path, or `bundled:<file>`) with its source or why it could not be read.
+type Sources = Vec<(String, Result<String, String>)>;
+
+/// The `*.rhai` files of `dir`, sorted by name, each with its source or why it could not be read.
+fn list(dir: &Path) -> Result<Sources, std::io::Error> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| (e.path(), e.file_type().ok()))
+        .filter(|(p, _)| p.extension().is_some_and(|e| e == "rhai"))
+        .collect();
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(files.into_iter().map(|(f, ft)| (f.display().to_string(), read_entry(&f, ft))).collect())
 }
 
 #[cfg(test)]
@@ -523,6 +552,44 @@ mod tests {
         let history = Arc::new(History::new(600_000, 1000, 100));
         let snap = Arc::new(Snapshot { ts_ms: 1_700_000_000_000, ..Default::default() });
         (rt.evaluate(p, snap, history.clone(), state), history)
+    }
+
+    /// The names and files `load_with` gives for the bundled set and a local directory.
+    fn layered(dir: Option<&Path>, local: &Path) -> Vec<(String, String)> {
+        let rt = runtime(Default::default());
+        load_with(&rt, dir, Some(local)).unwrap().into_iter().map(|r| r.map(|p| (p.meta.name, p.file)).unwrap()).collect()
+    }
+
+    #[test]
+    fn local_playbooks_add_to_replace_and_turn_off_bundled_ones_by_file_name() {
+        let d = tempfile::tempdir().unwrap();
+        let source = |f: &str| bundled::PLAYBOOKS.iter().find(|b| b.0 == f).unwrap().1;
+        // A missing local directory holds none: the bundled set.
+        let all = layered(None, &d.path().join("missing"));
+        assert_eq!(all.len(), bundled::PLAYBOOKS.len());
+        assert!(all.iter().all(|(_, f)| f.starts_with("bundled:")));
+        // A new one is added; one named like a bundled one replaces it; an empty one turns it off.
+        std::fs::write(d.path().join("mine.rhai"), source("runq_latency.rhai").replace("\"runq-latency\"", "\"mine\"")).unwrap();
+        std::fs::write(d.path().join("disk_old_logs.rhai"), source("disk_old_logs.rhai")).unwrap();
+        std::fs::write(d.path().join("disk_latency.rhai"), "").unwrap();
+        let got = layered(None, d.path());
+        assert_eq!(got.len(), bundled::PLAYBOOKS.len(), "{got:?}");
+        let file = |name: &str| got.iter().find(|(n, _)| n == name).map(|(_, f)| f.clone());
+        assert_eq!(file("mine"), Some(d.path().join("mine.rhai").display().to_string()));
+        assert_eq!(file("disk-old-logs"), Some(d.path().join("disk_old_logs.rhai").display().to_string()));
+        assert_eq!(file("disk-latency"), None);
+        assert_eq!(file("runq-latency").as_deref(), Some("bundled:runq_latency.rhai"));
+        // A local file that takes a bundled playbook's name under another file name is refused.
+        std::fs::write(d.path().join("copy.rhai"), source("runq_latency.rhai")).unwrap();
+        let rt = runtime(Default::default());
+        let errs: Vec<_> = load_with(&rt, None, Some(d.path())).unwrap().into_iter().filter_map(Result::err).collect();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].file.ends_with("copy.rhai") && errs[0].reason.contains("already used"), "{}", errs[0]);
+        // playbooks_dir (or --playbooks) replaces everything: the local directory is not read.
+        let other = tempfile::tempdir().unwrap();
+        std::fs::write(other.path().join("mine.rhai"), source("runq_latency.rhai")).unwrap();
+        let only = layered(Some(other.path()), d.path());
+        assert_eq!(only, vec![("runq-latency".to_string(), other.path().join("mine.rhai").display().to_string())]);
     }
 
     #[test]
