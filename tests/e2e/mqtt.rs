@@ -74,13 +74,13 @@ impl Drop for Broker {
 }
 
 /// A subscriber with a persistent session, collecting (node, seq) of every audit record.
-struct Subscriber {
+pub struct Subscriber {
     got: Arc<Mutex<Vec<(String, u64)>>>,
 }
 
 impl Subscriber {
     /// Connects, subscribes with QoS 1, and keeps collecting on a thread until `secs` pass.
-    fn run(port: u16, id: &str, secs: u64) -> Self {
+    pub fn run(port: u16, id: &str, secs: u64) -> Self {
         let got = Arc::new(Mutex::new(Vec::new()));
         let g = got.clone();
         let id = id.to_string();
@@ -114,7 +114,7 @@ impl Subscriber {
         Self { got }
     }
 
-    fn seqs(&self, node: &str) -> Vec<u64> {
+    pub fn seqs(&self, node: &str) -> Vec<u64> {
         self.got.lock().unwrap().iter().filter(|(n, _)| n == node).map(|(_, s)| *s).collect()
     }
 }

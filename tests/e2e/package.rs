@@ -347,6 +347,9 @@ fn a_fresh_deb_install_starts_medic_in_dry_run_under_systemd_with_its_group() {
     assert!(c.sh("medic --version").contains("eBPF programs: embedded"));
 }
 
+/// Over the previous version (the same tree packaged as `<version>~prev`): the mode, the audit
+/// chain, the live budget, an open breaker, the forwarder's cursor and an edited config survive
+/// the upgrade; remove and purge keep /var/lib/medic.
 #[test]
 fn upgrading_the_deb_restarts_medic_keeping_mode_audit_chain_and_the_edited_config_and_remove_and_purge_keep_state() {
     let d = dist();
@@ -355,13 +358,45 @@ fn upgrading_the_deb_restarts_medic_keeping_mode_audit_chain_and_the_edited_conf
     assert!(installed, "{text}");
     active(&c);
     status(&c);
-    // Operator state: live for two hours, an edited config line, audit records.
+    // Operator state: a locally edited config (replication to a broker on the host, which the
+    // container's network is; a tighter max_concurrent), a local playbook whose restarts fail
+    // so that the budget is spent and a breaker opens, live mode for two hours, audit records.
+    let broker_dir = tempfile::tempdir().unwrap();
+    let mut broker = crate::mqtt::Broker::listening_on(broker_dir.path(), &["127.0.0.1"]);
+    broker.start();
+    let sub = crate::mqtt::Subscriber::run(broker.port, "auditor-upgrade", 300);
+    let conf = std::fs::read_to_string(c.path("/etc/medic/medic.toml")).unwrap();
+    let conf = conf.replacen("\n[mqtt]\n", &format!("\n[mqtt]\nenabled = true\nhost = \"127.0.0.1\"\nport = {}\n", broker.port), 1);
+    let conf = conf.replacen("\n[policy]\n", "\n[policy]\nmax_concurrent = 1\n", 1);
+    std::fs::write(c.path("/etc/medic/medic.toml"), &conf).unwrap();
+    std::fs::write(
+        c.path("/etc/medic/playbooks/upgrade-breaker.rhai"),
+        crate::util::playbook_src(
+            "upgrade-breaker",
+            "#{ kind: \"restart_unit\", target: \"medic-missing.service\" }",
+            "100",
+            "0s",
+            "restart_unit(\"medic-missing.service\", \"test\");",
+        ),
+    )
+    .unwrap();
+    c.sh("systemctl restart medic");
+    active(&c);
     c.sh("medic mode live --reason 'package upgrade test' --ttl 2h");
-    c.sh("sed -i 's/^# budget_per_hour = 20 /budget_per_hour = 7 /' /etc/medic/medic.toml");
     let edited = c.sh("cat /etc/medic/medic.toml");
-    assert!(edited.contains("\nbudget_per_hour = 7 "), "{edited}");
-    let before = status(&c);
+    // Three failed restarts open the breaker (policy.breaker_after); all records replicated.
+    let mut before = serde_json::Value::Null;
+    let settled = crate::util::wait_until(60, || {
+        before = status(&c);
+        before["open_breakers"].as_array().is_some_and(|b| !b.is_empty())
+            && before["replication"]["cursor"].as_u64().is_some()
+            && before["replication"]["cursor"].as_u64() >= before["last_seq"].as_u64()
+    });
+    assert!(settled, "no open breaker or not replicated: {before}");
     assert_eq!(before["mode"]["mode"], "live", "{before}");
+    let budget_before = before["budget_left"].clone();
+    assert!(budget_before["live"].as_u64().is_some_and(|b| b < 20), "the restarts spent live budget: {before}");
+    let cursor_before = before["replication"]["cursor"].as_u64().unwrap();
     let id = || c.sh("systemctl show -p InvocationID,MainPID medic");
     let first = id();
 
@@ -376,6 +411,24 @@ fn upgrading_the_deb_restarts_medic_keeping_mode_audit_chain_and_the_edited_conf
     assert_eq!(c.sh("cat /etc/medic/medic.toml"), edited, "the edited conffile is kept");
     assert_eq!(after["mode"]["mode"], "live", "mode kept: {after}");
     assert!(after["last_seq"].as_u64() > before["last_seq"].as_u64(), "{before} / {after}");
+    // Budgets and breakers: rebuilt from the kept audit log by the new version.
+    assert_eq!(after["open_breakers"], before["open_breakers"], "breakers kept: {before} / {after}");
+    assert_eq!(after["budget_left"], budget_before, "budget kept: {before} / {after}");
+    // The forwarder's cursor: the new version goes on from it. Every record reaches the broker,
+    // and what was acknowledged before the upgrade is not sent again wholesale (a reset cursor
+    // would re-send all of it).
+    let caught_up = crate::util::wait_until(60, || {
+        let s = status(&c);
+        s["replication"]["cursor"].as_u64() >= s["last_seq"].as_u64() && s["replication"]["cursor"].as_u64() > Some(cursor_before)
+    });
+    assert!(caught_up, "replication after the upgrade: {}", status(&c));
+    let node = after["node"].as_str().unwrap_or_default().to_string();
+    let last = status(&c)["replication"]["cursor"].as_u64().unwrap();
+    let got = sub.seqs(&node);
+    let missing: Vec<u64> = (1..=last).filter(|q| !got.contains(q)).collect();
+    assert!(missing.is_empty(), "records never replicated: {missing:?}");
+    let resent = got.iter().filter(|q| **q <= cursor_before).count() as u64 - cursor_before;
+    assert!(resent <= 2, "{resent} records acknowledged before the upgrade were sent again: the cursor was not kept");
     // One chain across both versions: verified, and the new start continues it.
     let verify = run_in(&c, "medic audit verify");
     assert!(verify.0, "{}", verify.1);
