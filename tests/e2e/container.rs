@@ -8,6 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// Held by a test whose container runs medic on the default `metrics.listen`
+/// (127.0.0.1:9464): containers share the host's network, so two such agents at once would
+/// fight over the port (the loser logs `metrics_bind_failed` and runs on without /metrics).
+pub static DEFAULT_METRICS_PORT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 pub fn rootfs() -> PathBuf {
     let root = PathBuf::from(std::env::var("MEDIC_TEST_ROOTFS").unwrap_or_else(|_| "/var/cache/medic-test/bookworm".into()));
     assert!(

@@ -213,6 +213,7 @@ fn kill_9_is_recorded_as_an_unclean_end_at_the_next_start() {
 /// repository's unit (ExecStart pointed at the test binary) and a short watchdog (a drop-in).
 #[test]
 fn under_systemd_notify_watchdog_restart_and_journal_fields() {
+    let _port = crate::container::DEFAULT_METRICS_PORT.lock().unwrap_or_else(|e| e.into_inner());
     use crate::container::Container;
     use medic::telemetry::ids;
     let bin = tempfile::tempdir().unwrap();

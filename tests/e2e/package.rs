@@ -111,6 +111,7 @@ fn expected_files() -> Vec<(String, String)> {
         "/usr/share/doc/medic/CHANGELOG.md",
         "/usr/share/doc/medic/docs/CONFIG.md",
         "/usr/share/doc/medic/docs/PLAYBOOKS.md",
+        "/usr/share/medic/smoke-test",
     ]
     .iter()
     .map(|p| (p.to_string(), p.to_string()))
@@ -325,6 +326,7 @@ fn active(c: &Container) {
 
 #[test]
 fn a_fresh_deb_install_starts_medic_in_dry_run_under_systemd_with_its_group() {
+    let _port = crate::container::DEFAULT_METRICS_PORT.lock().unwrap_or_else(|e| e.into_inner());
     let d = dist();
     let c = boot("fresh");
     let (installed, text) = run_in(&c, &format!("dpkg -i {}", in_dist(&d.deb)));
@@ -345,6 +347,20 @@ fn a_fresh_deb_install_starts_medic_in_dry_run_under_systemd_with_its_group() {
     assert_eq!(c.sh("stat -c %G /run/medic/control.sock"), "medic");
     assert!(c.path("/usr/share/man/man8/medic.8.gz").is_file());
     assert!(c.sh("medic --version").contains("eBPF programs: embedded"));
+    // The post-install smoke test the package ships for operators passes, every check of it.
+    let (passed, text) = run_in(&c, "/usr/share/medic/smoke-test");
+    assert!(passed && text.contains("smoke test passed") && !text.contains("FAIL"), "{text}");
+    for check in [
+        "eBPF programs embedded",
+        "medic.service active",
+        "Type=notify",
+        "watchdog set",
+        "every signal family available",
+        "audit chain verifies",
+        "4 eBPF families loaded",
+    ] {
+        assert!(text.contains(check), "smoke test output lacks {check:?}:\n{text}");
+    }
 }
 
 /// Over the previous version (the same tree packaged as `<version>~prev`): the mode, the audit
@@ -352,6 +368,7 @@ fn a_fresh_deb_install_starts_medic_in_dry_run_under_systemd_with_its_group() {
 /// the upgrade; remove and purge keep /var/lib/medic.
 #[test]
 fn upgrading_the_deb_restarts_medic_keeping_mode_audit_chain_and_the_edited_config_and_remove_and_purge_keep_state() {
+    let _port = crate::container::DEFAULT_METRICS_PORT.lock().unwrap_or_else(|e| e.into_inner());
     let d = dist();
     let c = boot("upgrade");
     let (installed, text) = run_in(&c, &format!("dpkg -i {}", in_dist(&d.old_deb)));

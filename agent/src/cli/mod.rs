@@ -140,7 +140,8 @@ struct ControlArgs {
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// The control socket. Default: control.socket from the config, /run/medic/control.sock as
-    /// root, else <state dir>/control.sock.
+    /// root; for anyone else <state dir>/control.sock when an agent of theirs listens there,
+    /// else the system agent's /run/medic/control.sock (members of control.group may use it).
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
 }
