@@ -82,7 +82,13 @@ impl Notifier {
     fn sock_ready(&mut self) -> Result<(), NotifyError> {
         let Some((name, _)) = &self.target else { return Ok(()) };
         if self.sock.is_none() {
-            self.sock = Some(UnixDatagram::unbound().map_err(|source| NotifyError::Io { addr: name.clone(), source })?);
+            // Non-blocking: a manager that does not read (stuck, or a socket someone else
+            // bound) fills the kernel's queue (net.unix.max_dgram_qlen, 10 by default), and a
+            // blocking send would then stop the loop for ever. A full queue drops the datagram.
+            let io = |source| NotifyError::Io { addr: name.clone(), source };
+            let sock = UnixDatagram::unbound().map_err(io)?;
+            sock.set_nonblocking(true).map_err(io)?;
+            self.sock = Some(sock);
         }
         Ok(())
     }
@@ -225,6 +231,19 @@ mod tests {
         n.stopping("SIGTERM");
         let len = rx.recv(&mut buf).unwrap();
         assert!(buf[..len].starts_with(b"STOPPING=1\n"));
+    }
+
+    #[test]
+    fn a_manager_that_never_reads_does_not_block_the_sender() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let _rx = UnixDatagram::bind(&path).unwrap();
+        let mut n = Notifier::new(path.to_str(), Some("2000000"), None);
+        // Far past the kernel's queue (10 datagrams by default): each is dropped, none blocks.
+        for _ in 0..100 {
+            n.tick_completed();
+        }
+        assert!(n.warned, "the full queue was reported");
     }
 
     #[test]

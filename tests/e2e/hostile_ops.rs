@@ -1,0 +1,87 @@
+//! Attacks on what issue 10 added, against the real `medic run`: the systemd notify socket,
+//! the `/metrics` endpoint. Each test is named after the attack it pins.
+
+use crate::util::{medic, playbook_src, status_json, wait_until, write_config, write_playbooks, Reaped};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::time::Duration;
+
+/// `medic_ticks_total` from a plain GET /metrics (0 when it does not answer).
+fn ticks(addr: &str) -> u64 {
+    let Ok(mut s) = TcpStream::connect(addr) else { return 0 };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    if s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").is_err() {
+        return 0;
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.lines().find_map(|l| l.strip_prefix("medic_ticks_total ")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
+/// An agent ticking every second with a playbook that decides every tick, its metrics on
+/// 127.0.0.1 (the port read back from its log), and `env` added.
+fn spawn(dir: &Path, env: &[(&str, &str)]) -> (Reaped, String) {
+    let src = playbook_src(
+        "ops-demo",
+        "#{ kind: \"restart_unit\", target: \"demo.service\" }",
+        "100",
+        "1s",
+        "restart_unit(\"demo.service\", \"t\");",
+    );
+    let pbs = write_playbooks(dir, &[("demo.rhai", src)]);
+    let cfg = write_config(
+        dir,
+        &format!(
+            "[control]\nsocket = \"{}\"\n[signals.ebpf]\nenabled = false\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+            dir.join("c.sock").display()
+        ),
+    );
+    let log = dir.join("stderr");
+    let mut c = medic();
+    c.args(["run", "--config", cfg.to_str().unwrap(), "--playbooks", pbs.to_str().unwrap(), "--state-dir"])
+        .arg(dir.join("state"))
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
+        .env_remove("JOURNAL_STREAM")
+        .stderr(std::fs::File::create(&log).unwrap());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let agent = Reaped(c.spawn().unwrap());
+    let mut addr = String::new();
+    let found = wait_until(60, || {
+        let t = std::fs::read_to_string(&log).unwrap_or_default();
+        let Some(l) = t.lines().find(|l| l.contains("Metrics endpoint listening.")) else { return false };
+        addr = l.split("listen=").nth(1).unwrap_or("").trim().to_string();
+        true
+    });
+    assert!(found, "no metrics address in the log: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    (agent, addr)
+}
+
+/// A service manager that never reads its notify socket (stuck, or a socket someone else bound):
+/// the kernel queues 10 datagrams (`net.unix.max_dgram_qlen`) and a blocking send then waits
+/// for ever. The agent must drop notifications instead: it goes on ticking, answering its
+/// control socket and stopping on SIGTERM.
+#[test]
+fn notify_socket_nobody_reads_does_not_stall_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("notify");
+    let _never_read = UnixDatagram::bind(&sock).unwrap();
+    let (agent, addr) = spawn(dir.path(), &[("NOTIFY_SOCKET", sock.to_str().unwrap()), ("WATCHDOG_USEC", "10000000")]);
+    // STATUS= and WATCHDOG=1 each tick: well past the queue's 10 datagrams by 20 ticks.
+    let mut last = 0;
+    let went_on = wait_until(90, || {
+        last = ticks(&addr);
+        last >= 20
+    });
+    assert!(went_on, "the agent stopped ticking at {last} with an unread notify socket");
+    let st = status_json(&dir.path().join("c.sock"));
+    assert_eq!(st["mode"]["mode"], "dry-run", "the control socket answers: {st}");
+    assert!(agent.stop(), "a clean stop on SIGTERM");
+    let err = std::fs::read_to_string(dir.path().join("stderr")).unwrap();
+    assert!(err.contains("systemd notification not sent."), "the drop is logged (once): {err}");
+}
