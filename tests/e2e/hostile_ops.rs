@@ -85,3 +85,44 @@ fn notify_socket_nobody_reads_does_not_stall_the_agent() {
     let err = std::fs::read_to_string(dir.path().join("stderr")).unwrap();
     assert!(err.contains("systemd notification not sent."), "the drop is logged (once): {err}");
 }
+
+/// Slowloris on /metrics: a local user keeps every connection slot taken with idle connections,
+/// opening a new one as fast as the agent drops one. Before, each new connection was answered
+/// 503 while the slots were full, so a Prometheus scrape lost nearly every race; now the oldest
+/// idle connection gives way to the new one, and a scraper that sends its request at once is
+/// served.
+#[test]
+fn metrics_slowloris_holding_every_slot_does_not_lock_out_a_scraper() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let (_agent, addr) = spawn(dir.path(), &[]);
+    assert!(wait_until(30, || ticks(&addr) > 0), "metrics answer");
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let attacker = {
+        let (stop, addr) = (stop.clone(), addr.clone());
+        std::thread::spawn(move || {
+            let mut held = std::collections::VecDeque::new();
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(s) = TcpStream::connect(&addr) {
+                    held.push_back(s);
+                }
+                // Bounded on our side too: the oldest go first.
+                while held.len() > 200 {
+                    held.pop_front();
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let mut answered = 0;
+    for _ in 0..10 {
+        if ticks(&addr) > 0 {
+            answered += 1;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, Ordering::Relaxed);
+    attacker.join().unwrap();
+    assert!(answered >= 8, "only {answered} of 10 scrapes answered while a client held every slot");
+}
