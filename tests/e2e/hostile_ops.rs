@@ -126,3 +126,95 @@ fn metrics_slowloris_holding_every_slot_does_not_lock_out_a_scraper() {
     attacker.join().unwrap();
     assert!(answered >= 8, "only {answered} of 10 scrapes answered while a client held every slot");
 }
+
+/// One journal native-protocol datagram as (field, value) pairs: `NAME=value\n`, or
+/// `NAME\n<u64 LE length><value>\n` for a value that may hold newlines.
+fn journal_fields(mut d: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    while !d.is_empty() {
+        let nl = d.iter().position(|b| *b == b'\n').expect("a field ends with a newline");
+        let line = &d[..nl];
+        if let Some(eq) = line.iter().position(|b| *b == b'=') {
+            out.push((String::from_utf8_lossy(&line[..eq]).into_owned(), line[eq + 1..].to_vec()));
+            d = &d[nl + 1..];
+        } else {
+            let len = u64::from_le_bytes(d[nl + 1..nl + 9].try_into().unwrap()) as usize;
+            out.push((String::from_utf8_lossy(line).into_owned(), d[nl + 9..nl + 9 + len].to_vec()));
+            assert_eq!(d[nl + 9 + len], b'\n');
+            d = &d[nl + 10 + len..];
+        }
+    }
+    out
+}
+
+/// A playbook author (print) and a control-socket user or MQTT publisher (a mode change's
+/// reason) put a newline and `MESSAGE_ID=<ACTION_EXECUTED's id>` / `PRIORITY=0` in a logged
+/// value, to forge a journal field. The real agent logs to a journal socket the test binds
+/// (in a private mount namespace, at /run/systemd/journal/socket), with JOURNAL_STREAM naming
+/// its stderr as systemd sets it: every value arrives length-encoded, whole, as one field, and
+/// no entry gets a second MESSAGE_ID or PRIORITY.
+#[test]
+fn journald_field_values_cannot_forge_a_message_id_or_a_field() {
+    use std::os::unix::fs::MetadataExt;
+    let forged = "forged\nMESSAGE_ID=2d2b363386034211a57ba5e6341c1372\nPRIORITY=0";
+    let dir = tempfile::tempdir().unwrap();
+    let jdir = dir.path().join("journal");
+    std::fs::create_dir(&jdir).unwrap();
+    let journal = UnixDatagram::bind(jdir.join("socket")).unwrap();
+    journal.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let body = format!("print({forged:?}); restart_unit(\"demo.service\", \"t\");");
+    let src = playbook_src("forge-demo", "#{ kind: \"restart_unit\", target: \"demo.service\" }", "100", "1s", &body);
+    let pbs = write_playbooks(dir.path(), &[("demo.rhai", src)]);
+    let sock = dir.path().join("c.sock");
+    let cfg = write_config(dir.path(), &format!("[control]\nsocket = \"{}\"\n[signals.ebpf]\nenabled = false\n", sock.display()));
+    let stderr = std::fs::File::create(dir.path().join("stderr")).unwrap();
+    let md = stderr.metadata().unwrap();
+    let script = "mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/journal && mount --bind \"$0\" /run/systemd/journal && exec \"$@\"";
+    let _agent = Reaped(
+        std::process::Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", script])
+            .arg(&jdir)
+            .arg(env!("CARGO_BIN_EXE_medic"))
+            .args(["run", "--config", cfg.to_str().unwrap(), "--playbooks", pbs.to_str().unwrap(), "--state-dir"])
+            .arg(dir.path().join("state"))
+            .env("JOURNAL_STREAM", format!("{}:{}", md.dev(), md.ino()))
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("MEDIC_LOG")
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("unshare: {e}: install util-linux (bash .ci/setup)")),
+    );
+    let mut entries: Vec<Vec<(String, Vec<u8>)>> = Vec::new();
+    let field = |e: &[(String, Vec<u8>)], k: &str| e.iter().find(|(n, _)| n == k).map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+    let has = |es: &[Vec<(String, Vec<u8>)>], msg: &str| es.iter().any(|e| field(e, "MESSAGE").as_deref() == Some(msg));
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut mode_sent = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline && !(has(&entries, "Playbook print.") && has(&entries, "Mode changed.")) {
+        if let Ok(n) = journal.recv(&mut buf) {
+            entries.push(journal_fields(&buf[..n]));
+        }
+        if !mode_sent && sock.exists() && has(&entries, "Playbook print.") {
+            let o = medic().args(["mode", "live", "--ttl", "1m", "--reason", forged, "--socket", sock.to_str().unwrap()]).output().unwrap();
+            mode_sent = o.status.success();
+        }
+    }
+    let names: Vec<_> = entries.iter().filter_map(|e| field(e, "MESSAGE")).collect();
+    let print = entries
+        .iter()
+        .find(|e| field(e, "MESSAGE").as_deref() == Some("Playbook print."))
+        .unwrap_or_else(|| panic!("no print entry in {names:?}"));
+    assert_eq!(field(print, "TEXT").as_deref(), Some(forged), "the value arrives whole, as one field");
+    assert_eq!(field(print, "MESSAGE_ID"), None, "no MESSAGE_ID forged into a print: {print:?}");
+    let mode = entries
+        .iter()
+        .find(|e| field(e, "MESSAGE").as_deref() == Some("Mode changed."))
+        .unwrap_or_else(|| panic!("no mode entry in {names:?}"));
+    assert!(field(mode, "REASON").is_some_and(|r| r.contains(forged)), "{mode:?}");
+    assert_eq!(field(mode, "MESSAGE_ID").as_deref(), Some(medic::telemetry::ids::MODE_CHANGED));
+    for e in &entries {
+        for k in ["MESSAGE_ID", "PRIORITY", "MESSAGE"] {
+            assert!(e.iter().filter(|(n, _)| n == k).count() <= 1, "{k} twice in {e:?}");
+        }
+    }
+}
