@@ -258,6 +258,14 @@ mod tests {
         assert!(!n.enabled());
         let n = Notifier::new(Some("/run/x"), Some("junk"), None);
         assert_eq!(n.watchdog(), None);
+        // Zero, negative and overflowing values are no watchdog; the largest is kept, unharmed.
+        for bad in ["0", "-5", "18446744073709551616", " "] {
+            assert_eq!(Notifier::new(Some("/run/x"), Some(bad), None).watchdog(), None, "{bad}");
+        }
+        let huge = Notifier::new(Some("/run/x"), Some("18446744073709551615"), None).watchdog().unwrap();
+        assert!(watchdog_problem(Duration::from_secs(86_400), huge).is_none());
+        // A path longer than sun_path is refused, not truncated to another socket.
+        assert!(!Notifier::new(Some(&format!("/{}", "x".repeat(200))), None, None).enabled());
     }
 
     #[test]
