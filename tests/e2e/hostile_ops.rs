@@ -218,3 +218,40 @@ fn journald_field_values_cannot_forge_a_message_id_or_a_field() {
         }
     }
 }
+
+/// A playbook directory an admin left loose (owned by a user, or group/world-writable): any
+/// local user could drop a playbook that root runs (run_command, signal_process in live mode).
+/// Before, root loaded it without a word; now each file is refused with the reason, and loads
+/// once the directory and file are root's and writable by root alone.
+#[test]
+fn playbooks_writable_by_others_are_refused_when_root() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let src =
+        playbook_src("loose", "#{ kind: \"restart_unit\", target: \"demo.service\" }", "1", "1s", "restart_unit(\"demo.service\", \"t\");");
+    let pbs = write_playbooks(dir.path(), &[("loose.rhai", src)]);
+    let file = pbs.join("loose.rhai");
+    let cfg = write_config(dir.path(), "");
+    let validate = || {
+        let o = medic().args(["validate", "--config", cfg.to_str().unwrap(), "--playbooks", pbs.to_str().unwrap()]).output().unwrap();
+        (o.status.success(), crate::util::text(&o))
+    };
+    let mode = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    assert!(validate().0, "{}", validate().1);
+
+    mode(&pbs, 0o777);
+    let (ok, out) = validate();
+    assert!(!ok && out.contains("refused: its directory") && out.contains("writable by its group or others"), "{out}");
+    mode(&pbs, 0o755);
+
+    mode(&file, 0o664);
+    let (ok, out) = validate();
+    assert!(!ok && out.contains("loose.rhai") && out.contains("mode 0664"), "{out}");
+    mode(&file, 0o644);
+
+    rustix::fs::chown(&file, Some(rustix::fs::Uid::from_raw(65534)), None).unwrap();
+    let (ok, out) = validate();
+    assert!(!ok && out.contains("owned by uid 65534, not root"), "{out}");
+    rustix::fs::chown(&file, Some(rustix::fs::Uid::ROOT), None).unwrap();
+    assert!(validate().0, "{}", validate().1);
+}
