@@ -9,6 +9,7 @@ mod container;
 mod ebpf;
 mod history;
 mod hostile;
+mod hostile_ops;
 mod metrics;
 mod mqtt;
 mod notify;

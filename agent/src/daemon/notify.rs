@@ -82,7 +82,13 @@ impl Notifier {
     fn sock_ready(&mut self) -> Result<(), NotifyError> {
         let Some((name, _)) = &self.target else { return Ok(()) };
         if self.sock.is_none() {
-            self.sock = Some(UnixDatagram::unbound().map_err(|source| NotifyError::Io { addr: name.clone(), source })?);
+            // Non-blocking: a manager that does not read (stuck, or a socket someone else
+            // bound) fills the kernel's queue (net.unix.max_dgram_qlen, 10 by default), and a
+            // blocking send would then stop the loop for ever. A full queue drops the datagram.
+            let io = |source| NotifyError::Io { addr: name.clone(), source };
+            let sock = UnixDatagram::unbound().map_err(io)?;
+            sock.set_nonblocking(true).map_err(io)?;
+            self.sock = Some(sock);
         }
         Ok(())
     }
@@ -228,6 +234,19 @@ mod tests {
     }
 
     #[test]
+    fn a_manager_that_never_reads_does_not_block_the_sender() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let _rx = UnixDatagram::bind(&path).unwrap();
+        let mut n = Notifier::new(path.to_str(), Some("2000000"), None);
+        // Far past the kernel's queue (10 datagrams by default): each is dropped, none blocks.
+        for _ in 0..100 {
+            n.tick_completed();
+        }
+        assert!(n.warned, "the full queue was reported");
+    }
+
+    #[test]
     fn no_socket_no_watchdog_and_another_pids_watchdog_is_not_ours() {
         let mut n = Notifier::new(None, Some("1000000"), None);
         assert!(!n.enabled());
@@ -239,6 +258,14 @@ mod tests {
         assert!(!n.enabled());
         let n = Notifier::new(Some("/run/x"), Some("junk"), None);
         assert_eq!(n.watchdog(), None);
+        // Zero, negative and overflowing values are no watchdog; the largest is kept, unharmed.
+        for bad in ["0", "-5", "18446744073709551616", " "] {
+            assert_eq!(Notifier::new(Some("/run/x"), Some(bad), None).watchdog(), None, "{bad}");
+        }
+        let huge = Notifier::new(Some("/run/x"), Some("18446744073709551615"), None).watchdog().unwrap();
+        assert!(watchdog_problem(Duration::from_secs(86_400), huge).is_none());
+        // A path longer than sun_path is refused, not truncated to another socket.
+        assert!(!Notifier::new(Some(&format!("/{}", "x".repeat(200))), None, None).enabled());
     }
 
     #[test]

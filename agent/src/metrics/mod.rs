@@ -243,7 +243,11 @@ impl Metrics {
             "Requests to the metrics endpoint answered with an error, by status",
             m.http_errors.clone(),
         );
-        r.register("medic_metrics_http_refused", "Connections to the metrics endpoint refused: too many at once", m.http_refused.clone());
+        r.register(
+            "medic_metrics_http_refused",
+            "Connections to the metrics endpoint refused, or dropped before their request was in for a newer one: too many at once",
+            m.http_refused.clone(),
+        );
         for mode in ["dry-run", "live"] {
             let _ = m.mode.get_or_create(&[("mode", mode.to_string())]);
         }

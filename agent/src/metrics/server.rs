@@ -4,8 +4,12 @@
 //! - A request (line and headers) is at most [`MAX_REQUEST_BYTES`]; more is answered 431.
 //! - A connection has [`CONNECTION_DEADLINE`] from accept to the last byte of its answer; a
 //!   client too slow to send or to read is dropped, never waited on.
-//! - At most [`MAX_CONNECTIONS`] are served at once; one more is answered 503 and closed, so a
-//!   client holding connections costs a bounded number of sockets and tasks.
+//! - At most [`MAX_CONNECTIONS`] are served at once, so a client holding connections costs a
+//!   bounded number of sockets and tasks. When all are taken, the oldest connection that has not
+//!   yet sent its whole request is dropped for the new one (a scraper sends its request at
+//!   once, a slowloris never does: one that keeps every slot filled with idle connections
+//!   cannot lock Prometheus out); only when every slot is past its request is the new one
+//!   answered 503 and closed.
 //! - `GET /metrics` (a query string is ignored) is answered 200; other paths 404, other
 //!   methods 405, anything that is not an HTTP/1.x request line 400.
 //!
@@ -58,8 +62,14 @@ pub fn start(cfg: &MetricsConfig, metrics: Arc<Metrics>) -> Option<(tokio::task:
     Some((tokio::spawn(accept(listener, metrics)), addr))
 }
 
+/// The connections still reading their request, oldest first: each with the sender that
+/// drops it (see the module's header).
+type Waiting = std::sync::Mutex<std::collections::VecDeque<(u64, tokio::sync::oneshot::Sender<()>)>>;
+
 async fn accept(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let waiting: Arc<Waiting> = Arc::default();
+    let mut next_id = 0u64;
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
@@ -70,14 +80,37 @@ async fn accept(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                // Drop the oldest idle one; its task ends at its next poll and frees its slot.
+                let oldest = waiting.lock().ok().and_then(|mut w| w.pop_front());
+                match oldest {
+                    Some((_, drop_it)) => {
+                        metrics.http_refused.inc();
+                        let _ = drop_it.send(());
+                        tokio::time::timeout(Duration::from_millis(100), slots.clone().acquire_owned()).await.ok().and_then(Result::ok)
+                    }
+                    None => None,
+                }
+            }
+        };
+        let Some(permit) = permit else {
             metrics.http_refused.inc();
             let _ = stream.try_write(&response(503, "text/plain", "too many connections\n"));
             continue;
         };
-        let metrics = metrics.clone();
+        next_id = next_id.wrapping_add(1);
+        let (id, (tx, rx)) = (next_id, tokio::sync::oneshot::channel());
+        if let Ok(mut w) = waiting.lock() {
+            w.push_back((id, tx));
+        }
+        let (metrics, waiting) = (metrics.clone(), waiting.clone());
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(CONNECTION_DEADLINE, serve(stream, &metrics)).await;
+            let _ = tokio::time::timeout(CONNECTION_DEADLINE, serve(stream, &metrics, rx, id, &waiting)).await;
+            if let Ok(mut w) = waiting.lock() {
+                w.retain(|(i, _)| *i != id);
+            }
             drop(permit);
         });
     }
@@ -162,8 +195,22 @@ fn response(status: u16, content_type: &str, body: &str) -> Vec<u8> {
     out
 }
 
-async fn serve(mut stream: tokio::net::TcpStream, metrics: &Metrics) {
-    let route = match read_head(&mut stream).await {
+async fn serve(
+    mut stream: tokio::net::TcpStream,
+    metrics: &Metrics,
+    dropped: tokio::sync::oneshot::Receiver<()>,
+    id: u64,
+    waiting: &Waiting,
+) {
+    let head = tokio::select! {
+        head = read_head(&mut stream) => head,
+        Ok(()) = dropped => return,
+    };
+    // The request is in: no longer one to drop for a newcomer.
+    if let Ok(mut w) = waiting.lock() {
+        w.retain(|(i, _)| *i != id);
+    }
+    let route = match head {
         Ok(head) => route(&head),
         Err(status) => Route::Error(status),
     };

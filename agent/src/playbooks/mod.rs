@@ -528,7 +528,36 @@ fn list(dir: &Path) -> Result<Sources, std::io::Error> {
         .filter(|(p, _)| p.extension().is_some_and(|e| e == "rhai"))
         .collect();
     files.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(files.into_iter().map(|(f, ft)| (f.display().to_string(), read_entry(&f, ft))).collect())
+    let dir_problem = std::fs::metadata(dir).ok().and_then(|m| loose(&m));
+    Ok(files
+        .into_iter()
+        .map(|(f, ft)| {
+            let problem = dir_problem
+                .as_ref()
+                .map(|p| format!("its directory {}: {p}", dir.display()))
+                // A link or other non-file is refused by read_entry, with its own reason.
+                .or_else(|| std::fs::symlink_metadata(&f).ok().filter(|m| m.is_file()).and_then(|m| loose(&m)));
+            let entry = match problem {
+                Some(p) => Err(format!("refused: {p}; playbooks act as root in live mode (chown root, chmod go-w)")),
+                None => read_entry(&f, ft),
+            };
+            (f.display().to_string(), entry)
+        })
+        .collect())
+}
+
+/// Why a playbook file or directory could be changed by someone other than root, when medic
+/// runs as root: owned by another user, or writable by its group or by others (as sudo and
+/// sshd refuse such files). Not root: `None` (the files are the user's own business).
+fn loose(m: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    if !rustix::process::geteuid().is_root() {
+        return None;
+    }
+    if m.uid() != 0 {
+        return Some(format!("owned by uid {}, not root", m.uid()));
+    }
+    (m.mode() & 0o022 != 0).then(|| format!("writable by its group or others (mode {:04o})", m.mode() & 0o7777))
 }
 
 #[cfg(test)]
