@@ -10,6 +10,8 @@
 //!   install, upgrade and erase with `rpm --root` into a scratch copy (an overlay) of the Debian
 //!   root: rpm runs the scriptlets chrooted there, so the root needs a shell, getent, groupadd
 //!   and systemctl, which an empty directory would not have;
+//! - lintian on the .deb and rpmlint (Fedora's settings, packaging/rpm/rpmlint.toml) on the .rpm:
+//!   no error and no warning;
 //! - in the booted container (real systemd, tests/e2e/container.rs): `dpkg -i` on a fresh boot
 //!   (active, enabled, group, dry-run, `medic status`), then an upgrade over the previous
 //!   package (restarted, edited config, mode and audit chain kept), remove and purge (state
