@@ -10,6 +10,8 @@
 //!   install, upgrade and erase with `rpm --root` into a scratch copy (an overlay) of the Debian
 //!   root: rpm runs the scriptlets chrooted there, so the root needs a shell, getent, groupadd
 //!   and systemctl, which an empty directory would not have;
+//! - lintian on the .deb and rpmlint (Fedora's settings, packaging/rpm/rpmlint.toml) on the .rpm:
+//!   no error and no warning;
 //! - in the booted container (real systemd, tests/e2e/container.rs): `dpkg -i` on a fresh boot
 //!   (active, enabled, group, dry-run, `medic status`), then an upgrade over the previous
 //!   package (restarted, edited config, mode and audit chain kept), remove and purge (state
@@ -189,6 +191,41 @@ fn the_deb_holds_every_file_in_its_place_with_the_config_as_its_only_conffile() 
     let cfg = std::fs::read_to_string(x.path().join("etc/medic/medic.toml")).unwrap();
     assert_eq!(cfg, std::fs::read_to_string(crate::util::repo().join("packaging/medic.toml")).unwrap());
     assert!(!cfg.lines().any(|l| l.trim_start().starts_with("mode")), "{cfg}");
+}
+
+/// A linter's verdict: `tool args... package`, which must run, and its error and warning lines.
+fn lint(tool: &str, args: &[&str], package: &Path, setup: &str) -> Vec<String> {
+    let o = Command::new(tool)
+        .args(args)
+        .arg(package)
+        .output()
+        .unwrap_or_else(|e| panic!("{tool}: {e}: run 'bash .ci/setup' (apt-get install {setup})"));
+    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let found: Vec<String> = text
+        .lines()
+        .filter(|l| ["E: ", "W: "].iter().any(|t| l.starts_with(t) || l.contains(&format!(": {t}"))))
+        .map(String::from)
+        .collect();
+    assert!(o.status.success() || !found.is_empty(), "{tool} failed ({}) without a tag:\n{text}", o.status);
+    found
+}
+
+/// lintian, as a Debian packager runs it, finds no error and no warning in the .deb: the tags
+/// that do not apply are overridden inside the package (packaging/debian/lintian-overrides),
+/// each with its reason; the rest were fixed (packaging/README.md, "Lint").
+#[test]
+fn lintian_finds_no_error_or_warning_in_the_deb() {
+    let found = lint("lintian", &["--info", "--display-info"], &dist().deb, "lintian");
+    assert!(found.is_empty(), "lintian on {}:\n{}", dist().deb.display(), found.join("\n"));
+}
+
+/// rpmlint with Fedora's settings and the filters in packaging/rpm/rpmlint.toml (each with its
+/// reason) finds no error and no warning in the .rpm.
+#[test]
+fn rpmlint_finds_no_error_or_warning_in_the_rpm() {
+    let config = crate::util::repo().join("packaging/rpm/rpmlint.toml");
+    let found = lint("rpmlint", &["-c", config.to_str().unwrap()], &dist().rpm, "rpmlint");
+    assert!(found.is_empty(), "rpmlint on {}:\n{}", dist().rpm.display(), found.join("\n"));
 }
 
 #[test]
