@@ -51,14 +51,7 @@ fn spawn(dir: &Path, env: &[(&str, &str)]) -> (Reaped, String) {
         c.env(k, v);
     }
     let agent = Reaped(c.spawn().unwrap());
-    let mut addr = String::new();
-    let found = wait_until(60, || {
-        let t = std::fs::read_to_string(&log).unwrap_or_default();
-        let Some(l) = t.lines().find(|l| l.contains("Metrics endpoint listening.")) else { return false };
-        addr = l.split("listen=").nth(1).unwrap_or("").trim().to_string();
-        true
-    });
-    assert!(found, "no metrics address in the log: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    let addr = crate::util::metrics_addr(&log);
     (agent, addr)
 }
 

@@ -126,6 +126,20 @@ impl Nobody {
 }
 
 /// Polls `f` every 100 ms for up to `secs` seconds; true as soon as it holds.
+/// The address a `medic run` whose stderr goes to `log` serves /metrics on (it logs
+/// "Metrics endpoint listening." with `listen=`; port 0 in the config picks a free one).
+pub fn metrics_addr(log: &Path) -> String {
+    let mut addr = String::new();
+    let found = wait_until(60, || {
+        let t = std::fs::read_to_string(log).unwrap_or_default();
+        let Some(l) = t.lines().find(|l| l.contains("Metrics endpoint listening.")) else { return false };
+        addr = l.split("listen=").nth(1).unwrap_or("").trim().to_string();
+        true
+    });
+    assert!(found, "no metrics address in the log: {}", std::fs::read_to_string(log).unwrap_or_default());
+    addr
+}
+
 pub fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     let t = std::time::Instant::now();
     while t.elapsed() < std::time::Duration::from_secs(secs) {
