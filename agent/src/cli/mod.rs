@@ -908,7 +908,7 @@ fn playbook_test(path: Option<&Path>) -> anyhow::Result<ExitCode> {
             println!("{file}: no test cases (expected {tfile})");
             continue;
         };
-        match testing::run(&rt, &file, &src, &tfile, &tests) {
+        match testing::run(&rt, &Default::default(), &file, &src, &tfile, &tests) {
             Ok(results) => {
                 for r in results {
                     if r.passed {

@@ -103,7 +103,16 @@ fn ms(what: &str, s: &str) -> Result<i64, String> {
 }
 
 /// Runs every case of `tests` (the text of `tests_file`) against the playbook `source`.
-pub fn run(rt: &Runtime, file: &str, source: &str, tests_file: &str, tests: &str) -> Result<Vec<CaseResult>, String> {
+/// Gated against `policy`: the node's (`playbook test --config`), so a case that passes here is
+/// not refused there.
+pub fn run(
+    rt: &Runtime,
+    policy: &crate::config::PolicyConfig,
+    file: &str,
+    source: &str,
+    tests_file: &str,
+    tests: &str,
+) -> Result<Vec<CaseResult>, String> {
     let pb = rt.compile(file, source).map_err(|e| e.to_string())?;
     let tf: TestFile = toml::from_str(tests).map_err(|e| {
         let (l, c) = e.span().map_or((1, 1), |s| line_col(tests, s.start));
@@ -111,13 +120,13 @@ pub fn run(rt: &Runtime, file: &str, source: &str, tests_file: &str, tests: &str
     })?;
     let mut results = Vec::new();
     for case in &tf.case {
-        let r = run_case(rt, &pb, case).unwrap_or_else(|e| CaseResult { name: case.name.clone(), passed: false, message: e });
+        let r = run_case(rt, policy, &pb, case).unwrap_or_else(|e| CaseResult { name: case.name.clone(), passed: false, message: e });
         results.push(r);
     }
     Ok(results)
 }
 
-fn run_case(rt: &Runtime, pb: &super::Playbook, case: &Case) -> Result<CaseResult, String> {
+fn run_case(rt: &Runtime, policy: &crate::config::PolicyConfig, pb: &super::Playbook, case: &Case) -> Result<CaseResult, String> {
     let duration = ms("duration", &case.duration)?;
     let step = match &case.step {
         Some(s) => ms("step", s)?.max(1),
@@ -128,7 +137,7 @@ fn run_case(rt: &Runtime, pb: &super::Playbook, case: &Case) -> Result<CaseResul
     // The node's horizon, not the case's length: a window the agent's history cannot cover must
     // not pass here and stay silent there.
     let mut history = Arc::new(History::new(rt.history.horizon_ms, step, 100_000));
-    let mut gate = Gate::for_fixtures(crate::config::PolicyConfig::default());
+    let mut gate = Gate::for_fixtures(policy.clone());
     let state = State::default();
     let mut cur = Snapshot::default();
     let mut outcomes = Vec::new();
