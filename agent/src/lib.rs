@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod decide;
 pub mod forward;
 pub mod gate;
 pub mod metrics;

@@ -322,7 +322,7 @@ fn evaluation_is_deterministic() {
                 ..Default::default()
             });
             h.push(&s);
-            out.push(rt.evaluate(&pb, Arc::new(s), Arc::new(h.clone()), &state).unwrap());
+            out.push(rt.evaluate(&pb, Arc::new(s), Arc::new(h.clone()), &state).unwrap().requests);
         }
         out
     };

@@ -901,7 +901,7 @@ fn node_history() -> playbooks::HistoryReach {
 }
 
 fn playbook_test(path: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let rt = Runtime::new(Default::default()).with_history(node_history());
+    let rt = std::sync::Arc::new(Runtime::new(Default::default()).with_history(node_history()));
     let (mut passed, mut failed) = (0, 0);
     for (file, src, tfile, tests) in test_sources(path)? {
         let Some(tests) = tests else {

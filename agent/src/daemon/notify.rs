@@ -190,7 +190,7 @@ pub fn watchdog_problem(interval: Duration, timeout: Duration) -> Option<String>
 
 /// The STATUS= text of the running agent.
 pub fn status_of(agent: &super::Agent) -> String {
-    status_line(&agent.mode, agent.audit.last_seq(), agent.audit_down.is_none())
+    status_line(&agent.mode, agent.journal.audit.last_seq(), agent.journal.down.is_none())
 }
 
 /// The STATUS= text: mode (with its expiry), last seq, and an audit outage if any.

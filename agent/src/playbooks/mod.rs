@@ -89,6 +89,15 @@ impl Default for HistoryReach {
 /// The window aggregates: the window is their last argument, after `arity - 1` others.
 const WINDOW_FNS: &[(&str, usize)] = &[("avg", 2), ("min", 2), ("max", 2), ("rate", 2), ("delta", 2), ("percentile", 3), ("sustained", 4)];
 
+/// What a successful evaluation asked for, and what it read to decide (each value read, at
+/// most `api::MAX_NOTED_READS` keys, bounded in bytes; `reads_omitted` counts the others).
+#[derive(Debug, Clone, Default)]
+pub struct Evaluation {
+    pub requests: Vec<ActionRequest>,
+    pub reads: std::collections::BTreeMap<String, serde_json::Value>,
+    pub reads_omitted: usize,
+}
+
 /// Why an evaluation failed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EvalError {
@@ -318,13 +327,7 @@ impl Runtime {
 
     /// Evaluates one playbook against a snapshot and its history. State changes are kept only
     /// when the evaluation succeeds.
-    pub fn evaluate(
-        &self,
-        pb: &Playbook,
-        snap: Arc<Snapshot>,
-        history: Arc<History>,
-        state: &State,
-    ) -> Result<Vec<ActionRequest>, EvalError> {
+    pub fn evaluate(&self, pb: &Playbook, snap: Arc<Snapshot>, history: Arc<History>, state: &State) -> Result<Evaluation, EvalError> {
         history.note_reads(&pb.reads, snap.ts_ms);
         let allowed = pb.meta.actions.iter().map(|c| c.kind).collect();
         let node = Node::new(snap, history, &self.limits, allowed);
@@ -339,9 +342,11 @@ impl Runtime {
         // The node holds the snapshot and the history: nothing of this evaluation keeps it.
         let mut ctx = node.ctx.lock().unwrap_or_else(|e| e.into_inner());
         let requests = std::mem::take(&mut ctx.requests);
+        let reads = std::mem::take(&mut ctx.reads);
+        let reads_omitted = ctx.reads_omitted;
         drop(ctx);
         match result {
-            Ok(_) => Ok(requests),
+            Ok(_) => Ok(Evaluation { requests, reads, reads_omitted }),
             Err(e) if is_deadline(&e) => {
                 state.restore(before);
                 // rhai stops between operations and does not always know where it was.
@@ -580,7 +585,7 @@ mod tests {
     fn eval(rt: &Runtime, p: &Playbook, state: &State) -> (Result<Vec<ActionRequest>, EvalError>, Arc<History>) {
         let history = Arc::new(History::new(600_000, 1000, 100));
         let snap = Arc::new(Snapshot { ts_ms: 1_700_000_000_000, ..Default::default() });
-        (rt.evaluate(p, snap, history.clone(), state), history)
+        (rt.evaluate(p, snap, history.clone(), state).map(|e| e.requests), history)
     }
 
     /// The names and files `load_with` gives for the bundled set and a local directory.

@@ -1,6 +1,7 @@
 //! `medic playbook test`: runs the cases in `<playbook>.test.toml` beside each playbook. A case
 //! is a signal timeline (values set at simulated times, held until changed) played on a
-//! simulated clock through the real engine and the real gate in dry-run; the requests and
+//! simulated clock through the agent's own decide step (`decide::Timeline`: engine, back-off,
+//! gate) in dry-run, gated against the node's policy; the requests and
 //! decisions that come out are compared with what the case expects.
 //!
 //! ```toml
@@ -16,8 +17,9 @@
 //! mounts = [{ mount_point = "/var/log", device = "/dev/sda2", fs_type = "ext4" }]
 //! ```
 
-use super::{api::State, Runtime};
+use super::Runtime;
 use crate::config::line_col;
+use crate::decide::{Backoff, Decider, Timeline};
 use crate::gate::{Gate, Mode};
 use crate::signals::disk::Mount;
 use crate::signals::history::History;
@@ -106,7 +108,7 @@ fn ms(what: &str, s: &str) -> Result<i64, String> {
 /// Gated against `policy`: the node's (`playbook test --config`), so a case that passes here is
 /// not refused there.
 pub fn run(
-    rt: &Runtime,
+    rt: &Arc<Runtime>,
     policy: &crate::config::PolicyConfig,
     file: &str,
     source: &str,
@@ -126,22 +128,23 @@ pub fn run(
     Ok(results)
 }
 
-fn run_case(rt: &Runtime, policy: &crate::config::PolicyConfig, pb: &super::Playbook, case: &Case) -> Result<CaseResult, String> {
+fn run_case(rt: &Arc<Runtime>, policy: &crate::config::PolicyConfig, pb: &super::Playbook, case: &Case) -> Result<CaseResult, String> {
     let duration = ms("duration", &case.duration)?;
-    let step = match &case.step {
+    let step_ms = match &case.step {
         Some(s) => ms("step", s)?.max(1),
         None => pb.meta.interval_ms,
     };
     let mut steps: Vec<(i64, &Step)> = case.timeline.iter().map(|s| Ok((ms("timeline.at", &s.at)?, s))).collect::<Result<_, String>>()?;
     steps.sort_by_key(|(t, _)| *t);
     // The node's horizon, not the case's length: a window the agent's history cannot cover must
-    // not pass here and stay silent there.
-    let mut history = Arc::new(History::new(rt.history.horizon_ms, step, 100_000));
-    let mut gate = Gate::for_fixtures(policy.clone());
-    let state = State::default();
+    // not pass here and stay silent there. The decide step is the agent's own (`decide`).
+    let history = Arc::new(History::new(rt.history.horizon_ms, step_ms, 100_000));
+    let backoff = Backoff { first_ms: 300_000, max_ms: 3_600_000 };
+    let mut decider = Decider::new(rt.clone(), Gate::for_fixtures(policy.clone()), backoff);
+    decider.install(pb.clone());
+    let mut timeline = Timeline { decider, history, mode: Mode::DryRun };
     let mut cur = Snapshot::default();
     let mut outcomes = Vec::new();
-    let mut last_eval: Option<i64> = None;
     let mut next_step = 0;
     let mut t = 0;
     while t <= duration {
@@ -164,22 +167,18 @@ fn run_case(rt: &Runtime, policy: &crate::config::PolicyConfig, pb: &super::Play
             next_step += 1;
         }
         cur.ts_ms = EPOCH_MS + t;
-        Arc::make_mut(&mut history).push(&cur);
-        if last_eval.is_none_or(|l| t - l >= pb.meta.interval_ms) {
-            last_eval = Some(t);
-            let reqs = rt.evaluate(pb, Arc::new(cur.clone()), history.clone(), &state).map_err(|e| format!("at {}s: {e}", t / 1000))?;
-            for req in reqs {
-                let v = gate.decide(&pb.meta, &req, Mode::DryRun, cur.ts_ms);
-                outcomes.push(Outcome {
-                    at_ms: t,
-                    kind: req.kind.to_string(),
-                    target: req.target,
-                    decision: v.decision.as_str().into(),
-                    rule: v.rule.into(),
-                });
-            }
+        let step = timeline.tick(cur.clone(), false);
+        if let Some((_, error, _)) = step.disabled.first() {
+            return Err(format!("at {}s: {error}", t / 1000));
         }
-        t += step;
+        outcomes.extend(step.decisions.into_iter().map(|d| Outcome {
+            at_ms: t,
+            kind: d.kind,
+            target: d.target,
+            decision: d.decision.into(),
+            rule: d.rule.into(),
+        }));
+        t += step_ms;
     }
     let listing = || {
         if outcomes.is_empty() {

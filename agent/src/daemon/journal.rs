@@ -1,0 +1,78 @@
+//! The agent's side of the audit log: every record goes through [`Journal::record`], which
+//! bounds it in bytes (`audit::bound`), appends and fsyncs it, and on failure puts the agent in
+//! its fail-closed state (nothing decided or started until a record can be written again, see
+//! the daemon's module note). Also the coalescing of repeated refusals (`repeats`), which must
+//! write their summary through the same path.
+
+use super::repeats;
+use crate::audit::{AuditError, AuditLog};
+use crate::telemetry::ids;
+use serde_json::{Map, Value};
+
+pub(super) struct Journal {
+    pub audit: AuditLog,
+    node: String,
+    /// Since when (ms) and why records cannot be written.
+    pub down: Option<(i64, String)>,
+    pub repeats: repeats::Repeats,
+}
+
+/// A JSON object's map (an empty one for anything else).
+pub(super) fn obj(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+impl Journal {
+    pub fn new(audit: AuditLog, node: String, repeats: repeats::Repeats) -> Self {
+        Self { audit, node, down: None, repeats }
+    }
+
+    /// Appends a record; on failure the agent falls back to observing (see the module note).
+    /// Every record is bounded in bytes first (`audit::bound`).
+    pub fn record(&mut self, kind: &str, mut body: Map<String, Value>, ts: i64) -> Result<u64, AuditError> {
+        if let Some(from) = crate::audit::bound::bound(&mut body, &self.node, kind) {
+            tracing::warn!(
+                message = "Audit record truncated to its byte bound.",
+                kind,
+                from_bytes = from,
+                bound = crate::audit::bound::MAX_RECORD_BYTES
+            );
+        }
+        match self.audit.append_at(kind, body, ts) {
+            Ok(seq) => Ok(seq),
+            Err(e) => {
+                if self.down.is_none() {
+                    tracing::error!(message = "AUDIT LOG NOT WRITABLE: no action will be decided or started until it is.", message_id = ids::AUDIT_UNWRITABLE, error_code = e.code(), error = %e);
+                    self.down = Some((ts, e.to_string()));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes out a coalescing window (if it counted anything) and closes it.
+    pub fn close_repeat(&mut self, t: &repeats::Target, now: i64) -> Result<(), AuditError> {
+        let Some(o) = self.repeats.take(t) else { return Ok(()) };
+        self.write_repeat(t.clone(), o, now)
+    }
+
+    pub fn write_repeat(&mut self, t: repeats::Target, o: repeats::Open, now: i64) -> Result<(), AuditError> {
+        if o.count == 0 {
+            return Ok(());
+        }
+        let body = repeats::body(&t, &o, self.repeats.window_ms);
+        match self.record("decision_repeated", body, now) {
+            Ok(seq) => {
+                tracing::info!(message = "Repeated decision.", seq, playbook = %t.0, action = %t.1, action_target = %t.2, decision = o.what.0, rule = o.what.1, count = o.count);
+                Ok(())
+            }
+            Err(e) => {
+                self.repeats.restore(t, o);
+                Err(e)
+            }
+        }
+    }
+}

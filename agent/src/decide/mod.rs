@@ -1,0 +1,341 @@
+//! The decide step, the one code path from a snapshot to gated requests: which playbooks are
+//! due ([`Decider::plan`]: the interval since the last evaluation, every one after an eBPF
+//! wake-up, none while a back-off lasts), their evaluation ([`evaluate`], pure: the snapshot,
+//! the history and each playbook's own state), the back-off of a playbook that failed, and the
+//! gate's verdict on each request ([`Decider::settle`]). It does no I/O: it takes the time, the
+//! mode, the node's policy and limits from its caller and hands back typed [`Event`]s.
+//!
+//! Four callers drive it, so they cannot disagree: the daemon (which records each event before
+//! it counts, and starts what was executed), `medic playbook test` (a case's timeline on a
+//! simulated clock), `medic playbook replay` (a recording's timeline) and `medic explain` (what
+//! the last evaluation read and asked, [`LastEval`], and what would block a target now).
+//!
+//! A caller that cannot record an event (the audit log failed) returns an error from its sink:
+//! the step stops there, and an `executed` verdict that was not recorded is forgotten by the gate
+//! (it never ran), so nothing counts that is not durable.
+
+use crate::actions::ActionRequest;
+use crate::gate::{Decision, Gate, Mode, Verdict};
+use crate::playbooks::{api::State, EvalError, Evaluation, Playbook, Runtime};
+use crate::signals::history::History;
+use crate::signals::Snapshot;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// How long a failing playbook is disabled: `first_ms`, doubling per failure in a row, at most
+/// `max_ms` (config `playbooks.disable_secs`, `playbooks.max_disable_secs`).
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub first_ms: i64,
+    pub max_ms: i64,
+}
+
+impl Backoff {
+    /// The back-off after `failures` failures in a row.
+    pub fn after(&self, failures: u32) -> i64 {
+        self.first_ms.saturating_mul(1 << failures.saturating_sub(1).min(16)).min(self.max_ms)
+    }
+}
+
+/// What one request became, kept for `medic explain`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Asked {
+    pub kind: String,
+    pub target: String,
+    pub decision: &'static str,
+    pub rule: &'static str,
+    pub detail: String,
+}
+
+/// A playbook's last evaluation: when, what it read (bounded as a request's `signals` are), what
+/// it asked and what the gate made of it, or why it failed. Kept per playbook, replaced by the
+/// next evaluation, so answering `medic explain` costs nothing until someone asks.
+#[derive(Debug, Clone, Default)]
+pub struct LastEval {
+    pub at_ms: i64,
+    pub reads: BTreeMap<String, Value>,
+    pub reads_omitted: usize,
+    pub requests: Vec<Asked>,
+    pub error: Option<String>,
+}
+
+/// One loaded playbook and its run-time state.
+#[derive(Debug)]
+pub struct Slot {
+    pub pb: Playbook,
+    pub state: State,
+    pub last_eval_ms: Option<i64>,
+    pub disabled_until: Option<i64>,
+    pub failures: u32,
+    pub last_error: Option<String>,
+    pub last: Option<LastEval>,
+}
+
+impl Slot {
+    fn new(pb: Playbook) -> Self {
+        Self { pb, state: State::default(), last_eval_ms: None, disabled_until: None, failures: 0, last_error: None, last: None }
+    }
+
+    /// When it is next evaluated (`None`: at the next tick).
+    pub fn next_due_ms(&self) -> Option<i64> {
+        let due = self.last_eval_ms.map(|t| t.saturating_add(self.pb.meta.interval_ms));
+        match (due, self.disabled_until) {
+            (Some(d), Some(u)) => Some(d.max(u)),
+            (d, u) => d.or(u),
+        }
+    }
+}
+
+/// A playbook due in a tick, with what it evaluates with (owned: it may go to another thread).
+#[derive(Debug)]
+pub struct Due {
+    pub file: String,
+    pub pb: Playbook,
+    pub state: State,
+}
+
+/// One due playbook's evaluation.
+#[derive(Debug)]
+pub struct Done {
+    pub due: Due,
+    pub result: Result<Evaluation, EvalError>,
+}
+
+/// The `playbook` of every record: its name and the hash of the source that decided.
+pub fn pb_ref(pb: &Playbook) -> Value {
+    json!({ "name": pb.meta.name, "sha256": pb.sha256 })
+}
+
+/// What the decide step hands back, in order, for the caller to record (and act on).
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// A playbook's back-off ended: it is evaluated again from this tick.
+    Enabled { pb: &'a Playbook },
+    /// A request and the gate's verdict on it.
+    Decided { pb: &'a Playbook, request: ActionRequest, verdict: Verdict },
+    /// The playbook failed (an error or a limit of the engine) and is disabled until `until_ms`.
+    Disabled { pb: &'a Playbook, error: EvalError, until_ms: i64, failures: u32 },
+}
+
+/// Owns the playbook slots and the gate; see the module note.
+pub struct Decider {
+    rt: Arc<Runtime>,
+    /// Keyed by file, so a reload replaces each file's playbook in place.
+    slots: BTreeMap<String, Slot>,
+    gate: Gate,
+    backoff: Backoff,
+}
+
+impl Decider {
+    pub fn new(rt: Arc<Runtime>, gate: Gate, backoff: Backoff) -> Self {
+        Self { rt, slots: BTreeMap::new(), gate, backoff }
+    }
+
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.rt
+    }
+
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    pub fn gate_mut(&mut self) -> &mut Gate {
+        &mut self.gate
+    }
+
+    pub fn slots(&self) -> impl Iterator<Item = &Slot> {
+        self.slots.values()
+    }
+
+    pub fn slot(&self, file: &str) -> Option<&Slot> {
+        self.slots.get(file)
+    }
+
+    pub fn playbook_names(&self) -> Vec<String> {
+        self.slots.values().map(|s| s.pb.meta.name.clone()).collect()
+    }
+
+    /// Installs a playbook for its file; false when that exact source is already there (its
+    /// state and timers are kept). A changed source starts afresh.
+    pub fn install(&mut self, pb: Playbook) -> bool {
+        if self.slots.get(&pb.file).is_some_and(|s| s.pb.sha256 == pb.sha256) {
+            return false;
+        }
+        self.gate.note_playbook(&pb.meta);
+        self.slots.insert(pb.file.clone(), Slot::new(pb));
+        true
+    }
+
+    /// Unloads the playbook of `file`.
+    pub fn remove(&mut self, file: &str) -> Option<Playbook> {
+        self.slots.remove(file).map(|s| s.pb)
+    }
+
+    /// The files loaded.
+    pub fn files(&self) -> Vec<String> {
+        self.slots.keys().cloned().collect()
+    }
+
+    /// The playbooks due at `now` (every one when `force`: an eBPF wake-up), re-enabling
+    /// (through `sink`) those whose back-off ended. A sink error stops the plan there.
+    pub fn plan<E>(&mut self, now: i64, force: bool, sink: &mut dyn FnMut(Event<'_>) -> Result<(), E>) -> Result<Vec<Due>, E> {
+        let mut due = Vec::new();
+        for (file, slot) in self.slots.iter_mut() {
+            if let Some(until) = slot.disabled_until {
+                if now < until {
+                    continue;
+                }
+                slot.disabled_until = None;
+                sink(Event::Enabled { pb: &slot.pb })?;
+            }
+            if !force && slot.last_eval_ms.is_some_and(|t| now - t < slot.pb.meta.interval_ms) {
+                continue;
+            }
+            slot.last_eval_ms = Some(now);
+            due.push(Due { file: file.clone(), pb: slot.pb.clone(), state: slot.state.clone() });
+        }
+        Ok(due)
+    }
+
+    /// Gates each evaluation's requests with `mode` (the mode current *now*, which may differ from
+    /// the one when the evaluation started), and disables a playbook that failed. Each event
+    /// goes to `sink` before the next is decided; a sink error stops the step there (an
+    /// `executed` verdict the sink refused is undone in the gate: it never ran). A playbook
+    /// reloaded or unloaded during its evaluation no longer speaks for its file: its requests
+    /// are dropped (and returned, by name, to be logged).
+    pub fn settle<E>(
+        &mut self,
+        done: Vec<Done>,
+        mode: Mode,
+        now: i64,
+        sink: &mut dyn FnMut(Event<'_>) -> Result<(), E>,
+    ) -> Result<Vec<String>, E> {
+        let mut dropped = Vec::new();
+        for Done { due, result } in done {
+            let Some(slot) = self.slots.get_mut(&due.file).filter(|s| s.pb.sha256 == due.pb.sha256) else {
+                dropped.push(due.pb.meta.name.clone());
+                continue;
+            };
+            match result {
+                Ok(ev) => {
+                    slot.failures = 0;
+                    slot.last = Some(LastEval {
+                        at_ms: now,
+                        reads: ev.reads,
+                        reads_omitted: ev.reads_omitted,
+                        requests: Vec::with_capacity(ev.requests.len()),
+                        error: None,
+                    });
+                    for request in ev.requests {
+                        let verdict = self.gate.decide(&slot.pb.meta, &request, mode, now);
+                        if let Some(last) = slot.last.as_mut() {
+                            last.requests.push(Asked {
+                                kind: request.kind.to_string(),
+                                target: request.target.clone(),
+                                decision: verdict.decision.as_str(),
+                                rule: verdict.rule,
+                                detail: verdict.detail.clone(),
+                            });
+                        }
+                        let (executed, kind, target) = (verdict.decision == Decision::Executed, request.kind, request.target.clone());
+                        if let Err(e) = sink(Event::Decided { pb: &slot.pb, request, verdict }) {
+                            if executed {
+                                self.gate.finished(kind, &target);
+                            }
+                            return Err(e);
+                        }
+                    }
+                }
+                Err(error) => {
+                    slot.failures += 1;
+                    slot.last_error = Some(error.to_string());
+                    slot.last = Some(LastEval { at_ms: now, error: Some(error.to_string()), ..Default::default() });
+                    let until_ms = now + self.backoff.after(slot.failures);
+                    slot.disabled_until = Some(until_ms);
+                    sink(Event::Disabled { pb: &slot.pb, error, until_ms, failures: slot.failures })?;
+                }
+            }
+        }
+        Ok(dropped)
+    }
+}
+
+/// Evaluates each due playbook on one snapshot and its history (the snapshot already pushed).
+/// Runs anywhere (the daemon's worker thread, inline). A panic inside one evaluation is that
+/// playbook's error. `timed` is told each playbook's name and seconds taken.
+pub fn evaluate(rt: &Runtime, due: Vec<Due>, snap: &Arc<Snapshot>, history: &Arc<History>, timed: &mut dyn FnMut(&str, f64)) -> Vec<Done> {
+    let mut out = Vec::with_capacity(due.len());
+    for d in due {
+        let t = std::time::Instant::now();
+        let run = std::panic::AssertUnwindSafe(|| rt.evaluate(&d.pb, snap.clone(), history.clone(), &d.state));
+        let result = std::panic::catch_unwind(run).unwrap_or_else(|p| {
+            let what = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
+            Err(EvalError { code: "runtime_error", message: format!("{}: evaluation panicked: {}", d.pb.file, what.unwrap_or_default()) })
+        });
+        timed(&d.pb.meta.name, t.elapsed().as_secs_f64());
+        out.push(Done { due: d, result });
+    }
+    out
+}
+
+/// A simulated timeline's driver: `playbook test` and `playbook replay` push each snapshot here.
+/// One tick = push into the history, plan, evaluate, settle in `mode`, exactly as the daemon's
+/// tick does, with the snapshot's clock.
+pub struct Timeline {
+    pub decider: Decider,
+    pub history: Arc<History>,
+    pub mode: Mode,
+}
+
+/// One decision or back-off seen on a timeline.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Decided {
+    pub ts_ms: i64,
+    pub playbook: String,
+    pub kind: String,
+    pub target: String,
+    pub decision: &'static str,
+    pub rule: &'static str,
+    pub detail: String,
+}
+
+/// What a tick of a timeline produced.
+#[derive(Debug, Default)]
+pub struct Step {
+    pub decisions: Vec<Decided>,
+    /// (playbook, error, disabled until)
+    pub disabled: Vec<(String, String, i64)>,
+    pub enabled: Vec<String>,
+}
+
+impl Timeline {
+    /// One tick on `snap` (its `ts_ms` is the clock); `forced`: every playbook evaluates (an
+    /// eBPF wake-up in the recording).
+    pub fn tick(&mut self, snap: Snapshot, forced: bool) -> Step {
+        let now = snap.ts_ms;
+        Arc::make_mut(&mut self.history).push(&snap);
+        let snap = Arc::new(snap);
+        let mut step = Step::default();
+        let mut sink = |ev: Event<'_>| -> Result<(), std::convert::Infallible> {
+            match ev {
+                Event::Enabled { pb } => step.enabled.push(pb.meta.name.clone()),
+                Event::Decided { pb, request, verdict } => step.decisions.push(Decided {
+                    ts_ms: now,
+                    playbook: pb.meta.name.clone(),
+                    kind: request.kind.to_string(),
+                    target: request.target,
+                    decision: verdict.decision.as_str(),
+                    rule: verdict.rule,
+                    detail: verdict.detail,
+                }),
+                Event::Disabled { pb, error, until_ms, .. } => step.disabled.push((pb.meta.name.clone(), error.to_string(), until_ms)),
+            }
+            Ok(())
+        };
+        let Ok(due) = self.decider.plan(now, forced, &mut sink);
+        let done = evaluate(&self.decider.rt.clone(), due, &snap, &self.history, &mut |_, _| {});
+        let Ok(_) = self.decider.settle(done, self.mode, now, &mut sink);
+        step
+    }
+}
