@@ -7,6 +7,7 @@ mod audit;
 mod cli;
 mod container;
 mod ebpf;
+mod explain;
 mod history;
 mod hostile;
 mod hostile_ops;

@@ -3,6 +3,7 @@
 //! playbook, failing test, broken audit chain), 2 a usage error, 3 an operational error.
 
 mod escape;
+mod explain;
 use escape::esc;
 mod fleet;
 
@@ -131,6 +132,22 @@ enum Command {
     /// List or reset circuit breakers opened by actions that did not help.
     #[command(subcommand)]
     Breaker(BreakerCmd),
+    /// Why a playbook did (or did not) act: when it was last evaluated and is next due, the
+    /// values it read, what it asked and the gate's verdict, and what would block an action
+    /// on its targets now (mode, manifest, policy, cooldown, rate limit, budget, in flight,
+    /// breaker) with the time until each clears. Asks the running agent.
+    Explain {
+        /// One playbook by name (default: every loaded one).
+        playbook: Option<String>,
+        /// Check this target (a unit, a pid, a path, a command) instead of the playbook's own.
+        #[arg(long, value_name = "TARGET")]
+        target: Option<String>,
+        /// One JSON object per playbook, one per line.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
 }
 
 /// How to reach the running agent.
@@ -340,6 +357,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Explain { playbook, target, json, control } => match control_call(&control, &Request::Explain { playbook, target })? {
+            Ok(answer) => explain::print(&answer, json),
+            Err(code) => Ok(code),
+        },
         Command::Status { json, control } => match control_call(&control, &Request::Status)? {
             Ok(st) => {
                 if json {

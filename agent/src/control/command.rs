@@ -33,6 +33,8 @@ pub enum Command {
     ResetBreaker { playbook: String, action: ActionKind, target: String, reason: String },
     /// Reload the playbooks directory.
     Reload,
+    /// What the playbooks read and asked last, and what would block them now (local only).
+    Explain { playbook: Option<String>, target: Option<String> },
 }
 
 impl Command {
@@ -44,6 +46,7 @@ impl Command {
             Self::SetMode { .. } => "set_mode",
             Self::ResetBreaker { .. } => "reset_breaker",
             Self::Reload => "reload",
+            Self::Explain { .. } => "explain",
         }
     }
 
@@ -79,6 +82,7 @@ impl Command {
             Request::SetMode { mode, reason, ttl_secs } => Self::set_mode(&mode, &reason, ttl_secs),
             Request::ResetBreaker { playbook, action, target, reason } => Self::reset_breaker(&playbook, &action, &target, &reason),
             Request::Reload => Ok(Self::Reload),
+            Request::Explain { playbook, target } => Ok(Self::Explain { playbook, target }),
         }
     }
 }
@@ -172,6 +176,9 @@ pub enum CommandError {
     /// No open breaker has that key.
     #[error("no open breaker for {0}")]
     NoBreaker(String),
+    /// No loaded playbook has that name.
+    #[error("{0}")]
+    NotFound(String),
     /// The change could not be recorded (or persisted), so it was not made (a switch to
     /// dry-run is made anyway: it is the safe direction).
     #[error("not recorded: {0}")]
@@ -193,6 +200,7 @@ impl CommandError {
             Self::Scope(_) => "command_scope",
             Self::NonceStore(_) => "command_nonce_store",
             Self::NoBreaker(_) => "command_no_breaker",
+            Self::NotFound(_) => "command_not_found",
             Self::NotRecorded(_) => "command_not_recorded",
         }
     }

@@ -24,10 +24,26 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     Status,
-    SetMode { mode: String, reason: String, ttl_secs: Option<u64> },
+    SetMode {
+        mode: String,
+        reason: String,
+        ttl_secs: Option<u64>,
+    },
     Breakers,
-    ResetBreaker { playbook: String, action: String, target: String, reason: String },
+    ResetBreaker {
+        playbook: String,
+        action: String,
+        target: String,
+        reason: String,
+    },
     Reload,
+    /// Why each playbook did (not) act, and what would block it now (`medic explain`).
+    Explain {
+        #[serde(default)]
+        playbook: Option<String>,
+        #[serde(default)]
+        target: Option<String>,
+    },
 }
 
 /// The answer.

@@ -89,6 +89,11 @@ impl Agent {
         match cmd {
             Command::Status => Ok(self.status(now)),
             Command::Breakers => Ok(json!(self.decider.gate().open_breakers())),
+            Command::Explain { playbook, target } => {
+                let mode = crate::decide::explain::ModeNow { mode: self.mode.mode, until_ms: self.mode.expires_ms };
+                let answer = self.decider.explain(playbook.as_deref(), target.as_deref(), mode, now).map_err(CommandError::NotFound)?;
+                Ok(json!({ "node": self.node, "mode": self.mode.mode.as_str(), "at": crate::audit::now_rfc3339(now), "playbooks": answer }))
+            }
             Command::SetMode { mode, reason, ttl_secs } => {
                 let old = self.mode.clone();
                 let next = old.change(mode, origin.actor(), bounded(&reason), ttl_secs, now);

@@ -14,6 +14,8 @@
 //! the step stops there, and an `executed` verdict that was not recorded is forgotten by the gate
 //! (it never ran), so nothing counts that is not durable.
 
+pub mod explain;
+
 use crate::actions::ActionRequest;
 use crate::gate::{Decision, Gate, Mode, Verdict};
 use crate::playbooks::{api::State, EvalError, Evaluation, Playbook, Runtime};

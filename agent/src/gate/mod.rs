@@ -92,6 +92,7 @@ pub struct Verdict {
     pub detail: String,
 }
 
+pub mod explain;
 pub mod protect;
 
 /// Units no playbook may restart and whose processes are never signalled (see [`protect`]).
