@@ -6,6 +6,7 @@ mod escape;
 mod explain;
 use escape::esc;
 mod fleet;
+mod replay;
 
 use crate::audit;
 use crate::config::Config;
@@ -206,6 +207,10 @@ enum PlaybookCmd {
     /// Run the test cases beside playbooks (<name>.test.toml) on a simulated clock.
     /// PATH is a directory, a .rhai file, or omitted for the bundled playbooks.
     Test { path: Option<PathBuf> },
+    /// Replay playbooks over the flight recorder's timeline (what the agent sampled), in
+    /// dry-run with the node's policy: what they would have asked, what the gate would have
+    /// decided, when; a summary per playbook.
+    Replay(replay::ReplayArgs),
 }
 
 #[derive(Subcommand)]
@@ -515,6 +520,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
         Command::Playbook(PlaybookCmd::Test { path }) => playbook_test(path.as_deref()),
+        Command::Playbook(PlaybookCmd::Replay(args)) => replay::run(args),
         Command::Signals { json } => {
             let (cfg, _) = Config::load(None).unwrap_or_default();
             let ebpf = crate::signals::ebpf::EbpfSignals::start(&cfg.signals.ebpf);

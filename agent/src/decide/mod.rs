@@ -15,6 +15,7 @@
 //! (it never ran), so nothing counts that is not durable.
 
 pub mod explain;
+pub mod replay;
 
 use crate::actions::ActionRequest;
 use crate::gate::{Decision, Gate, Mode, Verdict};
