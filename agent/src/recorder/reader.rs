@@ -205,7 +205,7 @@ pub fn export(src: &Path, from_ms: Option<i64>, to_ms: Option<i64>, dest: &Path)
             let f = f?;
             let s = match &mut seg {
                 Some(s) => s,
-                None => seg.insert(Segment::create(&tmp, f.snap.ts_ms)?),
+                None => seg.insert(Segment::create(&tmp, f.snap.ts_ms, super::writer::LEVEL)?),
             };
             s.append(&f.snap, f.forced, i64::MAX)?;
             summary.frames += 1;
@@ -214,7 +214,7 @@ pub fn export(src: &Path, from_ms: Option<i64>, to_ms: Option<i64>, dest: &Path)
         }
         let s = match seg.take() {
             Some(s) => s,
-            None => Segment::create(&tmp, 0)?,
+            None => Segment::create(&tmp, 0, super::writer::LEVEL)?,
         };
         summary.bytes = s.finish()?;
         std::fs::rename(&tmp, dest).map_err(|e| RecorderError::io(dest, e))

@@ -17,9 +17,8 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// Deflate level: 6 (the default) costs about twice level 1's CPU for a tenth less size on
-/// recorded frames (docs/BENCHMARKS.md, "Flight recorder").
-const LEVEL: u32 = 6;
+/// Deflate level (zlib's default; docs/BENCHMARKS.md, "Flight recorder", compares it with 1).
+pub const LEVEL: u32 = 6;
 
 /// The segment being written.
 pub(crate) struct Segment {
@@ -31,11 +30,12 @@ pub(crate) struct Segment {
     /// Encoded frames not yet written, and the time of the first of them.
     raw: Vec<u8>,
     raw_since_ms: i64,
+    level: u32,
 }
 
 impl Segment {
     /// A new segment file at `path` (0600, never an existing file or a link), header written.
-    pub(crate) fn create(path: &Path, start_ms: i64) -> Result<Self, RecorderError> {
+    pub(crate) fn create(path: &Path, start_ms: i64, level: u32) -> Result<Self, RecorderError> {
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -52,6 +52,7 @@ impl Segment {
             enc: Encoder::default(),
             raw: Vec::new(),
             raw_since_ms: start_ms,
+            level,
         })
     }
 
@@ -78,7 +79,7 @@ impl Segment {
         if self.raw.is_empty() {
             return Ok(());
         }
-        let mut z = DeflateEncoder::new(Vec::with_capacity(self.raw.len() / 4), Compression::new(LEVEL));
+        let mut z = DeflateEncoder::new(Vec::with_capacity(self.raw.len() / 4), Compression::new(self.level));
         let payload = z.write_all(&self.raw).and_then(|()| z.finish()).map_err(|e| RecorderError::io(&self.path, e))?;
         if payload.len() > format::MAX_BLOCK_BYTES as usize {
             return Err(RecorderError::TooLarge { bytes: payload.len(), limit: format::MAX_BLOCK_BYTES as usize });
@@ -107,6 +108,7 @@ pub struct Recorder {
     max_age_ms: i64,
     flush_ms: i64,
     segment_ms: i64,
+    level: u32,
     seg: Option<Segment>,
 }
 
@@ -122,8 +124,15 @@ impl Recorder {
             max_age_ms: secs_to_ms(cfg.max_age_secs),
             flush_ms: secs_to_ms(cfg.flush_secs),
             segment_ms: secs_to_ms(cfg.segment_secs.max(1)),
+            level: LEVEL,
             seg: None,
         })
+    }
+
+    /// Another deflate level (0–9) for the segments created from now on: for the benchmark.
+    pub fn with_level(mut self, level: u32) -> Self {
+        self.level = level.min(9);
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -186,7 +195,7 @@ impl Recorder {
     fn create(&self, ts: i64) -> Result<Segment, RecorderError> {
         for n in 0..1000 {
             let path = self.dir.join(format::segment_name(ts, n));
-            match Segment::create(&path, ts) {
+            match Segment::create(&path, ts, self.level) {
                 Err(RecorderError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 r => return r,
             }
