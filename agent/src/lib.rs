@@ -1,5 +1,5 @@
 //! medic: a host-level auto-remediation agent. Modules follow the data flow:
-//! `signals` (sense) → `playbooks` (decide) → `gate` → `actions` (act) → `audit` (record),
+//! `signals` (sense) → `playbooks` (decide) → `gate` → `actions` (act) → `audit` (record), `recorder` (the signals' flight recorder),
 //! with `config`, `cli`, `daemon` (the loop), `telemetry` (logs) and `metrics` (`/metrics`) around them.
 
 pub mod actions;
@@ -13,5 +13,6 @@ pub mod forward;
 pub mod gate;
 pub mod metrics;
 pub mod playbooks;
+pub mod recorder;
 pub mod signals;
 pub mod telemetry;

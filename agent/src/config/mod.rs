@@ -39,6 +39,8 @@ pub struct Config {
     pub mqtt: crate::forward::MqttConfig,
     /// The Prometheus endpoint (`[metrics]`; on, loopback only, by default).
     pub metrics: crate::metrics::MetricsConfig,
+    /// The flight recorder of sampled signals (`[recorder]`; on by default).
+    pub recorder: crate::recorder::RecorderConfig,
     pub log: LogConfig,
 }
 
@@ -355,6 +357,11 @@ impl Config {
         range("audit.retain_secs", au.retain_secs, 0, TEN_YEARS_SECS, " seconds")?;
         range("audit.replay_secs", au.replay_secs, 0, TEN_YEARS_SECS, " seconds")?;
         range("audit.checkpoint_every", au.checkpoint_every, 1, u64::MAX, " records")?;
+        let rc = &cfg.recorder;
+        range("recorder.max_bytes", rc.max_bytes, 1 << 20, 1 << 40, " bytes")?;
+        range("recorder.max_age_secs", rc.max_age_secs, 60, TEN_YEARS_SECS, " seconds")?;
+        range("recorder.flush_secs", rc.flush_secs, 1, 3_600, " seconds")?;
+        range("recorder.segment_secs", rc.segment_secs, 60, DAY_SECS, " seconds")?;
         for c in &po.commands {
             range("policy.commands.timeout_secs", c.timeout_secs, 1, DAY_SECS, " seconds")?;
             if let Some(a) = c.args.iter().find(|a| a.split(['/', '=']).any(|x| x == "..")) {
@@ -580,6 +587,10 @@ mod tests {
         ("mqtt", "keep_alive_secs"),
         ("mqtt", "max_rate"),
         ("mqtt", "max_inflight"),
+        ("recorder", "max_bytes"),
+        ("recorder", "max_age_secs"),
+        ("recorder", "flush_secs"),
+        ("recorder", "segment_secs"),
     ];
 
     /// What the agent computes from a config at start and at stop, with plain (panicking in
@@ -620,6 +631,7 @@ mod tests {
             "[[policy.commands]]",
             "[control]",
             "[metrics]",
+            "[recorder]",
             "[log]",
             "[",
             "]]",

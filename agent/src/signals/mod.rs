@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 /// Everything sensed at one instant. Playbooks see it through a read-only view.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Snapshot {
     /// Milliseconds since the epoch (the sampler's clock; simulated in playbook tests).
     pub ts_ms: i64,

@@ -32,7 +32,7 @@ pub struct ProcessInfo {
 }
 
 /// Per-unit roll-up of the processes in it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct UnitInfo {
     pub unit: String,
     pub processes: u64,

@@ -13,11 +13,11 @@ use super::cgroups::CgroupNames;
 use super::{why, EbpfConfig};
 use crate::signals::Snapshot;
 use aya::maps::{Array, HashMap as BpfHash, MapData, PerCpuArray};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 /// Run-queue latency of one cgroup.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunqEntry {
     pub cgroup: u64,
     pub path: Option<String>,

@@ -16,12 +16,12 @@ use super::abi::{self, RetransKey};
 use super::{attach_btf, take, why, EbpfConfig};
 use crate::signals::Snapshot;
 use aya::maps::{HashMap as BpfHash, MapData, PerCpuArray, RingBuf};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd};
 
 /// Retransmits to one peer from one local port by one process, since load.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RetransEntry {
     pub peer: String,
     pub local_port: u16,

@@ -1,0 +1,464 @@
+//! The recording's on-disk format, both directions: the segment header, the block frame
+//! (length, CRC-32, deflate payload) and the delta encoding of frames, so that the writer's
+//! [`Encoder`] and the reader's [`Decoder`] sit side by side and cannot drift.
+//!
+//! A segment is `MAGIC` + version (u32 LE), then blocks: `len: u32 LE`, `crc32: u32 LE` of the
+//! payload, `payload`: a raw deflate stream of postcard-encoded [`FrameRec`]s back to back. The
+//! first frame of a segment is a key frame (everything against an empty state); each next one
+//! carries only what changed since the previous frame: metric values (key indices into a
+//! per-segment key table, values as the XOR of their bits with the previous value, zero bytes at
+//! either end dropped), processes added, changed (by field) and gone by (pid, start time), units
+//! set and gone, and mounts, peers, eBPF entries, unavailable and errors whole when changed.
+//! Bump [`VERSION`] whenever this or a recorded signal type changes shape.
+
+use super::RecorderError;
+use crate::signals::ebpf::{sched::RunqEntry, tcp::RetransEntry};
+use crate::signals::process::{ProcessInfo, UnitInfo};
+use crate::signals::{disk::Mount, sockets::PeerInfo, Snapshot};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+pub const MAGIC: &[u8; 8] = b"MEDICREC";
+pub const VERSION: u32 = 1;
+pub const HEADER_LEN: u64 = 12;
+/// Length and CRC before each block.
+pub const BLOCK_HEADER_LEN: u64 = 8;
+/// Longest encoded frame the writer records (a block holds less than [`BLOCK_TARGET`] before
+/// it, so a raw block stays under 17 MiB, its deflate stream under [`MAX_BLOCK_BYTES`]).
+pub const MAX_FRAME_BYTES: usize = 16 << 20;
+/// Longest compressed block a reader accepts.
+pub const MAX_BLOCK_BYTES: u32 = 32 << 20;
+/// Longest decompressed block a reader accepts (a deflate bomb stops there).
+pub const MAX_RAW_BYTES: usize = 64 << 20;
+/// Metric keys one segment may name (the writer starts a new segment at half).
+pub const MAX_KEYS: usize = 1 << 20;
+/// The writer closes a block at this many raw bytes, flush time or not.
+pub const BLOCK_TARGET: usize = 1 << 20;
+/// Segment files are `rec-<first ts_ms, 15 digits>[-<n>].mrec`.
+pub const EXT: &str = "mrec";
+
+pub fn header() -> [u8; HEADER_LEN as usize] {
+    let mut h = [0u8; HEADER_LEN as usize];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..].copy_from_slice(&VERSION.to_le_bytes());
+    h
+}
+
+/// Checks a segment's first bytes.
+pub fn check_header(path: &Path, h: &[u8]) -> Result<(), RecorderError> {
+    let fmt = |reason: String| RecorderError::Format { path: path.to_path_buf(), reason };
+    if h.len() < HEADER_LEN as usize || &h[..8] != MAGIC {
+        return Err(fmt("bad magic".into()));
+    }
+    let v = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
+    if v != VERSION {
+        return Err(fmt(format!("format version {v}, this medic reads {VERSION}")));
+    }
+    Ok(())
+}
+
+/// The block frame around a compressed payload.
+pub fn block(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + BLOCK_HEADER_LEN as usize);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A segment's file name for its first frame's time.
+pub fn segment_name(ts_ms: i64, n: u32) -> String {
+    let ts = ts_ms.max(0);
+    if n == 0 {
+        format!("rec-{ts:015}.{EXT}")
+    } else {
+        format!("rec-{ts:015}-{n}.{EXT}")
+    }
+}
+
+/// (first ts_ms, n) from a segment's file name; `None` for any other file.
+pub fn parse_segment_name(name: &str) -> Option<(i64, u32)> {
+    let stem = name.strip_prefix("rec-")?.strip_suffix(&format!(".{EXT}"))?;
+    let (ts, n) = match stem.split_once('-') {
+        Some((ts, n)) => (ts, n.parse().ok()?),
+        None => (stem, 0),
+    };
+    if ts.len() != 15 || !ts.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((ts.parse().ok()?, n))
+}
+
+/// The segments in `dir`, oldest first: (first ts_ms, path, size).
+pub fn list_segments(dir: &Path) -> Result<Vec<(i64, u32, PathBuf, u64)>, RecorderError> {
+    let mut out = Vec::new();
+    let rd = std::fs::read_dir(dir).map_err(|e| RecorderError::io(dir, e))?;
+    for entry in rd {
+        let entry = entry.map_err(|e| RecorderError::io(dir, e))?;
+        let Some((ts, n)) = entry.file_name().to_str().and_then(parse_segment_name) else { continue };
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.is_file() {
+            out.push((ts, n, entry.path(), meta.len()));
+        }
+    }
+    out.sort_by_key(|s| (s.0, s.1));
+    Ok(out)
+}
+
+const SOCKET_SOURCES: [&str; 3] = ["", "netlink", "procfs"];
+
+/// One frame as stored. `Vec`s are empty and `Option`s `None` where nothing changed.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct FrameRec {
+    ts_ms: i64,
+    forced: bool,
+    /// Keys appended to the segment's key table.
+    new_keys: Vec<String>,
+    /// Indices of the metrics set (new or changed), ascending, as gaps from the previous one
+    /// (the first from 0); their values are in `values`, in the same order.
+    set: Vec<u32>,
+    values: Vec<u8>,
+    /// Indices of metrics gone, gap-coded like `set`.
+    gone: Vec<u32>,
+    /// The whole process list (a key frame, or a list not sorted by (pid, start time)).
+    procs: Option<Vec<ProcessInfo>>,
+    procs_set: Vec<ProcRec>,
+    procs_gone: Vec<(i64, u64)>,
+    units_set: Vec<(String, UnitInfo)>,
+    units_gone: Vec<String>,
+    mounts: Option<Vec<Mount>>,
+    socket_source: Option<u8>,
+    tcp_peers: Option<Vec<PeerInfo>>,
+    ebpf_retrans: Option<Vec<RetransEntry>>,
+    ebpf_runq: Option<Vec<RunqEntry>>,
+    unavailable: Option<BTreeMap<String, String>>,
+    errors: Option<Vec<String>>,
+}
+
+impl FrameRec {
+    pub fn ts_ms(&self) -> i64 {
+        self.ts_ms
+    }
+}
+
+/// A process new or changed since the previous frame: the fields that changed (all of them
+/// for a new one).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct ProcRec {
+    pid: i64,
+    start_time: u64,
+    name: Option<String>,
+    cmdline: Option<String>,
+    unit: Option<Option<String>>,
+    cpu_pct: Option<Option<f64>>,
+    rss_bytes: Option<u64>,
+    fds: Option<Option<u64>>,
+    threads: Option<u64>,
+    state: Option<String>,
+    tcp: Option<BTreeMap<String, u64>>,
+}
+
+fn changed<T: PartialEq + Clone>(old: Option<&T>, new: &T) -> Option<T> {
+    match old {
+        Some(o) if o == new => None,
+        _ => Some(new.clone()),
+    }
+}
+
+fn proc_delta(old: Option<&ProcessInfo>, p: &ProcessInfo) -> Option<ProcRec> {
+    let r = ProcRec {
+        pid: p.pid,
+        start_time: p.start_time,
+        name: changed(old.map(|o| &o.name), &p.name),
+        cmdline: changed(old.map(|o| &o.cmdline), &p.cmdline),
+        unit: changed(old.map(|o| &o.unit), &p.unit),
+        cpu_pct: match old {
+            Some(o) if bits(o.cpu_pct) == bits(p.cpu_pct) => None,
+            _ => Some(p.cpu_pct),
+        },
+        rss_bytes: changed(old.map(|o| &o.rss_bytes), &p.rss_bytes),
+        fds: changed(old.map(|o| &o.fds), &p.fds),
+        threads: changed(old.map(|o| &o.threads), &p.threads),
+        state: changed(old.map(|o| &o.state), &p.state),
+        tcp: changed(old.map(|o| &o.tcp), &p.tcp),
+    };
+    let same = old.is_some()
+        && r.name.is_none()
+        && r.cmdline.is_none()
+        && r.unit.is_none()
+        && r.cpu_pct.is_none()
+        && r.rss_bytes.is_none()
+        && r.fds.is_none()
+        && r.threads.is_none()
+        && r.state.is_none()
+        && r.tcp.is_none();
+    (!same).then_some(r)
+}
+
+/// Floats are compared by their bits, so that a change between 0.0 and -0.0 is recorded too.
+fn bits(v: Option<f64>) -> Option<u64> {
+    v.map(f64::to_bits)
+}
+
+fn unit_eq(a: &UnitInfo, b: &UnitInfo) -> bool {
+    a.cpu_pct.to_bits() == b.cpu_pct.to_bits() && a == b
+}
+
+fn runq_eq(a: &[RunqEntry], b: &[RunqEntry]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x == y && bits(x.p50_us) == bits(y.p50_us) && bits(x.p99_us) == bits(y.p99_us) && bits(x.total_p99_us) == bits(y.total_p99_us)
+        })
+}
+
+fn proc_key(p: &ProcessInfo) -> (i64, u64) {
+    (p.pid, p.start_time)
+}
+
+fn sorted(procs: &[ProcessInfo]) -> bool {
+    procs.windows(2).all(|w| proc_key(&w[0]) < proc_key(&w[1]))
+}
+
+/// A value as the XOR of its bits with the previous value's: one byte of (leading zero bytes
+/// << 4 | trailing zero bytes), then the bytes between. A counter that moved a little, or an
+/// integer-valued float, costs 2 to 4 bytes instead of 8.
+fn put_value(out: &mut Vec<u8>, x: u64) {
+    let lead = (x.leading_zeros() / 8) as usize;
+    let trail = if x == 0 { 0 } else { (x.trailing_zeros() / 8) as usize };
+    out.push(((lead as u8) << 4) | trail as u8);
+    out.extend_from_slice(&x.to_be_bytes()[lead..8 - trail]);
+}
+
+fn take_value(buf: &[u8], pos: &mut usize) -> Option<u64> {
+    let h = *buf.get(*pos)?;
+    let (lead, trail) = ((h >> 4) as usize, (h & 15) as usize);
+    if lead + trail > 8 {
+        return None;
+    }
+    let n = 8 - lead - trail;
+    let bytes = buf.get(*pos + 1..*pos + 1 + n)?;
+    *pos += 1 + n;
+    let mut be = [0u8; 8];
+    be[lead..8 - trail].copy_from_slice(bytes);
+    Some(u64::from_be_bytes(be))
+}
+
+/// Gap-codes ascending indices.
+fn gaps(sorted_idx: impl Iterator<Item = u32>) -> Vec<u32> {
+    let mut prev = 0;
+    sorted_idx
+        .map(|i| {
+            let g = i - prev;
+            prev = i;
+            g
+        })
+        .collect()
+}
+
+/// The writer's side: what the previous frame of this segment held.
+#[derive(Default)]
+pub struct Encoder {
+    index: HashMap<String, u32>,
+    /// By key index: the value's bits in the previous frame, or `None` if absent from it.
+    vals: Vec<Option<u64>>,
+    /// Frame number in which each key was last seen.
+    seen: Vec<u64>,
+    frames: u64,
+    prev: Option<Snapshot>,
+}
+
+impl Encoder {
+    /// Keys in this segment's table.
+    pub fn keys(&self) -> usize {
+        self.vals.len()
+    }
+
+    /// The frame for `s`, against the previous one (a key frame for the first).
+    pub fn encode(&mut self, s: &Snapshot, forced: bool) -> FrameRec {
+        self.frames += 1;
+        let mut f = FrameRec { ts_ms: s.ts_ms, forced, ..Default::default() };
+
+        let mut set: Vec<(u32, u64)> = Vec::new();
+        for (k, v) in &s.metrics {
+            let bits = v.to_bits();
+            let i = match self.index.get(k) {
+                Some(&i) => i,
+                None => {
+                    let i = self.vals.len() as u32;
+                    self.index.insert(k.clone(), i);
+                    self.vals.push(None);
+                    self.seen.push(0);
+                    f.new_keys.push(k.clone());
+                    i
+                }
+            };
+            let slot = &mut self.vals[i as usize];
+            if *slot != Some(bits) {
+                set.push((i, bits ^ slot.unwrap_or(0)));
+                *slot = Some(bits);
+            }
+            self.seen[i as usize] = self.frames;
+        }
+        set.sort_unstable_by_key(|e| e.0);
+        f.set = gaps(set.iter().map(|e| e.0));
+        for (_, x) in &set {
+            put_value(&mut f.values, *x);
+        }
+        let mut gone = Vec::new();
+        for (i, slot) in self.vals.iter_mut().enumerate() {
+            if slot.is_some() && self.seen[i] != self.frames {
+                *slot = None;
+                gone.push(i as u32);
+            }
+        }
+        f.gone = gaps(gone.into_iter());
+
+        let prev = self.prev.take();
+        let p = prev.as_ref();
+        match p {
+            Some(p) if sorted(&p.processes) && sorted(&s.processes) => {
+                let (mut a, mut b) = (p.processes.iter().peekable(), s.processes.iter().peekable());
+                loop {
+                    match (a.peek(), b.peek()) {
+                        (Some(x), Some(y)) if proc_key(x) == proc_key(y) => {
+                            f.procs_set.extend(proc_delta(Some(x), y));
+                            a.next();
+                            b.next();
+                        }
+                        (Some(x), Some(y)) if proc_key(x) < proc_key(y) => {
+                            f.procs_gone.push(proc_key(x));
+                            a.next();
+                        }
+                        (Some(x), None) => {
+                            f.procs_gone.push(proc_key(x));
+                            a.next();
+                        }
+                        (_, Some(y)) => {
+                            f.procs_set.extend(proc_delta(None, y));
+                            b.next();
+                        }
+                        (None, None) => break,
+                    }
+                }
+            }
+            _ => f.procs = Some(s.processes.clone()),
+        }
+        for (name, u) in &s.units {
+            if !p.and_then(|p| p.units.get(name)).is_some_and(|o| unit_eq(o, u)) {
+                f.units_set.push((name.clone(), u.clone()));
+            }
+        }
+        if let Some(p) = p {
+            f.units_gone = p.units.keys().filter(|k| !s.units.contains_key(*k)).cloned().collect();
+        }
+        f.mounts = changed(p.map(|p| &p.mounts), &s.mounts);
+        if p.map(|p| p.socket_source) != Some(s.socket_source) {
+            f.socket_source = Some(SOCKET_SOURCES.iter().position(|x| *x == s.socket_source).unwrap_or(0) as u8);
+        }
+        f.tcp_peers = changed(p.map(|p| &p.tcp_peers), &s.tcp_peers);
+        f.ebpf_retrans = changed(p.map(|p| &p.ebpf_retrans), &s.ebpf_retrans);
+        if !p.is_some_and(|p| runq_eq(&p.ebpf_runq, &s.ebpf_runq)) {
+            f.ebpf_runq = Some(s.ebpf_runq.clone());
+        }
+        f.unavailable = changed(p.map(|p| &p.unavailable), &s.unavailable);
+        f.errors = changed(p.map(|p| &p.errors), &s.errors);
+        self.prev = Some(s.clone());
+        f
+    }
+}
+
+/// The reader's side: the segment's key table and the previous frame, to apply deltas to.
+#[derive(Default)]
+pub struct Decoder {
+    keys: Vec<String>,
+    vals: Vec<Option<u64>>,
+    prev: Snapshot,
+}
+
+fn ungap(g: &[u32], limit: usize) -> Option<Vec<usize>> {
+    let mut out = Vec::with_capacity(g.len().min(limit));
+    let mut at: usize = 0;
+    for (n, d) in g.iter().enumerate() {
+        at = if n == 0 { *d as usize } else { at.checked_add(*d as usize)? };
+        if at >= limit || (n > 0 && *d == 0) {
+            return None;
+        }
+        out.push(at);
+    }
+    Some(out)
+}
+
+impl Decoder {
+    /// Applies one frame; `Err` carries why it does not decode.
+    pub fn apply(&mut self, f: FrameRec) -> Result<(Snapshot, bool), String> {
+        if self.keys.len() + f.new_keys.len() > MAX_KEYS {
+            return Err(format!("more than {MAX_KEYS} metric keys in one segment"));
+        }
+        self.vals.extend(std::iter::repeat_n(None, f.new_keys.len()));
+        self.keys.extend(f.new_keys);
+        let set = ungap(&f.set, self.keys.len()).ok_or("metric index out of range")?;
+        let mut pos = 0;
+        for i in set {
+            let x = take_value(&f.values, &mut pos).ok_or("metric value truncated")?;
+            self.vals[i] = Some(self.vals[i].unwrap_or(0) ^ x);
+        }
+        if pos != f.values.len() {
+            return Err("trailing metric value bytes".into());
+        }
+        for i in ungap(&f.gone, self.keys.len()).ok_or("gone metric index out of range")? {
+            self.vals[i] = None;
+        }
+        let mut s = std::mem::take(&mut self.prev);
+        s.ts_ms = f.ts_ms;
+        s.metrics = self.keys.iter().zip(&self.vals).filter_map(|(k, v)| Some((k.clone(), f64::from_bits((*v)?)))).collect();
+
+        if let Some(all) = f.procs {
+            s.processes = all;
+        } else if !f.procs_set.is_empty() || !f.procs_gone.is_empty() {
+            let mut by_key: BTreeMap<(i64, u64), ProcessInfo> = s.processes.drain(..).map(|p| (proc_key(&p), p)).collect();
+            for k in &f.procs_gone {
+                by_key.remove(k);
+            }
+            for r in f.procs_set {
+                let p = by_key.entry((r.pid, r.start_time)).or_insert_with(|| ProcessInfo {
+                    pid: r.pid,
+                    start_time: r.start_time,
+                    ..Default::default()
+                });
+                macro_rules! take {
+                    ($($f:ident),*) => { $( if let Some(v) = r.$f { p.$f = v; } )* };
+                }
+                take!(name, cmdline, unit, cpu_pct, rss_bytes, fds, threads, state, tcp);
+            }
+            s.processes = by_key.into_values().collect();
+        }
+        for u in &f.units_gone {
+            s.units.remove(u);
+        }
+        s.units.extend(f.units_set);
+        if let Some(m) = f.mounts {
+            s.mounts = m;
+        }
+        if let Some(i) = f.socket_source {
+            s.socket_source = SOCKET_SOURCES.get(i as usize).copied().unwrap_or("");
+        }
+        if let Some(v) = f.tcp_peers {
+            s.tcp_peers = v;
+        }
+        if let Some(v) = f.ebpf_retrans {
+            s.ebpf_retrans = v;
+        }
+        if let Some(v) = f.ebpf_runq {
+            s.ebpf_runq = v;
+        }
+        if let Some(v) = f.unavailable {
+            s.unavailable = v;
+        }
+        if let Some(v) = f.errors {
+            s.errors = v;
+        }
+        self.prev = s.clone();
+        Ok((s, f.forced))
+    }
+}
