@@ -96,3 +96,89 @@ fn sigterm_while_starting_stops_the_agent_cleanly() {
         assert!(kinds.is_empty() || kinds.last().map(String::as_str) == Some("agent_stopped"), "{delay_ms} ms: {kinds:?}");
     }
 }
+
+/// Regression: a bad config exited 1 from `run`, 3 from `status`, and was ignored by `signals`.
+/// Now every command that reads the config fails the same way: exit 2, naming file:line:col.
+#[test]
+fn a_bad_config_gives_exit_code_2_from_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "[signals]\nintervl_secs = 1\n");
+    let c = cfg.to_str().unwrap();
+    let pb = crate::util::repo().join("playbooks/close_wait_leak.rhai");
+    let where_ = format!("{}:3:1: unknown field `intervl_secs`", cfg.display());
+    let missing = dir.path().join("missing.toml");
+    for args in [
+        vec!["run", "--once", "--config", c],
+        vec!["status", "--config", c],
+        vec!["signals", "--config", c],
+        vec!["validate", "--config", c],
+        vec!["playbook", "test", "--config", c],
+        vec!["playbook", "check", "--config", c, pb.to_str().unwrap()],
+        vec!["audit", "verify", "--config", c],
+        vec!["breaker", "list", "--config", c],
+    ] {
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains(&where_), "{args:?}: {}", text(&o));
+        let mut args = args.clone();
+        let i = args.iter().position(|a| *a == c).unwrap();
+        args[i] = missing.to_str().unwrap();
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(2), "a missing --config: {args:?}: {}", text(&o));
+        assert!(text(&o).contains("missing.toml"), "{args:?}: {}", text(&o));
+    }
+    // Unlike a usage or config error, an agent that is not there is operational: 3.
+    std::fs::create_dir(dir.path().join("g")).unwrap();
+    let good = write_config(&dir.path().join("g"), "");
+    let o = run(&["status", "--config", good.to_str().unwrap(), "--socket", dir.path().join("none.sock").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+}
+
+/// What `playbook test` and `check` say first: the config they judged against.
+fn default_config_line() -> String {
+    let d = std::path::Path::new(medic::config::DEFAULT_CONFIG);
+    if d.exists() {
+        format!("using config {}", d.display())
+    } else {
+        format!("using built-in defaults (no {})", d.display())
+    }
+}
+
+#[test]
+fn playbook_test_gates_against_the_node_policy_from_config() {
+    let pb = crate::util::repo().join("playbooks/close_wait_leak.rhai");
+    let p = pb.to_str().unwrap();
+    let o = run(&["playbook", "test", p]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with(&default_config_line()), "{}", text(&o));
+    // The node allows only db.service: the case that restarts api.service is refused there, so
+    // it must fail here.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "[policy]\nallowed_units = [\"db.service\"]\n");
+    let o = run(&["playbook", "test", "--config", cfg.to_str().unwrap(), p]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.starts_with(&format!("using config {}\n", cfg.display())), "{out}");
+    assert!(out.contains("FAIL") && out.contains("denied (policy:allowlist)"), "{out}");
+}
+
+#[test]
+fn playbook_check_and_validate_compile_with_the_limits_from_config() {
+    let dir = tempfile::tempdir().unwrap();
+    // Within the default expression depth (64), beyond a node's 8.
+    let deep = (0..12).fold("1".to_string(), |e, i| format!("({i} + {e})"));
+    let src = crate::util::playbook_src("deep", "", "1", "1m", &format!("    let x = {deep};\n    x"));
+    let pbs = crate::util::write_playbooks(dir.path(), &[("deep.rhai", src)]);
+    let f = pbs.join("deep.rhai");
+    let o = run(&["playbook", "check", f.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).starts_with(&default_config_line()), "{}", text(&o));
+    let cfg = write_config(dir.path(), "[playbooks.limits]\nmax_expr_depth = 8\n");
+    let o = run(&["playbook", "check", "--config", cfg.to_str().unwrap(), f.to_str().unwrap()]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.starts_with(&format!("using config {}\n", cfg.display())) && out.contains(&f.display().to_string()), "{out}");
+    // `validate` judges the same file the same way.
+    let o = run(&["validate", "--config", cfg.to_str().unwrap(), "--playbooks", pbs.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+}

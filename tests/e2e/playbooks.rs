@@ -123,10 +123,10 @@ fn validate_accepts_the_bundled_set_and_rejects_a_bad_config() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), "[signals]\ninterval_secs = 1\nhistroy_secs = 60\n");
     let o = run(&["validate", "--config", cfg.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2), "a config error: {}", text(&o));
     assert!(text(&o).contains(&format!("{}:4:1: unknown field `histroy_secs`", cfg.display())), "{}", text(&o));
     let o = run(&["run", "--once", "--config", cfg.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(1), "run refuses a bad config too");
+    assert_eq!(o.status.code(), Some(2), "run refuses a bad config too");
 }
 
 #[test]

@@ -3,8 +3,15 @@
 //! JSON object per line.
 
 use super::escape::esc;
+use super::exit::Outcome;
+use super::{control, ControlArgs};
+use crate::control::Request;
 use serde_json::Value;
-use std::process::ExitCode;
+
+pub fn run(playbook: Option<String>, target: Option<String>, json: bool, c: &ControlArgs) -> Outcome {
+    let answer = control::call(c, &Request::Explain { playbook, target })?;
+    print(&answer, json)
+}
 
 fn s(v: &Value) -> String {
     match v {
@@ -14,14 +21,14 @@ fn s(v: &Value) -> String {
     }
 }
 
-pub fn print(answer: &Value, json: bool) -> anyhow::Result<ExitCode> {
+fn print(answer: &Value, json: bool) -> Outcome {
     let empty = Vec::new();
     let playbooks = answer["playbooks"].as_array().unwrap_or(&empty);
     if json {
         for p in playbooks {
             println!("{}", serde_json::to_string(p)?);
         }
-        return Ok(ExitCode::SUCCESS);
+        return Ok(());
     }
     println!("node {} in {} at {}", s(&answer["node"]), s(&answer["mode"]), s(&answer["at"]));
     for p in playbooks {
@@ -61,5 +68,5 @@ pub fn print(answer: &Value, json: bool) -> anyhow::Result<ExitCode> {
             println!("  blocked now: {} {} by {}: {}{until}", s(&b["kind"]), s(&b["target"]), s(&b["rule"]), s(&b["detail"]));
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }

@@ -1,12 +1,16 @@
 //! The fleet side of the CLI, over the broker in the config's `[mqtt]`: `medic mode ...
 //! --node/--group/--fleet` publishes a command and reports who confirmed and who did not
 //! answer (the fleet is known from the nodes' retained statuses); `medic fleet status` lists
-//! those statuses; `medic audit tail --fleet` streams every node's records.
+//! those statuses (`status_cmd`); `medic audit tail --fleet` (`tail_cmd`) streams every node's records.
 
+use super::escape::esc;
+use super::exit::{Failure, Outcome};
+use crate::config::resolve::{Overrides, Settings};
 use crate::forward::MqttConfig;
 use rumqttc::{Client, Event, Packet, QoS};
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 fn client(cfg: &MqttConfig, role: &str) -> Result<(Client, rumqttc::Connection), String> {
@@ -101,7 +105,7 @@ pub fn tail(cfg: &MqttConfig, json: bool) -> Result<(), String> {
                 if json {
                     println!("{}", String::from_utf8_lossy(&p.payload));
                 } else if let Ok(Value::Object(r)) = serde_json::from_slice::<Value>(&p.payload) {
-                    println!("{:<12} {}", r.get("node").and_then(|v| v.as_str()).unwrap_or(""), super::show_line(&r));
+                    println!("{:<12} {}", r.get("node").and_then(|v| v.as_str()).unwrap_or(""), super::audit::show_line(&r));
                 }
             }
             Err(e) => return Err(format!("broker {}:{}: {e}", cfg.host, cfg.port)),
@@ -109,4 +113,36 @@ pub fn tail(cfg: &MqttConfig, json: bool) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The config's `[mqtt]`, for the fleet commands.
+fn mqtt_of(config: Option<PathBuf>) -> Result<MqttConfig, Failure> {
+    Ok(Settings::load(&Overrides { config, ..Default::default() })?.config.mqtt)
+}
+
+/// `medic fleet status`: every node's retained status.
+pub fn status_cmd(json: bool, config: Option<PathBuf>) -> Outcome {
+    let all = statuses(&mqtt_of(config)?, Duration::from_secs(2)).map_err(|e| Failure::op(anyhow::anyhow!(e)))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    } else {
+        println!("{:<20} {:<8} {:<8} {:<26} {:>8} VERSION", "NODE", "ONLINE", "MODE", "EXPIRES", "LAST SEQ");
+        for (n, v) in &all {
+            println!(
+                "{:<20} {:<8} {:<8} {:<26} {:>8} {}",
+                esc(n),
+                v["online"],
+                esc(v["mode"]["mode"].as_str().unwrap_or("-")),
+                esc(v["mode"]["expires"].as_str().unwrap_or("-")),
+                v["last_seq"],
+                esc(v["version"].as_str().unwrap_or("-"))
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `medic audit tail --fleet`: every node's records as they come.
+pub fn tail_cmd(json: bool, config: Option<PathBuf>) -> Outcome {
+    tail(&mqtt_of(config)?, json).map_err(|e| Failure::op(anyhow::anyhow!(e)))
 }

@@ -4,15 +4,15 @@
 //! decided; `--save-case` cuts a `playbook test` case from the stretch.
 
 use super::escape::esc;
-use crate::config::Config;
+use super::exit::{Failure, Outcome};
+use crate::config::resolve::{Overrides, Settings};
 use crate::decide::replay::Replay;
 use crate::decide::{Backoff, Decider};
 use crate::gate::Gate;
-use crate::playbooks::{self, bundled, testing, Playbook, Runtime};
+use crate::playbooks::{self, bundled, testing, Playbook};
 use crate::signals::history::History;
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, Context};
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::sync::Arc;
 
 #[derive(clap::Args)]
@@ -87,20 +87,17 @@ fn sources(paths: &[String]) -> anyhow::Result<Vec<(String, String)>> {
     Ok(out)
 }
 
-pub fn run(a: ReplayArgs) -> anyhow::Result<ExitCode> {
-    let (cfg, cfg_file) = Config::load(a.config.as_deref())?;
-    eprintln!("using {}", cfg_file.as_ref().map_or("built-in defaults".to_string(), |f| format!("config {}", f.display())));
-    let recording = match (&a.recording, &a.state_dir) {
-        (Some(r), _) => r.clone(),
-        (None, Some(d)) => cfg.recorder.dir_in(d),
-        (None, None) => cfg.recorder.dir_in(&cfg.state_dir()),
-    };
-    let from = a.from.as_deref().map(parse_time).transpose()?;
-    let to = a.to.as_deref().map(parse_time).transpose()?;
-    let rt = Arc::new(Runtime::new(cfg.playbooks.limits).with_history(playbooks::HistoryReach::of(&cfg.signals)));
+pub fn run(a: ReplayArgs) -> Outcome {
+    let settings = Settings::load(&Overrides { config: a.config.clone(), state_dir: a.state_dir.clone(), ..Default::default() })?;
+    eprintln!("using {}", settings.source);
+    let cfg = &settings.config;
+    let recording = a.recording.clone().unwrap_or_else(|| cfg.recorder.dir_in(&settings.state_dir));
+    let from = a.from.as_deref().map(parse_time).transpose().map_err(|e| Failure::Usage(format!("--from: {e}")))?;
+    let to = a.to.as_deref().map(parse_time).transpose().map_err(|e| Failure::Usage(format!("--to: {e}")))?;
+    let rt = Arc::new(super::playbook::runtime(&settings));
     let srcs = sources(&a.paths)?;
     if a.save_case.is_some() && srcs.len() != 1 {
-        bail!("--save-case cuts a case for one playbook; {} given", srcs.len());
+        return Err(Failure::Usage(format!("--save-case cuts a case for one playbook; {} given", srcs.len())));
     }
     let mut compiled: Vec<Playbook> = Vec::new();
     let mut failed = false;
@@ -114,7 +111,7 @@ pub fn run(a: ReplayArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if failed {
-        return Ok(ExitCode::from(1));
+        return Err(Failure::CheckFailed);
     }
     // Gated with the node's policy; the protected rule by unit and name, as the processes
     // recorded are not this host's now.
@@ -183,8 +180,7 @@ pub fn run(a: ReplayArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if replay.frames == 0 {
-        eprintln!("medic: no recorded frames in {} for that stretch", recording.display());
-        return Ok(ExitCode::from(1));
+        return Err(Failure::Refused(format!("no recorded frames in {} for that stretch", recording.display())));
     }
     if let (Some(out), Some((_, src))) = (&a.save_case, srcs.first()) {
         let step = median_gap(kept.iter().map(|(s, _)| s.ts_ms));
@@ -205,7 +201,7 @@ pub fn run(a: ReplayArgs) -> anyhow::Result<ExitCode> {
             if passes { "passes" } else { "does not pass yet (the replay and the case's fixed step differ): edit its expectation" }
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// The usual spacing of the frames (the agent's interval), for a case's step.

@@ -1,9 +1,12 @@
 //! Configuration: the TOML file an operator writes (every field optional, unknown keys
-//! rejected) and its resolution into the settings the agent runs with. With no file at all the
+//! rejected; `Config::parse`, `Config::load`) and, in `resolve.rs`, its resolution into the
+//! settings one invocation runs with (`Settings`). With no file at all the
 //! defaults work: bundled playbooks, dry-run, and a state dir the current user can write.
 //!
 //! Every field is documented in `docs/CONFIG.md`; `packaging/medic.toml` is the commented copy
 //! installed as `/etc/medic/medic.toml`.
+
+pub mod resolve;
 
 use crate::playbooks::engine::Limits;
 use serde::Deserialize;
@@ -432,14 +435,15 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Reads `path`, or the default file if it exists, or the defaults.
-    pub fn load(path: Option<&Path>) -> Result<(Self, Option<PathBuf>), anyhow::Error> {
+    /// Reads `path`, or the default file if it exists, or the defaults. Commands resolve it
+    /// through [`resolve::Settings::load`].
+    pub fn load(path: Option<&Path>) -> Result<(Self, Option<PathBuf>), resolve::LoadError> {
         let path = match path {
             Some(p) => Some(p.to_path_buf()),
             None => Some(PathBuf::from(DEFAULT_CONFIG)).filter(|p| p.exists()),
         };
         let Some(p) = path else { return Ok((Self::default(), None)) };
-        let text = std::fs::read_to_string(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+        let text = std::fs::read_to_string(&p).map_err(|source| resolve::LoadError::Read { file: p.clone(), source })?;
         Ok((Self::parse(&p.display().to_string(), &text)?, Some(p)))
     }
 

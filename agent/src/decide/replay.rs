@@ -47,7 +47,13 @@ impl Replay {
     /// over a history of the node's shape.
     pub fn new(decider: Decider, history: History) -> Self {
         let summaries = decider.slots().map(|s| (s.pb.meta.name.clone(), Summary::default())).collect();
-        Self { timeline: Timeline { decider, history: Arc::new(history), mode: Mode::DryRun }, summaries, frames: 0, first_ms: None, last_ms: None }
+        Self {
+            timeline: Timeline { decider, history: Arc::new(history), mode: Mode::DryRun },
+            summaries,
+            frames: 0,
+            first_ms: None,
+            last_ms: None,
+        }
     }
 
     /// The decider (its slots hold each playbook's last evaluation, for cutting a test case).

@@ -356,7 +356,9 @@ impl CaseCutter {
 fn to_toml<T: serde::Serialize>(v: &T) -> Option<toml::Value> {
     fn strip(v: serde_json::Value) -> serde_json::Value {
         match v {
-            serde_json::Value::Object(m) => serde_json::Value::Object(m.into_iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k, strip(v))).collect()),
+            serde_json::Value::Object(m) => {
+                serde_json::Value::Object(m.into_iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k, strip(v))).collect())
+            }
             serde_json::Value::Array(a) => serde_json::Value::Array(a.into_iter().map(strip).collect()),
             other => other,
         }

@@ -1,0 +1,63 @@
+//! `medic signals`: two samples a moment apart (so CPU % and rates have something to compare
+//! with) with the config's roots and eBPF settings, printed for humans or as JSON.
+
+use super::escape::esc;
+use super::exit::Outcome;
+use crate::audit;
+use crate::config::resolve::{Overrides, Settings};
+use crate::signals::{Roots, Sampler};
+use std::path::PathBuf;
+
+pub fn run(json: bool, config: Option<PathBuf>) -> Outcome {
+    let settings = Settings::load(&Overrides { config, ..Default::default() })?;
+    let s = &settings.config.signals;
+    let ebpf = crate::signals::ebpf::EbpfSignals::start(&s.ebpf);
+    let mut sampler = Sampler::new(Roots { proc: s.proc_root.clone(), sys: s.sys_root.clone() }).with_ebpf(ebpf);
+    sampler.sample(audit::now_ms());
+    std::thread::sleep(std::time::Duration::from_millis(250));
+    let snap = sampler.sample(audit::now_ms());
+    if json {
+        println!("{}", serde_json::to_string_pretty(&snap)?);
+    } else {
+        print_snapshot(&snap);
+    }
+    Ok(())
+}
+
+fn print_snapshot(s: &crate::signals::Snapshot) {
+    println!("# metrics");
+    for (k, v) in &s.metrics {
+        println!("{:<48} {v:.2}", esc(k));
+    }
+    println!("\n# processes (top 15 by CPU)");
+    let mut ps: Vec<_> = s.processes.iter().collect();
+    ps.sort_by(|a, b| b.cpu_pct.unwrap_or(0.0).total_cmp(&a.cpu_pct.unwrap_or(0.0)));
+    println!("{:>8} {:<16} {:>7} {:>10} {:>5} {:>5} {:<24}", "PID", "NAME", "CPU%", "RSS", "FDS", "CW", "UNIT");
+    for p in ps.iter().take(15) {
+        println!(
+            "{:>8} {:<16} {:>7.1} {:>10} {:>5} {:>5} {:<24}",
+            p.pid,
+            esc(&p.name),
+            p.cpu_pct.unwrap_or(0.0),
+            p.rss_bytes,
+            p.fds.map_or("-".into(), |f| f.to_string()),
+            p.tcp.get("close_wait").copied().unwrap_or(0),
+            esc(p.unit.as_deref().unwrap_or("-"))
+        );
+    }
+    if !s.tcp_peers.is_empty() {
+        println!("\n# peers with retransmitting sockets");
+        for p in &s.tcp_peers {
+            println!("{:<40} sockets {} retransmitting {} timeouts {}", esc(&p.peer.to_string()), p.sockets, p.retransmitting, p.timeouts);
+        }
+    }
+    if !s.unavailable.is_empty() {
+        println!("\n# unavailable");
+        for (k, v) in &s.unavailable {
+            println!("{:<16} {}", esc(k), esc(&v.to_string()));
+        }
+    }
+    for e in &s.errors {
+        println!("error: {}", esc(&e.to_string()));
+    }
+}
