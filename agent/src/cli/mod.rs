@@ -15,6 +15,7 @@ mod explain;
 mod fleet;
 mod mode;
 mod playbook;
+mod recording;
 mod replay;
 mod run;
 mod signals;
@@ -146,6 +147,9 @@ enum Command {
     /// List or reset circuit breakers opened by actions that did not help.
     #[command(subcommand)]
     Breaker(BreakerCmd),
+    /// The flight recorder's recording of what the agent sampled.
+    #[command(subcommand)]
+    Recording(RecordingCmd),
     /// Why a playbook did (or did not) act: when it was last evaluated and is next due, the
     /// values it read, what it asked and the gate's verdict, and what would block an action
     /// on its targets now (mode, manifest, policy, cooldown, rate limit, budget, in flight,
@@ -237,6 +241,12 @@ enum PlaybookCmd {
 }
 
 #[derive(Subcommand)]
+enum RecordingCmd {
+    /// Write a stretch of the recording as one file, to replay on another machine.
+    Export(recording::ExportArgs),
+}
+
+#[derive(Subcommand)]
 enum AuditCmd {
     /// Show records, oldest first.
     Show {
@@ -310,6 +320,7 @@ fn dispatch(cli: Cli) -> exit::Outcome {
         Command::Status { json, control } => status::run(json, &control),
         Command::Explain { playbook, target, json, control } => explain::run(playbook, target, json, &control),
         Command::Playbook(PlaybookCmd::Replay(args)) => replay::run(args),
+        Command::Recording(RecordingCmd::Export(args)) => recording::export(args),
         Command::Breaker(BreakerCmd::List { json, control }) => breaker::list(json, &control),
         Command::Breaker(BreakerCmd::Reset { playbook, action, target, reason, control }) => {
             breaker::reset(playbook, action, target, reason, &control)

@@ -100,6 +100,19 @@ impl Agent {
         let mut history = History::new(cfg.signals.history_ms(), interval_ms, cfg.signals.max_series);
         let first = sampler.sample(crate::audit::now_ms());
         history.push(&first);
+        let recorder = cfg.recorder.enabled.then(|| {
+            let dir = cfg.recorder.dir_in(&state_dir);
+            match crate::recorder::Recorder::open(&dir, &cfg.recorder) {
+                Ok(r) => {
+                    tracing::info!(message = "Recording signals.", dir = %dir.display(), max_bytes = cfg.recorder.max_bytes, max_age_secs = cfg.recorder.max_age_secs);
+                    Some(r)
+                }
+                Err(e) => {
+                    tracing::warn!(message = "Flight recorder off: its directory cannot be used.", error_code = e.code(), error = %e);
+                    None
+                }
+            }
+        });
         for (family, why) in &first.unavailable {
             tracing::warn!(message = "Signal unavailable.", family = %family, reason = %why);
         }
@@ -160,7 +173,7 @@ impl Agent {
             decider: Decider::new(rt, gate, backoff),
             runner: Runner::new(ExecContext::from_config(cfg)),
             history_status: json!(history.status()),
-            sense: Some(Sensing { sampler, history: Arc::new(history) }),
+            sense: Some(Sensing { sampler, history: Arc::new(history), recorder: recorder.flatten(), recorder_warned_ms: 0 }),
             evaluating: None,
             overruns: 0,
             playbooks_dir,
@@ -198,6 +211,11 @@ impl Agent {
             }
         }
         let abandoned = self.evaluating.take().map(|r| r.playbooks);
+        if let Some(r) = self.sense.as_mut().and_then(|s| s.recorder.as_mut()) {
+            if let Err(e) = r.close() {
+                tracing::warn!(message = "Flight recorder not closed cleanly.", error_code = e.code(), error = %e);
+            }
+        }
         self.journal.record(
             "agent_stopped",
             obj(json!({ "reason": reason, "actions_still_running": still, "evaluation_abandoned": abandoned })),

@@ -36,6 +36,25 @@ pub struct TickReport {
 pub(super) struct Sensing {
     pub sampler: Sampler,
     pub history: Arc<History>,
+    /// The flight recorder (`[recorder]`), when on: every sample, as the history got it.
+    pub recorder: Option<crate::recorder::Recorder>,
+    pub recorder_warned_ms: i64,
+}
+
+impl Sensing {
+    /// Records a sample (a failure is logged, at most once a minute: the recording is for
+    /// replay, never a reason to stop sensing or deciding).
+    pub fn record(&mut self, snap: &Snapshot, forced: bool) {
+        if let Some(r) = self.recorder.as_mut() {
+            if let Err(e) = r.record(snap, forced) {
+                let now = snap.ts_ms;
+                if now.saturating_sub(self.recorder_warned_ms) >= 60_000 {
+                    self.recorder_warned_ms = now;
+                    tracing::warn!(message = "Flight recorder could not record a sample.", error_code = e.code(), error = %e);
+                }
+            }
+        }
+    }
 }
 
 /// One tick's sampling and evaluation, owned, to run anywhere ([`EvalJob::run`]): on the
@@ -46,6 +65,8 @@ pub struct EvalJob {
     /// The snapshot to use (a test's); `None`: sample at `now`.
     input: Option<Snapshot>,
     pub(super) now: i64,
+    /// An eBPF wake-up: every playbook evaluates (recorded with the sample, for replay).
+    forced: bool,
     due: Vec<Due>,
     metrics: Arc<Metrics>,
 }
@@ -67,7 +88,7 @@ impl EvalJob {
     /// Samples (unless given a snapshot), pushes into the history, evaluates each due playbook
     /// (`decide::evaluate`).
     pub fn run(self) -> Evaluated {
-        let EvalJob { rt, mut sense, input, now, due, metrics } = self;
+        let EvalJob { rt, mut sense, input, now, forced, due, metrics } = self;
         let t = std::time::Instant::now();
         let snap = input.unwrap_or_else(|| sense.sampler.sample(now));
         metrics.sampled(t.elapsed().as_secs_f64());
@@ -77,6 +98,7 @@ impl EvalJob {
             }
         }
         Arc::make_mut(&mut sense.history).push(&snap);
+        sense.record(&snap, forced);
         let unavailable = snap.unavailable.clone();
         let snap = Arc::new(snap);
         let done = decide::evaluate(&rt, due, &snap, &sense.history, &mut |name, secs| metrics.evaluated(name, secs));
@@ -149,8 +171,8 @@ impl Agent {
     pub fn begin(&mut self, now: i64, input: Option<Snapshot>) -> Option<(EvalJob, Result<(), AuditError>)> {
         let sense = self.sense.take()?;
         let mut due = Vec::new();
+        let force = std::mem::take(&mut self.force_next);
         let ready = self.housekeeping(now).and_then(|()| {
-            let force = std::mem::take(&mut self.force_next);
             let journal = &mut self.journal;
             due = self.decider.plan(now, force, &mut |ev| match ev {
                 Event::Enabled { pb } => journal.record("playbook_enabled", obj(json!({ "playbook": pb_ref(pb) })), now).map(drop),
@@ -158,7 +180,7 @@ impl Agent {
             })?;
             Ok(())
         });
-        let job = EvalJob { rt: self.decider.runtime().clone(), sense, input, now, due, metrics: self.metrics.clone() };
+        let job = EvalJob { rt: self.decider.runtime().clone(), sense, input, now, forced: force, due, metrics: self.metrics.clone() };
         let started = std::time::Instant::now();
         self.evaluating = Some(Running { since_ms: now, started, playbooks: job.playbooks(), overruns: 0 });
         Some((job, ready))
@@ -208,7 +230,9 @@ impl Agent {
         let mut launches = Vec::new();
         let (journal, metrics) = (&mut self.journal, &self.metrics);
         let settled =
-            self.decider.settle(done, self.mode.mode, now, &mut |ev| record_event(journal, metrics, &mut report, &mut launches, ev, now));
+            // Gated at the time of the sample the playbooks saw (as `playbook replay` gates a
+            // recorded frame), recorded at the time of writing.
+            self.decider.settle(done, self.mode.mode, started, &mut |ev| record_event(journal, metrics, &mut report, &mut launches, ev, now));
         // What was recorded as executed starts, also when a later record failed.
         for (seq, playbook, req) in launches {
             let command = self.decider.gate().command_rule(&req).cloned();

@@ -1,0 +1,47 @@
+//! `medic recording export`: a stretch of the flight recorder's recording as one
+//! self-contained file, to replay elsewhere (`medic playbook replay --recording FILE`, on a
+//! laptop: no agent, root or /proc needed there).
+
+use super::exit::{Failure, Outcome};
+use super::replay::parse_time;
+use crate::config::resolve::{Overrides, Settings};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    /// Where to write the file (replaced atomically, mode 0600).
+    #[arg(long, short, value_name = "FILE")]
+    output: PathBuf,
+    /// Start of the stretch: an RFC 3339 time or a duration ago (2h). Default: the oldest frame.
+    #[arg(long, value_name = "TIME")]
+    from: Option<String>,
+    /// End of the stretch, as --from. Default: the newest frame.
+    #[arg(long, value_name = "TIME")]
+    to: Option<String>,
+    /// The agent's state directory (its recording is `<DIR>/recording`, or `[recorder] dir`).
+    #[arg(long, value_name = "DIR", conflicts_with = "recording")]
+    state_dir: Option<PathBuf>,
+    /// A recording directory (default: the config's).
+    #[arg(long, value_name = "DIR")]
+    recording: Option<PathBuf>,
+    /// Config file, to find the recording. Default: /etc/medic/medic.toml if it exists.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+pub fn export(a: ExportArgs) -> Outcome {
+    let settings = Settings::load(&Overrides { config: a.config.clone(), state_dir: a.state_dir.clone(), ..Default::default() })?;
+    let src = a.recording.clone().unwrap_or_else(|| settings.config.recorder.dir_in(&settings.state_dir));
+    let from = a.from.as_deref().map(parse_time).transpose().map_err(|e| Failure::Usage(format!("--from: {e}")))?;
+    let to = a.to.as_deref().map(parse_time).transpose().map_err(|e| Failure::Usage(format!("--to: {e}")))?;
+    let s = crate::recorder::export(&src, from, to, &a.output).map_err(|e| Failure::op(anyhow::anyhow!("{e}")))?;
+    let span = match (s.first_ms, s.last_ms) {
+        (Some(f), Some(l)) => format!("{} to {}", crate::audit::now_rfc3339(f), crate::audit::now_rfc3339(l)),
+        _ => "no frames".into(),
+    };
+    println!("wrote {}: {} frames ({span}), {} bytes", a.output.display(), s.frames, s.bytes);
+    if s.frames == 0 {
+        return Err(Failure::Refused(format!("no recorded frames in {} for that stretch", src.display())));
+    }
+    Ok(())
+}
