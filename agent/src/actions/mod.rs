@@ -221,4 +221,58 @@ mod tests {
             assert_eq!(serde_json::to_value(s).unwrap(), serde_json::Value::from(s.as_str()));
         }
     }
+
+    fn req(kind: ActionKind, target: &str, params: serde_json::Value) -> ActionRequest {
+        let params = params.as_object().map(|m| m.clone().into_iter().collect()).unwrap_or_default();
+        ActionRequest { kind, target: target.into(), params, reason: String::new(), signals: BTreeMap::new() }
+    }
+
+    /// Each kind's check, through the one dispatch the gate calls, with its rule names.
+    #[test]
+    fn each_kind_checks_its_own_policy_keys() {
+        let units = vec!["*.service".to_string()];
+        let paths = vec![PathBuf::from("/var/log")];
+        let commands =
+            vec![CommandRule { path: "/bin/echo".into(), args: vec!["--lines=*".into()], user: "nobody".into(), timeout_secs: 5 }];
+        let p = Policy {
+            allowed_units: &units,
+            protected_units: &[],
+            protected_processes: &["tail".to_string()],
+            allowed_paths: &paths,
+            commands: &commands,
+            self_pid: 4242,
+            procfs: None,
+        };
+        let rule = |r: ActionRequest| policy_check(&p, &r).map(|(rule, _)| rule);
+        let none = serde_json::json!({});
+        assert_eq!(rule(req(ActionKind::RestartUnit, "nginx.service", none.clone())), None);
+        assert_eq!(rule(req(ActionKind::RestartUnit, "ssh.service", none.clone())), Some("protected"));
+        assert_eq!(rule(req(ActionKind::RestartUnit, "nginx.socket", none.clone())), Some("allowlist"));
+        assert_eq!(rule(req(ActionKind::SignalProcess, "x", serde_json::json!({ "pid": 1 }))), Some("protected"));
+        assert_eq!(rule(req(ActionKind::SignalProcess, "x", serde_json::json!({ "pid": 4242 }))), Some("protected"));
+        assert_eq!(rule(req(ActionKind::SignalProcess, "tail", serde_json::json!({ "pid": 99 }))), Some("protected"));
+        assert_eq!(rule(req(ActionKind::SignalProcess, "x", serde_json::json!({ "pid": 99, "unit": "ssh.service" }))), Some("protected"));
+        assert_eq!(rule(req(ActionKind::SignalProcess, "x", serde_json::json!({ "pid": 99 }))), None);
+        assert_eq!(rule(req(ActionKind::CleanFiles, "/var/log/app", none.clone())), None);
+        assert_eq!(rule(req(ActionKind::CleanFiles, "/var/log/../etc", none.clone())), Some("allowlist"));
+        assert_eq!(rule(req(ActionKind::CleanFiles, "/etc", none.clone())), Some("allowlist"));
+        assert_eq!(rule(req(ActionKind::RunCommand, "/bin/echo", serde_json::json!({ "args": ["--lines=3"] }))), None);
+        assert_eq!(rule(req(ActionKind::RunCommand, "/bin/echo", serde_json::json!({ "args": ["-rf"] }))), Some("allowlist"));
+        assert_eq!(rule(req(ActionKind::Notify, "anything", none)), None);
+    }
+
+    /// Regression guard for the import circle actions ↔ playbooks ↔ config: `actions` names
+    /// none of the modules that depend on it.
+    #[test]
+    fn actions_use_neither_playbooks_nor_config_nor_gate() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/actions");
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            for m in ["playbooks", "config", "gate", "daemon", "cli"] {
+                let m = format!("crate::{m}");
+                assert!(!text.contains(&m), "{} uses {m}", path.display());
+            }
+        }
+    }
 }
