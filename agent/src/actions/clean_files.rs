@@ -13,9 +13,16 @@
 //! file, its directory still beneath the root) just before it is unlinked. The record names the
 //! directory really opened (read back from `/proc/self/fd`), not the one asked for. Verified
 //! when every deleted file is gone; the outcome lists what was freed.
+//!
+//! Playbooks ask with `clean_files(dir, #{ older_than, glob, target_free_bytes, order }, reason)`
+//! (`older_than` required). The policy refuses a directory outside `policy.allowed_paths` (config
+//! key: `allowed_paths`), read exactly as the executor reads it ([`plain`], [`allowed_root`]).
 
-use super::{ActionRequest, ExecContext, Outcome, Status};
-use crate::playbooks::meta::glob_match;
+use super::glob::glob_match;
+use super::request::{ask, duration_ms, err, Evaluation, RhaiResult};
+use super::{ActionKind, ActionRequest, ExecContext, Outcome, Policy, Status};
+use rhai::{Engine, Map, NativeCallContext};
+use std::collections::BTreeMap;
 use rustix::fs::{openat, openat2, statx, unlinkat, AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags, StatxFlags, CWD};
 use serde_json::{json, Value};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -193,9 +200,9 @@ fn walk(
     Ok(())
 }
 
-/// `path` as plain components (absolute, no `.`/`..`), or None. The gate reads targets with it
-/// too.
-pub(crate) fn plain(path: &Path) -> Option<PathBuf> {
+/// `path` as plain components (absolute, no `.`/`..`), or None. The policy check reads targets
+/// with it too.
+fn plain(path: &Path) -> Option<PathBuf> {
     if !path.is_absolute() {
         return None;
     }
@@ -211,7 +218,7 @@ pub(crate) fn plain(path: &Path) -> Option<PathBuf> {
 }
 
 /// The allowed root `dir` lies under (the longest), and `dir` relative to it.
-pub(crate) fn allowed_root(dir: &Path, roots: &[PathBuf]) -> Option<(PathBuf, PathBuf)> {
+fn allowed_root(dir: &Path, roots: &[PathBuf]) -> Option<(PathBuf, PathBuf)> {
     roots
         .iter()
         .filter_map(|r| plain(r))
@@ -241,7 +248,55 @@ fn open_root(root: &Path) -> Result<OwnedFd, (&'static str, String)> {
     }
 }
 
-pub fn run(req: &ActionRequest, cx: &ExecContext) -> Outcome {
+/// `clean_files(dir, options, reason)`: options checked and defaulted here (`glob` "*", `order`
+/// "oldest"), `older_than` turned into `older_than_secs`.
+pub fn register<E: Evaluation>(e: &mut Engine) {
+    e.register_fn("clean_files", |ctx: NativeCallContext, dir: &str, opts: Map, reason: &str| -> RhaiResult<bool> {
+        if !dir.starts_with('/') {
+            return Err(err(format!("clean_files: directory {dir:?} must be an absolute path")));
+        }
+        let mut params = BTreeMap::new();
+        for (k, v) in &opts {
+            match k.as_str() {
+                "glob" | "order" => {
+                    let s = v.clone().into_string().map_err(|_| err(format!("clean_files: `{k}` must be a string")))?;
+                    if k == "order" && s != "oldest" && s != "largest" {
+                        return Err(err("clean_files: `order` is \"oldest\" or \"largest\""));
+                    }
+                    params.insert(k.to_string(), Value::String(s));
+                }
+                "older_than" => {
+                    let s = v.clone().into_string().map_err(|_| err("clean_files: `older_than` must be a duration string"))?;
+                    params.insert("older_than_secs".into(), (duration_ms(&s).map_err(err)? / 1000).into());
+                }
+                "target_free_bytes" => {
+                    params
+                        .insert(k.to_string(), v.as_int().map_err(|_| err("clean_files: `target_free_bytes` must be an integer"))?.into());
+                }
+                other => return Err(err(format!("clean_files: unknown option `{other}` (glob, older_than, target_free_bytes, order)"))),
+            }
+        }
+        if !params.contains_key("older_than_secs") {
+            return Err(err("clean_files: `older_than` is required (never delete fresh files)"));
+        }
+        params.entry("glob".into()).or_insert_with(|| "*".into());
+        params.entry("order".into()).or_insert_with(|| "oldest".into());
+        ask::<E>(&ctx, ActionKind::CleanFiles, dir.to_string(), params, reason)
+    });
+}
+
+/// The executor's own reading of the target and the roots, so the two cannot differ.
+pub fn policy_check(p: &Policy, req: &ActionRequest) -> Option<(&'static str, String)> {
+    let Some(dir) = plain(Path::new(&req.target)) else {
+        return Some(("allowlist", format!("{:?} is not a plain absolute path", req.target)));
+    };
+    if allowed_root(&dir, p.allowed_paths).is_none() {
+        return Some(("allowlist", format!("{} is outside policy.allowed_paths {:?}", dir.display(), p.allowed_paths)));
+    }
+    None
+}
+
+pub fn execute(req: &ActionRequest, cx: &ExecContext) -> Outcome {
     let p = &req.params;
     let glob = p.get("glob").and_then(Value::as_str).unwrap_or("*").to_string();
     let older = p.get("older_than_secs").and_then(Value::as_i64).unwrap_or(i64::MAX);

@@ -3,8 +3,16 @@
 //! `InvocationID` (a restart that systemd merged into another job, or that left the unit
 //! inactive, is not verified). The bus is the system bus unless `actions.systemd_bus` names
 //! another address (tests use a container's).
+//!
+//! Playbooks ask with `restart_unit(unit, reason)`. The policy refuses a protected unit
+//! ([`super::protect::PROTECTED_UNITS`], `policy.protected_units`) and one outside
+//! `policy.allowed_units` (config keys: `allowed_units`, `protected_units`).
 
-use super::{ActionRequest, ExecContext, Outcome, Status};
+use super::glob::glob_match;
+use super::request::{ask, err, Evaluation, RhaiResult};
+use super::{protect, ActionKind, ActionRequest, ExecContext, Outcome, Policy, Status};
+use rhai::{Engine, NativeCallContext};
+use std::collections::BTreeMap;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use zbus::zvariant::OwnedObjectPath;
@@ -71,7 +79,29 @@ async fn restart(unit: &str, cx: &ExecContext) -> Outcome {
     Outcome::fail(Status::TimedOut, "timeout", format!("{unit} did not come back within {:?}", cx.timeout), detail)
 }
 
-pub fn run(req: &ActionRequest, cx: &ExecContext) -> Outcome {
+/// `restart_unit(unit, reason)`.
+pub fn register<E: Evaluation>(e: &mut Engine) {
+    e.register_fn("restart_unit", |ctx: NativeCallContext, unit: &str, reason: &str| -> RhaiResult<bool> {
+        if unit.is_empty() || unit.contains('/') {
+            return Err(err(format!("restart_unit: {unit:?} is not a unit name")));
+        }
+        ask::<E>(&ctx, ActionKind::RestartUnit, unit.to_string(), BTreeMap::new(), reason)
+    });
+}
+
+/// Protected units first, then the allowlist.
+pub fn policy_check(p: &Policy, req: &ActionRequest) -> Option<(&'static str, String)> {
+    let u = req.target.as_str();
+    if protect::unit_protected(u, p.protected_units) {
+        return Some(("protected", format!("{u} is protected")));
+    }
+    if !p.allowed_units.iter().any(|pat| glob_match(pat, u)) {
+        return Some(("allowlist", format!("{u} is not in policy.allowed_units {:?}", p.allowed_units)));
+    }
+    None
+}
+
+pub fn execute(req: &ActionRequest, cx: &ExecContext) -> Outcome {
     // Executors run on their own threads; zbus's async API gets a small runtime of its own.
     match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt.block_on(restart(&req.target, cx)),

@@ -7,13 +7,45 @@
 //! with a `..` component never matches, and an argument starting with `-` matches only a
 //! pattern that itself starts with `-`. The executor checks the arguments against its entry
 //! again before it runs anything, whatever the gate said.
+//!
+//! Playbooks ask with `run_command(path, args, reason)`. The policy allows only what matches a
+//! `policy.commands` entry ([`CommandRule`], this kind's config fragment), and the gate hands the
+//! entry it matched ([`rule`]) to the executor.
 
-use super::{ActionRequest, ExecContext, Outcome, Status};
+use super::glob::glob_match;
+use super::request::{ask, err, Evaluation, RhaiResult};
+use super::{ActionKind, ActionRequest, ExecContext, Outcome, Policy, Status};
+use rhai::{Array, Engine, NativeCallContext};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// One allowed command (`[[policy.commands]]`): an absolute path, argument patterns (`*`, `?`)
+/// matched one to one, the user it runs as, and its timeout.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CommandRule {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default = "nobody")]
+    pub user: String,
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn nobody() -> String {
+    "nobody".into()
+}
+
+const fn default_timeout() -> u64 {
+    30
+}
 
 /// Whether one argument matches one pattern of a `policy.commands` entry. `*` matches any run
 /// of characters and `?` one character, neither ever a `/`: a pattern has as many `/`-separated
@@ -29,12 +61,40 @@ pub fn arg_matches(pattern: &str, arg: &str) -> bool {
         return false;
     }
     let (p, a): (Vec<&str>, Vec<&str>) = (pattern.split('/').collect(), arg.split('/').collect());
-    p.len() == a.len() && p.iter().zip(&a).all(|(p, a)| crate::playbooks::meta::glob_match(p, a))
+    p.len() == a.len() && p.iter().zip(&a).all(|(p, a)| glob_match(p, a))
 }
 
 /// Whether `args` match an entry's patterns, one to one.
 pub fn args_match(patterns: &[String], args: &[&str]) -> bool {
     patterns.len() == args.len() && patterns.iter().zip(args).all(|(p, a)| arg_matches(p, a))
+}
+
+/// The allowlist entry a request matches: path equal, arguments matched one to one against
+/// the entry's path-like patterns ([`arg_matches`]).
+pub fn rule<'a>(commands: &'a [CommandRule], req: &ActionRequest) -> Option<&'a CommandRule> {
+    let args: Vec<&str> =
+        req.params.get("args").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    commands.iter().find(|c| c.path == Path::new(&req.target) && args_match(&c.args, &args))
+}
+
+/// `run_command(path, args, reason)`: the arguments are kept as strings.
+pub fn register<E: Evaluation>(e: &mut Engine) {
+    e.register_fn("run_command", |ctx: NativeCallContext, path: &str, args: Array, reason: &str| -> RhaiResult<bool> {
+        if !path.starts_with('/') {
+            return Err(err(format!("run_command: {path:?} must be an absolute path")));
+        }
+        let args: Vec<Value> = args.iter().map(|a| Value::String(a.to_string())).collect();
+        let mut params = BTreeMap::new();
+        params.insert("args".into(), Value::Array(args));
+        ask::<E>(&ctx, ActionKind::RunCommand, path.to_string(), params, reason)
+    });
+}
+
+pub fn policy_check(p: &Policy, req: &ActionRequest) -> Option<(&'static str, String)> {
+    if rule(p.commands, req).is_none() {
+        return Some(("allowlist", format!("{} with these arguments is not in policy.commands", req.target)));
+    }
+    None
 }
 
 /// (uid, gid) of a user from /etc/passwd.
@@ -62,7 +122,7 @@ fn drain(mut r: impl Read + Send + 'static, max: usize) -> std::thread::JoinHand
     })
 }
 
-pub fn run(req: &ActionRequest, cx: &ExecContext) -> Outcome {
+pub fn execute(req: &ActionRequest, cx: &ExecContext) -> Outcome {
     let Some(rule) = &cx.command else {
         return Outcome::fail(Status::Failed, "not_allowed", format!("{} is not in policy.commands", req.target), Value::Null);
     };

@@ -3,13 +3,25 @@
 //! playbook saw. For TERM, INT and QUIT it waits for the process to exit and, after
 //! `kill_after`, sends KILL; verified when the process is gone. Other signals are verified by
 //! their delivery.
+//!
+//! Playbooks ask with `signal_process(pid, signal, reason)`, for a process in the snapshot (its
+//! start time and unit go into the request). The policy refuses PID 1, medic itself and
+//! protected processes by what they are ([`super::protect`]; config keys: `protected_processes`,
+//! `protected_units`).
 
-use super::{ActionRequest, ExecContext, Outcome, Status};
+use super::glob::glob_match;
+use super::request::{ask, err, evaluation, Evaluation, RhaiResult};
+use super::{protect, ActionKind, ActionRequest, ExecContext, Outcome, Policy, Status};
+use rhai::{Engine, NativeCallContext};
+use std::collections::BTreeMap;
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::process::{pidfd_open, pidfd_send_signal, Pid, PidfdFlags, Signal};
 use serde_json::{json, Value};
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
+
+/// Signals a playbook may send.
+pub const SIGNALS: &[&str] = &["TERM", "KILL", "HUP", "INT", "QUIT", "USR1", "USR2", "STOP", "CONT"];
 
 fn signal_of(name: &str) -> Option<Signal> {
     Some(match name {
@@ -50,7 +62,52 @@ fn wait_exit(fd: &OwnedFd, d: Duration) -> bool {
     }
 }
 
-pub fn run(req: &ActionRequest, cx: &ExecContext) -> Outcome {
+/// `signal_process(pid, signal, reason)`: false when no process in the snapshot has `pid`.
+pub fn register<E: Evaluation>(e: &mut Engine) {
+    e.register_fn("signal_process", |ctx: NativeCallContext, pid: i64, signal: &str, reason: &str| -> RhaiResult<bool> {
+        let sig = signal.trim_start_matches("SIG");
+        if !SIGNALS.contains(&sig) {
+            return Err(err(format!("signal_process: unknown signal {signal:?} (one of {})", SIGNALS.join(", "))));
+        }
+        let eval = evaluation::<E>(&ctx)?;
+        // Only a process in this snapshot can be asked for; its start time guards against pid reuse.
+        let Some(p) = eval.snapshot().processes.iter().find(|p| p.pid == pid) else { return Ok(false) };
+        let mut params = BTreeMap::new();
+        params.insert("pid".into(), pid.into());
+        params.insert("signal".into(), sig.into());
+        params.insert("start_time".into(), p.start_time.into());
+        params.insert("unit".into(), p.unit.clone().map_or(Value::Null, Value::String));
+        let name = p.name.clone();
+        ask::<E>(&ctx, ActionKind::SignalProcess, name, params, reason)
+    });
+}
+
+/// PID 1 and medic itself; then what the process is (its executable and cgroup, never what it
+/// calls itself); then the unit the playbook saw it in.
+pub fn policy_check(p: &Policy, req: &ActionRequest) -> Option<(&'static str, String)> {
+    let pid = req.params.get("pid").and_then(Value::as_i64).unwrap_or(0);
+    if pid <= 1 || pid == p.self_pid {
+        return Some(("protected", format!("pid {pid} is protected (PID 1 or medic itself)")));
+    }
+    if let Some(procfs) = p.procfs {
+        if let Some(why) =
+            protect::identify(procfs, pid).and_then(|id| protect::protected(&id, p.protected_units, p.protected_processes))
+        {
+            return Some(("protected", format!("pid {pid} is protected: {why}")));
+        }
+    } else if protect::PROTECTED_EXES.contains(&req.target.as_str()) || p.protected_processes.iter().any(|pat| glob_match(pat, &req.target))
+    {
+        return Some(("protected", format!("process {:?} is protected", req.target)));
+    }
+    if let Some(u) = req.params.get("unit").and_then(Value::as_str) {
+        if protect::unit_protected(u, p.protected_units) {
+            return Some(("protected", format!("pid {pid} belongs to protected unit {u}")));
+        }
+    }
+    None
+}
+
+pub fn execute(req: &ActionRequest, cx: &ExecContext) -> Outcome {
     let p = &req.params;
     let pid = p.get("pid").and_then(Value::as_i64).unwrap_or(0);
     let sig_name = p.get("signal").and_then(Value::as_str).unwrap_or("");
@@ -76,9 +133,7 @@ pub fn run(req: &ActionRequest, cx: &ExecContext) -> Outcome {
         );
     }
     // Again here, with the pidfd held: what the process is now (it may have exec'd since the gate).
-    if let Some(why) =
-        crate::gate::protect::identify(std::path::Path::new("/proc"), pid).and_then(|id| crate::gate::protect::protected(&id, &[], &[]))
-    {
+    if let Some(why) = protect::identify(std::path::Path::new("/proc"), pid).and_then(|id| protect::protected(&id, &[], &[])) {
         return Outcome::fail(Status::Failed, "protected", format!("pid {pid} is protected: {why}"), Value::Null);
     }
     if let Err(e) = pidfd_send_signal(&fd, sig) {

@@ -5,6 +5,10 @@
 //!
 //! Every field is documented in `docs/CONFIG.md`; `packaging/medic.toml` is the commented copy
 //! installed as `/etc/medic/medic.toml`.
+//!
+//! `config` depends on the modules it configures, never the reverse: a section defined beside
+//! its user is re-exported here (`[audit]`, `policy.commands`), and what a module runs with is
+//! built from the config here (`actions::ExecContext::from_config`, `playbooks::HistoryReach::of`).
 
 pub mod resolve;
 
@@ -88,27 +92,8 @@ impl Default for PolicyConfig {
     }
 }
 
-/// One allowed command: an absolute path, argument patterns (`*`, `?`) matched one to one, the
-/// user it runs as, and its timeout.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct CommandRule {
-    pub path: PathBuf,
-    #[serde(default)]
-    pub args: Vec<String>,
-    #[serde(default = "nobody")]
-    pub user: String,
-    #[serde(default = "default_timeout")]
-    pub timeout_secs: u64,
-}
-
-fn nobody() -> String {
-    "nobody".into()
-}
-
-const fn default_timeout() -> u64 {
-    30
-}
+/// `[[policy.commands]]`: `run_command`'s config fragment, defined beside its executor.
+pub use crate::actions::CommandRule;
 
 /// How actions run.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -127,6 +112,21 @@ pub struct ActionsConfig {
 impl Default for ActionsConfig {
     fn default() -> Self {
         Self { timeout_secs: 30, kill_after_secs: 10, systemd_bus: None, max_output_bytes: 4096 }
+    }
+}
+
+impl crate::actions::ExecContext {
+    /// From the config; every duration is bounded by validation, and built without arithmetic
+    /// that could overflow whatever the values.
+    pub fn from_config(cfg: &Config) -> Self {
+        Self {
+            timeout: std::time::Duration::from_secs(cfg.actions.timeout_secs),
+            kill_after: std::time::Duration::from_secs(cfg.actions.kill_after_secs),
+            systemd_bus: cfg.actions.systemd_bus.clone(),
+            max_output_bytes: cfg.actions.max_output_bytes,
+            allowed_paths: cfg.policy.allowed_paths.clone(),
+            command: None,
+        }
     }
 }
 
@@ -223,6 +223,19 @@ impl SignalsConfig {
     /// `history_secs` in ms.
     pub fn history_ms(&self) -> i64 {
         secs_to_ms(self.history_secs)
+    }
+}
+
+impl crate::playbooks::HistoryReach {
+    /// What the history holds with these `[signals]`.
+    pub fn of(signals: &SignalsConfig) -> Self {
+        Self { horizon_ms: signals.history_ms(), interval_ms: signals.interval_ms() }
+    }
+}
+
+impl Default for crate::playbooks::HistoryReach {
+    fn default() -> Self {
+        Self::of(&SignalsConfig::default())
     }
 }
 

@@ -7,7 +7,8 @@
 //! 2. **manifest**: outside the playbook's capability manifest → `denied`.
 //! 3. **policy**: protected things (PID 1, medic itself, ssh, logind, journald, dbus, and what
 //!    the config lists; a process by its executable and cgroup, never its name: [`protect`])
-//!    and the node's allowlists (units, paths, commands) → `denied`.
+//!    and the node's allowlists (units, paths, commands) → `denied`. Each kind's own check
+//!    (`actions::<kind>::policy_check`) decides, reading a view of the node policy.
 //! 4. **limits**: `cooldown` per (playbook, action, target), `rate_limit` per (playbook,
 //!    target) and window, the node-wide hourly `budget`, one action `in_flight` per target, and
 //!    a cap on `concurrency` → `suppressed`.
@@ -26,13 +27,13 @@
 //! left goes. An open breaker is never forgotten. So a flood of unique targets costs memory for
 //! one window, not forever.
 
-use crate::actions::{clean_files, ActionKind, ActionRequest};
+use crate::actions::{self, ActionKind, ActionRequest};
 use crate::config::PolicyConfig;
-use crate::playbooks::meta::{glob_match, Meta};
+use crate::playbooks::meta::Meta;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// The node's mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,7 +94,8 @@ pub struct Verdict {
 }
 
 pub mod explain;
-pub mod protect;
+/// What a process is, for the protected rule: now beside the kinds that check it.
+pub use crate::actions::protect;
 
 /// Units no playbook may restart and whose processes are never signalled (see [`protect`]).
 pub use protect::PROTECTED_UNITS;
@@ -239,67 +241,30 @@ impl Gate {
         }
     }
 
-    /// The node policy's verdict on a request: `Some(reason)` when it is refused.
-    pub fn policy_refuses(&self, req: &ActionRequest) -> Option<(&'static str, String)> {
+    /// The node policy as the kinds' checks read it.
+    fn policy_view(&self) -> actions::Policy<'_> {
         let p = &self.policy;
-        match req.kind {
-            ActionKind::RestartUnit => {
-                let u = req.target.as_str();
-                if protect::unit_protected(u, &p.protected_units) {
-                    return Some(("protected", format!("{u} is protected")));
-                }
-                if !p.allowed_units.iter().any(|pat| glob_match(pat, u)) {
-                    return Some(("allowlist", format!("{u} is not in policy.allowed_units {:?}", p.allowed_units)));
-                }
-            }
-            ActionKind::SignalProcess => {
-                let pid = req.params.get("pid").and_then(Value::as_i64).unwrap_or(0);
-                if pid <= 1 || pid == self.self_pid {
-                    return Some(("protected", format!("pid {pid} is protected (PID 1 or medic itself)")));
-                }
-                // What the process is (its executable and cgroup), never what it calls itself.
-                if let Some(procfs) = &self.procfs {
-                    if let Some(why) =
-                        protect::identify(procfs, pid).and_then(|id| protect::protected(&id, &p.protected_units, &p.protected_processes))
-                    {
-                        return Some(("protected", format!("pid {pid} is protected: {why}")));
-                    }
-                } else if protect::PROTECTED_EXES.contains(&req.target.as_str())
-                    || p.protected_processes.iter().any(|pat| glob_match(pat, &req.target))
-                {
-                    return Some(("protected", format!("process {:?} is protected", req.target)));
-                }
-                if let Some(u) = req.params.get("unit").and_then(Value::as_str) {
-                    if protect::unit_protected(u, &p.protected_units) {
-                        return Some(("protected", format!("pid {pid} belongs to protected unit {u}")));
-                    }
-                }
-            }
-            ActionKind::CleanFiles => {
-                // The executor's own reading of the target and the roots, so the two cannot differ.
-                let Some(dir) = clean_files::plain(Path::new(&req.target)) else {
-                    return Some(("allowlist", format!("{:?} is not a plain absolute path", req.target)));
-                };
-                if clean_files::allowed_root(&dir, &p.allowed_paths).is_none() {
-                    return Some(("allowlist", format!("{} is outside policy.allowed_paths {:?}", dir.display(), p.allowed_paths)));
-                }
-            }
-            ActionKind::RunCommand => {
-                if self.command_rule(req).is_none() {
-                    return Some(("allowlist", format!("{} with these arguments is not in policy.commands", req.target)));
-                }
-            }
-            ActionKind::Notify => {}
+        actions::Policy {
+            allowed_units: &p.allowed_units,
+            protected_units: &p.protected_units,
+            protected_processes: &p.protected_processes,
+            allowed_paths: &p.allowed_paths,
+            commands: &p.commands,
+            self_pid: self.self_pid,
+            procfs: self.procfs.as_deref(),
         }
-        None
+    }
+
+    /// The node policy's verdict on a request, by its kind's check: `Some(reason)` when it is
+    /// refused.
+    pub fn policy_refuses(&self, req: &ActionRequest) -> Option<(&'static str, String)> {
+        actions::policy_check(&self.policy_view(), req)
     }
 
     /// The allowlist entry a `run_command` request matches (path equal, arguments matched one
     /// to one against the entry's path-like patterns: see [`crate::actions::run_command::arg_matches`]).
     pub fn command_rule(&self, req: &ActionRequest) -> Option<&crate::config::CommandRule> {
-        let args: Vec<&str> =
-            req.params.get("args").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
-        self.policy.commands.iter().find(|c| c.path == Path::new(&req.target) && crate::actions::run_command::args_match(&c.args, &args))
+        actions::run_command::rule(&self.policy.commands, req)
     }
 
     pub fn decide(&mut self, meta: &Meta, req: &ActionRequest, node_mode: Mode, now: i64) -> Verdict {
@@ -322,7 +287,7 @@ impl Gate {
             return v(Decision::Denied, rule, why);
         }
         let key: BreakerKey = (meta.name.clone(), req.kind, req.target.clone());
-        let acts = req.kind != ActionKind::Notify;
+        let acts = req.kind.acts();
         let (budget_max, max_concurrent, k, window) = (
             self.policy.budget_per_hour as usize,
             self.policy.max_concurrent,
@@ -432,7 +397,7 @@ impl Gate {
                 let key = (s(rec.get("playbook").and_then(|p| p.get("name"))), kind, s(rec.get("action").and_then(|a| a.get("target"))));
                 let mode = Mode::parse(&s(rec.get("mode"))).unwrap_or(Mode::DryRun);
                 match s(rec.get("decision")).as_str() {
-                    "executed" | "would_execute" => self.ledger(mode).note_run(&key, kind != ActionKind::Notify, now),
+                    "executed" | "would_execute" => self.ledger(mode).note_run(&key, kind.acts(), now),
                     "escalated" => self.ledger(mode).breakers.entry(key).or_default().open_since = Some(now),
                     _ => {}
                 }

@@ -7,6 +7,10 @@
 //! values that led to it (its trigger); and every key it reads from the history is noted in the
 //! history, which keeps such series first when it is full.
 //!
+//! The action functions belong to their kinds (`actions::<kind>::register`); they reach the
+//! evaluation through `Node`'s [`Evaluation`] implementation ([`Node::ask`] bounds and keeps a
+//! request), so `actions` needs nothing from here.
+//!
 //! What a request carries is bounded where it is made, whatever the script does: each noted read
 //! at [`MAX_VALUE_BYTES`], all of a request's reads together at [`MAX_SIGNALS_BYTES`], the reason
 //! and a notification's subject at [`MAX_VALUE_BYTES`], its details at [`MAX_DETAILS_BYTES`].
@@ -17,10 +21,14 @@
 //! most `limits.max_state_bytes` in all: a script cannot keep the node (and with it the whole
 //! history) alive between evaluations, nor grow the agent's memory through its state.
 
+use crate::actions::request::{err, Evaluation};
 use crate::actions::{ActionKind, ActionRequest};
 use crate::signals::history::{Cmp, History};
 use crate::signals::Snapshot;
 use rhai::{Array, Dynamic, Engine, EvalAltResult, Map, NativeCallContext};
+
+pub use crate::actions::notify::MAX_DETAILS_BYTES;
+pub use crate::actions::request::{duration_ms, MAX_VALUE_BYTES};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -31,18 +39,12 @@ type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
 const MAX_NOTED_READS: usize = 64;
 /// Keys a playbook may keep in its state.
 const MAX_STATE_KEYS: usize = 1000;
-/// One recorded value (a read's key, a reason, a subject), in bytes.
-pub const MAX_VALUE_BYTES: usize = 4 * 1024;
 /// All the reads one request records, keys and values, in bytes.
 pub const MAX_SIGNALS_BYTES: usize = 32 * 1024;
-/// A notification's details, as JSON, in bytes.
-pub const MAX_DETAILS_BYTES: usize = 8 * 1024;
 /// The key under which a request counts the reads it could not carry.
 pub const OMITTED_READS: &str = "…[truncated] reads omitted";
 /// Nesting of a value kept in `state`.
 const MAX_STATE_DEPTH: usize = 16;
-/// Signals a playbook may send.
-pub const SIGNALS: &[&str] = &["TERM", "KILL", "HUP", "INT", "QUIT", "USR1", "USR2", "STOP", "CONT"];
 
 /// What one evaluation accumulates, and what it may do.
 #[derive(Debug, Default)]
@@ -271,17 +273,6 @@ fn register_list(e: &mut Engine) {
     });
 }
 
-fn err(msg: impl Into<String>) -> Box<EvalAltResult> {
-    msg.into().into()
-}
-
-/// Parses "30s", "5m", "1h 30m" into milliseconds.
-pub fn duration_ms(s: &str) -> Result<i64, String> {
-    humantime::parse_duration(s.trim())
-        .map(|d| d.as_millis().min(i64::MAX as u128) as i64)
-        .map_err(|e| format!("bad duration {s:?}: {e} (use e.g. \"30s\", \"5m\", \"2h\")"))
-}
-
 fn window(s: &str) -> RhaiResult<i64> {
     duration_ms(s).map_err(err)
 }
@@ -347,29 +338,34 @@ fn mount_map(node: &Node, mnt: &crate::signals::disk::Mount) -> Map {
     m
 }
 
-/// The evaluation context travels as the call's tag; action functions find it there.
+/// The evaluation context travels as the call's tag; the action functions find it there.
 fn node_of(ctx: &NativeCallContext) -> RhaiResult<Node> {
-    ctx.tag().and_then(|t| t.clone().try_cast::<Node>()).ok_or_else(|| err("actions can only be requested while evaluate() runs"))
+    crate::actions::request::evaluation::<Node>(ctx)
 }
 
-fn request(ctx: &NativeCallContext, kind: ActionKind, target: String, params: BTreeMap<String, Value>, reason: &str) -> RhaiResult<bool> {
-    let node = node_of(ctx)?;
-    let mut c = node.ctx.lock().unwrap_or_else(|e| e.into_inner());
-    if !c.allowed.contains(&kind) {
-        return Err(err(format!("action `{kind}` is not in this playbook's manifest (META.actions)")));
+impl Evaluation for Node {
+    fn snapshot(&self) -> &Snapshot {
+        &self.snap
     }
-    if c.requests.len() >= c.max_requests {
-        return Err(err(format!("more than {} action requests in one evaluation", c.max_requests)));
+
+    fn ask(&self, kind: ActionKind, target: String, params: BTreeMap<String, Value>, reason: &str) -> RhaiResult<bool> {
+        let mut c = self.ctx.lock().unwrap_or_else(|e| e.into_inner());
+        if !c.allowed.contains(&kind) {
+            return Err(err(format!("action `{kind}` is not in this playbook's manifest (META.actions)")));
+        }
+        if c.requests.len() >= c.max_requests {
+            return Err(err(format!("more than {} action requests in one evaluation", c.max_requests)));
+        }
+        // A target is matched against the manifest and the policy: cutting it could change what it
+        // names, so a longer one is refused rather than truncated.
+        if target.len() > MAX_VALUE_BYTES {
+            return Err(err(format!("{kind}: target of {} bytes, over {MAX_VALUE_BYTES}", target.len())));
+        }
+        let signals = bounded_reads(&c.reads, c.reads_omitted);
+        let reason = crate::signals::parse::bounded(reason.to_string(), MAX_VALUE_BYTES);
+        c.requests.push(ActionRequest { kind, target, params, reason, signals });
+        Ok(true)
     }
-    // A target is matched against the manifest and the policy: cutting it could change what it
-    // names, so a longer one is refused rather than truncated.
-    if target.len() > MAX_VALUE_BYTES {
-        return Err(err(format!("{kind}: target of {} bytes, over {MAX_VALUE_BYTES}", target.len())));
-    }
-    let signals = bounded_reads(&c.reads, c.reads_omitted);
-    let reason = crate::signals::parse::bounded(reason.to_string(), MAX_VALUE_BYTES);
-    c.requests.push(ActionRequest { kind, target, params, reason, signals });
-    Ok(true)
 }
 
 /// The reads a request carries: in key order while they fit in [`MAX_SIGNALS_BYTES`]; the
@@ -394,17 +390,13 @@ pub fn bounded_reads(reads: &BTreeMap<String, Value>, already_omitted: usize) ->
     out
 }
 
-fn dyn_to_json(d: &Dynamic) -> Value {
-    serde_json::to_value(d).unwrap_or(Value::Null)
-}
-
 /// The state bound of the evaluation running (the default outside one).
 fn max_state_bytes(ctx: &NativeCallContext) -> usize {
     node_of(ctx)
         .map_or(super::engine::Limits::default().max_state_bytes, |n| n.ctx.lock().unwrap_or_else(|e| e.into_inner()).max_state_bytes)
 }
 
-/// Registers the `Node` and `State` types and the action functions.
+/// Registers the `Node` and `State` types, the list type and every action kind's functions.
 pub fn register(e: &mut Engine) {
     e.register_type_with_name::<Node>("Node");
     e.register_type_with_name::<State>("State");
@@ -523,84 +515,8 @@ pub fn register(e: &mut Engine) {
         Ok(next)
     });
 
-    // Actions: each records one request and returns true.
-    e.register_fn("restart_unit", |ctx: NativeCallContext, unit: &str, reason: &str| -> RhaiResult<bool> {
-        if unit.is_empty() || unit.contains('/') {
-            return Err(err(format!("restart_unit: {unit:?} is not a unit name")));
-        }
-        request(&ctx, ActionKind::RestartUnit, unit.to_string(), BTreeMap::new(), reason)
-    });
-    e.register_fn("signal_process", |ctx: NativeCallContext, pid: i64, signal: &str, reason: &str| -> RhaiResult<bool> {
-        let sig = signal.trim_start_matches("SIG");
-        if !SIGNALS.contains(&sig) {
-            return Err(err(format!("signal_process: unknown signal {signal:?} (one of {})", SIGNALS.join(", "))));
-        }
-        let node = node_of(&ctx)?;
-        // Only a process in this snapshot can be asked for; its start time guards against pid reuse.
-        let Some(p) = node.snap.processes.iter().find(|p| p.pid == pid) else { return Ok(false) };
-        let mut params = BTreeMap::new();
-        params.insert("pid".into(), pid.into());
-        params.insert("signal".into(), sig.into());
-        params.insert("start_time".into(), p.start_time.into());
-        params.insert("unit".into(), p.unit.clone().map_or(Value::Null, Value::String));
-        request(&ctx, ActionKind::SignalProcess, p.name.clone(), params, reason)
-    });
-    e.register_fn("clean_files", |ctx: NativeCallContext, dir: &str, opts: Map, reason: &str| -> RhaiResult<bool> {
-        if !dir.starts_with('/') {
-            return Err(err(format!("clean_files: directory {dir:?} must be an absolute path")));
-        }
-        let mut params = BTreeMap::new();
-        for (k, v) in &opts {
-            match k.as_str() {
-                "glob" | "order" => {
-                    let s = v.clone().into_string().map_err(|_| err(format!("clean_files: `{k}` must be a string")))?;
-                    if k == "order" && s != "oldest" && s != "largest" {
-                        return Err(err("clean_files: `order` is \"oldest\" or \"largest\""));
-                    }
-                    params.insert(k.to_string(), Value::String(s));
-                }
-                "older_than" => {
-                    let s = v.clone().into_string().map_err(|_| err("clean_files: `older_than` must be a duration string"))?;
-                    params.insert("older_than_secs".into(), (window(&s)? / 1000).into());
-                }
-                "target_free_bytes" => {
-                    params
-                        .insert(k.to_string(), v.as_int().map_err(|_| err("clean_files: `target_free_bytes` must be an integer"))?.into());
-                }
-                other => return Err(err(format!("clean_files: unknown option `{other}` (glob, older_than, target_free_bytes, order)"))),
-            }
-        }
-        if !params.contains_key("older_than_secs") {
-            return Err(err("clean_files: `older_than` is required (never delete fresh files)"));
-        }
-        params.entry("glob".into()).or_insert_with(|| "*".into());
-        params.entry("order".into()).or_insert_with(|| "oldest".into());
-        request(&ctx, ActionKind::CleanFiles, dir.to_string(), params, reason)
-    });
-    e.register_fn("run_command", |ctx: NativeCallContext, path: &str, args: Array, reason: &str| -> RhaiResult<bool> {
-        if !path.starts_with('/') {
-            return Err(err(format!("run_command: {path:?} must be an absolute path")));
-        }
-        let args: Vec<Value> = args.iter().map(|a| Value::String(a.to_string())).collect();
-        let mut params = BTreeMap::new();
-        params.insert("args".into(), Value::Array(args));
-        request(&ctx, ActionKind::RunCommand, path.to_string(), params, reason)
-    });
-    e.register_fn("notify", |ctx: NativeCallContext, subject: &str, details: Map| -> RhaiResult<bool> {
-        let mut params = BTreeMap::new();
-        let mut details = dyn_to_json(&Dynamic::from_map(details));
-        let text = details.to_string();
-        if text.len() > MAX_DETAILS_BYTES {
-            details = Value::String(crate::signals::parse::cut_marked(text, MAX_DETAILS_BYTES));
-        }
-        params.insert("details".into(), details);
-        let subject = crate::signals::parse::bounded(subject.to_string(), MAX_VALUE_BYTES);
-        request(&ctx, ActionKind::Notify, subject.clone(), params, &subject)
-    });
-    e.register_fn("notify", |ctx: NativeCallContext, subject: &str| -> RhaiResult<bool> {
-        let subject = crate::signals::parse::bounded(subject.to_string(), MAX_VALUE_BYTES);
-        request(&ctx, ActionKind::Notify, subject.clone(), BTreeMap::new(), &subject)
-    });
+    // Actions: each kind's functions record one request and return true.
+    crate::actions::register::<Node>(e);
 
     refuse_named_functions(e);
 }
@@ -638,12 +554,3 @@ fn string_index(a: &Array, s: &str, start: i64) -> i64 {
         .find(|(_, v)| v.read_lock::<rhai::ImmutableString>().is_some_and(|x| x.as_str() == s))
         .map_or(-1, |(i, _)| i as i64)
 }
-
-/// The names of the action functions, for the static manifest check.
-pub const ACTION_FNS: [(&str, ActionKind); 5] = [
-    ("restart_unit", ActionKind::RestartUnit),
-    ("signal_process", ActionKind::SignalProcess),
-    ("clean_files", ActionKind::CleanFiles),
-    ("run_command", ActionKind::RunCommand),
-    ("notify", ActionKind::Notify),
-];

@@ -3,6 +3,8 @@
 //! targets it may ask for.
 
 use super::api::duration_ms;
+/// The one glob matcher (manifest targets here), kept with the actions that own most of its uses.
+pub use crate::actions::glob::glob_match;
 use crate::actions::ActionKind;
 use serde::{Deserialize, Serialize};
 
@@ -84,7 +86,8 @@ pub fn parse(value: &rhai::Dynamic) -> Result<Meta, String> {
     let mut actions = Vec::new();
     for (i, c) in raw.actions.iter().enumerate() {
         let kind = ActionKind::parse(&c.kind).ok_or_else(|| {
-            format!("META.actions[{i}].kind: unknown action {:?} (restart_unit, signal_process, clean_files, run_command, notify)", c.kind)
+            let kinds: Vec<&str> = ActionKind::ALL.iter().map(|k| k.as_str()).collect();
+            format!("META.actions[{i}].kind: unknown action {:?} ({})", c.kind, kinds.join(", "))
         })?;
         if c.target.is_empty() {
             return Err(format!("META.actions[{i}].target: empty pattern"));
@@ -106,47 +109,9 @@ pub fn parse(value: &rhai::Dynamic) -> Result<Meta, String> {
     })
 }
 
-/// Glob match with `*` (any run) and `?` (one character).
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = ti;
-            pi += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ti = mark;
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|c| *c == '*')
-}
-
 impl Meta {
     /// Whether the manifest allows `kind` on `target`.
     pub fn allows(&self, kind: ActionKind, target: &str) -> bool {
         self.actions.iter().any(|c| c.kind == kind && glob_match(&c.target, target))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::glob_match;
-
-    #[test]
-    fn globs() {
-        assert!(glob_match("*.service", "nginx.service"));
-        assert!(!glob_match("*.service", "nginx.socket"));
-        assert!(glob_match("/var/log/*", "/var/log/app"));
-        assert!(glob_match("a?c", "abc"));
-        assert!(glob_match("*", ""));
-        assert!(!glob_match("/var/log/*", "/etc"));
     }
 }

@@ -60,7 +60,8 @@ pub struct Playbook {
     pub reads: Vec<String>,
 }
 
-/// What the history holds, for the static window checks.
+/// What the history holds, for the static window checks. Built from `[signals]` by `config`
+/// (`HistoryReach::of`, and its `Default`), which depends on `playbooks`, not the other way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HistoryReach {
     /// `signals.history_secs`, in ms: the longest window a playbook can aggregate over.
@@ -70,19 +71,9 @@ pub struct HistoryReach {
 }
 
 impl HistoryReach {
-    pub fn of(signals: &crate::config::SignalsConfig) -> Self {
-        Self { horizon_ms: signals.history_ms(), interval_ms: signals.interval_ms() }
-    }
-
     /// The most points a series holds: one per interval over the horizon.
     pub fn points(&self) -> i64 {
         self.horizon_ms / self.interval_ms.max(1) + 1
-    }
-}
-
-impl Default for HistoryReach {
-    fn default() -> Self {
-        Self::of(&Default::default())
     }
 }
 
@@ -307,14 +298,15 @@ impl Runtime {
                 found = Some(err_at(file, pos, reason));
                 return false;
             }
-            if let Some((_, kind)) = api::ACTION_FNS.iter().find(|(n, _)| *n == name).filter(|_| !method) {
-                if !meta.actions.iter().any(|c| c.kind == *kind) {
+            // An action function is named as its kind.
+            if let Some(kind) = crate::actions::ActionKind::parse(name).filter(|_| !method) {
+                if !meta.actions.iter().any(|c| c.kind == kind) {
                     found = Some(err_at(file, pos, format!("action `{name}` is not in this playbook's manifest (META.actions)")));
                     return false;
                 }
                 // A literal target can be checked now; others are checked by the gate.
-                if let (Some(Expr::StringConstant(t, _)), false) = (call.args.first(), *kind == crate::actions::ActionKind::SignalProcess) {
-                    if !meta.allows(*kind, t) {
+                if let (Some(Expr::StringConstant(t, _)), false) = (call.args.first(), kind == crate::actions::ActionKind::SignalProcess) {
+                    if !meta.allows(kind, t) {
                         found = Some(err_at(file, pos, format!("`{name}` on {t:?} is outside the manifest's targets for {name}")));
                         return false;
                     }

@@ -1,7 +1,8 @@
-//! What a process *is*, for the gate's `protected` rule: its executable and its cgroup, read from
-//! procfs, never its name. A name is whatever the process chose (`prctl(PR_SET_NAME)`, `argv[0]`,
-//! a copy of a binary called `sshd`): protecting by name would let any process opt out of
-//! remediation, and a renamed real daemon would lose its protection.
+//! What a process *is*, for the policy's `protected` rule (checked through the `restart_unit` and
+//! `signal_process` policy checks, and again by the `signal_process` executor): its executable
+//! and its cgroup, read from procfs, never its name. A name is whatever the process chose
+//! (`prctl(PR_SET_NAME)`, `argv[0]`, a copy of a binary called `sshd`): protecting by name would
+//! let any process opt out of remediation, and a renamed real daemon would lose its protection.
 //!
 //! A process is protected when any of these holds:
 //! - it runs a protected executable: a file named in [`PROTECTED_EXES`] in a system directory
@@ -16,7 +17,7 @@
 //! - its executable matches `policy.protected_processes` (the file name, or the whole path when
 //!   the pattern has a `/`).
 
-use crate::playbooks::meta::glob_match;
+use super::glob::glob_match;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
