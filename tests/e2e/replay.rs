@@ -35,7 +35,7 @@ fn replay_reproduces_the_live_decisions_and_shows_what_an_unloaded_playbook_woul
     let cfg = write_config(
         dir.path(),
         &format!(
-            "[control]\nsocket = \"{}\"\n[policy]\nallowed_units = [\"replay-*\"]\nbreaker_after = 3\nbreaker_window_secs = 3600\n[recorder]\nflush_secs = 1\n",
+            "[control]\nsocket = \"{}\"\n[policy]\nallowed_units = [\"replay-*\"]\nbreaker_after = 3\nbreaker_window_secs = 3600\n[audit]\nrepeat_window_secs = 0\n[recorder]\nflush_secs = 1\n",
             dir.path().join("c.sock").display()
         ),
     );
@@ -47,7 +47,9 @@ fn replay_reproduces_the_live_decisions_and_shows_what_an_unloaded_playbook_woul
             .spawn()
             .unwrap(),
     );
-    std::thread::sleep(std::time::Duration::from_secs(9));
+    let escalated = || audit_lines(&state).iter().any(|r| r["decision"] == "escalated");
+    assert!(crate::util::wait_until(60, escalated), "the breaker never opened");
+    std::thread::sleep(std::time::Duration::from_secs(2));
     // Readable while the agent runs.
     let during = replay(&["--state-dir", state.to_str().unwrap(), "--config", cfg_s, pb.to_str().unwrap()]);
     assert!(!during.is_empty(), "nothing replayed while the agent runs");

@@ -238,13 +238,19 @@ pub struct CaseCutter {
     last: Snapshot,
     timeline: Vec<toml::Table>,
     expect: BTreeMap<(String, String, String), usize>,
+    /// Whether the playbook asked anything (else the case expects no request at all).
+    asked: bool,
     end_ms: i64,
 }
 
 impl CaseCutter {
     /// For the playbook whose `source` read `keys` over the replay, at the recording's `step_ms`.
     pub fn new(source: &str, keys: std::collections::BTreeSet<String>, step_ms: i64) -> Self {
-        let reads = (source.contains("process") || source.contains("unit"), source.contains("mounts("), source.contains("tcp_peers("));
+        let reads = (
+            [".processes(", ".process(", ".units(", ".unit("].iter().any(|m| source.contains(m)),
+            source.contains(".mounts("),
+            source.contains(".tcp_peers("),
+        );
         Self {
             keys,
             step_ms: step_ms.max(1),
@@ -253,6 +259,7 @@ impl CaseCutter {
             last: Snapshot::default(),
             timeline: Vec::new(),
             expect: BTreeMap::new(),
+            asked: false,
             end_ms: 0,
         }
     }
@@ -300,8 +307,14 @@ impl CaseCutter {
             step.insert("at".into(), toml::Value::String(format!("{rel}ms")));
             self.timeline.push(step);
         }
+        // Refusals (`suppressed`, `denied`) are not expected one by one: which tick a cooldown
+        // ends in depends on the recording's tick jitter, which the case's regular step does
+        // not have. What would have been done is expected exactly.
         for (kind, target, decision) in decisions {
-            *self.expect.entry((kind, target, decision)).or_default() += 1;
+            self.asked = true;
+            if matches!(decision.as_str(), "would_execute" | "executed" | "escalated") {
+                *self.expect.entry((kind, target, decision)).or_default() += 1;
+            }
         }
         for k in &self.keys {
             match snap.metrics.get(k) {
@@ -326,8 +339,10 @@ impl CaseCutter {
         case.insert("name".into(), name.into());
         case.insert("duration".into(), format!("{}ms", self.end_ms).into());
         case.insert("step".into(), format!("{}ms", self.step_ms).into());
-        if self.expect.is_empty() {
+        if !self.asked {
             case.insert("expect_none".into(), true.into());
+        } else if self.expect.is_empty() {
+            return Err("the playbook asked only for refused actions in this stretch: there is nothing to expect exactly; cut a stretch where it acts, or write the case by hand".into());
         } else {
             let expect: Vec<toml::Value> = self
                 .expect
