@@ -64,9 +64,7 @@ impl Runner {
                 return;
             }
             let f = self.unrecorded.remove(0);
-            let status = serde_json::to_value(f.outcome.status).ok();
-            let status = status.as_ref().and_then(Value::as_str).unwrap_or("unknown");
-            metrics.action_ended(f.req.kind.as_str(), status, f.outcome.duration_ms as f64 / 1000.0);
+            metrics.action_ended(f.req.kind.as_str(), f.outcome.status.as_str(), f.outcome.duration_ms as f64 / 1000.0);
             let playbook = f.playbook.get("name").and_then(Value::as_str).unwrap_or("");
             if f.outcome.status == Status::Ok {
                 tracing::info!(message = "Action ended.", message_id = ids::ACTION_SUCCEEDED, seq = f.seq, playbook, action = %f.req.kind, action_target = %f.req.target, status = ?f.outcome.status);
