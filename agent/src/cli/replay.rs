@@ -125,10 +125,16 @@ pub fn run(a: ReplayArgs) -> Outcome {
     let frames = crate::recorder::read(&recording, from, to).map_err(|e| anyhow!("{e}"))?;
     let file = compiled.first().map(|p| p.file.clone()).unwrap_or_default();
     let mut keys = std::collections::BTreeSet::new();
-    let mut kept: Vec<(crate::signals::Snapshot, Vec<(String, String, String)>)> = Vec::new();
+    // For --save-case: the decisions of each frame (the frames are read again to cut the case).
+    let mut decided: std::collections::BTreeMap<i64, Vec<(String, String, String)>> = Default::default();
     for frame in frames {
         let frame = frame.map_err(|e| anyhow!("{e}"))?;
-        let snap_for_case = a.save_case.is_some().then(|| frame.snap.clone());
+        if a.save_case.is_some() && replay.frames >= MAX_CASE_FRAMES {
+            return Err(Failure::Usage(format!(
+                "--save-case: the stretch has more than {MAX_CASE_FRAMES} frames; narrow it with --from and --to"
+            )));
+        }
+        let ts = frame.snap.ts_ms;
         let step = replay.feed(frame.snap, frame.forced);
         for d in &step.decisions {
             if a.json {
@@ -154,11 +160,11 @@ pub fn run(a: ReplayArgs) -> Outcome {
         for (name, error, until) in &step.disabled {
             eprintln!("{name}: would have been disabled until {}: {}", crate::audit::now_rfc3339(*until), esc(error));
         }
-        if let Some(snap) = snap_for_case {
+        if a.save_case.is_some() {
             if let Some(last) = replay.decider().slot(&file).and_then(|s| s.last.as_ref()) {
                 keys.extend(last.reads.keys().cloned());
             }
-            kept.push((snap, step.decisions.iter().map(|d| (d.kind.clone(), d.target.clone(), d.decision.to_string())).collect()));
+            decided.insert(ts, step.decisions.iter().map(|d| (d.kind.clone(), d.target.clone(), d.decision.to_string())).collect());
         }
     }
     let span = match (replay.first_ms, replay.last_ms) {
@@ -183,10 +189,12 @@ pub fn run(a: ReplayArgs) -> Outcome {
         return Err(Failure::Refused(format!("no recorded frames in {} for that stretch", recording.display())));
     }
     if let (Some(out), Some((_, src))) = (&a.save_case, srcs.first()) {
-        let step = median_gap(kept.iter().map(|(s, _)| s.ts_ms));
+        let step = median_gap(decided.keys().copied());
         let mut cutter = testing::CaseCutter::new(src, keys, step);
-        for (snap, decisions) in &kept {
-            cutter.frame(snap, decisions.iter().cloned());
+        for frame in crate::recorder::read(&recording, from, to).map_err(|e| anyhow!("{e}"))? {
+            let frame = frame.map_err(|e| anyhow!("{e}"))?;
+            let decisions = decided.remove(&frame.snap.ts_ms).unwrap_or_default();
+            cutter.frame(&frame.snap, decisions);
         }
         let name = format!("replayed from the recording, {span}");
         let text = cutter.finish(&name).map_err(|e| anyhow!(e))?;
@@ -203,6 +211,10 @@ pub fn run(a: ReplayArgs) -> Outcome {
     }
     Ok(())
 }
+
+/// The longest stretch `--save-case` cuts (an hour of one-second ticks): a case holds the
+/// values read at every change, and a process list at every frame where it changed.
+const MAX_CASE_FRAMES: u64 = 3_600;
 
 /// The usual spacing of the frames (the agent's interval), for a case's step.
 fn median_gap(ts: impl Iterator<Item = i64>) -> i64 {
