@@ -2,7 +2,7 @@
 //! accepts; any changed byte, removed or reordered record breaks it at the right `seq`; a torn
 //! tail is set aside and recorded; a second agent cannot write the same log.
 
-use crate::util::{audit_lines, kinds, run, text};
+use crate::util::{audit_lines, escalated, kinds, run, text};
 use medic::audit::verify::verify;
 use std::path::Path;
 
@@ -127,11 +127,13 @@ fn show_filters_by_playbook_and_time_and_prints_json() {
 
 // ---- Issue 9, part 3: the log survives crashes and cannot be rewound quietly. ----
 
+use medic::audit::record::{self, Record};
 use medic::audit::{AuditConfig, AuditLog};
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 
-fn body(v: Value) -> Map<String, Value> {
-    v.as_object().cloned().unwrap()
+/// A record with `text` in it, of a kind nothing replays (these tests are about the log).
+fn note(text: String) -> Record {
+    Record::AuditRecovered(record::AuditRecovered { since: "note".into(), error: text, running_actions: 0 })
 }
 
 fn verify_cmd(state: &Path, extra: &[&str]) -> std::process::Output {
@@ -154,7 +156,7 @@ fn agent_starts_after_a_torn_record_larger_than_1_mib() {
     {
         let (mut log, _) = AuditLog::open(&state, "n").unwrap();
         for _ in 0..2 {
-            log.append("note", body(json!({ "reason": "x".repeat(2 << 20) }))).unwrap();
+            log.append(&note("x".repeat(2 << 20))).unwrap();
         }
     }
     let whole = std::fs::read(state.join("audit.log")).unwrap();
@@ -329,7 +331,7 @@ fn verify_against_a_checkpoint_catches_a_log_cut_off_with_its_anchor() {
     {
         let (mut log, _) = AuditLog::open_with(&state, "n", &small(5, 64 << 20), &mut |_| {}).unwrap();
         for i in 0..20 {
-            log.append("note", body(json!({ "i": i }))).unwrap();
+            log.append(&note(i.to_string())).unwrap();
         }
     }
     let recs = audit_lines(&state);
@@ -362,7 +364,7 @@ fn segments_rotate_chain_across_and_are_removed_only_after_the_forwarder_acked_t
     let cfg = AuditConfig { segment_bytes: 4000, retain_secs: 0, replay_secs: 0, replicated: true, ..AuditConfig::default() };
     let (mut log, _) = AuditLog::open_with(&state, "n", &cfg, &mut |_| {}).unwrap();
     for i in 0..60 {
-        log.append("note", body(json!({ "i": i, "pad": "p".repeat(200) }))).unwrap();
+        log.append(&note(format!("{i}{}", "p".repeat(200)))).unwrap();
     }
     let segs = medic::audit::segments::list(&state).unwrap();
     assert!(segs.len() >= 4, "{segs:?}");
@@ -410,11 +412,9 @@ fn an_open_breaker_survives_a_restart_that_replays_only_the_last_segment() {
     let cfg = AuditConfig { segment_bytes: 3000, replay_secs: 0, ..AuditConfig::default() };
     {
         let (mut log, _) = AuditLog::open_with(&state, "n", &cfg, &mut |_| {}).unwrap();
-        let esc = json!({ "playbook": { "name": "pb" }, "action": { "kind": "restart_unit", "target": "a.service" },
-            "mode": "live", "decision": "escalated" });
-        log.append("action", body(esc)).unwrap();
+        log.append(&escalated("pb", "a.service")).unwrap();
         for i in 0..40 {
-            log.append("note", body(json!({ "i": i, "pad": "p".repeat(200) }))).unwrap();
+            log.append(&note(format!("{i}{}", "p".repeat(200)))).unwrap();
         }
     }
     let mut replayed = 0;
@@ -422,7 +422,7 @@ fn an_open_breaker_survives_a_restart_that_replays_only_the_last_segment() {
     assert!(replayed < 20, "only the last segment is replayed ({replayed} records)");
     let b = log.breaker_records();
     assert_eq!(b.len(), 1, "{b:?}");
-    assert_eq!(b[0]["action"]["target"], "a.service");
+    assert!(matches!(&b[0].record, Ok(Record::Action(a)) if a.action.target == "a.service"), "{b:?}");
 }
 
 /// The state dir and its files were created with the umask's modes (0777 dirs and 0666 files
@@ -476,7 +476,7 @@ fn kill9_child_writer() {
     let (mut log, _) = AuditLog::open_with(Path::new(&dir), "n", &kill9_cfg(), &mut |_| {}).unwrap();
     for i in 0u64.. {
         let size = (1 << 20) + (i as usize * 7919) % (128 << 10);
-        log.append("note", body(json!({ "i": i, "reason": "r".repeat(size) }))).unwrap();
+        log.append(&note(format!("{i}{}", "r".repeat(size)))).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
