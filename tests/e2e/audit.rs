@@ -528,3 +528,58 @@ fn kill_9_at_random_moments_never_stops_the_log_from_opening() {
     medic::audit::verify::for_each_record(&state, |r| assert!(seen.insert(r.unwrap()["seq"].as_u64().unwrap()), "seq reused")).unwrap();
     run_once(&state, None);
 }
+
+/// Regression: `audit show --playbook X` missed X's breaker resets, whose `playbook` was a bare
+/// name where every other kind has `{name, sha256}`. A reset is now written in that shape (the
+/// hash of the version loaded), and one in 0.1.0's bare-name shape is still read and listed.
+#[test]
+fn audit_show_playbook_lists_its_breaker_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, pbs) = (dir.path().join("state"), dir.path().join("pb"));
+    std::fs::create_dir_all(&pbs).unwrap();
+    std::fs::write(pbs.join("always.rhai"), ALWAYS).unwrap();
+    {
+        let (mut log, _) = AuditLog::open(&state, "n").unwrap();
+        log.append(&escalated("always", "x.service")).unwrap();
+    }
+    let cfg_path = dir.path().join("medic.toml");
+    std::fs::write(&cfg_path, "node = \"n\"\n").unwrap();
+    let (cfg, _) = medic::config::Config::load(Some(&cfg_path)).unwrap();
+    let mut agent = medic::daemon::Agent::start(&cfg, Some(pbs), state.clone()).unwrap();
+    let peer = medic::control::Peer { uid: 0, gid: 0, pid: std::process::id() as i32 };
+    let req = medic::control::Request::ResetBreaker {
+        playbook: "always".into(),
+        action: "restart_unit".into(),
+        target: "x.service".into(),
+        reason: "fixed by hand".into(),
+    };
+    let r = agent.control(req, &peer);
+    assert!(r.ok, "{r:?}");
+    agent.stop("test").unwrap();
+    let reset = audit_lines(&state).into_iter().find(|r| r["kind"] == "breaker_reset").unwrap();
+    assert_eq!(reset["playbook"]["name"], "always", "{reset}");
+    assert_eq!(reset["playbook"]["sha256"].as_str().map(str::len), Some(64), "the loaded version's hash: {reset}");
+
+    // A breaker reset as 0.1.0 wrote it (`playbook` a bare name), chained onto the log.
+    let lines = audit_lines(&state);
+    let last = lines.last().unwrap();
+    let mut old = serde_json::json!({
+        "schema": "medic.audit/v1", "seq": last["seq"].as_u64().unwrap() + 1, "id": "0190b7a0-0000-7000-8000-000000000000",
+        "ts": medic::audit::now_rfc3339(medic::audit::now_ms()), "node": "n", "kind": "breaker_reset",
+        "prev_hash": last["hash"], "playbook": "old", "action": "restart_unit", "target": "y.service", "actor": "uid 0", "reason": "r",
+    });
+    let hash = medic::audit::record_hash(old.as_object().unwrap());
+    old["hash"] = hash.into();
+    append_raw(&state, format!("{}\n", medic::audit::canonical(&old)).as_bytes());
+    let o = verify_cmd(&state, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    let s = state.to_str().unwrap();
+    for (pb, target) in [("always", "x.service"), ("old", "y.service")] {
+        let o = run(&["audit", "show", "--state-dir", s, "--playbook", pb, "--json"]);
+        let shown: Vec<Value> = String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert!(shown.iter().any(|r| r["kind"] == "breaker_reset" && r["target"] == target), "--playbook {pb}: {shown:?}");
+        let o = run(&["audit", "show", "--state-dir", s, "--playbook", pb]);
+        assert!(text(&o).contains(&format!("breaker_reset      {pb}")), "{}", text(&o));
+    }
+}

@@ -582,8 +582,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                         return;
                     }
                 }
-                let pb = r.get("playbook").and_then(|p| p.get("name")).and_then(|n| n.as_str());
-                if playbook.as_deref().is_some_and(|want| pb != Some(want)) {
+                let pb = audit::record::playbook_name(&r);
+                if playbook.as_deref().is_some_and(|want| pb.as_deref() != Some(want)) {
                     return;
                 }
                 if json {
@@ -802,7 +802,7 @@ fn show_line(r: &serde_json::Map<String, serde_json::Value>) -> String {
 fn show_line_raw(r: &serde_json::Map<String, serde_json::Value>) -> String {
     let g = |k: &str| r.get(k).and_then(|v| v.as_str()).unwrap_or("");
     let seq = r.get("seq").and_then(|v| v.as_u64()).unwrap_or(0);
-    let pb = r.get("playbook").and_then(|p| p.get("name")).and_then(|n| n.as_str()).unwrap_or("");
+    let pb = audit::record::playbook_name(r).unwrap_or_default();
     let head = format!("{seq:>6} {} {:<18}", g("ts"), g("kind"));
     match g("kind") {
         "action" => {
