@@ -2,7 +2,7 @@
 //! accepts; any changed byte, removed or reordered record breaks it at the right `seq`; a torn
 //! tail is set aside and recorded; a second agent cannot write the same log.
 
-use crate::util::{audit_lines, kinds, run, text};
+use crate::util::{audit_lines, escalated, kinds, run, text};
 use medic::audit::verify::verify;
 use std::path::Path;
 
@@ -127,11 +127,13 @@ fn show_filters_by_playbook_and_time_and_prints_json() {
 
 // ---- Issue 9, part 3: the log survives crashes and cannot be rewound quietly. ----
 
+use medic::audit::record::{self, Record};
 use medic::audit::{AuditConfig, AuditLog};
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 
-fn body(v: Value) -> Map<String, Value> {
-    v.as_object().cloned().unwrap()
+/// A record with `text` in it, of a kind nothing replays (these tests are about the log).
+fn note(text: String) -> Record {
+    Record::AuditRecovered(record::AuditRecovered { since: "note".into(), error: text, running_actions: 0 })
 }
 
 fn verify_cmd(state: &Path, extra: &[&str]) -> std::process::Output {
@@ -154,7 +156,7 @@ fn agent_starts_after_a_torn_record_larger_than_1_mib() {
     {
         let (mut log, _) = AuditLog::open(&state, "n").unwrap();
         for _ in 0..2 {
-            log.append("note", body(json!({ "reason": "x".repeat(2 << 20) }))).unwrap();
+            log.append(&note("x".repeat(2 << 20))).unwrap();
         }
     }
     let whole = std::fs::read(state.join("audit.log")).unwrap();
@@ -329,7 +331,7 @@ fn verify_against_a_checkpoint_catches_a_log_cut_off_with_its_anchor() {
     {
         let (mut log, _) = AuditLog::open_with(&state, "n", &small(5, 64 << 20), &mut |_| {}).unwrap();
         for i in 0..20 {
-            log.append("note", body(json!({ "i": i }))).unwrap();
+            log.append(&note(i.to_string())).unwrap();
         }
     }
     let recs = audit_lines(&state);
@@ -362,7 +364,7 @@ fn segments_rotate_chain_across_and_are_removed_only_after_the_forwarder_acked_t
     let cfg = AuditConfig { segment_bytes: 4000, retain_secs: 0, replay_secs: 0, replicated: true, ..AuditConfig::default() };
     let (mut log, _) = AuditLog::open_with(&state, "n", &cfg, &mut |_| {}).unwrap();
     for i in 0..60 {
-        log.append("note", body(json!({ "i": i, "pad": "p".repeat(200) }))).unwrap();
+        log.append(&note(format!("{i}{}", "p".repeat(200)))).unwrap();
     }
     let segs = medic::audit::segments::list(&state).unwrap();
     assert!(segs.len() >= 4, "{segs:?}");
@@ -410,11 +412,9 @@ fn an_open_breaker_survives_a_restart_that_replays_only_the_last_segment() {
     let cfg = AuditConfig { segment_bytes: 3000, replay_secs: 0, ..AuditConfig::default() };
     {
         let (mut log, _) = AuditLog::open_with(&state, "n", &cfg, &mut |_| {}).unwrap();
-        let esc = json!({ "playbook": { "name": "pb" }, "action": { "kind": "restart_unit", "target": "a.service" },
-            "mode": "live", "decision": "escalated" });
-        log.append("action", body(esc)).unwrap();
+        log.append(&escalated("pb", "a.service")).unwrap();
         for i in 0..40 {
-            log.append("note", body(json!({ "i": i, "pad": "p".repeat(200) }))).unwrap();
+            log.append(&note(format!("{i}{}", "p".repeat(200)))).unwrap();
         }
     }
     let mut replayed = 0;
@@ -422,7 +422,7 @@ fn an_open_breaker_survives_a_restart_that_replays_only_the_last_segment() {
     assert!(replayed < 20, "only the last segment is replayed ({replayed} records)");
     let b = log.breaker_records();
     assert_eq!(b.len(), 1, "{b:?}");
-    assert_eq!(b[0]["action"]["target"], "a.service");
+    assert!(matches!(&b[0].record, Ok(Record::Action(a)) if a.action.target == "a.service"), "{b:?}");
 }
 
 /// The state dir and its files were created with the umask's modes (0777 dirs and 0666 files
@@ -476,7 +476,7 @@ fn kill9_child_writer() {
     let (mut log, _) = AuditLog::open_with(Path::new(&dir), "n", &kill9_cfg(), &mut |_| {}).unwrap();
     for i in 0u64.. {
         let size = (1 << 20) + (i as usize * 7919) % (128 << 10);
-        log.append("note", body(json!({ "i": i, "reason": "r".repeat(size) }))).unwrap();
+        log.append(&note(format!("{i}{}", "r".repeat(size)))).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
@@ -527,4 +527,59 @@ fn kill_9_at_random_moments_never_stops_the_log_from_opening() {
     let mut seen = std::collections::BTreeSet::new();
     medic::audit::verify::for_each_record(&state, |r| assert!(seen.insert(r.unwrap()["seq"].as_u64().unwrap()), "seq reused")).unwrap();
     run_once(&state, None);
+}
+
+/// Regression: `audit show --playbook X` missed X's breaker resets, whose `playbook` was a bare
+/// name where every other kind has `{name, sha256}`. A reset is now written in that shape (the
+/// hash of the version loaded), and one in 0.1.0's bare-name shape is still read and listed.
+#[test]
+fn audit_show_playbook_lists_its_breaker_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, pbs) = (dir.path().join("state"), dir.path().join("pb"));
+    std::fs::create_dir_all(&pbs).unwrap();
+    std::fs::write(pbs.join("always.rhai"), ALWAYS).unwrap();
+    {
+        let (mut log, _) = AuditLog::open(&state, "n").unwrap();
+        log.append(&escalated("always", "x.service")).unwrap();
+    }
+    let cfg_path = dir.path().join("medic.toml");
+    std::fs::write(&cfg_path, "node = \"n\"\n").unwrap();
+    let (cfg, _) = medic::config::Config::load(Some(&cfg_path)).unwrap();
+    let mut agent = medic::daemon::Agent::start(&cfg, Some(pbs), state.clone()).unwrap();
+    let peer = medic::control::Peer { uid: 0, gid: 0, pid: std::process::id() as i32 };
+    let req = medic::control::Request::ResetBreaker {
+        playbook: "always".into(),
+        action: "restart_unit".into(),
+        target: "x.service".into(),
+        reason: "fixed by hand".into(),
+    };
+    let r = agent.control(req, &peer);
+    assert!(r.ok, "{r:?}");
+    agent.stop("test").unwrap();
+    let reset = audit_lines(&state).into_iter().find(|r| r["kind"] == "breaker_reset").unwrap();
+    assert_eq!(reset["playbook"]["name"], "always", "{reset}");
+    assert_eq!(reset["playbook"]["sha256"].as_str().map(str::len), Some(64), "the loaded version's hash: {reset}");
+
+    // A breaker reset as 0.1.0 wrote it (`playbook` a bare name), chained onto the log.
+    let lines = audit_lines(&state);
+    let last = lines.last().unwrap();
+    let mut old = serde_json::json!({
+        "schema": "medic.audit/v1", "seq": last["seq"].as_u64().unwrap() + 1, "id": "0190b7a0-0000-7000-8000-000000000000",
+        "ts": medic::audit::now_rfc3339(medic::audit::now_ms()), "node": "n", "kind": "breaker_reset",
+        "prev_hash": last["hash"], "playbook": "old", "action": "restart_unit", "target": "y.service", "actor": "uid 0", "reason": "r",
+    });
+    let hash = medic::audit::record_hash(old.as_object().unwrap());
+    old["hash"] = hash.into();
+    append_raw(&state, format!("{}\n", medic::audit::canonical(&old)).as_bytes());
+    let o = verify_cmd(&state, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    let s = state.to_str().unwrap();
+    for (pb, target) in [("always", "x.service"), ("old", "y.service")] {
+        let o = run(&["audit", "show", "--state-dir", s, "--playbook", pb, "--json"]);
+        let shown: Vec<Value> = String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert!(shown.iter().any(|r| r["kind"] == "breaker_reset" && r["target"] == target), "--playbook {pb}: {shown:?}");
+        let o = run(&["audit", "show", "--state-dir", s, "--playbook", pb]);
+        assert!(text(&o).contains(&format!("breaker_reset      {pb}")), "{}", text(&o));
+    }
 }

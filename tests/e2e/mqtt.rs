@@ -955,8 +955,7 @@ fn a_breaker_reset_that_cannot_be_recorded_leaves_the_breaker_open_from_the_brok
     let _fs = crate::util::Tmpfs::mount(&state, "size=256k");
     // An escalated decision in the log: the agent's replay opens the breaker.
     let (mut log, _) = medic::audit::AuditLog::open(&state, "bk").unwrap();
-    let rec = serde_json::json!({ "playbook": { "name": "pb", "sha256": "" }, "action": { "kind": "restart_unit", "target": "x.service" }, "mode": "live", "decision": "escalated" });
-    log.append("action", rec.as_object().unwrap().clone()).unwrap();
+    log.append(&crate::util::escalated("pb", "x.service")).unwrap();
     drop(log);
     let pbs = dir.path().join("pb");
     std::fs::create_dir_all(&pbs).unwrap();

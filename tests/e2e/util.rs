@@ -224,3 +224,19 @@ pub fn write_playbooks(dir: &Path, pbs: &[(&str, String)]) -> PathBuf {
     }
     d
 }
+
+/// An `escalated` decision (a breaker opening) for `playbook` restarting `target` live, as the
+/// gate would have recorded it: a log written with it opens that breaker at the next start.
+pub fn escalated(playbook: &str, target: &str) -> medic::audit::record::Record {
+    use medic::audit::record::{Action, ActionAsked, PlaybookRef, Record, Trigger};
+    Record::Action(Action {
+        playbook: PlaybookRef::named(playbook),
+        trigger: Trigger { signals: serde_json::json!({}), reason: "test".into() },
+        action: ActionAsked { kind: medic::actions::ActionKind::RestartUnit, target: target.into(), params: serde_json::json!({}) },
+        mode: medic::gate::Mode::Live,
+        decision: medic::gate::Decision::Escalated,
+        rule: "breaker".into(),
+        detail: String::new(),
+        outcome: serde_json::Value::Null,
+    })
+}

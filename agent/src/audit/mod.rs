@@ -11,11 +11,15 @@
 pub mod anchor;
 pub mod bound;
 pub mod chain;
+pub mod record;
 pub mod segments;
 pub mod verify;
 
+use crate::actions::ActionKind;
+use crate::gate::Decision;
 use anchor::{Anchor, AnchorFile};
 use chain::Chain;
+use record::{ActionRef, PlaybookRef, Record, Stored};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -45,6 +49,9 @@ pub enum AuditError {
     /// hold its lock), or is not what it should be.
     #[error("{path}: unsafe: {reason}")]
     Unsafe { path: PathBuf, reason: String },
+    /// A record could not be made into its JSON body.
+    #[error(transparent)]
+    Record(#[from] record::RecordError),
 }
 
 impl AuditError {
@@ -55,6 +62,7 @@ impl AuditError {
             Self::Corrupt { .. } => "audit_corrupt",
             Self::Locked { .. } => "audit_locked",
             Self::Unsafe { .. } => "audit_unsafe",
+            Self::Record(e) => e.code(),
         }
     }
 }
@@ -175,7 +183,7 @@ impl AuditConfig {
 #[derive(Debug, Default, Clone)]
 struct Tracker {
     /// seq of an executed decision → its playbook and action.
-    pending: BTreeMap<u64, (Value, Value)>,
+    pending: BTreeMap<u64, (PlaybookRef, ActionRef)>,
     /// (mode, playbook, action kind, target) → open since (RFC 3339).
     breakers: BTreeMap<(String, String, String, String), String>,
 }
@@ -184,67 +192,67 @@ struct Tracker {
 const MAX_CARRIED: usize = 4096;
 
 impl Tracker {
-    fn observe(&mut self, seq: u64, rec: &Map<String, Value>) {
-        let s = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or("").to_string();
-        match rec.get("kind").and_then(Value::as_str) {
-            Some("action") => {
-                let action = rec.get("action").cloned().unwrap_or(Value::Null);
-                let kind = s(action.get("kind"));
-                match rec.get("decision").and_then(Value::as_str) {
-                    Some("executed") if kind != "notify" => {
-                        let pb = rec.get("playbook").cloned().unwrap_or(Value::Null);
-                        self.pending.insert(seq, (pb, action));
-                    }
-                    Some("escalated") => {
-                        let key = (s(rec.get("mode")), s(rec.get("playbook").and_then(|p| p.get("name"))), kind, s(action.get("target")));
-                        if self.breakers.len() < MAX_CARRIED || self.breakers.contains_key(&key) {
-                            self.breakers.insert(key, s(rec.get("ts")));
-                        }
-                    }
-                    _ => {}
+    /// Whether a record of this kind changes what the tracker holds.
+    fn tracks(rec: &Record) -> bool {
+        matches!(rec, Record::Action(_) | Record::ActionOutcome(_) | Record::BreakerReset(_))
+    }
+
+    /// `ts`: the record's time as written (an escalation opens its breaker then).
+    fn observe(&mut self, seq: u64, ts: &str, rec: &Record) {
+        match rec {
+            Record::Action(a) => match a.decision {
+                Decision::Executed if a.action.kind != ActionKind::Notify => {
+                    let action = ActionRef { kind: a.action.kind, target: a.action.target.clone() };
+                    self.pending.insert(seq, (a.playbook.clone(), action));
                 }
-            }
-            Some("action_outcome") => {
-                if let Some(r) = rec.get("ref_seq").and_then(Value::as_u64) {
-                    self.pending.remove(&r);
+                Decision::Escalated => {
+                    let key =
+                        (a.mode.as_str().to_string(), a.playbook.name.clone(), a.action.kind.as_str().to_string(), a.action.target.clone());
+                    if self.breakers.len() < MAX_CARRIED || self.breakers.contains_key(&key) {
+                        self.breakers.insert(key, ts.to_string());
+                    }
                 }
+                _ => {}
+            },
+            Record::ActionOutcome(o) => {
+                self.pending.remove(&o.ref_seq);
             }
-            Some("breaker_reset") => {
-                let (pb, kind, target) = (s(rec.get("playbook")), s(rec.get("action")), s(rec.get("target")));
-                self.breakers.retain(|k, _| !(k.1 == pb && k.2 == kind && k.3 == target));
+            Record::BreakerReset(r) => {
+                let (pb, kind, target) = (&r.playbook.name, r.action.as_str(), &r.target);
+                self.breakers.retain(|k, _| !(&k.1 == pb && k.2 == kind && &k.3 == target));
             }
             _ => {}
         }
     }
 
-    fn to_json(&self) -> Value {
-        let pending: Vec<Value> = self
+    fn checkpoint(&self, head: record::Head, segment_first_seq: u64) -> record::Checkpoint {
+        let pending = self
             .pending
             .iter()
             .take(MAX_CARRIED)
-            .map(|(seq, (pb, a))| serde_json::json!({ "ref_seq": seq, "playbook": pb, "action": a }))
+            .map(|(seq, (pb, a))| record::CarriedAction { ref_seq: *seq, playbook: pb.clone(), action: a.clone() })
             .collect();
-        let breakers: Vec<Value> = self
+        let open_breakers = self
             .breakers
             .iter()
-            .map(|((mode, pb, kind, target), since)| {
-                serde_json::json!({ "mode": mode, "playbook": pb, "action": kind, "target": target, "since": since })
+            .map(|((mode, pb, kind, target), since)| record::CarriedBreaker {
+                mode: mode.clone(),
+                playbook: pb.clone(),
+                action: kind.clone(),
+                target: target.clone(),
+                since: since.clone(),
             })
             .collect();
-        serde_json::json!({ "pending": pending, "open_breakers": breakers })
+        record::Checkpoint { head, segment_first_seq, open_breakers, pending }
     }
 
-    fn seed(&mut self, checkpoint: &Value) {
-        let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-        for p in checkpoint.get("pending").and_then(Value::as_array).into_iter().flatten() {
-            if let Some(seq) = p.get("ref_seq").and_then(Value::as_u64) {
-                let pb = p.get("playbook").cloned().unwrap_or(Value::Null);
-                self.pending.insert(seq, (pb, p.get("action").cloned().unwrap_or(Value::Null)));
-            }
+    fn seed(&mut self, checkpoint: &record::Checkpoint) {
+        for p in &checkpoint.pending {
+            self.pending.insert(p.ref_seq, (p.playbook.clone(), p.action.clone()));
         }
-        for b in checkpoint.get("open_breakers").and_then(Value::as_array).into_iter().flatten() {
-            let key = (s(b, "mode"), s(b, "playbook"), s(b, "action"), s(b, "target"));
-            self.breakers.entry(key).or_insert_with(|| s(b, "since"));
+        for b in &checkpoint.open_breakers {
+            let key = (b.mode.clone(), b.playbook.clone(), b.action.clone(), b.target.clone());
+            self.breakers.entry(key).or_insert_with(|| b.since.clone());
         }
     }
 }
@@ -381,7 +389,7 @@ impl AuditLog {
         state_dir: &Path,
         node: &str,
         cfg: &AuditConfig,
-        replay: &mut dyn FnMut(&Map<String, Value>),
+        replay: &mut dyn FnMut(&Stored),
     ) -> Result<(Self, Option<TornTail>), AuditError> {
         secure_dir(state_dir, cfg)?;
         let lock_path = state_dir.join("audit.lock");
@@ -507,7 +515,7 @@ impl AuditLog {
     /// `replay`, verifying their chain, and learns open breakers and unfinished actions (from
     /// the checkpoint that starts the first of them, then from the records). Returns the first
     /// break found, if any. Memory: one line at a time.
-    fn replay_suffix(&mut self, good_len: u64, replay: &mut dyn FnMut(&Map<String, Value>)) -> Result<Option<Value>, AuditError> {
+    fn replay_suffix(&mut self, good_len: u64, replay: &mut dyn FnMut(&Stored)) -> Result<Option<record::ChainBroken>, AuditError> {
         let segs = segments::list(&self.dir).map_err(io(&self.dir))?;
         let window_start = now_ms().saturating_sub(self.cfg.replay_secs.min(i64::MAX as u64 / 1000) as i64 * 1000);
         let mut start = 0;
@@ -520,7 +528,7 @@ impl AuditLog {
         }
         let mut lines = segments::Lines::new(segs[start..].to_vec(), Some(good_len));
         let mut chain = Chain::loose();
-        let mut broken: Option<Value> = None;
+        let mut broken: Option<record::ChainBroken> = None;
         while let Some((item, path, line_no)) = lines.next_line().map_err(io(&self.dir))? {
             let path = path.display().to_string();
             let res = match item {
@@ -535,22 +543,21 @@ impl AuditLog {
                 Ok(v) => v,
                 Err((reason, v)) => {
                     if broken.is_none() {
-                        broken = Some(serde_json::json!({
-                            "after_seq": chain.seq, "segment": path, "line": line_no, "reason": short(&reason),
-                        }));
+                        broken = Some(record::ChainBroken { after_seq: chain.seq, segment: path, line: line_no, reason: short(&reason) });
                     }
                     let Some(v) = v else { continue };
                     chain.accept(&v);
                     v
                 }
             };
-            if chain.records == 1 && v.kind == "audit_checkpoint" {
-                if let Some(c) = v.rec.get("checkpoint") {
-                    self.tracker.seed(c);
-                }
+            let stored = Stored::read(&v.rec);
+            match &stored.record {
+                Ok(Record::AuditCheckpoint { checkpoint }) if chain.records == 1 => self.tracker.seed(checkpoint),
+                Ok(r) => self.tracker.observe(stored.seq, &stored.ts, r),
+                // Skipped for the ledgers, as a record without the fields they need always was.
+                Err(e) => tracing::debug!(message = "Audit record not read through its kind.", seq = stored.seq, error = %e),
             }
-            self.tracker.observe(v.seq, &v.rec);
-            replay(&v.rec);
+            replay(&stored);
         }
         Ok(broken)
     }
@@ -563,7 +570,7 @@ impl AuditLog {
         found: Found,
         rescued: Option<PathBuf>,
         anchor_problem: Option<String>,
-        broken: Option<Value>,
+        broken: Option<record::ChainBroken>,
         detected: Option<String>,
     ) -> Result<Option<TornTail>, AuditError> {
         let cursor = crate::forward::read_cursor(&self.dir);
@@ -589,34 +596,36 @@ impl AuditLog {
             };
             tracing::error!(message = "AUDIT LOG REWOUND: records are missing; seq continues after the highest issued.", message_id = crate::telemetry::ids::AUDIT_REWOUND, error_code = "audit_rewound", found_seq = found.seq, anchor_seq = a.seq, forward_cursor = cursor, reason = %why);
             self.seq = high;
-            let body = serde_json::json!({ "rewound": {
-                "expected": { "seq": a.seq, "hash": a.hash, "max_seq": a.max_seq },
-                "found": { "seq": found.seq, "hash": found.hash },
-                "lost": { "from_seq": found.seq + 1, "to_seq": high },
-                "forward_cursor": cursor, "reason": why, "rescued": rescued.as_ref().map(|p| p.display().to_string()),
-            }});
-            let seq = self.write_record("audit_rewound", obj(body), now_ms())?;
+            let rewound = record::Rewound {
+                expected: record::Expected { seq: a.seq, hash: a.hash.clone(), max_seq: a.max_seq },
+                found: record::Head { seq: found.seq, hash: found.hash.clone() },
+                lost: record::Lost { from_seq: found.seq + 1, to_seq: high },
+                forward_cursor: cursor,
+                reason: why.clone(),
+                rescued: rescued.as_ref().map(|p| p.display().to_string()),
+            };
+            let seq = self.write_record(&Record::AuditRewound { rewound }, now_ms())?;
             self.anchor.rewound = Some(serde_json::json!({
                 "seq": seq, "ts": now_rfc3339(now_ms()), "lost_from_seq": found.seq + 1, "lost_to_seq": high, "reason": short(&why),
             }));
         }
         if let Some(t) = &found.torn {
-            let body = serde_json::json!({ "torn": {
-                "bytes": t.bytes, "saved_as": t.saved_as.display().to_string(), "sha256": t.sha256, "after_seq": found.seq,
-            }});
-            self.write_record("audit_torn_tail", obj(body), now_ms())?;
+            let torn =
+                record::Torn { bytes: t.bytes, saved_as: t.saved_as.display().to_string(), sha256: t.sha256.clone(), after_seq: found.seq };
+            self.write_record(&Record::AuditTornTail { torn }, now_ms())?;
         }
         if let Some(b) = broken {
-            tracing::error!(message = "AUDIT CHAIN BROKEN in the replayed part of the log.", message_id = crate::telemetry::ids::AUDIT_CHAIN_BROKEN, error_code = "audit_chain_broken", detail = %b);
-            let seq = self.write_record("audit_chain_broken", obj(serde_json::json!({ "broken": b })), now_ms())?;
+            tracing::error!(message = "AUDIT CHAIN BROKEN in the replayed part of the log.", message_id = crate::telemetry::ids::AUDIT_CHAIN_BROKEN, error_code = "audit_chain_broken", after_seq = b.after_seq, segment = %b.segment, line = b.line, reason = %b.reason);
+            let (after_seq, reason) = (b.after_seq, b.reason.clone());
+            let seq = self.write_record(&Record::AuditChainBroken { broken: b }, now_ms())?;
             self.anchor.chain_broken = Some(serde_json::json!({
-                "seq": seq, "ts": now_rfc3339(now_ms()), "after_seq": b["after_seq"], "reason": b["reason"],
+                "seq": seq, "ts": now_rfc3339(now_ms()), "after_seq": after_seq, "reason": reason,
             }));
         }
         if let Some(p) = anchor_problem {
             tracing::warn!(message = "Audit anchor made anew.", error_code = "audit_anchor_reset", reason = %p);
-            let body = serde_json::json!({ "reason": p, "found": { "seq": found.seq, "hash": found.hash } });
-            self.write_record("audit_anchor_reset", obj(body), now_ms())?;
+            let rec = Record::AuditAnchorReset { reason: p, found: record::Head { seq: found.seq, hash: found.hash.clone() } };
+            self.write_record(&rec, now_ms())?;
         }
         self.save_anchor();
         Ok(found.torn)
@@ -656,34 +665,62 @@ impl AuditLog {
     }
 
     /// Executed actions the log has no outcome for: (seq, playbook, action).
-    pub fn pending(&self) -> Vec<(u64, Value, Value)> {
+    pub fn pending(&self) -> Vec<(u64, PlaybookRef, ActionRef)> {
         self.tracker.pending.iter().map(|(s, (p, a))| (*s, p.clone(), a.clone())).collect()
     }
 
     /// Open breakers as `escalated` decisions, for `Gate::replay`: the ones opened before the
     /// replayed suffix come from its checkpoint.
-    pub fn breaker_records(&self) -> Vec<Map<String, Value>> {
+    pub fn breaker_records(&self) -> Vec<Stored> {
         self.tracker
             .breakers
             .iter()
-            .map(|((mode, pb, kind, target), since)| {
-                obj(serde_json::json!({
-                    "kind": "action", "ts": since, "mode": mode, "decision": "escalated",
-                    "playbook": { "name": pb }, "action": { "kind": kind, "target": target },
-                }))
+            .filter_map(|((mode, pb, kind, target), since)| {
+                let action = record::Action {
+                    playbook: PlaybookRef::named(pb.clone()),
+                    trigger: record::Trigger { signals: Value::Null, reason: String::new() },
+                    action: record::ActionAsked { kind: ActionKind::parse(kind)?, target: target.clone(), params: Value::Null },
+                    mode: crate::gate::Mode::parse(mode)?,
+                    decision: Decision::Escalated,
+                    rule: "breaker".into(),
+                    detail: String::new(),
+                    outcome: Value::Null,
+                };
+                let ts_ms = humantime::parse_rfc3339_weak(since)
+                    .ok()
+                    .map(|t| t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64));
+                Some(Stored { seq: 0, ts: since.clone(), ts_ms, record: Ok(Record::Action(action)) })
             })
             .collect()
     }
 
-    /// Appends one record of `kind` with the given fields, fsync'd. Returns its `seq`.
-    pub fn append(&mut self, kind: &str, body: Map<String, Value>) -> Result<u64, AuditError> {
-        self.append_at(kind, body, now_ms())
+    /// Appends one record, fsync'd. Returns its `seq`.
+    pub fn append(&mut self, rec: &Record) -> Result<u64, AuditError> {
+        self.append_at(rec, now_ms())
     }
 
     /// As [`append`](Self::append), with the record's timestamp given (the tick's clock).
     /// Closes the segment first when it is full or old, and writes a checkpoint first when one
     /// is due (so the record asked for is still the last one written).
-    pub fn append_at(&mut self, kind: &str, body: Map<String, Value>, ts_ms: i64) -> Result<u64, AuditError> {
+    pub fn append_at(&mut self, rec: &Record, ts_ms: i64) -> Result<u64, AuditError> {
+        self.append_body(rec, rec.to_body()?, None, ts_ms)
+    }
+
+    /// As [`append_at`](Self::append_at), the body bounded in bytes first ([`bound`]): what
+    /// the agent appends.
+    pub fn append_bounded_at(&mut self, rec: &Record, ts_ms: i64) -> Result<u64, AuditError> {
+        let kind = rec.kind();
+        let mut body = rec.to_body()?;
+        let truncated = bound::bound(&mut body, &self.node, kind);
+        if let Some(from) = truncated {
+            tracing::warn!(message = "Audit record truncated to its byte bound.", kind, from_bytes = from, bound = bound::MAX_RECORD_BYTES);
+        }
+        self.append_body(rec, body, truncated, ts_ms)
+    }
+
+    /// Appends `body`, `rec` serialized (and cut to `truncated` bytes when it was).
+    fn append_body(&mut self, rec: &Record, body: Map<String, Value>, truncated: Option<usize>, ts_ms: i64) -> Result<u64, AuditError> {
+        let kind = rec.kind();
         let wall = now_ms();
         let age_ms = self.cfg.segment_secs.min(i64::MAX as u64 / 1000) as i64 * 1000;
         if self.good_len > 0 && (self.good_len >= self.cfg.segment_bytes || wall.saturating_sub(self.seg_started_ms) >= age_ms) {
@@ -693,7 +730,13 @@ impl AuditLog {
         {
             self.checkpoint(wall)?;
         }
-        let seq = self.write_record(kind, body, ts_ms)?;
+        // The tracker learns what was written: the bounded body when it was cut.
+        let tracked = match truncated {
+            _ if !Tracker::tracks(rec) => None,
+            None => Some(rec.clone()),
+            Some(_) => Record::parse(&body).ok(),
+        };
+        let seq = self.write_body(kind, body, ts_ms, tracked)?;
         self.since_checkpoint += 1;
         Ok(seq)
     }
@@ -701,10 +744,9 @@ impl AuditLog {
     /// Writes an `audit_checkpoint`: the chain head before it, open breakers and unfinished
     /// actions. Published like every record, so the broker holds proof of what the node had.
     fn checkpoint(&mut self, now: i64) -> Result<u64, AuditError> {
-        let mut c = self.tracker.to_json();
-        c["head"] = serde_json::json!({ "seq": self.seq, "hash": self.last_hash });
-        c["segment_first_seq"] = if self.good_len == 0 { (self.seq + 1).into() } else { self.seg_first.into() };
-        let seq = self.write_record("audit_checkpoint", obj(serde_json::json!({ "checkpoint": c })), now)?;
+        let first = if self.good_len == 0 { self.seq + 1 } else { self.seg_first };
+        let checkpoint = self.tracker.checkpoint(record::Head { seq: self.seq, hash: self.last_hash.clone() }, first);
+        let seq = self.write_record(&Record::AuditCheckpoint { checkpoint }, now)?;
         self.since_checkpoint = 0;
         self.last_checkpoint_ms = now;
         self.last_checkpoint_seq = seq;
@@ -730,7 +772,14 @@ impl AuditLog {
         self.fsync_seconds = Some(h);
     }
 
-    fn write_record(&mut self, kind: &str, mut body: Map<String, Value>, ts_ms: i64) -> Result<u64, AuditError> {
+    /// Writes one of the log's own records (not bounded: the audit module's records are small,
+    /// and a checkpoint must not be cut).
+    fn write_record(&mut self, rec: &Record, ts_ms: i64) -> Result<u64, AuditError> {
+        let tracked = Tracker::tracks(rec).then(|| rec.clone());
+        self.write_body(rec.kind(), rec.to_body()?, ts_ms, tracked)
+    }
+
+    fn write_body(&mut self, kind: &str, mut body: Map<String, Value>, ts_ms: i64, tracked: Option<Record>) -> Result<u64, AuditError> {
         let seq = self.seq + 1;
         body.insert("schema".into(), SCHEMA.into());
         body.insert("seq".into(), seq.into());
@@ -741,8 +790,7 @@ impl AuditLog {
         body.insert("prev_hash".into(), self.last_hash.clone().into());
         let hash = record_hash(&body);
         body.insert("hash".into(), hash.clone().into());
-        // Only these kinds change what the tracker holds (and they are small).
-        let tracked = matches!(kind, "action" | "action_outcome" | "breaker_reset").then(|| body.clone());
+        let ts = body.get("ts").and_then(Value::as_str).unwrap_or("").to_string();
         let mut line = canonical(&Value::Object(body));
         line.push('\n');
         let t = std::time::Instant::now();
@@ -762,8 +810,8 @@ impl AuditLog {
         self.good_len += line.len() as u64;
         self.seq = seq;
         self.last_hash = hash;
-        if let Some(m) = tracked {
-            self.tracker.observe(seq, &m);
+        if let Some(r) = tracked {
+            self.tracker.observe(seq, &ts, &r);
         }
         self.save_anchor();
         Ok(seq)
@@ -862,8 +910,14 @@ impl AuditLog {
             let len = f.metadata().map_err(io(&s.path))?.len();
             let Some((v, _)) = segments::last_good(&mut f, len).map_err(io(&s.path))? else { break };
             let name = s.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let body = serde_json::json!({ "segment": name, "first_seq": first, "last_seq": v.seq, "last_hash": v.hash, "forward_cursor": self.cfg.replicated.then_some(cursor) });
-            self.write_record("audit_segment_removed", obj(body), now)?;
+            let removed = record::SegmentRemoved {
+                segment: name.clone(),
+                first_seq: first,
+                last_seq: v.seq,
+                last_hash: v.hash.clone(),
+                forward_cursor: self.cfg.replicated.then_some(cursor),
+            };
+            self.write_record(&Record::AuditSegmentRemoved(removed), now)?;
             self.anchor.base_seq = v.seq;
             self.anchor.base_hash = v.hash.clone();
             self.save_anchor();
@@ -889,13 +943,6 @@ impl AuditLog {
     }
 }
 
-fn obj(v: Value) -> Map<String, Value> {
-    match v {
-        Value::Object(m) => m,
-        _ => Map::new(),
-    }
-}
-
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
@@ -904,6 +951,10 @@ pub fn now_ms() -> i64 {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn note(text: &str) -> Record {
+        Record::AuditRecovered(record::AuditRecovered { since: text.into(), error: String::new(), running_actions: 0 })
+    }
 
     /// Garbage a crash (or a disk) can leave after the last whole record.
     fn garbage() -> impl Strategy<Value = Vec<u8>> {
@@ -936,7 +987,7 @@ mod tests {
             {
                 let (mut log, _) = AuditLog::open(dir.path(), "n").unwrap();
                 for i in 0..n {
-                    log.append("note", obj(serde_json::json!({ "i": i }))).unwrap();
+                    log.append(&note(&i.to_string())).unwrap();
                 }
             }
             let path = dir.path().join(FILE_NAME);
@@ -948,7 +999,7 @@ mod tests {
             let torn = torn.expect("the garbage is set aside");
             prop_assert_eq!(torn.bytes, junk.len() as u64);
             prop_assert_eq!(std::fs::read(&torn.saved_as).unwrap(), junk);
-            log.append("after", Map::new()).unwrap();
+            log.append(&note("after")).unwrap();
             drop(log);
             let now = std::fs::read(&path).unwrap();
             prop_assert!(now.starts_with(&whole), "every whole record kept");

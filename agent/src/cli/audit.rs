@@ -33,8 +33,8 @@ pub fn show(dir: Option<PathBuf>, config: Option<PathBuf>, since: Option<String>
                 return;
             }
         }
-        let pb = r.get("playbook").and_then(|p| p.get("name")).and_then(|n| n.as_str());
-        if playbook.as_deref().is_some_and(|want| pb != Some(want)) {
+        let pb = crate::audit::record::playbook_name(&r);
+        if playbook.as_deref().is_some_and(|want| pb.as_deref() != Some(want)) {
             return;
         }
         if json {
@@ -108,7 +108,7 @@ pub(super) fn show_line(r: &serde_json::Map<String, serde_json::Value>) -> Strin
 fn show_line_raw(r: &serde_json::Map<String, serde_json::Value>) -> String {
     let g = |k: &str| r.get(k).and_then(|v| v.as_str()).unwrap_or("");
     let seq = r.get("seq").and_then(|v| v.as_u64()).unwrap_or(0);
-    let pb = r.get("playbook").and_then(|p| p.get("name")).and_then(|n| n.as_str()).unwrap_or("");
+    let pb = crate::audit::record::playbook_name(r).unwrap_or_default();
     let head = format!("{seq:>6} {} {:<18}", g("ts"), g("kind"));
     match g("kind") {
         "action" => {

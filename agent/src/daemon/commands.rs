@@ -4,8 +4,8 @@
 //! Also the mode: its changes, persisted and recorded with the safer state durable first, and
 //! their expiry.
 
-use super::journal::obj;
 use super::Agent;
+use crate::audit::record::{self, PlaybookRef, Record};
 use crate::audit::AuditError;
 use crate::control::command::{Command, CommandError, Incoming, Origin};
 use crate::control::mode::ModeState;
@@ -34,14 +34,14 @@ impl Agent {
         self.flush_rejections(now);
         let Some(next) = self.mode.successor(now) else { return Ok(()) };
         let old = self.mode.clone();
-        self.apply_mode(next, &old, "mode_expired", now)
+        self.apply_mode(next, &old, true, now)
     }
 
     /// Persists and records a mode change: the safer state is always durable first (a switch to
     /// dry-run takes effect and is saved before it is recorded, so the brake works even when the
     /// log cannot be written; a switch to live is recorded, then saved, then takes effect).
-    fn apply_mode(&mut self, next: ModeState, old: &ModeState, kind: &str, now: i64) -> Result<(), AuditError> {
-        let (actor, reason) = if kind == "mode_expired" {
+    fn apply_mode(&mut self, next: ModeState, old: &ModeState, expired: bool, now: i64) -> Result<(), AuditError> {
+        let (actor, reason) = if expired {
             let back = if next.since_ms == now {
                 next.reason.clone()
             } else {
@@ -51,19 +51,24 @@ impl Agent {
         } else {
             (next.actor.clone(), next.reason.clone())
         };
-        let body = obj(json!({
-            "from": old.mode.as_str(), "to": next.mode.as_str(), "actor": actor, "reason": reason,
-            "expires": next.expires_ms.map(crate::audit::now_rfc3339), "revert_to": next.revert_to.map(Mode::as_str),
-        }));
+        let change = record::ModeChange {
+            from: old.mode,
+            to: next.mode,
+            actor: actor.clone(),
+            reason: reason.clone(),
+            expires: next.expires_ms.map(crate::audit::now_rfc3339),
+            revert_to: next.revert_to,
+        };
+        let rec = if expired { Record::ModeExpired(change) } else { Record::ModeChange(change) };
         let save = |m: &ModeState, dir: &std::path::Path| {
             m.save(dir).map_err(|source| AuditError::Io { path: dir.join(crate::control::mode::FILE_NAME), source })
         };
         if next.mode == Mode::DryRun {
             self.mode = next.clone();
             save(&next, &self.state_dir)?;
-            self.journal.record(kind, body, now)?;
+            self.journal.record(&rec, now)?;
         } else {
-            self.journal.record(kind, body, now)?;
+            self.journal.record(&rec, now)?;
             save(&next, &self.state_dir)?;
             self.mode = next.clone();
         }
@@ -97,7 +102,7 @@ impl Agent {
             Command::SetMode { mode, reason, ttl_secs } => {
                 let old = self.mode.clone();
                 let next = old.change(mode, origin.actor(), bounded(&reason), ttl_secs, now);
-                if let Err(e) = self.apply_mode(next, &old, "mode_change", now) {
+                if let Err(e) = self.apply_mode(next, &old, false, now) {
                     let already = if mode == Mode::DryRun && self.mode.mode == Mode::DryRun { "dry-run is in effect, but " } else { "" };
                     return Err(CommandError::NotRecorded(format!("{already}{e}")));
                 }
@@ -107,10 +112,20 @@ impl Agent {
                 if !self.decider.gate().open_breakers().iter().any(|b| b.playbook == playbook && b.action == action && b.target == target) {
                     return Err(CommandError::NoBreaker(format!("{} {action} {:?}", bounded(&playbook), bounded(&target))));
                 }
-                let body = obj(
-                    json!({ "playbook": playbook, "action": action, "target": target, "actor": origin.actor(), "reason": bounded(&reason) }),
-                );
-                self.journal.record("breaker_reset", body, now).map_err(|e| CommandError::NotRecorded(e.to_string()))?;
+                // The playbook as every record names it: with the hash of the version loaded now.
+                let pb = self
+                    .decider
+                    .slots()
+                    .find(|s| s.pb.meta.name == playbook)
+                    .map_or_else(|| PlaybookRef::named(&playbook), |s| PlaybookRef::of(&s.pb));
+                let rec = Record::BreakerReset(record::BreakerReset {
+                    playbook: pb,
+                    action,
+                    target: target.clone(),
+                    actor: origin.actor(),
+                    reason: bounded(&reason),
+                });
+                self.journal.record(&rec, now).map_err(|e| CommandError::NotRecorded(e.to_string()))?;
                 self.decider.gate_mut().reset(&(playbook, action, target));
                 Ok(json!({ "reset": true }))
             }
@@ -145,12 +160,15 @@ impl Agent {
                 continue;
             }
             let until = if now == i64::MAX { crate::audit::now_ms() } else { now };
-            let body = obj(json!({
-                "topic": k, "count": r.suppressed, "by_code": r.by_code,
-                "since": crate::audit::now_rfc3339(r.since_ms), "until": crate::audit::now_rfc3339(until),
-            }));
+            let rec = Record::CommandsRejected(record::CommandsRejected {
+                topic: k.clone(),
+                count: r.suppressed,
+                by_code: r.by_code.iter().map(|(c, n)| (c.to_string(), *n)).collect(),
+                since: crate::audit::now_rfc3339(r.since_ms),
+                until: crate::audit::now_rfc3339(until),
+            });
             tracing::warn!(message = "Fleet commands rejected without a record each.", topic = %k, count = r.suppressed);
-            if self.journal.record("commands_rejected", body, until).is_err() {
+            if self.journal.record(&rec, until).is_err() {
                 self.rejections.insert(k, r); // tried again at the next tick
             }
         }
@@ -199,17 +217,24 @@ impl Agent {
             Ok(v) => (true, v.clone(), None),
             Err(e) => (false, json!(bounded(&e.to_string())), Some(e.code())),
         };
-        let body = obj(json!({
-            "topic": bounded(&inc.topic), "command_id": id, "op": op, "actor": claimed, "accepted": ok,
-            "result": if ok { detail.clone() } else { Value::Null }, "error": if ok { Value::Null } else { detail.clone() },
-            "error_code": code, "payload_bytes": inc.bytes, "retained": inc.retained,
-        }));
+        let rec = Record::Command(record::CommandRecord {
+            topic: bounded(&inc.topic),
+            command_id: id.clone(),
+            op,
+            actor: claimed,
+            accepted: ok,
+            result: if ok { detail.clone() } else { Value::Null },
+            error: if ok { None } else { detail.as_str().map(str::to_string) },
+            error_code: code.map(str::to_string),
+            payload_bytes: inc.bytes as u64,
+            retained: inc.retained,
+        });
         let recorded = match code {
             None => true,
             Some(c) => self.rejection_recorded(&channel, c, now),
         };
         if recorded {
-            if let Err(e) = self.journal.record("command", body, now) {
+            if let Err(e) = self.journal.record(&rec, now) {
                 tracing::error!(message = "Fleet command not recorded.", error_code = e.code(), error = %e);
             }
         }

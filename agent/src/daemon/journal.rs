@@ -5,43 +5,26 @@
 //! write their summary through the same path.
 
 use super::repeats;
+use crate::audit::record::Record;
 use crate::audit::{AuditError, AuditLog};
 use crate::telemetry::ids;
-use serde_json::{Map, Value};
 
 pub(super) struct Journal {
     pub audit: AuditLog,
-    node: String,
     /// Since when (ms) and why records cannot be written.
     pub down: Option<(i64, String)>,
     pub repeats: repeats::Repeats,
 }
 
-/// A JSON object's map (an empty one for anything else).
-pub(super) fn obj(v: Value) -> Map<String, Value> {
-    match v {
-        Value::Object(m) => m,
-        _ => Map::new(),
-    }
-}
-
 impl Journal {
-    pub fn new(audit: AuditLog, node: String, repeats: repeats::Repeats) -> Self {
-        Self { audit, node, down: None, repeats }
+    pub fn new(audit: AuditLog, repeats: repeats::Repeats) -> Self {
+        Self { audit, down: None, repeats }
     }
 
     /// Appends a record; on failure the agent falls back to observing (see the module note).
     /// Every record is bounded in bytes first (`audit::bound`).
-    pub fn record(&mut self, kind: &str, mut body: Map<String, Value>, ts: i64) -> Result<u64, AuditError> {
-        if let Some(from) = crate::audit::bound::bound(&mut body, &self.node, kind) {
-            tracing::warn!(
-                message = "Audit record truncated to its byte bound.",
-                kind,
-                from_bytes = from,
-                bound = crate::audit::bound::MAX_RECORD_BYTES
-            );
-        }
-        match self.audit.append_at(kind, body, ts) {
+    pub fn record(&mut self, rec: &Record, ts: i64) -> Result<u64, AuditError> {
+        match self.audit.append_bounded_at(rec, ts) {
             Ok(seq) => Ok(seq),
             Err(e) => {
                 if self.down.is_none() {
@@ -63,10 +46,10 @@ impl Journal {
         if o.count == 0 {
             return Ok(());
         }
-        let body = repeats::body(&t, &o, self.repeats.window_ms);
-        match self.record("decision_repeated", body, now) {
+        let rec = Record::DecisionRepeated(repeats::record(&t, &o, self.repeats.window_ms));
+        match self.record(&rec, now) {
             Ok(seq) => {
-                tracing::info!(message = "Repeated decision.", seq, playbook = %t.0, action = %t.1, action_target = %t.2, decision = o.what.0, rule = o.what.1, count = o.count);
+                tracing::info!(message = "Repeated decision.", seq, playbook = %t.0, action = %t.1, action_target = %t.2, decision = o.what.0.as_str(), rule = o.what.1, count = o.count);
                 Ok(())
             }
             Err(e) => {

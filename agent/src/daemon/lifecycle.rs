@@ -4,11 +4,12 @@
 //! playbooks. Stop: let running actions end and record them, write out coalesced decisions,
 //! then `agent_stopped`.
 
-use super::journal::{obj, Journal};
+use super::journal::Journal;
 use super::runner::Runner;
 use super::tick::Sensing;
 use super::{repeats, Agent};
 use crate::actions::{ExecContext, Status};
+use crate::audit::record::{self, Record, Stored};
 use crate::audit::{AuditError, AuditLog};
 use crate::config::Config;
 use crate::control::mode::ModeState;
@@ -18,7 +19,7 @@ use crate::playbooks::{self, Runtime};
 use crate::signals::history::History;
 use crate::signals::{Roots, Sampler};
 use crate::telemetry::ids;
-use serde_json::{json, Map, Value};
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,31 +30,31 @@ use std::time::Duration;
 /// watchdog abort, a crash, power loss) leaves its last record something else.
 #[derive(Debug, Default)]
 struct PreviousRun {
-    last_kind: Option<String>,
+    /// Whether a record was seen, and whether the last one was an `agent_stopped`.
+    last: Option<bool>,
     last_seq: u64,
     /// seq of the last `agent_started` not followed by an `agent_stopped`.
     started_seq: Option<u64>,
 }
 
 impl PreviousRun {
-    fn observe(&mut self, rec: &Map<String, Value>) {
-        let kind = rec.get("kind").and_then(Value::as_str).unwrap_or("");
-        let seq = rec.get("seq").and_then(Value::as_u64).unwrap_or(0);
-        match kind {
-            "agent_started" => self.started_seq = Some(seq),
-            "agent_stopped" => self.started_seq = None,
+    fn observe(&mut self, rec: &Stored) {
+        let stopped = matches!(rec.record, Ok(Record::AgentStopped(_)));
+        match rec.record {
+            Ok(Record::AgentStarted(_)) => self.started_seq = Some(rec.seq),
+            Ok(Record::AgentStopped(_)) => self.started_seq = None,
             _ => {}
         }
-        self.last_kind = Some(kind.to_string());
-        self.last_seq = seq;
+        self.last = Some(stopped);
+        self.last_seq = rec.seq;
     }
 
     /// The `previous_run` field of `agent_started`.
-    fn summary(&self) -> Value {
-        match self.last_kind.as_deref() {
-            None => json!({ "ended": "none" }),
-            Some("agent_stopped") => json!({ "ended": "clean", "last_seq": self.last_seq }),
-            Some(_) => json!({ "ended": "unclean", "last_seq": self.last_seq, "started_seq": self.started_seq }),
+    fn summary(&self) -> record::PreviousRun {
+        match self.last {
+            None => record::PreviousRun::None,
+            Some(true) => record::PreviousRun::Clean { last_seq: self.last_seq },
+            Some(false) => record::PreviousRun::Unclean { last_seq: self.last_seq, started_seq: self.started_seq },
         }
     }
 }
@@ -117,7 +118,7 @@ impl Agent {
             tracing::warn!(message = "Signal unavailable.", family = %family, reason = %why);
         }
         let previous_run = previous.summary();
-        if previous_run["ended"] == "unclean" {
+        if matches!(previous_run, record::PreviousRun::Unclean { .. }) {
             tracing::warn!(
                 message = "The previous run ended uncleanly (no agent_stopped after its last record).",
                 message_id = ids::PREVIOUS_RUN_UNCLEAN,
@@ -125,34 +126,31 @@ impl Agent {
                 started_seq = previous.started_seq,
             );
         }
-        audit.append(
-            "agent_started",
-            obj(json!({
-                "version": env!("CARGO_PKG_VERSION"),
-                "previous_run": previous_run,
-                "mode": mode.mode.as_str(),
-                "mode_state": mode,
-                "pid": std::process::id(),
-                "playbooks_dir": playbooks_dir.as_ref().map_or("bundled".to_string(), |p| p.display().to_string()),
-                "unavailable": first.unavailable,
-                "history_bound_bytes": history.bound_bytes(),
-                "history": history.status(),
-            })),
-        )?;
-        if let Some(e) = mode_problem {
-            audit.append("mode_unknown", obj(json!({ "error": e, "mode": "dry-run" })))?;
+        audit.append(&Record::AgentStarted(record::AgentStarted {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            previous_run: Some(previous_run),
+            mode: Some(mode.mode),
+            mode_state: Some(mode.clone()),
+            pid: std::process::id(),
+            playbooks_dir: playbooks_dir.as_ref().map_or("bundled".to_string(), |p| p.display().to_string()),
+            unavailable: first.unavailable.clone(),
+            history_bound_bytes: history.bound_bytes() as u64,
+            history: json!(history.status()),
+        }))?;
+        if let Some(error) = mode_problem {
+            audit.append(&Record::ModeUnknown { error, mode: crate::gate::Mode::DryRun })?;
         }
         for (seq, playbook, action) in pending {
             tracing::warn!(message = "Action outcome unknown: the agent stopped while it ran.", seq);
-            audit.append(
-                "action_outcome",
-                obj(json!({
-                    "ref_seq": seq,
-                    "playbook": playbook,
-                    "action": action,
-                    "outcome": { "status": Status::Unknown, "error_code": "agent_restarted", "error": "the agent stopped before this action's end was recorded", "verified": false },
-                })),
-            )?;
+            let outcome = record::OutcomeRecord {
+                status: Status::Unknown,
+                duration_ms: None,
+                error_code: Some("agent_restarted".into()),
+                error: Some("the agent stopped before this action's end was recorded".into()),
+                verified: false,
+                detail: None,
+            };
+            audit.append(&Record::ActionOutcome(record::ActionOutcome { ref_seq: seq, playbook, action, outcome }))?;
         }
         let metrics = {
             use crate::metrics::collect;
@@ -168,7 +166,7 @@ impl Agent {
         let rt = Arc::new(Runtime::new(cfg.playbooks.limits).with_history(playbooks::HistoryReach::of(&cfg.signals)));
         let backoff = Backoff { first_ms: cfg.playbooks.disable_ms(), max_ms: cfg.playbooks.max_disable_ms() };
         let mut agent = Self {
-            journal: Journal::new(audit, node.clone(), repeats::Repeats::new(cfg.audit.repeat_window_secs)),
+            journal: Journal::new(audit, repeats::Repeats::new(cfg.audit.repeat_window_secs)),
             node,
             decider: Decider::new(rt, gate, backoff),
             runner: Runner::new(ExecContext::from_config(cfg)),
@@ -216,11 +214,12 @@ impl Agent {
                 tracing::warn!(message = "Flight recorder not closed cleanly.", error_code = e.code(), error = %e);
             }
         }
-        self.journal.record(
-            "agent_stopped",
-            obj(json!({ "reason": reason, "actions_still_running": still, "evaluation_abandoned": abandoned })),
-            now,
-        )?;
+        let rec = Record::AgentStopped(record::AgentStopped {
+            reason: reason.to_string(),
+            actions_still_running: still as u64,
+            evaluation_abandoned: abandoned,
+        });
+        self.journal.record(&rec, now)?;
         Ok(())
     }
 

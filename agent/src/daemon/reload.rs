@@ -3,13 +3,11 @@
 //! its last good version (if any) and is recorded as rejected; a file that disappeared is
 //! unloaded; an unchanged file keeps its state and timers.
 
-use super::journal::obj;
 use super::Agent;
+use crate::audit::record::{Kept, PlaybookLoaded, PlaybookRef, PlaybookRejected, PlaybookUnloaded, Record};
 use crate::audit::AuditError;
-use crate::decide::pb_ref;
 use crate::playbooks;
 use crate::telemetry::ids;
-use serde_json::json;
 
 impl Agent {
     /// (Re)loads the playbooks directory. A file that fails keeps its last good version (if
@@ -23,8 +21,8 @@ impl Agent {
                 let dir =
                     self.playbooks_dir.as_ref().or(self.local_playbooks_dir.as_ref()).map(|d| d.display().to_string()).unwrap_or_default();
                 tracing::error!(message = "Playbooks directory unreadable; keeping the loaded set.", message_id = ids::PLAYBOOK_REJECTED, dir = %dir, error = %e);
-                let kept = self.playbook_names();
-                self.journal.record("playbook_rejected", obj(json!({ "file": dir, "error": e.to_string(), "kept": kept })), now)?;
+                let kept = Some(Kept::All(self.playbook_names()));
+                self.journal.record(&Record::PlaybookRejected(PlaybookRejected { file: dir, error: e.to_string(), kept }), now)?;
                 return Ok(());
             }
         };
@@ -37,25 +35,28 @@ impl Agent {
                         continue;
                     }
                     tracing::info!(message = "Playbook loaded.", playbook = %pb.meta.name, file = %pb.file);
-                    self.journal.record(
-                        "playbook_loaded",
-                        obj(json!({ "playbook": pb_ref(&pb), "file": pb.file, "meta": pb.meta })),
-                        now,
-                    )?;
+                    let rec = Record::PlaybookLoaded(PlaybookLoaded {
+                        playbook: PlaybookRef::of(&pb),
+                        file: pb.file.clone(),
+                        meta: serde_json::json!(pb.meta),
+                    });
+                    self.journal.record(&rec, now)?;
                     self.decider.install(pb);
                 }
                 Err(e) => {
                     seen.push(e.file.clone());
-                    let kept = self.decider.slot(&e.file).map(|s| pb_ref(&s.pb));
+                    let kept = self.decider.slot(&e.file).map(|s| Kept::Playbook(PlaybookRef::of(&s.pb)));
                     tracing::error!(message = "Playbook rejected.", message_id = ids::PLAYBOOK_REJECTED, file = %e.file, error = %e, kept_previous = kept.is_some());
-                    self.journal.record("playbook_rejected", obj(json!({ "file": e.file, "error": e.to_string(), "kept": kept })), now)?;
+                    let rec = Record::PlaybookRejected(PlaybookRejected { file: e.file.clone(), error: e.to_string(), kept });
+                    self.journal.record(&rec, now)?;
                 }
             }
         }
         let gone: Vec<String> = self.decider.files().into_iter().filter(|k| !seen.contains(k)).collect();
         for file in gone {
             if let Some(pb) = self.decider.slot(&file).map(|s| s.pb.clone()) {
-                self.journal.record("playbook_unloaded", obj(json!({ "playbook": pb_ref(&pb), "file": file })), now)?;
+                let rec = Record::PlaybookUnloaded(PlaybookUnloaded { playbook: PlaybookRef::of(&pb), file: file.clone() });
+                self.journal.record(&rec, now)?;
                 self.decider.remove(&file);
             }
         }

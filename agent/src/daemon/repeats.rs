@@ -10,12 +10,12 @@
 //! `escalated` are never coalesced: each is a run (or a breaker opening) the gate rebuilds its
 //! ledgers from, and what an operator must see one by one.
 
-use crate::gate::Decision;
-use serde_json::{json, Map, Value};
+use crate::audit::record::{ActionRef, DecisionRepeated, PlaybookRef};
+use crate::gate::{Decision, Mode};
 use std::collections::HashMap;
 
 /// (playbook, action kind, target).
-pub type Target = (String, String, String);
+pub type Target = (String, crate::actions::ActionKind, String);
 
 /// Most windows open at once; when full, the oldest is written out early (bounds memory under a
 /// flood of unique targets).
@@ -25,8 +25,8 @@ pub const MAX_OPEN: usize = 4096;
 #[derive(Debug, Clone)]
 pub struct Open {
     /// (decision, rule, mode).
-    pub what: (&'static str, &'static str, &'static str),
-    pub playbook: Value,
+    pub what: (Decision, &'static str, Mode),
+    pub playbook: PlaybookRef,
     pub first_seq: u64,
     pub first_ms: i64,
     pub last_ms: i64,
@@ -60,7 +60,7 @@ impl Repeats {
 
     /// The window that must be closed before deciding `what` for `t` at `now`: one for the same
     /// target with another decision, or one that ended.
-    pub fn closes(&self, t: &Target, what: (&str, &str, &str), now: i64) -> bool {
+    pub fn closes(&self, t: &Target, what: (Decision, &str, Mode), now: i64) -> bool {
         self.open.get(t).is_some_and(|o| o.what != what || now - o.first_ms >= self.window_ms || now < o.first_ms)
     }
 
@@ -111,20 +111,18 @@ impl Repeats {
     }
 }
 
-/// The body of a `decision_repeated` record.
-pub fn body(t: &Target, o: &Open, window_ms: i64) -> Map<String, Value> {
-    let v = json!({
-        "playbook": o.playbook,
-        "action": { "kind": t.1, "target": t.2 },
-        "decision": o.what.0, "rule": o.what.1, "mode": o.what.2,
-        "count": o.count,
-        "first": crate::audit::now_rfc3339(o.first_ms),
-        "last": crate::audit::now_rfc3339(o.last_ms),
-        "first_seq": o.first_seq,
-        "window_secs": window_ms / 1000,
-    });
-    match v {
-        Value::Object(m) => m,
-        _ => Map::new(),
+/// The `decision_repeated` record of a window.
+pub fn record(t: &Target, o: &Open, window_ms: i64) -> DecisionRepeated {
+    DecisionRepeated {
+        playbook: o.playbook.clone(),
+        action: ActionRef { kind: t.1, target: t.2.clone() },
+        decision: o.what.0,
+        rule: o.what.1.to_string(),
+        mode: o.what.2,
+        count: o.count,
+        first: crate::audit::now_rfc3339(o.first_ms),
+        last: crate::audit::now_rfc3339(o.last_ms),
+        first_seq: o.first_seq,
+        window_secs: window_ms / 1000,
     }
 }

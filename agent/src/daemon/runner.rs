@@ -2,12 +2,12 @@
 //! loop), and recording each outcome (`action_outcome`) when it ends, before the gate forgets
 //! it as in flight. An outcome that cannot be recorded yet waits and is tried again.
 
-use super::journal::{obj, Journal};
+use super::journal::Journal;
 use crate::actions::{self, ActionRequest, ExecContext, Outcome, Status};
+use crate::audit::record::{self, ActionRef, PlaybookRef, Record};
 use crate::gate::Gate;
 use crate::metrics::Metrics;
 use crate::telemetry::ids;
-use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -15,7 +15,7 @@ use std::time::Duration;
 /// An action that ended on its thread, waiting to be recorded.
 pub(super) struct Finished {
     seq: u64,
-    playbook: Value,
+    playbook: PlaybookRef,
     req: ActionRequest,
     outcome: Outcome,
 }
@@ -37,7 +37,7 @@ impl Runner {
     }
 
     /// Starts an executed (and recorded) action on its own thread.
-    pub fn launch(&mut self, seq: u64, playbook: Value, req: ActionRequest, command: Option<crate::config::CommandRule>) {
+    pub fn launch(&mut self, seq: u64, playbook: PlaybookRef, req: ActionRequest, command: Option<crate::config::CommandRule>) {
         let mut cx = self.exec.clone();
         cx.command = command;
         let tx = self.done_tx.clone();
@@ -57,15 +57,18 @@ impl Runner {
             self.unrecorded.push(f);
         }
         while let Some(f) = self.unrecorded.first() {
-            let body = obj(
-                json!({ "ref_seq": f.seq, "playbook": f.playbook, "action": { "kind": f.req.kind, "target": f.req.target }, "outcome": f.outcome }),
-            );
-            if journal.record("action_outcome", body, crate::audit::now_ms()).is_err() {
+            let rec = Record::ActionOutcome(record::ActionOutcome {
+                ref_seq: f.seq,
+                playbook: f.playbook.clone(),
+                action: ActionRef { kind: f.req.kind, target: f.req.target.clone() },
+                outcome: (&f.outcome).into(),
+            });
+            if journal.record(&rec, crate::audit::now_ms()).is_err() {
                 return;
             }
             let f = self.unrecorded.remove(0);
             metrics.action_ended(f.req.kind.as_str(), f.outcome.status.as_str(), f.outcome.duration_ms as f64 / 1000.0);
-            let playbook = f.playbook.get("name").and_then(Value::as_str).unwrap_or("");
+            let playbook = f.playbook.name.as_str();
             if f.outcome.status == Status::Ok {
                 tracing::info!(message = "Action ended.", message_id = ids::ACTION_SUCCEEDED, seq = f.seq, playbook, action = %f.req.kind, action_target = %f.req.target, status = ?f.outcome.status);
             } else {

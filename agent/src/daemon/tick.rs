@@ -4,18 +4,19 @@
 //! each event is recorded, fsync'd, before it counts, and only then is an executed action
 //! started). `--once` and tests run the three inline ([`Agent::tick`]).
 
-use super::journal::{obj, Journal};
+use super::journal::Journal;
 use super::{repeats, Agent};
 use crate::actions::{self, ActionRequest};
+use crate::audit::record::{self, PlaybookRef, Record};
 use crate::audit::AuditError;
-use crate::decide::{self, pb_ref, Done, Due, Event};
+use crate::decide::{self, Done, Due, Event};
 use crate::gate::Decision;
 use crate::metrics::Metrics;
 use crate::playbooks::Runtime;
 use crate::signals::history::History;
 use crate::signals::{Sampler, Snapshot};
 use crate::telemetry::ids;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -146,9 +147,12 @@ impl Agent {
         }
         self.record_finished();
         if let Some((since, error)) = self.journal.down.clone() {
-            let body =
-                obj(json!({ "since": crate::audit::now_rfc3339(since), "error": error, "running_actions": self.runner.running.len() }));
-            self.journal.audit.append_at("audit_recovered", body, now)?;
+            let rec = Record::AuditRecovered(record::AuditRecovered {
+                since: crate::audit::now_rfc3339(since),
+                error,
+                running_actions: self.runner.running.len() as u64,
+            });
+            self.journal.audit.append_at(&rec, now)?;
             tracing::warn!(message = "Audit log writable again; acting resumes.", message_id = ids::AUDIT_RECOVERED, down_since = %crate::audit::now_rfc3339(since));
             self.journal.down = None;
             self.record_finished();
@@ -175,7 +179,7 @@ impl Agent {
         let ready = self.housekeeping(now).and_then(|()| {
             let journal = &mut self.journal;
             due = self.decider.plan(now, force, &mut |ev| match ev {
-                Event::Enabled { pb } => journal.record("playbook_enabled", obj(json!({ "playbook": pb_ref(pb) })), now).map(drop),
+                Event::Enabled { pb } => journal.record(&Record::PlaybookEnabled { playbook: PlaybookRef::of(pb) }, now).map(drop),
                 _ => Ok(()),
             })?;
             Ok(())
@@ -196,9 +200,12 @@ impl Agent {
         let r = r.clone();
         if r.overruns == 1 {
             tracing::warn!(message = "Evaluation overran its tick; ticks are skipped until it ends.", message_id = ids::EVALUATION_OVERRUN, playbooks = ?r.playbooks, running_ms = now - r.since_ms);
-            let body =
-                obj(json!({ "playbooks": r.playbooks, "started": crate::audit::now_rfc3339(r.since_ms), "running_ms": now - r.since_ms }));
-            let _ = self.journal.record("evaluation_overrun", body, now);
+            let rec = Record::EvaluationOverrun(record::EvaluationOverrun {
+                playbooks: r.playbooks.clone(),
+                started: crate::audit::now_rfc3339(r.since_ms),
+                running_ms: now - r.since_ms,
+            });
+            let _ = self.journal.record(&rec, now);
         }
         if let Err(e) = self.housekeeping(now) {
             tracing::error!(message = "Audit log not writable.", error_code = e.code(), error = %e);
@@ -260,7 +267,7 @@ impl Agent {
 }
 
 /// An executed decision, recorded, to start once the tick's events are settled.
-type Launch = (u64, Value, ActionRequest);
+type Launch = (u64, PlaybookRef, ActionRequest);
 
 /// Records one event of the decide step: a decision (or counts it into an open repeat window),
 /// or a playbook's back-off. An executed decision is queued in `launches` only once durable.
@@ -273,26 +280,29 @@ fn record_event(
     now: i64,
 ) -> Result<(), AuditError> {
     match ev {
-        Event::Enabled { pb } => journal.record("playbook_enabled", obj(json!({ "playbook": pb_ref(pb) })), now).map(drop),
+        Event::Enabled { pb } => journal.record(&Record::PlaybookEnabled { playbook: PlaybookRef::of(pb) }, now).map(drop),
         Event::Disabled { pb, error, until_ms, failures } => {
             let name = &pb.meta.name;
             metrics.eval_failed(name, error.code);
             tracing::warn!(message = "Playbook disabled.", message_id = ids::PLAYBOOK_DISABLED, playbook = %name, error_code = error.code, error = %error.message, for_secs = (until_ms - now) / 1000);
-            journal.record(
-                "playbook_disabled",
-                obj(json!({ "playbook": pb_ref(pb), "error_code": error.code, "error": error.message, "until": crate::audit::now_rfc3339(until_ms), "failures": failures })),
-                now,
-            )?;
+            let rec = Record::PlaybookDisabled(record::PlaybookDisabled {
+                playbook: PlaybookRef::of(pb),
+                error_code: error.code.to_string(),
+                error: error.message.clone(),
+                until: crate::audit::now_rfc3339(until_ms),
+                failures,
+            });
+            journal.record(&rec, now)?;
             report.disabled.push((name.clone(), error.to_string()));
             Ok(())
         }
         Event::Decided { pb, request: req, verdict: v } => {
             let name = pb.meta.name.clone();
-            let pbref = pb_ref(pb);
+            let pbref = PlaybookRef::of(pb);
             metrics.decided(&name, v.decision.as_str(), v.rule);
             report.decisions.push((name.clone(), req.kind.to_string(), req.target.clone(), v.decision.as_str().into(), v.rule.into()));
-            let t: repeats::Target = (name.clone(), req.kind.to_string(), req.target.clone());
-            let what = (v.decision.as_str(), v.rule, v.mode.as_str());
+            let t: repeats::Target = (name.clone(), req.kind, req.target.clone());
+            let what = (v.decision, v.rule, v.mode);
             if journal.repeats.closes(&t, what, now) {
                 journal.close_repeat(&t, now)?;
             }
@@ -302,19 +312,10 @@ fn record_event(
                 tracing::debug!(message = "Decision repeated.", playbook = %name, action = %req.kind, action_target = %req.target, decision = v.decision.as_str(), rule = v.rule);
                 return Ok(());
             }
-            let body = json!({
-                "playbook": pbref,
-                "trigger": { "signals": req.signals, "reason": req.reason },
-                "action": { "kind": req.kind, "target": req.target, "params": req.params },
-                "mode": v.mode.as_str(),
-                "decision": v.decision.as_str(),
-                "rule": v.rule,
-                "detail": v.detail,
-                "outcome": Value::Null,
-            });
+            let rec = Record::Action(record::Action::of(pbref.clone(), &req, &v));
             // Write-ahead: the decision is durable before the action starts (the decide step
             // undoes an executed verdict in the gate when this fails).
-            let seq = journal.record("action", obj(body), now)?;
+            let seq = journal.record(&rec, now)?;
             match v.decision {
                 Decision::Escalated => {
                     tracing::warn!(message = "Circuit breaker opened: escalated, not executed.", message_id = ids::BREAKER_OPENED, seq, playbook = %name, action = %req.kind, action_target = %req.target, decision = v.decision.as_str(), rule = v.rule)

@@ -31,7 +31,6 @@ use crate::actions::{self, ActionKind, ActionRequest};
 use crate::config::PolicyConfig;
 use crate::playbooks::meta::Meta;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 
@@ -62,7 +61,7 @@ impl Mode {
 }
 
 /// What became of a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Decision {
     Executed,
@@ -384,28 +383,23 @@ impl Gate {
         }
     }
 
-    /// Rebuilds the ledgers from one audit record (called for every record at start).
-    pub fn replay(&mut self, rec: &Map<String, Value>) {
-        let s = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or("").to_string();
-        let Some(ts) = rec.get("ts").and_then(Value::as_str).and_then(|t| humantime::parse_rfc3339_weak(t).ok()) else { return };
-        let now = ts.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-        match rec.get("kind").and_then(Value::as_str) {
-            Some("action") => {
-                let Some(kind) = rec.get("action").and_then(|a| a.get("kind")).and_then(Value::as_str).and_then(ActionKind::parse) else {
-                    return;
-                };
-                let key = (s(rec.get("playbook").and_then(|p| p.get("name"))), kind, s(rec.get("action").and_then(|a| a.get("target"))));
-                let mode = Mode::parse(&s(rec.get("mode"))).unwrap_or(Mode::DryRun);
-                match s(rec.get("decision")).as_str() {
-                    "executed" | "would_execute" => self.ledger(mode).note_run(&key, kind.acts(), now),
-                    "escalated" => self.ledger(mode).breakers.entry(key).or_default().open_since = Some(now),
-                    _ => {}
+    /// Rebuilds the ledgers from one audit record (called for every record at start). A
+    /// record whose time or body does not read is skipped.
+    pub fn replay(&mut self, stored: &crate::audit::record::Stored) {
+        use crate::audit::record::Record;
+        let Some(now) = stored.ts_ms else { return };
+        match &stored.record {
+            Ok(Record::Action(a)) => {
+                let kind = a.action.kind;
+                let key = (a.playbook.name.clone(), kind, a.action.target.clone());
+                match a.decision {
+                    Decision::Executed | Decision::WouldExecute => self.ledger(a.mode).note_run(&key, kind != ActionKind::Notify, now),
+                    Decision::Escalated => self.ledger(a.mode).breakers.entry(key).or_default().open_since = Some(now),
+                    Decision::Suppressed | Decision::Denied => {}
                 }
             }
-            Some("breaker_reset") => {
-                let Some(kind) = rec.get("action").and_then(Value::as_str).and_then(ActionKind::parse) else { return };
-                let key = (s(rec.get("playbook")), kind, s(rec.get("target")));
-                self.reset(&key);
+            Ok(Record::BreakerReset(r)) => {
+                self.reset(&(r.playbook.name.clone(), r.action, r.target.clone()));
             }
             _ => {}
         }
