@@ -122,7 +122,11 @@ fn measure(what: &str, frames: usize, snap: impl Fn(usize) -> Snapshot, level: u
     spent += t.elapsed();
     let bytes = dir_bytes(dir.path());
     let t = Instant::now();
-    let n = recorder::read(dir.path(), None, None).unwrap().map(|f| f.unwrap()).count();
+    let mut n = 0;
+    for f in recorder::read(dir.path(), None, None).unwrap() {
+        f.unwrap();
+        n += 1;
+    }
     let read = t.elapsed();
     assert_eq!(n, frames);
     let secs = (last.ts_ms - first_ms) as f64 / 1000.0 + 1.0;

@@ -53,7 +53,8 @@ impl RecorderConfig {
     pub const fn default_enabled() -> bool {
         true
     }
-    /// 64 MiB: a day of a quiet node, several hours of a busy one (docs/BENCHMARKS.md).
+    /// 64 MiB: a day of a quiet node (2 MiB/h), the last half hour of a very busy one (129 MiB/h;
+    /// docs/BENCHMARKS.md, "Flight recorder").
     pub const fn default_max_bytes() -> u64 {
         64 << 20
     }
