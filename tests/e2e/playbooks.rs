@@ -446,7 +446,7 @@ fn regression_a_sleeping_or_spinning_playbook_stopped_the_agent() {
     let bad_dir = tempfile::tempdir().unwrap();
     let bad = write_config(bad_dir.path(), "[playbooks.limits]\ndeadline_ms = 0\n");
     let o = run(&["validate", "--config", bad.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2), "a config error exits 2");
     assert!(text(&o).contains(&format!("{}:3:1: playbooks.limits.deadline_ms: 0 is outside 10..=60000", bad.display())), "{}", text(&o));
 
     let child = crate::util::Reaped(

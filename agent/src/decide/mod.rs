@@ -22,7 +22,7 @@ use crate::gate::{Decision, Gate, Mode, Verdict};
 use crate::playbooks::{api::State, EvalError, Evaluation, Playbook, Runtime};
 use crate::signals::history::History;
 use crate::signals::Snapshot;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -103,11 +103,6 @@ pub struct Due {
 pub struct Done {
     pub due: Due,
     pub result: Result<Evaluation, EvalError>,
-}
-
-/// The `playbook` of every record: its name and the hash of the source that decided.
-pub fn pb_ref(pb: &Playbook) -> Value {
-    json!({ "name": pb.meta.name, "sha256": pb.sha256 })
 }
 
 /// What the decide step hands back, in order, for the caller to record (and act on).
