@@ -5,7 +5,6 @@
 
 use super::escape::esc;
 use super::exit::{Failure, Outcome};
-use crate::config::resolve::{Overrides, Settings};
 use crate::decide::replay::Replay;
 use crate::decide::{Backoff, Decider};
 use crate::gate::Gate;
@@ -21,22 +20,8 @@ pub struct ReplayArgs {
     /// `bundled:<file>` (one). They need not be loaded by the agent.
     #[arg(required = true, value_name = "PLAYBOOK_OR_DIR")]
     paths: Vec<String>,
-    /// Start of the stretch: an RFC 3339 time (2026-11-27T10:00:00Z) or a duration ago (2h).
-    #[arg(long, value_name = "TIME")]
-    from: Option<String>,
-    /// End of the stretch, as --from. Default: the end of the recording.
-    #[arg(long, value_name = "TIME")]
-    to: Option<String>,
-    /// The agent's state directory: its recording is `<DIR>/recording` (or `[recorder] dir`).
-    #[arg(long, value_name = "DIR", conflicts_with = "recording")]
-    state_dir: Option<PathBuf>,
-    /// A recording directory or an exported file (`medic recording export`).
-    #[arg(long, value_name = "PATH")]
-    recording: Option<PathBuf>,
-    /// The node's config: its policy, playbook limits and history shape. Default:
-    /// /etc/medic/medic.toml if it exists, else built-in defaults.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    stretch: super::recording::Stretch,
     /// One JSON object per decision, one per line (the summary goes to stderr).
     #[arg(long)]
     json: bool,
@@ -88,12 +73,9 @@ fn sources(paths: &[String]) -> anyhow::Result<Vec<(String, String)>> {
 }
 
 pub fn run(a: ReplayArgs) -> Outcome {
-    let settings = Settings::load(&Overrides { config: a.config.clone(), state_dir: a.state_dir.clone(), ..Default::default() })?;
+    let super::recording::Resolved { settings, recording, from, to } = a.stretch.resolve()?;
     eprintln!("using {}", settings.source);
     let cfg = &settings.config;
-    let recording = a.recording.clone().unwrap_or_else(|| cfg.recorder.dir_in(&settings.state_dir));
-    let from = a.from.as_deref().map(parse_time).transpose().map_err(|e| Failure::Usage(format!("--from: {e}")))?;
-    let to = a.to.as_deref().map(parse_time).transpose().map_err(|e| Failure::Usage(format!("--to: {e}")))?;
     let rt = Arc::new(super::playbook::runtime(&settings));
     let srcs = sources(&a.paths)?;
     if a.save_case.is_some() && srcs.len() != 1 {

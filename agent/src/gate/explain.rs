@@ -157,19 +157,23 @@ mod tests {
         crate::playbooks::Runtime::new(Default::default()).compile("p.rhai", &src).expect("compiles").meta
     }
 
+    fn notify_x() -> ActionRequest {
+        ActionRequest {
+            kind: ActionKind::Notify,
+            target: "x".into(),
+            params: Default::default(),
+            reason: String::new(),
+            signals: Default::default(),
+        }
+    }
+
     /// The first blocking check is the rule `decide` names, at every step of a run of requests
     /// (cooldown, then rate limit), and nothing blocks when `decide` lets it through.
     #[test]
     fn the_first_blocking_check_is_the_rule_decide_names() {
         let mut gate = Gate::for_fixtures(PolicyConfig::default());
         let m = meta(60_000);
-        let req = ActionRequest {
-            kind: ActionKind::Notify,
-            target: "x".into(),
-            params: Default::default(),
-            reason: String::new(),
-            signals: Default::default(),
-        };
+        let req = notify_x();
         for t in [0, 10_000, 61_000, 70_000, 130_000, 3_700_000] {
             let now = 1_700_000_000_000 + t;
             let checks = gate.checks(&m, ActionKind::Notify, "x", Mode::Live, None, now);
@@ -186,13 +190,7 @@ mod tests {
     fn a_cooldown_says_when_it_clears() {
         let mut gate = Gate::for_fixtures(PolicyConfig::default());
         let m = meta(300_000);
-        let req = ActionRequest {
-            kind: ActionKind::Notify,
-            target: "x".into(),
-            params: Default::default(),
-            reason: String::new(),
-            signals: Default::default(),
-        };
+        let req = notify_x();
         let t0 = 1_700_000_000_000;
         gate.decide(&m, &req, Mode::DryRun, t0);
         let c = gate.checks(&m, ActionKind::Notify, "x", Mode::DryRun, None, t0 + 100_000);
