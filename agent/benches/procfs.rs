@@ -34,7 +34,10 @@ fn si() -> procfs_core::ExplicitSystemInfo {
 }
 
 /// `/proc/<pid>/{stat,statm,status}` of every process here, repeated to `PROCESSES`.
-fn per_process() -> (Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<Vec<u8>>) {
+/// The texts of one file name, one per process.
+type Texts = Vec<Vec<u8>>;
+
+fn per_process() -> (Texts, Texts, Texts) {
     let (mut stat, mut statm, mut status) = (Vec::new(), Vec::new(), Vec::new());
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         if e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()).is_none() {
@@ -66,13 +69,7 @@ fn procfs_stat(t: &str) -> Stat {
     let k = procfs_core::KernelStats::from_read(t.as_bytes(), &si()).unwrap();
     let times = |c: &procfs_core::CpuTime| {
         let idle = c.idle + c.iowait.unwrap_or(0);
-        let total = c.user
-            + c.nice
-            + c.system
-            + idle
-            + c.irq.unwrap_or(0)
-            + c.softirq.unwrap_or(0)
-            + c.steal.unwrap_or(0);
+        let total = c.user + c.nice + c.system + idle + c.irq.unwrap_or(0) + c.softirq.unwrap_or(0) + c.steal.unwrap_or(0);
         CpuTimes { busy: total - idle, iowait: c.iowait.unwrap_or(0), total }
     };
     Stat { total: times(&k.total), cores: k.cpu_time.iter().map(times).collect(), boot_time: k.btime }
