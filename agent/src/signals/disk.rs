@@ -20,7 +20,7 @@ pub struct Mount {
 }
 
 /// Filesystems that hold no user data (or are always full, like squashfs): never reported.
-const PSEUDO_FS: &[&str] = &[
+pub const PSEUDO_FS: &[&str] = &[
     "proc",
     "sysfs",
     "cgroup",

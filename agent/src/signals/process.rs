@@ -150,8 +150,12 @@ fn scan_fds(dir: &Path, sockets: &InodeStates) -> (Option<u64>, BTreeMap<String,
 /// while statm sums the per-CPU parts (6.16) as `ps` and `top` do. One more small read per
 /// process per sample; where statm cannot be read, stat's figure stands.
 fn read_statm_resident(path: &Path) -> Option<u64> {
-    let t = std::fs::read(path).ok()?;
-    std::str::from_utf8(&t).ok()?.split_ascii_whitespace().nth(1)?.parse().ok()
+    parse_statm_resident(&std::fs::read(path).ok()?)
+}
+
+/// The resident pages (second field) of a `/proc/<pid>/statm` text.
+pub fn parse_statm_resident(text: &[u8]) -> Option<u64> {
+    std::str::from_utf8(text).ok()?.split_ascii_whitespace().nth(1)?.parse().ok()
 }
 
 /// A process's command line, arguments joined by spaces, read no further than its bound.
