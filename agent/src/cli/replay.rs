@@ -9,7 +9,7 @@ use crate::config::resolve::{Overrides, Settings};
 use crate::decide::replay::Replay;
 use crate::decide::{Backoff, Decider};
 use crate::gate::Gate;
-use crate::playbooks::{self, bundled, testing, Playbook};
+use crate::playbooks::{self, bundled, cut, testing, Playbook};
 use crate::signals::history::History;
 use anyhow::{anyhow, Context};
 use std::path::{Path, PathBuf};
@@ -184,7 +184,7 @@ pub fn run(a: ReplayArgs) -> Outcome {
     }
     if let (Some(out), Some((_, src))) = (&a.save_case, srcs.first()) {
         let step = median_gap(kept.iter().map(|(s, _)| s.ts_ms));
-        let mut cutter = testing::CaseCutter::new(src, keys, step);
+        let mut cutter = cut::CaseCutter::new(src, keys, step);
         for (snap, decisions) in &kept {
             cutter.frame(snap, decisions.iter().cloned());
         }
