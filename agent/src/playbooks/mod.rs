@@ -10,6 +10,7 @@
 //! - `load`: reading playbook files safely and the layered set (bundled, then local files).
 //! - `api`: what scripts see (`node`, `state`) and the request-recording action functions.
 //! - `meta`: the `META` map (name, interval, manifest, rate limit, cooldown).
+//! - `state`: a playbook's memory between evaluations (plain data, bounded).
 //! - `bundled`: the playbooks embedded in the binary.
 //! - `testing`: `medic playbook test`, test cases with a simulated clock.
 //! - `cut`: cutting a test case from a recorded replay.
@@ -25,6 +26,7 @@ pub mod engine;
 pub mod evaluate;
 pub mod load;
 pub mod meta;
+pub mod state;
 pub mod testing;
 
 pub use evaluate::{EvalError, Evaluation};
