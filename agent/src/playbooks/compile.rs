@@ -209,7 +209,7 @@ fn key_patterns(ast: &AST) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fixtures::*;
+    use crate::playbooks::fixtures::*;
 
     #[test]
     fn dynamic_calls_are_refused_at_load_with_their_position() {
@@ -236,7 +236,7 @@ mod tests {
     }
 
     mod prop {
-        use super::super::super::fixtures::*;
+        use crate::playbooks::fixtures::*;
         use proptest::prelude::*;
 
         proptest! {

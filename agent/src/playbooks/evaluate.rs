@@ -108,9 +108,9 @@ impl Runtime {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fixtures::*;
     use super::super::{api, engine, Runtime};
     use super::State;
+    use crate::playbooks::fixtures::*;
     use std::sync::Arc;
 
     #[test]

@@ -166,8 +166,8 @@ fn loose(m: &std::fs::Metadata) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fixtures::*;
     use super::*;
+    use crate::playbooks::fixtures::*;
 
     /// The names and files `load_with` gives for the bundled set and a local directory.
     fn layered(dir: Option<&Path>, local: &Path) -> Vec<(String, String)> {
@@ -237,7 +237,6 @@ mod tests {
     }
 
     mod prop {
-        use super::super::super::fixtures::*;
         use super::*;
         use proptest::prelude::*;
 
