@@ -8,7 +8,7 @@ use super::exit::{Failure, Outcome};
 use crate::decide::replay::Replay;
 use crate::decide::{Backoff, Decider};
 use crate::gate::Gate;
-use crate::playbooks::{self, bundled, testing, Playbook};
+use crate::playbooks::{self, bundled, cut, testing, Playbook};
 use crate::signals::history::History;
 use anyhow::{anyhow, Context};
 use std::path::{Path, PathBuf};
@@ -172,7 +172,7 @@ pub fn run(a: ReplayArgs) -> Outcome {
     }
     if let (Some(out), Some((_, src))) = (&a.save_case, srcs.first()) {
         let step = median_gap(decided.keys().copied());
-        let mut cutter = testing::CaseCutter::new(src, keys, step);
+        let mut cutter = cut::CaseCutter::new(src, keys, step);
         for frame in crate::recorder::read(&recording, from, to).map_err(|e| anyhow!("{e}"))? {
             let frame = frame.map_err(|e| anyhow!("{e}"))?;
             let decisions = decided.remove(&frame.snap.ts_ms).unwrap_or_default();

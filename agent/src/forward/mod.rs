@@ -18,260 +18,25 @@
 //! Fleet commands use a connection of their own (`commands.rs`), so nothing published on a
 //! command topic can disturb replication. Reconnects back off from 200 ms to 30 s while
 //! attempts fail, and start over only after a connection stayed up for 30 s (`Backoff`).
+//!
+//! Files: `connection.rs` (`[mqtt]`, connection options and the reconnect backoff, shared with
+//! the command connection), `spool.rs` (the audit log as the spool: the cursor and reading the
+//! records after it across segments), `commands.rs` (the command connection), and here the
+//! replication loop and the status it reports.
 
 pub mod commands;
+mod connection;
+mod spool;
 
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
-use serde::Deserialize;
+pub use connection::{connection_options, Backoff, MqttConfig, BACKOFF_MAX, BACKOFF_MIN, HEALTHY};
+pub use spool::{read_cursor, CURSOR_FILE};
+
+use rumqttc::{AsyncClient, Event, LastWill, Outgoing, Packet, QoS};
+use spool::{last_seq, write_cursor, Tail};
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-
-/// `[mqtt]` in the config.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MqttConfig {
-    /// Replicate to a broker at all.
-    pub enabled: bool,
-    pub host: String,
-    pub port: u16,
-    /// Topic prefix: records go to `<prefix>/node/<node>/audit`.
-    pub prefix: String,
-    pub keep_alive_secs: u64,
-    /// Records per second when draining a backlog.
-    pub max_rate: u32,
-    /// Publishes awaiting PUBACK at once.
-    pub max_inflight: u16,
-    /// Username, with the password read from `password_file` (first line).
-    pub username: Option<String>,
-    pub password_file: Option<PathBuf>,
-    /// TLS: the CA that signed the broker's certificate (PEM). Setting it turns TLS on; the
-    /// broker's certificate must name `host` (a DNS name or an IP address).
-    pub ca_file: Option<PathBuf>,
-    /// TLS client certificate and its key (PEM), when the broker asks for one.
-    pub cert_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
-    /// Groups this node belongs to (commands on `<prefix>/group/<group>/cmd`).
-    pub groups: Vec<String>,
-    /// Public keys (`*.pub`, 64 hex digits) that may sign live-mode and breaker commands.
-    /// Default: `<state_dir>/trusted-keys`.
-    pub trusted_keys_dir: Option<PathBuf>,
-}
-
-impl Default for MqttConfig {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            host: "127.0.0.1".into(),
-            port: 1883,
-            prefix: "medic/v1".into(),
-            keep_alive_secs: 30,
-            max_rate: 1000,
-            max_inflight: 100,
-            username: None,
-            password_file: None,
-            groups: Vec::new(),
-            trusted_keys_dir: None,
-            ca_file: None,
-            cert_file: None,
-            key_file: None,
-        }
-    }
-}
-
-pub const CURSOR_FILE: &str = "forward.cursor";
-
-/// The last `seq` acknowledged (with all before it); 0 when nothing was.
-pub fn read_cursor(state_dir: &Path) -> u64 {
-    std::fs::read_to_string(state_dir.join(CURSOR_FILE)).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
-}
-
-fn write_cursor(state_dir: &Path, seq: u64) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = state_dir.join(format!(".{CURSOR_FILE}.tmp"));
-    // Private whatever the umask (the state dir's files are 0600).
-    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp)?;
-    f.write_all(format!("{seq}\n").as_bytes())?;
-    std::fs::rename(&tmp, state_dir.join(CURSOR_FILE))
-}
-
-/// Reads records after a `seq`, across the log's segments (see `audit::segments`): a closed
-/// segment is read to its end, then the next one; the active one through an open descriptor,
-/// so a rotation (a rename) loses nothing. Lines are read with a bounded buffer.
-struct Tail {
-    dir: PathBuf,
-    path: PathBuf,
-    reader: std::io::BufReader<std::fs::File>,
-    /// (device, inode) when reading the active segment; None for a closed one.
-    active: Option<(u64, u64)>,
-    /// The last `seq` returned (or the one to start after).
-    last: u64,
-    /// The start of a line not yet whole (the agent is writing it).
-    partial: Vec<u8>,
-}
-
-impl Tail {
-    /// Positioned after the record with `seq`: in the first closed segment that holds a later
-    /// one, else in the active segment.
-    fn after(dir: &Path, seq: u64) -> std::io::Result<Self> {
-        use crate::audit::segments;
-        let segs = segments::list(dir)?;
-        let seg = segs
-            .iter()
-            .find(|s| s.last.is_some_and(|l| l > seq))
-            .or_else(|| segs.iter().find(|s| s.first.is_none()))
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no audit log"))?;
-        let f = std::fs::File::open(&seg.path)?;
-        let active = if seg.first.is_none() {
-            let st = rustix::fs::fstat(&f)?;
-            Some((st.st_dev, st.st_ino))
-        } else {
-            None
-        };
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            path: seg.path.clone(),
-            reader: std::io::BufReader::new(f),
-            active,
-            last: seq,
-            partial: Vec::new(),
-        })
-    }
-
-    /// Whether the active segment read is still the file at `audit.log`.
-    fn still_active(&self) -> bool {
-        let st = rustix::fs::stat(self.dir.join(crate::audit::FILE_NAME));
-        matches!((st, self.active), (Ok(st), Some(id)) if (st.st_dev, st.st_ino) == id)
-    }
-
-    /// Up to `max` whole records after the last one returned.
-    fn next(&mut self, max: usize) -> std::io::Result<Vec<(u64, String)>> {
-        use crate::audit::segments::{read_line, Line, MAX_LINE};
-        let mut out = Vec::new();
-        let mut buf = Vec::new();
-        let mut drained_after_rotation = false;
-        while out.len() < max {
-            let (kind, _) = read_line(&mut self.reader, &mut buf, MAX_LINE)?;
-            match kind {
-                Line::Whole => {
-                    let line = if self.partial.is_empty() {
-                        String::from_utf8_lossy(&buf).into_owned()
-                    } else {
-                        self.partial.extend_from_slice(&buf);
-                        String::from_utf8_lossy(&std::mem::take(&mut self.partial)).into_owned()
-                    };
-                    if let Some(seq) = seq_of(&line).filter(|s| *s > self.last) {
-                        self.last = seq;
-                        out.push((seq, line));
-                    }
-                }
-                Line::TooLong => self.partial.clear(),
-                Line::Torn => self.partial.extend_from_slice(&buf),
-                Line::Eof => {
-                    if self.active.is_some() {
-                        if self.still_active() {
-                            break;
-                        }
-                        if !drained_after_rotation {
-                            // Rotated: what was written before the rename is read first.
-                            drained_after_rotation = true;
-                            continue;
-                        }
-                    }
-                    // The end of a closed (or rotated) segment: on to the next one.
-                    let next = Self::after(&self.dir, self.last)?;
-                    if next.path == self.path && next.active.is_none() {
-                        tracing::warn!(message = "Audit segment ends before the seq its name says; run `medic audit verify`.", segment = %self.path.display(), seq = self.last);
-                        break;
-                    }
-                    *self = next;
-                    drained_after_rotation = false;
-                }
-            }
-        }
-        Ok(out)
-    }
-}
-
-/// The `seq` of the last record written (from the audit log's anchor: no read of the log).
-fn last_seq(state_dir: &Path) -> u64 {
-    crate::audit::anchor::read(state_dir).map_or(0, |a| a.seq)
-}
-
-fn seq_of(line: &str) -> Option<u64> {
-    // Canonical records have sorted keys; parse rather than guess at positions.
-    serde_json::from_str::<serde_json::Value>(line).ok()?.get("seq")?.as_u64()
-}
-
-/// Connection options for `[mqtt]`: broker, keep-alive, packet size, credentials (the password
-/// is the first line of `password_file`) and TLS when `ca_file` is set. Shared by the forwarder
-/// and the fleet commands of the CLI.
-pub fn connection_options(cfg: &MqttConfig, client_id: String) -> Result<MqttOptions, String> {
-    let mut opts = MqttOptions::new(client_id, cfg.host.clone(), cfg.port);
-    opts.set_keep_alive(Duration::from_secs(cfg.keep_alive_secs.max(5)));
-    opts.set_max_packet_size(1 << 20, 1 << 20);
-    if let Some(user) = &cfg.username {
-        let pass = cfg
-            .password_file
-            .as_ref()
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .map(|s| s.lines().next().unwrap_or("").to_string())
-            .unwrap_or_default();
-        opts.set_credentials(user.clone(), pass);
-    }
-    if let Some(ca) = &cfg.ca_file {
-        // ring: a provider that builds without cmake.
-        let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
-        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("TLS: {}: {e}", p.display()));
-        let client_auth = match (&cfg.cert_file, &cfg.key_file) {
-            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
-            _ => None,
-        };
-        let tls = rumqttc::TlsConfiguration::Simple { ca: read(ca)?, alpn: None, client_auth };
-        opts.set_transport(rumqttc::Transport::tls_with_config(tls));
-    }
-    Ok(opts)
-}
-
-/// Reconnect delays: 200 ms, doubling to 30 s while attempts fail. A CONNACK alone does not
-/// start over (a broker that accepts and then drops the connection at once, as on a packet
-/// over the limit, is a failure that repeats); a connection that stayed up for [`HEALTHY`] does.
-#[derive(Debug)]
-pub struct Backoff {
-    next: Duration,
-    up_since: Option<Instant>,
-}
-
-/// Backoff bounds.
-pub const BACKOFF_MIN: Duration = Duration::from_millis(200);
-pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// How long a connection must stay up before the backoff starts over.
-pub const HEALTHY: Duration = Duration::from_secs(30);
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self { next: BACKOFF_MIN, up_since: None }
-    }
-}
-
-impl Backoff {
-    /// A connection was made at `now`.
-    pub fn connected(&mut self, now: Instant) {
-        self.up_since = Some(now);
-    }
-
-    /// A connection or an attempt failed at `now`: how long to wait before the next.
-    pub fn failed(&mut self, now: Instant) -> Duration {
-        if self.up_since.take().is_some_and(|t| now.saturating_duration_since(t) >= HEALTHY) {
-            self.next = BACKOFF_MIN;
-        }
-        let d = self.next;
-        self.next = (self.next * 2).min(BACKOFF_MAX);
-        d
-    }
-}
 
 /// How replication is doing, for `medic status`.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
@@ -450,28 +215,4 @@ pub async fn run(cfg: MqttConfig, node: String, state_dir: PathBuf, links: Links
         while events.poll().await.is_ok() {}
     })
     .await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_while_connections_fail_at_once_and_starts_over_after_a_healthy_one() {
-        let t0 = Instant::now();
-        let mut b = Backoff::default();
-        let mut waits = Vec::new();
-        for i in 0..10 {
-            // Connected, then dropped 10 ms later (an oversized retained message does that).
-            let at = t0 + Duration::from_secs(i);
-            b.connected(at);
-            waits.push(b.failed(at + Duration::from_millis(10)));
-        }
-        assert_eq!(waits[0], BACKOFF_MIN);
-        assert!(waits.windows(2).all(|w| w[1] >= w[0]));
-        assert_eq!(*waits.last().unwrap(), BACKOFF_MAX);
-        let at = t0 + Duration::from_secs(100);
-        b.connected(at);
-        assert_eq!(b.failed(at + HEALTHY), BACKOFF_MIN);
-    }
 }
