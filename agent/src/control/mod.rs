@@ -8,6 +8,7 @@
 pub mod command;
 pub mod mode;
 pub mod remote;
+pub mod verify;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
