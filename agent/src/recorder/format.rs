@@ -140,6 +140,35 @@ impl FrameRec {
     pub fn ts_ms(&self) -> i64 {
         self.ts_ms
     }
+
+    /// Each part of this frame postcard-encoded on its own, process changes split by field:
+    /// for the benchmark's breakdown of where a recording's bytes go (agent/benches/recorder.rs).
+    pub fn parts(&self) -> Vec<(&'static str, Vec<u8>)> {
+        fn enc<T: Serialize + ?Sized>(v: &T) -> Vec<u8> {
+            postcard::to_allocvec(v).unwrap_or_default()
+        }
+        let mut out = vec![
+            ("header (ts, forced)", enc(&(self.ts_ms, self.forced))),
+            ("metric keys (new)", enc(&self.new_keys)),
+            ("metric set (indices)", enc(&self.set)),
+            ("metric values", enc(&self.values)),
+            ("metric gone", enc(&self.gone)),
+            ("procs (whole list)", enc(&self.procs)),
+            ("procs gone", enc(&self.procs_gone)),
+            ("units", enc(&(&self.units_set, &self.units_gone))),
+            ("mounts", enc(&self.mounts)),
+            ("tcp peers, socket source", enc(&(&self.tcp_peers, self.socket_source))),
+            ("ebpf retrans", enc(&self.ebpf_retrans)),
+            ("ebpf runq", enc(&self.ebpf_runq)),
+            ("unavailable, errors", enc(&(&self.unavailable, &self.errors))),
+        ];
+        out.push(("proc: count, pid, start_time", enc(&(self.procs_set.len(), self.procs_set.iter().map(|r| (r.pid, r.start_time)).collect::<Vec<_>>()))));
+        macro_rules! field {
+            ($($f:ident),*) => { $( out.push((concat!("proc: ", stringify!($f)), enc(&self.procs_set.iter().map(|r| &r.$f).collect::<Vec<_>>()))); )* };
+        }
+        field!(name, cmdline, unit, cpu_pct, rss_bytes, fds, threads, state, tcp);
+        out
+    }
 }
 
 /// A process new or changed since the previous frame: the fields that changed (all of them
