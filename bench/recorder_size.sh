@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROCS=${PROCS:-2000} SPINNERS=${SPINNERS:-100} CONNS=${CONNS:-10000} SECS=${SECS:-600}
-DUMP=${DUMP:-target/recsize/busy.snaps}
+DUMP=$(realpath -m "${DUMP:-target/recsize/busy.snaps}")
 HOLDERS=10
 mkdir -p "$(dirname "$DUMP")"
 cargo bench -p medic --bench recorder --no-run
