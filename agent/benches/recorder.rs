@@ -15,16 +15,16 @@
 //! which parts of the frames the bytes go to. bench/recorder_size.sh loads the node first.
 
 use medic::recorder::{self, format, Recorder, RecorderConfig};
-use medic::signals::ebpf::{EbpfConfig, EbpfSignals};
-use medic::signals::process::UnitInfo;
-use serde::{Deserialize, Serialize};
-use std::io::{BufReader, BufWriter, Read, Write};
 use medic::signals::disk::Mount;
 use medic::signals::ebpf::{sched::RunqEntry, tcp::RetransEntry};
+use medic::signals::ebpf::{EbpfConfig, EbpfSignals};
+use medic::signals::process::UnitInfo;
 use medic::signals::process::{units_of, ProcessInfo};
 use medic::signals::sockets::PeerInfo;
 use medic::signals::{Roots, Sampler, Snapshot};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
