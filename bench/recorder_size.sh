@@ -5,7 +5,8 @@
 # the rest sleeping), then samples it with the agent's sampler (eBPF if it loads; run as root)
 # at 1 s for SECS seconds, records it, and saves the snapshots to DUMP; then records the saved
 # run again with this build's format and prints where the bytes go. Every process it starts is
-# ended by its pid on exit. Rerun the breakdown alone on a saved run:
+# ended by its pid on exit. PROFILE=dev builds the bench unoptimised (quick to build; the sizes
+# are the same, the CPU figures are not). Rerun the breakdown alone on a saved run:
 #   MEDIC_BENCH_DUMP=target/recsize/busy.snaps cargo bench -p medic --bench recorder -- dump
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +14,7 @@ PROCS=${PROCS:-2000} SPINNERS=${SPINNERS:-100} CONNS=${CONNS:-10000} SECS=${SECS
 DUMP=$(realpath -m "${DUMP:-target/recsize/busy.snaps}")
 HOLDERS=10
 mkdir -p "$(dirname "$DUMP")"
-cargo bench -p medic --bench recorder --no-run
+cargo bench ${PROFILE:+--profile $PROFILE} -p medic --bench recorder --no-run
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
@@ -54,7 +55,7 @@ done
 sleep 10
 echo "load: ${#pids[@]} processes started; $(ls /proc | grep -c '^[0-9]') processes on the node; $(ss -tn state established | wc -l) established TCP sockets"
 
-MEDIC_BENCH_LIVE_SECS=$SECS MEDIC_BENCH_DUMP=$DUMP cargo bench -p medic --bench recorder -- live
+MEDIC_BENCH_LIVE_SECS=$SECS MEDIC_BENCH_DUMP=$DUMP cargo bench ${PROFILE:+--profile $PROFILE} -p medic --bench recorder -- live
 cleanup
 trap - EXIT
-MEDIC_BENCH_DUMP=$DUMP cargo bench -p medic --bench recorder -- dump
+MEDIC_BENCH_DUMP=$DUMP cargo bench ${PROFILE:+--profile $PROFILE} -p medic --bench recorder -- dump

@@ -186,13 +186,13 @@ fn live(secs: usize, dump: &str) {
     let mut out = flate2::write::DeflateEncoder::new(BufWriter::new(std::fs::File::create(dump).unwrap()), flate2::Compression::new(1));
     let (mut sample_cpu, mut record_cpu) = (Duration::ZERO, Duration::ZERO);
     let start = Instant::now();
-    let base = medic::audit::now_ms();
     let mut last = Snapshot::default();
     for i in 0..secs {
         let due = start + Duration::from_secs(i as u64);
         std::thread::sleep(due.saturating_duration_since(Instant::now()));
         let c = cpu_time();
-        let s = sampler.sample(base + i as i64 * 1000);
+        // The wall clock, as the agent stamps: CPU % divides by the interval as it was.
+        let s = sampler.sample(medic::audit::now_ms());
         let c2 = cpu_time();
         r.record(&s, false).unwrap();
         record_cpu += cpu_time() - c2;
