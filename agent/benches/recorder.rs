@@ -8,14 +8,23 @@
 //! `Recorder::record` (encode + compress + write, amortised) and of reading a frame back, at
 //! deflate levels 6 (the default) and 1. Figures go to docs/BENCHMARKS.md ("Flight recorder").
 //! Run: `cargo bench --bench recorder`.
+//!
+//! `live` samples this node with the agent's sampler (socket scan every 5 samples, eBPF if it
+//! loads) at 1 s for `MEDIC_BENCH_LIVE_SECS` (default 600), records it, and saves the snapshots
+//! to `MEDIC_BENCH_DUMP`; `dump` records a saved run again with this build's format and shows
+//! which parts of the frames the bytes go to. bench/recorder_size.sh loads the node first.
 
-use medic::recorder::{self, Recorder, RecorderConfig};
+use medic::recorder::{self, format, Recorder, RecorderConfig};
 use medic::signals::disk::Mount;
 use medic::signals::ebpf::{sched::RunqEntry, tcp::RetransEntry};
+use medic::signals::ebpf::{EbpfConfig, EbpfSignals};
+use medic::signals::process::UnitInfo;
 use medic::signals::process::{units_of, ProcessInfo};
 use medic::signals::sockets::PeerInfo;
 use medic::signals::{Roots, Sampler, Snapshot};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -96,7 +105,208 @@ fn busy_node(t: i64) -> Snapshot {
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum()
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        total += e.unwrap().metadata().unwrap().len();
+    }
+    total
+}
+
+/// A snapshot as saved by `live` (a `Snapshot` owns a `&'static str`, so it has no `Deserialize`).
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    ts_ms: i64,
+    metrics: BTreeMap<String, f64>,
+    processes: Vec<ProcessInfo>,
+    units: BTreeMap<String, UnitInfo>,
+    mounts: Vec<Mount>,
+    socket_source: String,
+    tcp_peers: Vec<PeerInfo>,
+    ebpf_retrans: Vec<RetransEntry>,
+    ebpf_runq: Vec<RunqEntry>,
+    unavailable: BTreeMap<String, String>,
+    errors: Vec<String>,
+}
+
+impl Saved {
+    fn of(s: &Snapshot) -> Self {
+        Self {
+            ts_ms: s.ts_ms,
+            metrics: s.metrics.clone(),
+            processes: s.processes.clone(),
+            units: s.units.clone(),
+            mounts: s.mounts.clone(),
+            socket_source: s.socket_source.to_string(),
+            tcp_peers: s.tcp_peers.clone(),
+            ebpf_retrans: s.ebpf_retrans.clone(),
+            ebpf_runq: s.ebpf_runq.clone(),
+            unavailable: s.unavailable.clone(),
+            errors: s.errors.clone(),
+        }
+    }
+
+    fn snapshot(self) -> Snapshot {
+        Snapshot {
+            ts_ms: self.ts_ms,
+            metrics: self.metrics,
+            processes: self.processes,
+            units: self.units,
+            mounts: self.mounts,
+            socket_source: ["netlink", "procfs"].into_iter().find(|x| *x == self.socket_source).unwrap_or(""),
+            tcp_peers: self.tcp_peers,
+            ebpf_retrans: self.ebpf_retrans,
+            ebpf_runq: self.ebpf_runq,
+            unavailable: self.unavailable,
+            errors: self.errors,
+        }
+    }
+}
+
+/// Saved snapshots: a deflate stream of (length u32 LE, postcard `Saved`).
+fn load(path: &str) -> Vec<Snapshot> {
+    let mut z = flate2::read::DeflateDecoder::new(BufReader::new(std::fs::File::open(path).expect("MEDIC_BENCH_DUMP")));
+    let mut out = Vec::new();
+    let mut len = [0u8; 4];
+    while z.read_exact(&mut len).is_ok() {
+        let mut buf = vec![0u8; u32::from_le_bytes(len) as usize];
+        z.read_exact(&mut buf).unwrap();
+        out.push(postcard::from_bytes::<Saved>(&buf).unwrap().snapshot());
+    }
+    out
+}
+
+/// Samples this node at 1 s for `secs`, recording as the agent does; saves the snapshots.
+fn live(secs: usize, dump: &str) {
+    let ebpf = EbpfSignals::start(&EbpfConfig::default());
+    println!("eBPF families loaded: {:?}", ebpf.loaded());
+    let mut sampler = Sampler::with_socket_scan_every(Roots::default(), 5).with_ebpf(ebpf);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = RecorderConfig { max_bytes: 1 << 40, segment_secs: 86_400, ..Default::default() };
+    let mut r = Recorder::open(dir.path(), &cfg).unwrap();
+    let mut out = flate2::write::DeflateEncoder::new(BufWriter::new(std::fs::File::create(dump).unwrap()), flate2::Compression::new(1));
+    let (mut sample_cpu, mut record_cpu) = (Duration::ZERO, Duration::ZERO);
+    let start = Instant::now();
+    let mut last = Snapshot::default();
+    for i in 0..secs {
+        let due = start + Duration::from_secs(i as u64);
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        let c = cpu_time();
+        // The wall clock, as the agent stamps: CPU % divides by the interval as it was.
+        let s = sampler.sample(medic::audit::now_ms());
+        let c2 = cpu_time();
+        r.record(&s, false).unwrap();
+        record_cpu += cpu_time() - c2;
+        sample_cpu += c2 - c;
+        let b = postcard::to_allocvec(&Saved::of(&s)).unwrap();
+        out.write_all(&(b.len() as u32).to_le_bytes()).unwrap();
+        out.write_all(&b).unwrap();
+        last = s;
+    }
+    r.close().unwrap();
+    out.finish().unwrap().flush().unwrap();
+    let bytes = dir_bytes(dir.path());
+    let per_hour = bytes as f64 * 3600.0 / secs as f64;
+    println!(
+        "live, {secs} s: {} metrics, {} processes, {} units, {} peers, {} retrans, {} runq in the last; sockets {:?}; {} bytes: {:.0} B/frame, {:.1} MiB/hour; CPU: sample {:.1} ms, record {:.2} ms per frame",
+        last.metrics.len(),
+        last.processes.len(),
+        last.units.len(),
+        last.tcp_peers.len(),
+        last.ebpf_retrans.len(),
+        last.ebpf_runq.len(),
+        last.metrics.get("sock.tcp.total"),
+        bytes,
+        bytes as f64 / secs as f64,
+        per_hour / 1_048_576.0,
+        sample_cpu.as_secs_f64() * 1e3 / secs as f64,
+        record_cpu.as_secs_f64() * 1e3 / secs as f64,
+    );
+    println!("unavailable in the last: {:?}", last.unavailable.keys().collect::<Vec<_>>());
+}
+
+/// Every frame of a recording of `snaps` (default segments) reads back equal to its snapshot.
+fn verify(snaps: &[Snapshot]) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = Recorder::open(dir.path(), &RecorderConfig { max_bytes: 1 << 40, ..Default::default() }).unwrap();
+    for s in snaps {
+        r.record(s, false).unwrap();
+    }
+    r.close().unwrap();
+    let mut n = 0;
+    for (f, s) in recorder::read(dir.path(), None, None).unwrap().zip(snaps) {
+        assert!(f.unwrap().snap == *s, "frame {n} does not read back equal");
+        n += 1;
+    }
+    assert_eq!(n, snaps.len());
+    println!("all {n} frames read back equal");
+}
+
+/// This thread's CPU time (user + system).
+fn cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// Where the bytes of a recording of `snaps` go: each part of the frames deflated on its own
+/// (one stream per part, so the figures add up to a little more than the recording).
+fn breakdown(snaps: &[Snapshot]) {
+    let mut enc = format::Encoder::default();
+    let mut parts: Vec<(&'static str, Vec<u8>)> = Vec::new();
+    for s in snaps {
+        for (i, (name, bytes)) in enc.encode(s, false).parts().into_iter().enumerate() {
+            if parts.len() <= i {
+                parts.push((name, Vec::new()));
+            }
+            parts[i].1.extend_from_slice(&bytes);
+        }
+    }
+    let secs = snaps.len().max(1) as f64;
+    println!("{:<32} {:>12} {:>14} {:>12}", "part", "raw B/frame", "deflated B/fr", "MiB/hour");
+    for (name, raw) in &parts {
+        let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::new(recorder::writer::LEVEL));
+        z.write_all(raw).unwrap();
+        let c = z.finish().unwrap().len() as f64;
+        println!("{name:<32} {:>12.0} {:>14.0} {:>12.2}", raw.len() as f64 / secs, c / secs, c * 3600.0 / secs / 1_048_576.0);
+    }
+    // Metric value changes by family (the key up to its first dot).
+    let mut fam: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for w in snaps.windows(2) {
+        for (k, v) in &w[1].metrics {
+            let f = k.split('.').next().unwrap_or("").to_string();
+            let e = fam.entry(f).or_default();
+            e.1 += 1;
+            if w[0].metrics.get(k).map(|o| o.to_bits()) != Some(v.to_bits()) {
+                e.0 += 1;
+            }
+        }
+    }
+    println!("metric changes per frame by family (changed / present):");
+    for (f, (c, n)) in fam {
+        println!("  {f:<12} {:>8.1} / {:>8.1}", c as f64 / (secs - 1.0).max(1.0), n as f64 / (secs - 1.0).max(1.0));
+    }
+    let mut pf = [0u64; 6];
+    for w in snaps.windows(2) {
+        let prev: std::collections::HashMap<_, _> = w[0].processes.iter().map(|p| ((p.pid, p.start_time), p)).collect();
+        for p in &w[1].processes {
+            let Some(o) = prev.get(&(p.pid, p.start_time)) else { continue };
+            pf[0] += 1;
+            pf[1] += u64::from(o.cpu_pct.map(f64::to_bits) != p.cpu_pct.map(f64::to_bits));
+            pf[2] += u64::from(o.rss_bytes != p.rss_bytes);
+            pf[3] += u64::from(o.fds != p.fds);
+            pf[4] += u64::from(o.tcp != p.tcp);
+            pf[5] += u64::from(o.state != p.state);
+        }
+    }
+    let n = (secs - 1.0).max(1.0);
+    println!(
+        "processes per frame: {:.0} kept; changed: cpu_pct {:.1}, rss {:.1}, fds {:.1}, tcp {:.1}, state {:.1}",
+        pf[0] as f64 / n,
+        pf[1] as f64 / n,
+        pf[2] as f64 / n,
+        pf[3] as f64 / n,
+        pf[4] as f64 / n,
+        pf[5] as f64 / n
+    );
 }
 
 /// Records `snaps`; prints the size and the time per record and per frame read back.
@@ -153,6 +363,22 @@ fn main() {
         for level in [6, 1] {
             measure("busy synthetic node, 1 h", 3600, |i| busy_node(i as i64), level);
         }
+    }
+    if only.iter().any(|o| o == "live") {
+        let secs = std::env::var("MEDIC_BENCH_LIVE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(600);
+        live(secs, &std::env::var("MEDIC_BENCH_DUMP").expect("MEDIC_BENCH_DUMP: where to save the snapshots"));
+        return;
+    }
+    if only.iter().any(|o| o == "dump") {
+        let path = std::env::var("MEDIC_BENCH_DUMP").expect("MEDIC_BENCH_DUMP: a file `live` saved");
+        let snaps = load(&path);
+        let n = snaps.len();
+        for level in [6, 1] {
+            measure(&format!("saved run {path}, {n} s"), n, |i| snaps[i].clone(), level);
+        }
+        verify(&snaps);
+        breakdown(&snaps);
+        return;
     }
     if want("real") {
         let n: usize = std::env::var("MEDIC_BENCH_REAL_SAMPLES").ok().and_then(|v| v.parse().ok()).unwrap_or(120);

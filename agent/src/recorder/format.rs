@@ -7,7 +7,8 @@
 //! first frame of a segment is a key frame (everything against an empty state); each next one
 //! carries only what changed since the previous frame: metric values (key indices into a
 //! per-segment key table, values as the XOR of their bits with the previous value, zero bytes at
-//! either end dropped), processes added, changed (by field) and gone by (pid, start time), units
+//! either end dropped), processes new (whole), changed (by their index in the previous frame's
+//! list, gap-coded, only the fields that changed, RSS as a difference) and gone (by index), units
 //! set and gone, and mounts, peers, eBPF entries, unavailable and errors whole when changed.
 //! Bump [`VERSION`] whenever this or a recorded signal type changes shape.
 
@@ -20,7 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 pub const MAGIC: &[u8; 8] = b"MEDICREC";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 pub const HEADER_LEN: u64 = 12;
 /// Length and CRC before each block.
 pub const BLOCK_HEADER_LEN: u64 = 8;
@@ -123,8 +124,12 @@ pub struct FrameRec {
     gone: Vec<u32>,
     /// The whole process list (a key frame, or a list not sorted by (pid, start time)).
     procs: Option<Vec<ProcessInfo>>,
+    /// Processes of the previous frame's list that changed, by their index in it (gap-coded).
     procs_set: Vec<ProcRec>,
-    procs_gone: Vec<(i64, u64)>,
+    /// Processes new since the previous frame, whole.
+    procs_new: Vec<ProcessInfo>,
+    /// Indices in the previous frame's list of the processes gone, gap-coded.
+    procs_gone: Vec<u32>,
     units_set: Vec<(String, UnitInfo)>,
     units_gone: Vec<String>,
     mounts: Option<Vec<Mount>>,
@@ -140,19 +145,48 @@ impl FrameRec {
     pub fn ts_ms(&self) -> i64 {
         self.ts_ms
     }
+
+    /// Each part of this frame postcard-encoded on its own, process changes split by field:
+    /// for the benchmark's breakdown of where a recording's bytes go (agent/benches/recorder.rs).
+    pub fn parts(&self) -> Vec<(&'static str, Vec<u8>)> {
+        fn enc<T: Serialize + ?Sized>(v: &T) -> Vec<u8> {
+            postcard::to_allocvec(v).unwrap_or_default()
+        }
+        let mut out = vec![
+            ("header (ts, forced)", enc(&(self.ts_ms, self.forced))),
+            ("metric keys (new)", enc(&self.new_keys)),
+            ("metric set (indices)", enc(&self.set)),
+            ("metric values", enc(&self.values)),
+            ("metric gone", enc(&self.gone)),
+            ("procs (whole list)", enc(&self.procs)),
+            ("procs new", enc(&self.procs_new)),
+            ("procs gone", enc(&self.procs_gone)),
+            ("units", enc(&(&self.units_set, &self.units_gone))),
+            ("mounts", enc(&self.mounts)),
+            ("tcp peers, socket source", enc(&(&self.tcp_peers, self.socket_source))),
+            ("ebpf retrans", enc(&self.ebpf_retrans)),
+            ("ebpf runq", enc(&self.ebpf_runq)),
+            ("unavailable, errors", enc(&(&self.unavailable, &self.errors))),
+        ];
+        out.push(("proc: count, index", enc(&(self.procs_set.len(), self.procs_set.iter().map(|r| r.at).collect::<Vec<_>>()))));
+        macro_rules! field {
+            ($($f:ident),*) => { $( out.push((concat!("proc: ", stringify!($f)), enc(&self.procs_set.iter().map(|r| &r.$f).collect::<Vec<_>>()))); )* };
+        }
+        field!(name, cmdline, unit, cpu_pct, rss_delta, fds, threads, state, tcp);
+        out
+    }
 }
 
-/// A process new or changed since the previous frame: the fields that changed (all of them
-/// for a new one).
+/// A process of the previous frame that changed: its index there (as the gap from the previous
+/// change's), and the fields that changed; RSS as the difference from its previous value.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct ProcRec {
-    pid: i64,
-    start_time: u64,
+    at: u32,
     name: Option<String>,
     cmdline: Option<String>,
     unit: Option<Option<String>>,
     cpu_pct: Option<Option<f64>>,
-    rss_bytes: Option<u64>,
+    rss_delta: Option<i64>,
     fds: Option<Option<u64>>,
     threads: Option<u64>,
     state: Option<String>,
@@ -166,29 +200,25 @@ fn changed<T: PartialEq + Clone>(old: Option<&T>, new: &T) -> Option<T> {
     }
 }
 
-fn proc_delta(old: Option<&ProcessInfo>, p: &ProcessInfo) -> Option<ProcRec> {
+/// What changed in a process kept from the previous frame (at gap `at`), if anything.
+fn proc_delta(at: u32, o: &ProcessInfo, p: &ProcessInfo) -> Option<ProcRec> {
     let r = ProcRec {
-        pid: p.pid,
-        start_time: p.start_time,
-        name: changed(old.map(|o| &o.name), &p.name),
-        cmdline: changed(old.map(|o| &o.cmdline), &p.cmdline),
-        unit: changed(old.map(|o| &o.unit), &p.unit),
-        cpu_pct: match old {
-            Some(o) if bits(o.cpu_pct) == bits(p.cpu_pct) => None,
-            _ => Some(p.cpu_pct),
-        },
-        rss_bytes: changed(old.map(|o| &o.rss_bytes), &p.rss_bytes),
-        fds: changed(old.map(|o| &o.fds), &p.fds),
-        threads: changed(old.map(|o| &o.threads), &p.threads),
-        state: changed(old.map(|o| &o.state), &p.state),
-        tcp: changed(old.map(|o| &o.tcp), &p.tcp),
+        at,
+        name: changed(Some(&o.name), &p.name),
+        cmdline: changed(Some(&o.cmdline), &p.cmdline),
+        unit: changed(Some(&o.unit), &p.unit),
+        cpu_pct: (bits(o.cpu_pct) != bits(p.cpu_pct)).then_some(p.cpu_pct),
+        rss_delta: (o.rss_bytes != p.rss_bytes).then(|| p.rss_bytes.wrapping_sub(o.rss_bytes) as i64),
+        fds: changed(Some(&o.fds), &p.fds),
+        threads: changed(Some(&o.threads), &p.threads),
+        state: changed(Some(&o.state), &p.state),
+        tcp: changed(Some(&o.tcp), &p.tcp),
     };
-    let same = old.is_some()
-        && r.name.is_none()
+    let same = r.name.is_none()
         && r.cmdline.is_none()
         && r.unit.is_none()
         && r.cpu_pct.is_none()
-        && r.rss_bytes.is_none()
+        && r.rss_delta.is_none()
         && r.fds.is_none()
         && r.threads.is_none()
         && r.state.is_none()
@@ -318,27 +348,30 @@ impl Encoder {
         let p = prev.as_ref();
         match p {
             Some(p) if sorted(&p.processes) && sorted(&s.processes) => {
-                let (mut a, mut b) = (p.processes.iter().peekable(), s.processes.iter().peekable());
+                let (mut a, mut b) = (p.processes.iter().enumerate().peekable(), s.processes.iter().peekable());
+                // The previous change's and the previous gone process's index, for the gaps.
+                let (mut set_at, mut gone_at) = (0u32, 0u32);
                 loop {
                     match (a.peek(), b.peek()) {
-                        (Some(x), Some(y)) if proc_key(x) == proc_key(y) => {
-                            f.procs_set.extend(proc_delta(Some(x), y));
+                        (Some((i, x)), Some(y)) if proc_key(x) == proc_key(y) => {
+                            let i = *i as u32;
+                            if let Some(r) = proc_delta(i - set_at, x, y) {
+                                f.procs_set.push(r);
+                                set_at = i;
+                            }
                             a.next();
                             b.next();
                         }
-                        (Some(x), Some(y)) if proc_key(x) < proc_key(y) => {
-                            f.procs_gone.push(proc_key(x));
-                            a.next();
-                        }
-                        (Some(x), None) => {
-                            f.procs_gone.push(proc_key(x));
+                        (Some((i, x)), y) if y.is_none_or(|y| proc_key(x) < proc_key(y)) => {
+                            f.procs_gone.push(*i as u32 - gone_at);
+                            gone_at = *i as u32;
                             a.next();
                         }
                         (_, Some(y)) => {
-                            f.procs_set.extend(proc_delta(None, y));
+                            f.procs_new.push((*y).clone());
                             b.next();
                         }
-                        (None, None) => break,
+                        _ => break,
                     }
                 }
             }
@@ -415,23 +448,30 @@ impl Decoder {
 
         if let Some(all) = f.procs {
             s.processes = all;
-        } else if !f.procs_set.is_empty() || !f.procs_gone.is_empty() {
-            let mut by_key: BTreeMap<(i64, u64), ProcessInfo> = s.processes.drain(..).map(|p| (proc_key(&p), p)).collect();
-            for k in &f.procs_gone {
-                by_key.remove(k);
-            }
-            for r in f.procs_set {
-                let p = by_key.entry((r.pid, r.start_time)).or_insert_with(|| ProcessInfo {
-                    pid: r.pid,
-                    start_time: r.start_time,
-                    ..Default::default()
-                });
+        } else if !f.procs_set.is_empty() || !f.procs_gone.is_empty() || !f.procs_new.is_empty() {
+            let n = s.processes.len();
+            let at = ungap(&f.procs_set.iter().map(|r| r.at).collect::<Vec<_>>(), n).ok_or("process index out of range")?;
+            for (i, r) in at.into_iter().zip(f.procs_set) {
+                let p = &mut s.processes[i];
                 macro_rules! take {
                     ($($f:ident),*) => { $( if let Some(v) = r.$f { p.$f = v; } )* };
                 }
-                take!(name, cmdline, unit, cpu_pct, rss_bytes, fds, threads, state, tcp);
+                take!(name, cmdline, unit, cpu_pct, fds, threads, state, tcp);
+                if let Some(d) = r.rss_delta {
+                    p.rss_bytes = p.rss_bytes.wrapping_add(d as u64);
+                }
             }
-            s.processes = by_key.into_values().collect();
+            let gone = ungap(&f.procs_gone, n).ok_or("gone process index out of range")?;
+            let mut keep = vec![true; n];
+            for i in gone {
+                keep[i] = false;
+            }
+            let mut kept = keep.iter();
+            s.processes.retain(|_| kept.next().copied().unwrap_or(true));
+            if !f.procs_new.is_empty() {
+                s.processes.extend(f.procs_new);
+                s.processes.sort_by_key(proc_key);
+            }
         }
         for u in &f.units_gone {
             s.units.remove(u);

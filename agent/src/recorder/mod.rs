@@ -53,8 +53,9 @@ impl RecorderConfig {
     pub const fn default_enabled() -> bool {
         true
     }
-    /// 64 MiB: a day of a quiet node (2 MiB/h), the last half hour of a very busy one (129 MiB/h;
-    /// docs/BENCHMARKS.md, "Flight recorder").
+    /// 64 MiB: a day of a quiet node (2 MiB/h) or of a real busy one (2,000 processes, 10,000
+    /// connections: 1.3 MiB/h) with room to spare; the last half hour of the adversarial
+    /// synthetic node (129 MiB/h; docs/BENCHMARKS.md, "Flight recorder").
     pub const fn default_max_bytes() -> u64 {
         64 << 20
     }

@@ -35,7 +35,12 @@ fn snap(i: i64) -> Snapshot {
             cmdline: format!("/bin/p{pid} --tick {}", i / 10),
             unit: (pid % 2 == 0).then(|| format!("u{pid}.service")),
             cpu_pct: if i == 0 { None } else { Some(i as f64 * 0.1 + pid as f64) },
-            rss_bytes: 1 << 20,
+            // RSS moves up and down (coded as a difference), once in a while to the extremes.
+            rss_bytes: match (pid, i % 5) {
+                (2, 0) => u64::MAX,
+                (2, 1) => 0,
+                _ => (1 << 20) + ((i * 37 + pid) % 11) as u64 * 4096,
+            },
             fds: if pid == 2 { None } else { Some(10 + (i / 3) as u64) },
             threads: 1,
             // pid 100 is reused every 6 ticks: a new start time, the same pid.
