@@ -237,9 +237,10 @@ impl Agent {
         let mut launches = Vec::new();
         let (journal, metrics) = (&mut self.journal, &self.metrics);
         let settled =
-            // Gated at the time of the sample the playbooks saw (as `playbook replay` gates a
-            // recorded frame), recorded at the time of writing.
-            self.decider.settle(done, self.mode.mode, started, &mut |ev| record_event(journal, metrics, &mut report, &mut launches, ev, now));
+            // Gated, and recorded, at the time of the sample the playbooks saw (as `playbook
+            // replay` gates a recorded frame): the gate rebuilt from the log at the next start
+            // then holds exactly the times it held before.
+            self.decider.settle(done, self.mode.mode, started, &mut |ev| record_event(journal, metrics, &mut report, &mut launches, ev, started));
         // What was recorded as executed starts, also when a later record failed.
         for (seq, playbook, req) in launches {
             let command = self.decider.gate().command_rule(&req).cloned();
