@@ -398,6 +398,16 @@ fn a_fresh_deb_install_starts_medic_in_dry_run_under_systemd_with_its_group() {
     ] {
         assert!(text.contains(check), "smoke test output lacks {check:?}:\n{text}");
     }
+    // The flight recorder records under the hardened unit (its state directory), and what it
+    // recorded replays: once a block is flushed (`recorder.flush_secs`, 10 s) it exports.
+    let (exported, text) = run_in(
+        &c,
+        "for i in $(seq 40); do medic recording export --output /root/r.mrec >/dev/null 2>&1 && break; sleep 1; done; \
+         medic recording export --output /root/r.mrec && stat -c %a /var/lib/medic/recording && \
+         medic playbook replay --recording /root/r.mrec bundled",
+    );
+    assert!(exported && text.contains("frames") && text.contains("700"), "{text}");
+    assert!(text.contains("replayed") && text.contains("close-wait-leak:"), "{text}");
 }
 
 /// Over the previous version (the same tree packaged as `<version>~prev`): the mode, the audit
