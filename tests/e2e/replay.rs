@@ -5,7 +5,6 @@
 //! same elsewhere; a case cut from it passes `playbook test`.
 
 use crate::util::{audit_lines, medic, playbook_src, run, text, write_config, write_playbooks, Reaped};
-use std::path::Path;
 
 fn replay(args: &[&str]) -> Vec<serde_json::Value> {
     let mut a = vec!["playbook", "replay", "--json"];
@@ -117,7 +116,6 @@ fn replay_reproduces_the_live_decisions_and_shows_what_an_unloaded_playbook_woul
     assert!(cut.contains("mem.used_pct") && cut.contains("replay-b.service"), "{cut}");
     let o = run(&["playbook", "test", "--config", cfg_s, other.join("would_have.rhai").to_str().unwrap()]);
     assert!(o.status.success(), "{}\n{cut}", text(&o));
-    let _ = Path::new("");
 }
 
 /// Replay says plainly when there is nothing to replay, and refuses a recording that is not one.

@@ -305,6 +305,8 @@ pub struct Step {
     /// (playbook, error, disabled until)
     pub disabled: Vec<(String, String, i64)>,
     pub enabled: Vec<String>,
+    /// The playbooks evaluated in this tick.
+    pub evaluated: Vec<String>,
 }
 
 impl Timeline {
@@ -332,8 +334,9 @@ impl Timeline {
             Ok(())
         };
         let Ok(due) = self.decider.plan(now, forced, &mut sink);
-        let done = evaluate(&self.decider.rt.clone(), due, &snap, &self.history, &mut |_, _| {});
+        let evaluated = due.iter().map(|d| d.pb.meta.name.clone()).collect();
+        let done = evaluate(&self.decider.rt, due, &snap, &self.history, &mut |_, _| {});
         let Ok(_) = self.decider.settle(done, self.mode, now, &mut sink);
-        step
+        Step { evaluated, ..step }
     }
 }

@@ -67,13 +67,9 @@ impl Replay {
         self.first_ms.get_or_insert(ts);
         self.last_ms = Some(ts);
         self.frames += 1;
-        let before: BTreeMap<String, i64> =
-            self.timeline.decider.slots().map(|s| (s.pb.meta.name.clone(), s.last_eval_ms.unwrap_or(i64::MIN))).collect();
         let step = self.timeline.tick(snap, forced);
-        for s in self.timeline.decider.slots() {
-            if s.last_eval_ms.unwrap_or(i64::MIN) != before.get(&s.pb.meta.name).copied().unwrap_or(i64::MIN) {
-                self.summaries.entry(s.pb.meta.name.clone()).or_default().evaluations += 1;
-            }
+        for name in &step.evaluated {
+            self.summaries.entry(name.clone()).or_default().evaluations += 1;
         }
         for d in &step.decisions {
             self.count(d);
