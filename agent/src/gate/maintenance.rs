@@ -463,6 +463,10 @@ mod tests {
 
     #[test]
     fn a_named_zone_follows_dst() {
+        assert!(
+            std::path::Path::new("/usr/share/zoneinfo/Europe/Berlin").exists(),
+            "the tz database is missing: .ci/setup installs it (`[ -e /usr/share/zoneinfo/Europe/Berlin ] || need+=(tzdata)`)"
+        );
         // Europe/Berlin: 2026-03-29 02:00 CET jumps to 03:00 CEST; 2026-10-25 03:00 CEST back to 02:00.
         let w = weekly(&["sun"], "01:00", "04:00", Some("Europe/Berlin"));
         // Spring: 01:00 CET = 00:00Z, 04:00 CEST = 02:00Z: two real hours.
