@@ -302,6 +302,7 @@ mod tests {
             "[metrics]",
             "[recorder]",
             "[log]",
+            "[[maintenance]]",
             "[",
             "]]",
         ])
@@ -310,7 +311,22 @@ mod tests {
             NUMERIC
                 .iter()
                 .map(|(_, k)| *k)
-                .chain(["node", "path", "args", "allowed_paths", "enabled", "prefix", "level", "listen"])
+                .chain([
+                    "node",
+                    "path",
+                    "args",
+                    "allowed_paths",
+                    "enabled",
+                    "prefix",
+                    "level",
+                    "listen",
+                    "name",
+                    "from",
+                    "to",
+                    "zone",
+                    "start",
+                    "end",
+                ])
                 .collect::<Vec<_>>(),
         );
         let value = prop_oneof![
