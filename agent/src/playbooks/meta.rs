@@ -36,6 +36,9 @@ pub struct Meta {
     pub rate_limit: RateLimit,
     /// Minimum time between two executions on the same (playbook, action, target).
     pub cooldown_ms: i64,
+    /// Probes the agent runs for this playbook (`META.probes`; signals `probe.<name>.*`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<crate::signals::probes::spec::ProbeSpec>,
 }
 
 #[derive(Deserialize)]
@@ -65,6 +68,8 @@ struct RawMeta {
     actions: Vec<RawCap>,
     rate_limit: RawRate,
     cooldown: String,
+    #[serde(default)]
+    probes: Vec<crate::signals::probes::spec::MetaProbe>,
 }
 
 /// Turns the META map into [`Meta`]; the error names the field at fault.
@@ -94,6 +99,17 @@ pub fn parse(value: &rhai::Dynamic) -> Result<Meta, String> {
         }
         actions.push(Capability { kind, target: c.target.clone() });
     }
+    let mut probes: Vec<crate::signals::probes::spec::ProbeSpec> = Vec::new();
+    if raw.probes.len() > crate::signals::probes::MAX_PROBES {
+        return Err(format!("META.probes: at most {} probes", crate::signals::probes::MAX_PROBES));
+    }
+    for (i, p) in raw.probes.iter().enumerate() {
+        let spec = p.resolve(&format!("META.probes[{i}]"))?;
+        if probes.iter().any(|q| q.name == spec.name) {
+            return Err(format!("META.probes[{i}].name: probe {:?} is declared twice", spec.name));
+        }
+        probes.push(spec);
+    }
     if raw.rate_limit.max < 1 {
         return Err("META.rate_limit.max: must be at least 1".into());
     }
@@ -106,6 +122,7 @@ pub fn parse(value: &rhai::Dynamic) -> Result<Meta, String> {
         actions,
         rate_limit: RateLimit { max: raw.rate_limit.max.min(u32::MAX as i64) as u32, per_ms: dur("rate_limit.per", &raw.rate_limit.per)? },
         cooldown_ms: dur("cooldown", &raw.cooldown)?,
+        probes,
     })
 }
 
