@@ -134,7 +134,9 @@ fn an_http_health_probe_failing_leads_to_restart_unit_and_hostile_servers_do_not
     let sock = dir.path().join("control.sock");
     let mut extra = format!("[control]\nsocket = \"{}\"\n", sock.display());
     for (name, port) in ["silent", "headers", "garbage"].iter().zip(&hostile.ports) {
-        extra.push_str(&format!("[[probes.check]]\nname = \"{name}\"\nhttp = \"http://127.0.0.1:{port}/\"\ninterval_secs = 1\ntimeout_ms = 800\n"));
+        extra.push_str(&format!(
+            "[[probes.check]]\nname = \"{name}\"\nhttp = \"http://127.0.0.1:{port}/\"\ninterval_secs = 1\ntimeout_ms = 800\n"
+        ));
     }
     let cfg = write_config(dir.path(), &extra);
     let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
@@ -153,7 +155,8 @@ fn an_http_health_probe_failing_leads_to_restart_unit_and_hostile_servers_do_not
         status_json(&sock),
         logged()
     );
-    let rejected = audit_lines(&state).into_iter().find(|r| r["kind"] == "playbook_rejected").expect("the remote probe's playbook is rejected");
+    let rejected =
+        audit_lines(&state).into_iter().find(|r| r["kind"] == "playbook_rejected").expect("the remote probe's playbook is rejected");
     assert!(rejected["error"].as_str().unwrap().contains("not a local address"), "{rejected}");
     // Broken: 500 from the server; the playbook asks for a restart (dry-run: would_execute).
     std::fs::write(&flag, "").unwrap();
@@ -245,7 +248,8 @@ fn a_program_sensor_runs_as_nobody_is_killed_at_its_timeout_and_its_output_is_cu
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
         p.display().to_string()
     };
-    let numbers = script("numbers", "echo \"queue 12\"\necho \"lag=3.5\"\necho \"uid $(id -u)\"\necho \"home ${HOME:-unset}\"\necho 42\nexit 3");
+    let numbers =
+        script("numbers", "echo \"queue 12\"\necho \"lag=3.5\"\necho \"uid $(id -u)\"\necho \"home ${HOME:-unset}\"\necho 42\nexit 3");
     let sleeper = script("sleeper", "sleep 31.25 &\nwait");
     let flood = script("flood", "echo \"first 1\"\nyes | head -c 10000000");
     let cfg = write_config(
@@ -270,9 +274,10 @@ fn a_program_sensor_runs_as_nobody_is_killed_at_its_timeout_and_its_output_is_cu
     assert_eq!(m["program.numbers.ok"], 0.0);
     assert_eq!(m["program.sleeper.exit"], -1.0);
     assert!(e.contains("program.sleeper: killed at its timeout"), "{e}");
-    let left = std::fs::read_dir("/proc").unwrap().flatten().any(|p| {
-        std::fs::read(p.path().join("cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains("31.25"))
-    });
+    let left = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .any(|p| std::fs::read(p.path().join("cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains("31.25")));
     assert!(!left, "the program's whole process group is killed");
     assert_eq!(m["program.flood.first"], 1.0, "{e}");
     assert!(e.contains("program.flood: ") && e.contains("stdout cut at 65536 bytes"), "{e}");

@@ -1,5 +1,7 @@
 //! `medic signals`: two samples a moment apart (so CPU % and rates have something to compare
-//! with) with the config's roots and eBPF settings, printed for humans or as JSON.
+//! with) with the config's roots and eBPF settings, plus one run of each of the config's probes
+//! and program sensors (not the probes of playbooks: those run in `medic run`), printed for
+//! humans or as JSON.
 
 use super::escape::esc;
 use super::exit::Outcome;

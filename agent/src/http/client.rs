@@ -123,9 +123,11 @@ async fn send(method: http::Method, url: &str, headers: &[(String, String)], bod
     let t = parse_url(url)?;
     let started = Instant::now();
     let addr = resolve(&t.host, t.port, opts.allow.as_ref()).await?;
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| HttpError::Connect { addr: addr.to_string(), reason: e.to_string() })?;
+    let tcp =
+        tokio::net::TcpStream::connect(addr).await.map_err(|e| HttpError::Connect { addr: addr.to_string(), reason: e.to_string() })?;
     let _ = tcp.set_nodelay(true);
-    let host_header = if (t.https && t.port == 443) || (!t.https && t.port == 80) { t.host.clone() } else { format!("{}:{}", t.host, t.port) };
+    let host_header =
+        if (t.https && t.port == 443) || (!t.https && t.port == 80) { t.host.clone() } else { format!("{}:{}", t.host, t.port) };
     let mut req = http::Request::builder()
         .method(method)
         .uri(t.path.as_str())

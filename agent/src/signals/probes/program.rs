@@ -57,7 +57,10 @@ impl ProgramConfig {
             Some(p) if p.starts_with('/') => {}
             _ => return Err(format!("{at}.argv: the first element must be the program's absolute path")),
         }
-        if self.argv.len() > MAX_ARGS || self.argv.iter().map(|a| a.len() + 1).sum::<usize>() > MAX_ARG_BYTES || self.argv.iter().any(|a| a.contains('\0')) {
+        if self.argv.len() > MAX_ARGS
+            || self.argv.iter().map(|a| a.len() + 1).sum::<usize>() > MAX_ARG_BYTES
+            || self.argv.iter().any(|a| a.contains('\0'))
+        {
             return Err(format!("{at}.argv: at most {MAX_ARGS} arguments and {MAX_ARG_BYTES} bytes, without NUL"));
         }
         if self.user.is_empty() || self.user.contains([':', '\n', '/']) {
@@ -68,7 +71,10 @@ impl ProgramConfig {
         }
         let max = self.interval_secs.min(MAX_TIMEOUT_SECS);
         if !(1..=max).contains(&self.timeout_secs) {
-            return Err(format!("{at}.timeout_secs: {} is out of range: must be 1..={max} seconds (the interval, at most {MAX_TIMEOUT_SECS})", self.timeout_secs));
+            return Err(format!(
+                "{at}.timeout_secs: {} is out of range: must be 1..={max} seconds (the interval, at most {MAX_TIMEOUT_SECS})",
+                self.timeout_secs
+            ));
         }
         Ok(())
     }
@@ -190,11 +196,7 @@ pub fn parse_output(text: &str) -> Vec<(String, f64)> {
         if !v.is_finite() {
             continue;
         }
-        let key: String = key
-            .chars()
-            .take(MAX_KEY)
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
-            .collect();
+        let key: String = key.chars().take(MAX_KEY).map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
         if key.is_empty() || key == "exit" || key == "ok" || out.iter().any(|(k, _)| *k == key) {
             continue;
         }
@@ -217,7 +219,13 @@ mod tests {
         let v = parse_output("queue 12\nlag_seconds=3.5\n42\nHello world\nuid 65534\nexit 3\nBad-Key! 7\nnan_v NaN\n");
         assert_eq!(
             v,
-            vec![("queue".into(), 12.0), ("lag_seconds".into(), 3.5), ("value".into(), 42.0), ("uid".into(), 65534.0), ("bad_key_".into(), 7.0)]
+            vec![
+                ("queue".into(), 12.0),
+                ("lag_seconds".into(), 3.5),
+                ("value".into(), 42.0),
+                ("uid".into(), 65534.0),
+                ("bad_key_".into(), 7.0)
+            ]
         );
         let many: String = (0..200).map(|i| format!("k{i} {i}\n")).collect();
         assert_eq!(parse_output(&many).len(), MAX_VALUES);
@@ -225,7 +233,8 @@ mod tests {
 
     #[test]
     fn a_program_is_bounded() {
-        let p = ProgramConfig { name: "q".into(), argv: vec!["/bin/true".into()], user: "nobody".into(), interval_secs: 10, timeout_secs: 5 };
+        let p =
+            ProgramConfig { name: "q".into(), argv: vec!["/bin/true".into()], user: "nobody".into(), interval_secs: 10, timeout_secs: 5 };
         assert!(p.check("programs[0]").is_ok());
         let rel = ProgramConfig { argv: vec!["true".into()], ..p.clone() };
         assert!(rel.check("programs[0]").unwrap_err().contains("programs[0].argv"));

@@ -195,7 +195,9 @@ fn resolve(at: &str, d: Decl<'_>) -> Result<ProbeSpec, String> {
     let max_timeout = interval_ms.min(MAX_TIMEOUT_MS);
     let timeout_ms = d.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS.min(max_timeout));
     if !(MIN_TIMEOUT_MS..=max_timeout).contains(&timeout_ms) {
-        return Err(format!("{at}.timeout: {timeout_ms} ms is out of range: must be {MIN_TIMEOUT_MS} ms to {max_timeout} ms (the interval, at most 30 s)"));
+        return Err(format!(
+            "{at}.timeout: {timeout_ms} ms is out of range: must be {MIN_TIMEOUT_MS} ms to {max_timeout} ms (the interval, at most 30 s)"
+        ));
     }
     let kinds = [d.http.is_some(), d.tcp.is_some(), d.unix.is_some(), d.tls.is_some()].iter().filter(|k| **k).count();
     if kinds != 1 {
@@ -276,7 +278,9 @@ pub fn split_host_port(a: &str) -> Result<(String, u16), String> {
 pub fn host_port(t: &Target) -> Option<(String, u16)> {
     match t {
         Target::Tcp { addr } | Target::Tls { addr, .. } => split_host_port(addr).ok(),
-        Target::Http { url, .. } => crate::http::client::parse_url(url).ok().map(|u| (u.host.trim_start_matches('[').trim_end_matches(']').to_string(), u.port)),
+        Target::Http { url, .. } => {
+            crate::http::client::parse_url(url).ok().map(|u| (u.host.trim_start_matches('[').trim_end_matches(']').to_string(), u.port))
+        }
         Target::Unix { .. } => None,
     }
 }
@@ -313,7 +317,10 @@ impl Reach {
 
     /// Whether an address may be connected to (for a host not allowed by name).
     pub fn allows_ip(&self, ip: IpAddr) -> bool {
-        self.allow_remote || ip.is_loopback() || ip.to_canonical().is_loopback() || self.nets.iter().any(|(net, len)| in_net(ip, *net, *len))
+        self.allow_remote
+            || ip.is_loopback()
+            || ip.to_canonical().is_loopback()
+            || self.nets.iter().any(|(net, len)| in_net(ip, *net, *len))
     }
 
     /// Whether a host is allowed by name (all its addresses then are).
