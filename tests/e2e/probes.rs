@@ -282,3 +282,88 @@ fn a_program_sensor_runs_as_nobody_is_killed_at_its_timeout_and_its_output_is_cu
     assert_eq!(m["program.flood.first"], 1.0, "{e}");
     assert!(e.contains("program.flood: ") && e.contains("stdout cut at 65536 bytes"), "{e}");
 }
+
+/// A web service for the booted container (its root has perl-base, not python): answers 200
+/// "ok", except in its first run, which degrades to 500 after three requests (a marker in /run
+/// tells a restarted run from the first).
+const DEGRADING_WEB: &str = r#"use IO::Socket::INET;
+my $port = shift;
+my $first = ! -e "/run/medic-web-ran";
+open(my $m, ">", "/run/medic-web-ran"); close($m);
+my $s = IO::Socket::INET->new(LocalAddr => "127.0.0.1", LocalPort => $port, Listen => 16, ReuseAddr => 1) or die "listen: $!";
+my $n = 0;
+while (my $c = $s->accept) {
+    while (my $l = <$c>) { last if $l =~ /^\r?\n$/; }
+    $n++;
+    my ($code, $body) = ($first && $n > 3) ? ("500 Internal Server Error", "broken") : ("200 OK", "ok");
+    print $c "HTTP/1.1 $code\r\nContent-Length: " . length($body) . "\r\nConnection: close\r\n\r\n$body";
+    close $c;
+}
+"#;
+
+#[test]
+fn in_the_booted_container_a_failing_http_probe_restarts_the_unit_live_and_recovers() {
+    use medic::control::mode::ModeState;
+    let c = crate::container::Container::boot(&format!("medic-probe-{}", std::process::id()));
+    // A free port on the host: the container shares the host's network.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    std::fs::write(c.path("/usr/local/bin/medic-web"), DEGRADING_WEB).unwrap();
+    std::fs::write(
+        c.path("/etc/systemd/system/medic-web.service"),
+        format!("[Unit]\nDescription=medic probe test web\n[Service]\nExecStart=/usr/bin/perl /usr/local/bin/medic-web {port}\n"),
+    )
+    .unwrap();
+    c.sh("systemctl daemon-reload && systemctl start medic-web.service");
+    let first = c.sh("systemctl show -p InvocationID --value medic-web.service");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    ModeState { mode: medic::gate::Mode::Live, since_ms: 1, actor: "test".into(), reason: "test".into(), ..ModeState::fresh() }
+        .save(&state)
+        .unwrap();
+    let pb = format!(
+        "const META = #{{ name: \"web-health\", description: \"restart medic-web when its health check fails\", interval: \"1s\",\n\
+         actions: [#{{ kind: \"restart_unit\", target: \"medic-web.service\" }}], rate_limit: #{{ max: 3, per: \"1h\" }}, cooldown: \"10m\",\n\
+         probes: [#{{ name: \"web\", http: \"http://127.0.0.1:{port}/\", body: \"^ok$\", interval: \"1s\", timeout: \"900ms\" }}] }};\n\
+         fn evaluate(node, state) {{\n  if node.has(\"probe.web.ok\") && node.value(\"probe.web.ok\") == 0.0 {{\n    restart_unit(\"medic-web.service\", `health probe failing: status ${{node.value(\"probe.web.status\")}}`);\n  }}\n}}\n"
+    );
+    let pbs = write_playbooks(dir.path(), &[("web_health.rhai", pb)]);
+    let sock = dir.path().join("control.sock");
+    let cfg = write_config(
+        dir.path(),
+        &format!("[control]\nsocket = \"{}\"\n[actions]\nsystemd_bus = \"{}\"\ntimeout_secs = 20\n", sock.display(), c.bus()),
+    );
+    let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+    let agent = Reaped(
+        medic()
+            .args(["run", "--config", cfg.to_str().unwrap(), "--playbooks", pbs.to_str().unwrap(), "--state-dir", state.to_str().unwrap()])
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let logged = || std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
+    let outcome = || audit_lines(&state).into_iter().find(|r| r["kind"] == "action_outcome");
+    assert!(wait_until(60, || outcome().is_some()), "no restart outcome: {}", logged());
+    let recs = audit_lines(&state);
+    let exec = recs.iter().find(|r| r["kind"] == "action").unwrap();
+    assert_eq!(exec["decision"], "executed", "{exec}");
+    assert_eq!(exec["trigger"]["signals"]["probe.web.ok"], 0.0, "{exec}");
+    assert_eq!(exec["trigger"]["signals"]["probe.web.status"], 500.0, "{exec}");
+    let out = outcome().unwrap();
+    assert_eq!(out["outcome"]["status"], "ok", "{out}");
+    assert_eq!(out["outcome"]["verified"], true, "{out}");
+    assert_ne!(c.sh("systemctl show -p InvocationID --value medic-web.service"), first, "restarted");
+    // The restarted service answers 200 again: the probe recovers and nothing more is asked.
+    assert!(
+        wait_until(30, || status_json(&sock)["sensors"]["probe.web"]["ok"] == true && {
+            let st = status_json(&sock);
+            st["sensors"]["probe.web"]["at"].is_string()
+        }),
+        "the probe recovers: {}",
+        status_json(&sock)
+    );
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(status_json(&sock)["sensors"]["probe.web"]["ok"], true, "and stays ok");
+    assert_eq!(audit_lines(&state).iter().filter(|r| r["kind"] == "action" && r["decision"] == "executed").count(), 1);
+    assert!(agent.stop(), "an orderly stop");
+}
