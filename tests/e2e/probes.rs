@@ -181,6 +181,19 @@ fn an_http_health_probe_failing_leads_to_restart_unit_and_hostile_servers_do_not
     assert!(wait_until(30, || status_json(&sock)["sensors"]["probe.web"]["ok"] == true), "the probe recovers");
     assert!(status_json(&sock)["evaluation"]["overruns"].as_u64().unwrap_or(0) <= 2, "ticks keep coming");
     assert!(audit_lines(&state).len() >= before);
+    // Reload (SIGHUP): the playbook now declares another probe; the old one stops and its
+    // result goes, the new one starts.
+    let src = std::fs::read_to_string(pbs.join("web_health.rhai")).unwrap().replace("name: \"web\"", "name: \"web2\"");
+    std::fs::write(pbs.join("web_health.rhai"), src).unwrap();
+    let _ = rustix::process::kill_process(agent.pid(), rustix::process::Signal::HUP);
+    assert!(
+        wait_until(30, || {
+            let st = status_json(&sock);
+            st["sensors"]["probe.web2"]["ok"] == true && st["sensors"].get("probe.web").is_none()
+        }),
+        "the reload swaps the probes: {}",
+        status_json(&sock)
+    );
     assert!(agent.stop(), "an orderly stop");
 }
 

@@ -282,3 +282,38 @@ async fn run_sensor(sensor: Sensor, reach: Reach, board: Board, key: String, gen
         board.put(&key, generation, metrics, ok, reason);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    #[test]
+    fn config_errors_name_the_probe_or_program_and_its_line() {
+        let e = Config::parse("m.toml", "node = \"a\"\n[[probes.check]]\nname = \"db\"\ntcp = \"192.0.2.1:5432\"\n").unwrap_err();
+        assert!(e.reason.contains("probes.check[0]") && e.reason.contains("not a local address"), "{e}");
+        assert_eq!(e.line, 3, "{e}");
+        let twice = "[[probes.check]]\nname = \"a\"\ntcp = \"127.0.0.1:1\"\n[[probes.check]]\nname = \"a\"\nunix = \"/run/a.sock\"\n";
+        assert!(Config::parse("m.toml", twice).unwrap_err().reason.contains("declared twice"));
+        let slow = "[[probes.check]]\nname = \"a\"\ntcp = \"127.0.0.1:1\"\ninterval_secs = 5\ntimeout_ms = 6000\n";
+        assert!(Config::parse("m.toml", slow).unwrap_err().reason.contains("probes.check[0].timeout"));
+        let e = Config::parse("m.toml", "[[programs]]\nname = \"q\"\nargv = [\"sh\", \"-c\", \"x\"]\n").unwrap_err();
+        assert!(e.reason.contains("programs[0].argv"), "{e}");
+        assert!(Config::parse("m.toml", "[probes]\nmax = 0\n").unwrap_err().reason.contains("probes.max"));
+        let ok = "[probes]\nallow = [\"10.0.0.0/8\"]\n[[probes.check]]\nname = \"db\"\ntcp = \"10.2.3.4:5432\"\n[[programs]]\nname = \"q\"\nargv = [\"/bin/true\"]\n";
+        assert!(Config::parse("m.toml", ok).is_ok());
+    }
+
+    #[test]
+    fn a_sensor_that_has_not_reported_is_absent_and_a_stopped_one_leaves() {
+        let mut s = super::Sensors::new(Default::default());
+        let p = super::spec::MetaProbe { name: "web".into(), tcp: Some("127.0.0.1:1".into()), ..Default::default() }.resolve("t").unwrap();
+        // No runtime: declared, not started; nothing on the board.
+        s.set(vec![super::Sensor::Probe(p)]);
+        let mut m = std::collections::BTreeMap::new();
+        s.board().merge_into(&mut m);
+        assert!(m.is_empty());
+        assert_eq!(s.len(), 1);
+        s.set(Vec::new());
+        assert!(s.is_empty());
+    }
+}
