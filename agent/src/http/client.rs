@@ -177,3 +177,47 @@ where
     }
     Ok(Response { status, body: kept, truncated, latency: started.elapsed(), peer_cert: None })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Serves one connection with `answer` (after reading the request), then `forever` bytes
+    /// of 'x' while the peer reads.
+    async fn serve(answer: &'static [u8], forever: bool) -> u16 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut c, _) = l.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf).await;
+            let _ = c.write_all(answer).await;
+            while forever && c.write_all(&[b'x'; 8192]).await.is_ok() {}
+        });
+        port
+    }
+
+    #[test]
+    fn a_body_is_read_to_its_bound_and_endless_headers_are_refused() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let opts = Options { timeout: Duration::from_secs(5), max_body: 1000, ..Default::default() };
+            let port = serve(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n", true).await;
+            let r = request(http::Method::GET, &format!("http://127.0.0.1:{port}/"), &[], Vec::new(), &opts).await.unwrap();
+            assert_eq!((r.status, r.body.len(), r.truncated), (200, 1000, true));
+            let port = serve(b"HTTP/1.1 200 OK\r\nX-A: ", true).await;
+            let e = request(http::Method::GET, &format!("http://127.0.0.1:{port}/"), &[], Vec::new(), &opts).await.unwrap_err();
+            assert_eq!(e.code(), "http_protocol", "{e}");
+            let port = serve(b"", false).await;
+            let quick = Options { timeout: Duration::from_millis(300), ..opts.clone() };
+            let e = request(http::Method::GET, &format!("http://127.0.0.1:{port}/"), &[], Vec::new(), &quick).await.unwrap_err();
+            assert!(matches!(e.code(), "http_timeout" | "http_protocol"), "{e}");
+            let deny: AddrFilter = Arc::new(|_| false);
+            let e = request(http::Method::GET, "http://127.0.0.1:1/", &[], Vec::new(), &Options { allow: Some(deny), ..opts })
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), "http_not_allowed");
+        });
+    }
+}
