@@ -56,6 +56,10 @@ pub struct Config {
     pub metrics: crate::metrics::MetricsConfig,
     /// The flight recorder of sampled signals (`[recorder]`; on by default).
     pub recorder: crate::recorder::RecorderConfig,
+    /// Probes the agent runs (`[probes]`, `[[probes.check]]`) and where they may connect.
+    pub probes: crate::signals::probes::ProbesConfig,
+    /// Program sensors (`[[programs]]`): the operator's allowlist of programs run as sensors.
+    pub programs: Vec<crate::signals::probes::program::ProgramConfig>,
     pub log: LogConfig,
     /// Maintenance windows (`[[maintenance]]`): live actions are held by the gate's
     /// `maintenance` rule during them.

@@ -512,6 +512,7 @@ mod tests {
             cooldown_ms,
             active: Vec::new(),
             breaker: None,
+            probes: Vec::new(),
         }
     }
 

@@ -12,6 +12,7 @@ pub mod ebpf;
 pub mod history;
 pub mod memory;
 pub mod parse;
+pub mod probes;
 pub mod process;
 pub mod sock_diag;
 pub mod sockets;
@@ -102,6 +103,8 @@ pub struct Sampler {
     clk_tck: u64,
     page_size: u64,
     prev: Previous,
+    /// Results of the agent-run sensors (probes, programs), merged into each sample.
+    board: Option<probes::Board>,
 }
 
 impl Sampler {
@@ -132,12 +135,19 @@ impl Sampler {
             clk_tck: rustix::param::clock_ticks_per_second().max(1),
             page_size: rustix::param::page_size() as u64,
             prev: Previous::default(),
+            board: None,
         }
     }
 
     /// Adds the eBPF families (loaded by the caller; see [`ebpf::EbpfSignals::start`]).
     pub fn with_ebpf(mut self, e: ebpf::EbpfSignals) -> Self {
         self.ebpf = Some(e);
+        self
+    }
+
+    /// Adds the latest results of the agent-run sensors to every sample (see [`probes`]).
+    pub fn with_board(mut self, b: probes::Board) -> Self {
+        self.board = Some(b);
         self
     }
 
@@ -253,6 +263,11 @@ impl Sampler {
         // Processes
         self.read_processes(&mut s, boot_time, secs, &sock.inodes, scan);
         self.prev.sockets = Some(sock);
+
+        // Probes and programs: their latest results (absent until each has reported).
+        if let Some(b) = &self.board {
+            b.merge_into(&mut s.metrics);
+        }
 
         // eBPF, last: the sock family names units from the process list.
         if let Some(e) = &mut self.ebpf {
