@@ -10,6 +10,7 @@ pub mod control;
 pub mod daemon;
 pub mod decide;
 pub mod forward;
+pub mod alerts;
 pub mod gate;
 pub mod metrics;
 pub mod playbooks;
