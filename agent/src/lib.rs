@@ -3,6 +3,7 @@
 //! with `config`, `cli`, `daemon` (the loop), `telemetry` (logs) and `metrics` (`/metrics`) around them.
 
 pub mod actions;
+pub mod alerts;
 pub mod audit;
 pub mod cli;
 pub mod config;
@@ -10,7 +11,6 @@ pub mod control;
 pub mod daemon;
 pub mod decide;
 pub mod forward;
-pub mod alerts;
 pub mod gate;
 pub mod metrics;
 pub mod playbooks;

@@ -32,6 +32,8 @@ use std::time::Duration;
 pub const MAX_ACTIVE: usize = 1024;
 /// How long a single event (an action, an outcome) is shown.
 pub const EVENT_MS: i64 = 5 * 60_000;
+/// Records read back from the cursor at start for the playbooks' META.
+const LEARN_BACK: u64 = 4096;
 /// Records read per batch.
 const BATCH: usize = 100;
 
@@ -66,19 +68,19 @@ pub struct State {
     repost_ms: i64,
 }
 
-/// The automatic resolve period of a playbook, from its META as declared: 2 × its interval,
-/// plus the repeat window when its cooldown is longer than its interval or its rate limit is
-/// below one request per interval (its asks may then be coalesced for that long). Unknown: as
-/// for a 60 s interval.
+/// The automatic resolve period of a playbook, from the META its `playbook_loaded` record
+/// carries (`interval_ms`, `cooldown_ms`, `rate_limit.{max,per_ms}`): 2 × its interval, plus
+/// the repeat window when its cooldown is longer than its interval or its rate limit is below
+/// one request per interval (its asks may then be coalesced for that long). Unknown: as for a
+/// 60 s interval.
 pub fn resolve_ms(meta: &Value, repeat_window_ms: i64) -> i64 {
-    let dur = |k: &str| meta.get(k).and_then(Value::as_str).and_then(|s| crate::actions::request::duration_ms(s).ok());
-    let Some(interval) = dur("interval") else { return 120_000 + repeat_window_ms };
-    let cooldown = dur("cooldown").unwrap_or(0);
+    let Some(interval) = meta.get("interval_ms").and_then(Value::as_i64).filter(|i| *i > 0) else { return 120_000 + repeat_window_ms };
+    let cooldown = meta.get("cooldown_ms").and_then(Value::as_i64).unwrap_or(0);
     let rate = meta.get("rate_limit");
     let max = rate.and_then(|r| r.get("max")).and_then(Value::as_i64).unwrap_or(i64::MAX);
-    let per = rate.and_then(|r| r.get("per")).and_then(Value::as_str).and_then(|s| crate::actions::request::duration_ms(s).ok()).unwrap_or(0);
+    let per = rate.and_then(|r| r.get("per_ms")).and_then(Value::as_i64).unwrap_or(0);
     let limited = cooldown > interval || max.saturating_mul(interval) < per;
-    2 * interval + if limited { repeat_window_ms } else { 0 }
+    interval.saturating_mul(2).saturating_add(if limited { repeat_window_ms } else { 0 })
 }
 
 fn rfc(ms: i64) -> String {
@@ -188,7 +190,9 @@ impl State {
                 }
                 (None, Some(n)) if a.starts => {
                     let alertname = match n.details.get("alertname").and_then(Value::as_str) {
-                        Some(s) if !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => s.to_string(),
+                        Some(s) if !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => {
+                            s.to_string()
+                        }
                         _ => a.playbook.clone(),
                     };
                     let h = Held {
@@ -213,13 +217,25 @@ impl State {
                     n.action.as_deref().unwrap_or_default(),
                     n.target.as_deref().unwrap_or_default()
                 );
-                let h = Held { labels: self.labels("MedicBreakerOpen", n), annotations: Self::annotations(n), starts_ms: n.ts_ms, last_ms: n.ts_ms, ends: Ends::Explicitly };
+                let h = Held {
+                    labels: self.labels("MedicBreakerOpen", n),
+                    annotations: Self::annotations(n),
+                    starts_ms: n.ts_ms,
+                    last_ms: n.ts_ms,
+                    ends: Ends::Explicitly,
+                };
                 out.extend(self.hold(key, h, now));
             }
             (Class::Audit, "audit_recovered") => out.extend(self.end("audit", now)),
             (Class::Action | Class::Outcome, _) => {
                 let name = if n.class == Class::Action { "MedicAction" } else { "MedicActionOutcome" };
-                let h = Held { labels: self.labels(name, n), annotations: Self::annotations(n), starts_ms: n.ts_ms, last_ms: n.ts_ms, ends: Ends::Explicitly };
+                let h = Held {
+                    labels: self.labels(name, n),
+                    annotations: Self::annotations(n),
+                    starts_ms: n.ts_ms,
+                    last_ms: n.ts_ms,
+                    ends: Ends::Explicitly,
+                };
                 out.push(self.alert(&h, n.ts_ms + EVENT_MS));
             }
             _ => {}
@@ -241,7 +257,13 @@ impl State {
         match down {
             Some((since, error)) if !self.held.contains_key("audit") => {
                 let n = notification::unwritable(&self.node, since, &error);
-                let h = Held { labels: self.labels("MedicAuditUnwritable", &n), annotations: Self::annotations(&n), starts_ms: since, last_ms: since, ends: Ends::Explicitly };
+                let h = Held {
+                    labels: self.labels("MedicAuditUnwritable", &n),
+                    annotations: Self::annotations(&n),
+                    starts_ms: since,
+                    last_ms: since,
+                    ends: Ends::Explicitly,
+                };
                 self.hold("audit".into(), h, now)
             }
             None => self.end("audit", now),
@@ -281,6 +303,13 @@ pub async fn run(p: Prepared, s: SinkConfig, classes: Vec<Class>, ctx: Context) 
     let mut memory: Vec<Value> = Vec::new();
     let mut pending: Option<(u64, i64, Vec<Value>)> = None;
     let mut next_repost = crate::audit::now_ms() + repost;
+    // The playbooks' resolve periods, from their `playbook_loaded` records: a new sink's cursor
+    // starts just after those of the current run, an older one finds the next run's after it.
+    for (_, line) in feed.before(LEARN_BACK) {
+        if let Some(r) = notification::read(&line, &ctx.node).filter(|r| r.loaded.is_some()) {
+            let _ = state.apply(&r, &[], 0);
+        }
+    }
     loop {
         let now = crate::audit::now_ms();
         if classes.contains(&Class::Audit) && down.has_changed().unwrap_or(false) {
@@ -389,7 +418,7 @@ mod tests {
         let cfg = SinkConfig { resolve_after_secs: 0, repost_secs: 10, ..Default::default() };
         let mut st = State::new("n", &cfg, 600_000);
         let loaded = notification::Read {
-            loaded: Some(("pb".into(), json!({"interval": "5s", "cooldown": "0s", "rate_limit": {"max": 100, "per": "1m"}}))),
+            loaded: Some(("pb".into(), json!({"interval_ms": 5000, "cooldown_ms": 0, "rate_limit": {"max": 100, "per_ms": 60_000}}))),
             ..Default::default()
         };
         let all = [Class::Notify];
@@ -414,9 +443,10 @@ mod tests {
 
     #[test]
     fn resolve_period_counts_the_repeat_window_only_when_repeats_coalesce() {
-        assert_eq!(resolve_ms(&json!({"interval": "10s", "cooldown": "0s", "rate_limit": {"max": 10, "per": "1m"}}), 600_000), 20_000);
-        assert_eq!(resolve_ms(&json!({"interval": "10s", "cooldown": "5m", "rate_limit": {"max": 10, "per": "1m"}}), 600_000), 620_000);
-        assert_eq!(resolve_ms(&json!({"interval": "10s", "cooldown": "0s", "rate_limit": {"max": 1, "per": "1h"}}), 600_000), 620_000);
+        let meta = |cooldown_ms: i64, max: i64, per_ms: i64| json!({"interval_ms": 10_000, "cooldown_ms": cooldown_ms, "rate_limit": {"max": max, "per_ms": per_ms}});
+        assert_eq!(resolve_ms(&meta(0, 10, 60_000), 600_000), 20_000);
+        assert_eq!(resolve_ms(&meta(300_000, 10, 60_000), 600_000), 620_000);
+        assert_eq!(resolve_ms(&meta(0, 1, 3_600_000), 600_000), 620_000);
         assert_eq!(resolve_ms(&Value::Null, 0), 120_000);
     }
 

@@ -128,13 +128,16 @@ impl AlertsConfig {
         let mut out = Vec::new();
         for (kind, list) in [(SinkKind::Alertmanager, &self.alertmanager), (SinkKind::Webhook, &self.webhook)] {
             for (i, s) in list.iter().enumerate() {
-                let name = s.name.clone().unwrap_or_else(|| {
-                    if i == 0 {
-                        kind.as_str().to_string()
-                    } else {
-                        format!("{}-{}", kind.as_str(), i + 1)
-                    }
-                });
+                let name =
+                    s.name.clone().unwrap_or_else(
+                        || {
+                            if i == 0 {
+                                kind.as_str().to_string()
+                            } else {
+                                format!("{}-{}", kind.as_str(), i + 1)
+                            }
+                        },
+                    );
                 out.push((kind, name, s));
             }
         }
@@ -173,7 +176,8 @@ impl AlertsConfig {
             }
             // Parsed without the TLS roots: they are read at start.
             let uri: Result<hyper::Uri, _> = s.url.parse();
-            let ok = uri.as_ref().is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some_and(|h| !h.is_empty()));
+            let ok =
+                uri.as_ref().is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some_and(|h| !h.is_empty()));
             if !ok {
                 return Err((key("url"), format!("{at}.url: {:?} must be an http:// or https:// URL with a host", s.url)));
             }
@@ -199,7 +203,10 @@ impl AlertsConfig {
                     return Err((key("headers"), format!("{at}.headers: {k:?} is not a header medic lets a config set")));
                 }
                 if hyper::header::HeaderValue::from_str(v).is_err() || v.len() > 1024 {
-                    return Err((key("headers"), format!("{at}.headers.{k}: not a valid header value (visible ASCII, at most 1024 bytes)")));
+                    return Err((
+                        key("headers"),
+                        format!("{at}.headers.{k}: not a valid header value (visible ASCII, at most 1024 bytes)"),
+                    ));
                 }
             }
             for (k, p) in [("bearer_token_file", &s.bearer_token_file), ("ca_file", &s.ca_file)] {

@@ -71,7 +71,9 @@ pub async fn run(cfg: AlertsConfig, ctx: Context) {
         let classes = sink.classes(kind);
         let prepared = Prepared::new(kind, &name, &sink);
         match prepared {
-            Err(e) => tracing::error!(message = "Alert sink unusable; not delivering to it.", error_code = "alert_sink_config", sink = %name, error = %e),
+            Err(e) => {
+                tracing::error!(message = "Alert sink unusable; not delivering to it.", error_code = "alert_sink_config", sink = %name, error = %e)
+            }
             Ok(p) => {
                 tracing::info!(message = "Delivering alerts.", sink = %name, kind = kind.as_str(), url = %sink.url, classes = ?classes);
                 tasks.push(match kind {
@@ -154,6 +156,15 @@ impl Feed {
             }
             None => Vec::new(),
         }
+    }
+
+    /// Up to `back` records at or before the cursor (already delivered), for what they declare
+    /// (the playbooks' META, written at start just before a new sink's first cursor).
+    pub fn before(&self, back: u64) -> Vec<(u64, String)> {
+        let Ok(mut t) = Tail::after(&self.state_dir, self.cursor.saturating_sub(back)) else { return Vec::new() };
+        let mut out = t.next(back as usize).unwrap_or_default();
+        out.retain(|(s, _)| *s <= self.cursor);
+        out
     }
 
     /// The sink accepted everything up to `seq`: the cursor moves and is written.

@@ -123,11 +123,12 @@ pub fn read(line: &str, node: &str) -> Option<Read> {
                 (ActionKind::Notify, Decision::Executed | Decision::WouldExecute) => {
                     out.ask = Some(Ask { playbook: pb.clone(), subject: subject.clone(), at_ms: ts_ms, starts: true });
                     let details = a.action.params.get("details").cloned().unwrap_or(Value::Null);
-                    let severity = details.get("severity").and_then(Value::as_str).filter(|s| severity_ok(s)).unwrap_or("warning").to_string();
-                    let description = details.get("description").and_then(Value::as_str).map_or_else(
-                        || if details.is_null() { String::new() } else { details.to_string() },
-                        str::to_string,
-                    );
+                    let severity =
+                        details.get("severity").and_then(Value::as_str).filter(|s| severity_ok(s)).unwrap_or("warning").to_string();
+                    let description = details
+                        .get("description")
+                        .and_then(Value::as_str)
+                        .map_or_else(|| if details.is_null() { String::new() } else { details.to_string() }, str::to_string);
                     note(Class::Notify, "action", &severity, subject.clone(), description, details)
                 }
                 (ActionKind::Notify, Decision::Suppressed) if matches!(a.rule.as_str(), "cooldown" | "rate_limit") => {
@@ -269,9 +270,13 @@ mod tests {
 
     #[test]
     fn a_notify_let_through_is_delivered_with_its_severity_and_asks() {
-        let r = read(&action("notify", "executed", "notify", serde_json::json!({"details": {"severity": "critical", "pct": 97}})), "x").unwrap();
+        let r = read(&action("notify", "executed", "notify", serde_json::json!({"details": {"severity": "critical", "pct": 97}})), "x")
+            .unwrap();
         let n = r.notification.unwrap();
-        assert_eq!((n.seq, n.class, n.severity.as_str(), n.summary.as_str(), n.node.as_str()), (Some(7), Class::Notify, "critical", "disk full", "n1"));
+        assert_eq!(
+            (n.seq, n.class, n.severity.as_str(), n.summary.as_str(), n.node.as_str()),
+            (Some(7), Class::Notify, "critical", "disk full", "n1")
+        );
         assert_eq!(n.details["pct"], 97);
         let a = r.ask.unwrap();
         assert!(a.starts && a.playbook == "pb" && a.subject == "disk full" && a.at_ms == 1_767_323_045_000);
@@ -301,7 +306,9 @@ mod tests {
         let r = read(&action("restart_unit", "escalated", "breaker", Value::Null), "x").unwrap();
         let n = r.notification.unwrap();
         assert_eq!((n.class, n.severity.as_str()), (Class::Escalation, "critical"));
-        let rec = line(serde_json::json!({"kind": "audit_recovered", "since": "2026-01-02T03:00:00.000Z", "error": "ENOSPC", "running_actions": 0}));
+        let rec = line(
+            serde_json::json!({"kind": "audit_recovered", "since": "2026-01-02T03:00:00.000Z", "error": "ENOSPC", "running_actions": 0}),
+        );
         assert_eq!(read(&rec, "x").unwrap().notification.unwrap().class, Class::Audit);
         assert!(read("not json", "x").is_none());
         let other = read(&line(serde_json::json!({"kind": "some_future_kind"})), "x").unwrap();

@@ -260,7 +260,11 @@ impl Metrics {
         );
         r.register("medic_alerts_delivered", "Notifications a sink accepted (2xx), by sink", m.alerts_delivered.clone());
         r.register("medic_alerts_failures", "POSTs to a sink that failed (retried), by sink and error code", m.alerts_failures.clone());
-        r.register("medic_alerts_dropped", "Records older than the sink's max_age_secs when their turn came, not delivered", m.alerts_dropped.clone());
+        r.register(
+            "medic_alerts_dropped",
+            "Records older than the sink's max_age_secs when their turn came, not delivered",
+            m.alerts_dropped.clone(),
+        );
         r.register(
             "medic_alerts_lag_seconds",
             "Age of the oldest record a sink has still to deliver (0 when it is up to date)",
