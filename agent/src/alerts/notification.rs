@@ -81,7 +81,7 @@ pub struct Read {
 }
 
 fn rfc3339_ms(s: &str) -> Option<i64> {
-    let t = humantime::parse_rfc3339_weak(s.trim_end_matches('Z')).ok()?;
+    let t = humantime::parse_rfc3339_weak(s).ok()?;
     Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis().min(i64::MAX as u128) as i64)
 }
 
@@ -159,11 +159,9 @@ pub fn read(line: &str, node: &str) -> Option<Read> {
             n.decision = Some(a.decision.as_str().to_string());
             out.notification = Some(n);
         }
-        Record::DecisionRepeated(r) => {
-            if r.action.kind == ActionKind::Notify && matches!(r.rule.as_str(), "cooldown" | "rate_limit") {
-                let at_ms = rfc3339_ms(&r.last).unwrap_or(ts_ms);
-                out.ask = Some(Ask { playbook: r.playbook.name, subject: r.action.target, at_ms, starts: false });
-            }
+        Record::DecisionRepeated(r) if r.action.kind == ActionKind::Notify && matches!(r.rule.as_str(), "cooldown" | "rate_limit") => {
+            let at_ms = rfc3339_ms(&r.last).unwrap_or(ts_ms);
+            out.ask = Some(Ask { playbook: r.playbook.name, subject: r.action.target, at_ms, starts: false });
         }
         Record::ActionOutcome(o) if o.action.kind != ActionKind::Notify => {
             let severity = if o.outcome.status == Status::Ok { "info" } else { "warning" };
