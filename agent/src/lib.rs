@@ -3,6 +3,7 @@
 //! with `config`, `cli`, `daemon` (the loop), `telemetry` (logs) and `metrics` (`/metrics`) around them.
 
 pub mod actions;
+pub mod alerts;
 pub mod audit;
 pub mod cli;
 pub mod config;

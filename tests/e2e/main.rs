@@ -3,6 +3,7 @@
 
 mod acting;
 mod actions_hostile;
+mod alerts;
 mod audit;
 mod cli;
 mod container;

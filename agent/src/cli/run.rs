@@ -52,6 +52,7 @@ pub fn run(o: Overrides, once: bool) -> Outcome {
         settings.control_socket.clone(),
         cfg.control.group.clone(),
         cfg.mqtt.clone(),
+        (cfg.alerts.clone(), crate::config::secs_to_ms(cfg.audit.repeat_window_secs)),
     ))?;
     Ok(())
 }

@@ -139,6 +139,9 @@ pub(super) fn check(cfg: &Config, file: &str, text: &str) -> Result<(), ConfigEr
     if m.max_inflight == 0 || m.max_rate == 0 {
         return Err(at("mqtt.max_inflight", "mqtt.max_inflight and mqtt.max_rate: must be at least 1".into()));
     }
+    if let Err((key, reason)) = cfg.alerts.validate() {
+        return Err(at(key, reason));
+    }
     if let Err(reason) = cfg.metrics.address() {
         return Err(at("metrics.listen", reason));
     }

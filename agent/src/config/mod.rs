@@ -52,6 +52,8 @@ pub struct Config {
     pub control: ControlConfig,
     /// Replication of the audit log to an MQTT broker (`[mqtt]`; off unless enabled).
     pub mqtt: crate::forward::MqttConfig,
+    /// Notifications delivered to Alertmanager and webhooks (`[alerts]`; none unless configured).
+    pub alerts: crate::alerts::AlertsConfig,
     /// The Prometheus endpoint (`[metrics]`; on, loopback only, by default).
     pub metrics: crate::metrics::MetricsConfig,
     /// The flight recorder of sampled signals (`[recorder]`; on by default).

@@ -63,6 +63,7 @@ pub async fn run(
     control: PathBuf,
     group: Option<String>,
     mqtt: crate::forward::MqttConfig,
+    alerts: (crate::alerts::AlertsConfig, i64),
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut sd = notify::Notifier::from_env();
@@ -82,8 +83,17 @@ pub async fn run(
         agent.verifier = crate::control::remote::Verifier::load(&keys, &state_dir);
         let (health_tx, health_rx) = tokio::sync::watch::channel(crate::forward::Health::default());
         agent.replication = Some(health_rx);
-        let links = crate::forward::Links { status: status_rx, stop: stop_rx, health: health_tx, commands: cmd_tx, acks: ack_rx };
+        let links = crate::forward::Links { status: status_rx, stop: stop_rx.clone(), health: health_tx, commands: cmd_tx, acks: ack_rx };
         tokio::spawn(crate::forward::run(mqtt.clone(), agent.node.clone(), state_dir, links))
+    });
+    // Alert sinks tail the audit log like the forwarder; the log's fail-closed state comes from
+    // the loop (it cannot be in the log).
+    let (down_tx, down_rx) = tokio::sync::watch::channel(agent.audit_down());
+    let alerter = (!alerts.0.sinks().is_empty()).then(|| {
+        let state_dir = agent.audit_path().parent().map(PathBuf::from).unwrap_or_default();
+        let links = crate::alerts::Links { stop: stop_rx.clone(), audit_down: down_rx, metrics: agent.metrics() };
+        let ctx = crate::alerts::Context { node: agent.node.clone(), state_dir, repeat_window_ms: alerts.1, links };
+        tokio::spawn(crate::alerts::run(alerts.0, ctx))
     });
     let listener = match bind_control(&control, group.as_deref()) {
         Ok(l) => l,
@@ -150,6 +160,12 @@ pub async fn run(
                     wake_at = wake(&mut agent, last_wake).or(wake_at);
                 }
                 let _ = status_tx.send(agent.public_status());
+                down_tx.send_if_modified(|d| {
+                    let now = agent.audit_down();
+                    let changed = *d != now;
+                    *d = now;
+                    changed
+                });
                 // A tick completed on the loop: the only thing that feeds the watchdog.
                 sd.tick_completed();
                 if sd.is_ready() { sd.status(&notify::status_of(&agent)) } else { sd.ready(&notify::status_of(&agent)) }
@@ -191,6 +207,9 @@ pub async fn run(
     let _ = stop_tx.send(true);
     if let Some(f) = forwarder {
         let _ = tokio::time::timeout(Duration::from_secs(3), f).await;
+    }
+    if let Some(a) = alerter {
+        let _ = tokio::time::timeout(Duration::from_secs(1), a).await;
     }
     Ok(())
 }

@@ -17,6 +17,11 @@ impl Agent {
         m.playbooks(self.decider.slots().count(), self.decider.slots().filter(|s| s.disabled_until.is_some_and(|u| u > now)).count());
     }
 
+    /// The audit log unwritable (since when, why), for the alert sinks: it cannot be in the log.
+    pub fn audit_down(&self) -> crate::alerts::AuditDown {
+        self.journal.down.clone()
+    }
+
     /// The retained status published on the broker: what changes rarely (not budgets or seq).
     pub fn public_status(&self) -> String {
         let st = self.status(crate::audit::now_ms());

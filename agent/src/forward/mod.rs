@@ -26,7 +26,7 @@
 
 pub mod commands;
 mod connection;
-mod spool;
+pub(crate) mod spool;
 
 pub use connection::{connection_options, Backoff, MqttConfig, BACKOFF_MAX, BACKOFF_MIN, HEALTHY};
 pub use spool::{read_cursor, CURSOR_FILE};

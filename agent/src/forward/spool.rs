@@ -24,7 +24,7 @@ pub(super) fn write_cursor(state_dir: &Path, seq: u64) -> std::io::Result<()> {
 /// Reads records after a `seq`, across the log's segments (see `audit::segments`): a closed
 /// segment is read to its end, then the next one; the active one through an open descriptor,
 /// so a rotation (a rename) loses nothing. Lines are read with a bounded buffer.
-pub(super) struct Tail {
+pub(crate) struct Tail {
     dir: PathBuf,
     path: PathBuf,
     reader: std::io::BufReader<std::fs::File>,
@@ -39,7 +39,7 @@ pub(super) struct Tail {
 impl Tail {
     /// Positioned after the record with `seq`: in the first closed segment that holds a later
     /// one, else in the active segment.
-    pub(super) fn after(dir: &Path, seq: u64) -> std::io::Result<Self> {
+    pub(crate) fn after(dir: &Path, seq: u64) -> std::io::Result<Self> {
         use crate::audit::segments;
         let segs = segments::list(dir)?;
         let seg = segs
@@ -71,7 +71,7 @@ impl Tail {
     }
 
     /// Up to `max` whole records after the last one returned.
-    pub(super) fn next(&mut self, max: usize) -> std::io::Result<Vec<(u64, String)>> {
+    pub(crate) fn next(&mut self, max: usize) -> std::io::Result<Vec<(u64, String)>> {
         use crate::audit::segments::{read_line, Line, MAX_LINE};
         let mut out = Vec::new();
         let mut buf = Vec::new();
@@ -120,7 +120,7 @@ impl Tail {
 }
 
 /// The `seq` of the last record written (from the audit log's anchor: no read of the log).
-pub(super) fn last_seq(state_dir: &Path) -> u64 {
+pub(crate) fn last_seq(state_dir: &Path) -> u64 {
     crate::audit::anchor::read(state_dir).map_or(0, |a| a.seq)
 }
 

@@ -131,6 +131,12 @@ pub struct Metrics {
     pub http_errors: Family<Labels1, Counter>,
     /// Connections refused for want of a slot.
     pub http_refused: Counter,
+    /// Alert delivery (`alerts/`), by sink: notifications accepted, failed POSTs, records too old
+    /// to deliver, and the age of the oldest record waiting.
+    pub alerts_delivered: Family<Labels1, Counter>,
+    pub alerts_failures: Family<Labels2, Counter>,
+    pub alerts_dropped: Family<Labels1, Counter>,
+    pub alerts_lag_seconds: Family<Labels1, Gauge>,
     /// Last scrape's encoding time in µs (for `docs/BENCHMARKS.md` and the curious).
     last_encode_us: AtomicU64,
 }
@@ -165,6 +171,10 @@ impl Metrics {
             scrapes: Counter::default(),
             http_errors: Family::default(),
             http_refused: Counter::default(),
+            alerts_delivered: Family::default(),
+            alerts_failures: Family::default(),
+            alerts_dropped: Family::default(),
+            alerts_lag_seconds: Family::default(),
             last_encode_us: AtomicU64::new(0),
             registry: Registry::default(),
         };
@@ -247,6 +257,18 @@ impl Metrics {
             "medic_metrics_http_refused",
             "Connections to the metrics endpoint refused, or dropped before their request was in for a newer one: too many at once",
             m.http_refused.clone(),
+        );
+        r.register("medic_alerts_delivered", "Notifications a sink accepted (2xx), by sink", m.alerts_delivered.clone());
+        r.register("medic_alerts_failures", "POSTs to a sink that failed (retried), by sink and error code", m.alerts_failures.clone());
+        r.register(
+            "medic_alerts_dropped",
+            "Records older than the sink's max_age_secs when their turn came, not delivered",
+            m.alerts_dropped.clone(),
+        );
+        r.register(
+            "medic_alerts_lag_seconds",
+            "Age of the oldest record a sink has still to deliver (0 when it is up to date)",
+            m.alerts_lag_seconds.clone(),
         );
         for mode in ["dry-run", "live"] {
             let _ = m.mode.get_or_create(&[("mode", mode.to_string())]);
