@@ -56,6 +56,8 @@ pub struct Config {
     pub metrics: crate::metrics::MetricsConfig,
     /// The flight recorder of sampled signals (`[recorder]`; on by default).
     pub recorder: crate::recorder::RecorderConfig,
+    /// Files watched and where their content may be read (`[files]`, see signals/files.rs).
+    pub files: crate::signals::files::FilesConfig,
     pub log: LogConfig,
 }
 

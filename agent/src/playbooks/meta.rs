@@ -6,6 +6,7 @@ use super::api::duration_ms;
 /// The one glob matcher (manifest targets here), kept with the actions that own most of its uses.
 pub use crate::actions::glob::glob_match;
 use crate::actions::ActionKind;
+use crate::signals::files::FileSpec;
 use serde::{Deserialize, Serialize};
 
 /// One entry of the capability manifest: an action kind and a target pattern (`*` and `?`
@@ -36,6 +37,8 @@ pub struct Meta {
     pub rate_limit: RateLimit,
     /// Minimum time between two executions on the same (playbook, action, target).
     pub cooldown_ms: i64,
+    /// Files whose signals this playbook reads (`file.<name>.*`), watched by the agent.
+    pub files: Vec<FileSpec>,
 }
 
 #[derive(Deserialize)]
@@ -65,7 +68,33 @@ struct RawMeta {
     actions: Vec<RawCap>,
     rate_limit: RawRate,
     cooldown: String,
+    #[serde(default)]
+    files: Vec<RawFile>,
 }
+
+/// `META.files[i]`: `tail` is a size (`65536` or `"64KiB"`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    name: String,
+    path: String,
+    #[serde(default)]
+    hash: bool,
+    #[serde(default)]
+    pattern: Option<String>,
+    #[serde(default)]
+    tail: Option<RawSize>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawSize {
+    Bytes(i64),
+    Text(String),
+}
+
+/// Most files one playbook declares (the node bounds them all with `files.max_files`).
+pub const MAX_FILES: usize = 64;
 
 /// Turns the META map into [`Meta`]; the error names the field at fault.
 pub fn parse(value: &rhai::Dynamic) -> Result<Meta, String> {
@@ -97,7 +126,28 @@ pub fn parse(value: &rhai::Dynamic) -> Result<Meta, String> {
     if raw.rate_limit.max < 1 {
         return Err("META.rate_limit.max: must be at least 1".into());
     }
+    if raw.files.len() > MAX_FILES {
+        return Err(format!("META.files: {} files, at most {MAX_FILES}", raw.files.len()));
+    }
+    let mut files = Vec::new();
+    for (i, f) in raw.files.into_iter().enumerate() {
+        let tail_bytes = match f.tail {
+            None => crate::signals::files::DEFAULT_TAIL_BYTES,
+            Some(RawSize::Bytes(n)) => n.max(0) as u64,
+            Some(RawSize::Text(t)) => crate::signals::files::parse_size(&t).map_err(|e| format!("META.files[{i}].tail: {e}"))?,
+        };
+        let spec = FileSpec { name: f.name, path: f.path.into(), hash: f.hash, pattern: f.pattern, tail_bytes };
+        if let Err(e) = spec.check() {
+            let field = if matches!(e, crate::signals::files::FileError::Tail(_)) { "tail" } else { e.field() };
+            return Err(format!("META.files[{i}].{field}: {e}"));
+        }
+        if files.iter().any(|g: &FileSpec| g.name == spec.name) {
+            return Err(format!("META.files[{i}].name: {:?} declared twice", spec.name));
+        }
+        files.push(spec);
+    }
     Ok(Meta {
+        files,
         name: raw.name,
         description: raw.description,
         interval_ms,

@@ -9,6 +9,7 @@
 pub mod cpu;
 pub mod disk;
 pub mod ebpf;
+pub mod files;
 pub mod history;
 pub mod memory;
 pub mod parse;
@@ -102,6 +103,7 @@ pub struct Sampler {
     clk_tck: u64,
     page_size: u64,
     prev: Previous,
+    files: files::Files,
 }
 
 impl Sampler {
@@ -132,7 +134,20 @@ impl Sampler {
             clk_tck: rustix::param::clock_ticks_per_second().max(1),
             page_size: rustix::param::page_size() as u64,
             prev: Previous::default(),
+            files: files::Files::new(files::FilesConfig::default()),
         }
+    }
+
+    /// Watches the config's files (`[files]`), and the playbooks' once declared through
+    /// [`files_declared`](Self::files_declared).
+    pub fn with_files(mut self, cfg: files::FilesConfig) -> Self {
+        self.files = files::Files::new(cfg);
+        self
+    }
+
+    /// Where the loaded playbooks' `files` are handed to this sampler (at start and reload).
+    pub fn files_declared(&self) -> files::Declared {
+        self.files.declared()
     }
 
     /// Adds the eBPF families (loaded by the caller; see [`ebpf::EbpfSignals::start`]).
@@ -253,6 +268,9 @@ impl Sampler {
         // Processes
         self.read_processes(&mut s, boot_time, secs, &sock.inodes, scan);
         self.prev.sockets = Some(sock);
+
+        // Declared files
+        self.files.sample(&mut s);
 
         // eBPF, last: the sock family names units from the process list.
         if let Some(e) = &mut self.ebpf {
