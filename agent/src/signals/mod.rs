@@ -1,7 +1,7 @@
 //! Sensing: turns procfs (and the cgroup tree under sysfs) into one [`Snapshot`] per tick, and
 //! keeps the [`history::History`] of those snapshots that playbooks aggregate over.
 //!
-//! One file per signal family (`cpu`, `memory`, `disk`, `sockets`, `tcp`, `process`); this module
+//! One file per signal family (`cpu`, `memory`, `disk`, `net`, `files`, `sockets`, `tcp`, `process`); this module
 //! only sequences them. The `/proc` and `/sys` roots are injected so tests run on fixture trees.
 //! A family that cannot be read is *unavailable* (listed in [`Snapshot::unavailable`] with why),
 //! never a fake zero; a file that does not parse is an error naming file, line and field.
@@ -12,6 +12,7 @@ pub mod ebpf;
 pub mod files;
 pub mod history;
 pub mod memory;
+pub mod net;
 pub mod parse;
 pub mod process;
 pub mod sock_diag;
@@ -68,6 +69,7 @@ struct Previous {
     ts_ms: i64,
     stat: Option<cpu::Stat>,
     disks: Option<BTreeMap<String, disk::DiskCounters>>,
+    net: Option<BTreeMap<String, net::Counters>>,
     tcp: BTreeMap<String, f64>,
     procs: HashMap<i64, ProcMemo>,
     sockets: Option<SocketScan>,
@@ -228,6 +230,19 @@ impl Sampler {
                 self.prev.disks = Some(cur);
             }
             Err(e) => fail(&mut s, "blk", e),
+        }
+
+        // Network interfaces
+        let f = p.join("net").join("dev");
+        match read(&f).and_then(|t| net::parse_dev(&f, &t)) {
+            Ok((cur, left_out)) => {
+                net::into(self.prev.net.as_ref(), &cur, secs, &self.roots.sys, &mut s.metrics);
+                if left_out > 0 {
+                    s.unavailable.insert("net".into(), format!("{left_out} interfaces beyond the first {} not reported", net::MAX_INTERFACES));
+                }
+                self.prev.net = Some(cur);
+            }
+            Err(e) => fail(&mut s, "net", e),
         }
 
         // TCP counters
