@@ -18,6 +18,7 @@ mod package;
 mod playbooks;
 mod replay;
 mod scale;
+mod sensors;
 mod signals;
 mod sockets;
 mod systemd;

@@ -330,7 +330,7 @@ fn under_the_hardened_unit_every_action_acts_and_every_ebpf_family_loads() {
     c.sh("medic mode live --reason 'hardened unit test'");
     let state = c.path("/var/lib/medic");
     let outcomes = || -> Vec<serde_json::Value> { audit_lines(&state).into_iter().filter(|r| r["kind"] == "action_outcome").collect() };
-    let done = crate::util::wait_until(60, || outcomes().len() >= 4);
+    let done = crate::util::wait_until(60, || outcomes().len() >= 5);
     let recs = audit_lines(&state);
     let all = serde_json::Value::Array(recs.clone());
     assert!(done, "four live outcomes expected:\n{all:#}\n{}", journal());
