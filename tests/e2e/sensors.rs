@@ -60,7 +60,11 @@ fn declared_files_from_the_config_are_read_by_medic_signals_and_bounded() {
     assert_eq!(m["file.shadow_direct.mode"], 0o640 as f64);
     let exists = m.as_object().unwrap().keys().filter(|k| k.starts_with("file.") && k.ends_with(".exists")).count();
     assert_eq!(exists, 256);
-    assert!(v["unavailable"]["files"].as_str().unwrap().contains("748 declared files beyond files.max_files (256)"), "{}", v["unavailable"]);
+    assert!(
+        v["unavailable"]["files"].as_str().unwrap().contains("748 declared files beyond files.max_files (256)"),
+        "{}",
+        v["unavailable"]
+    );
 }
 
 #[test]
@@ -87,7 +91,8 @@ fn a_playbooks_meta_files_reach_the_sampler_and_a_growing_log_fires_it() {
     .replace("actions: [", &format!("{files}actions: ["));
     let pbs = write_playbooks(d.path(), &[("log.rhai", src)]);
     let state = d.path().join("state");
-    let toml = format!("[signals.ebpf]\nenabled = false\n[recorder]\nenabled = false\n[files]\ncontent_paths = [\"{}/*\"]\n", logs.display());
+    let toml =
+        format!("[signals.ebpf]\nenabled = false\n[recorder]\nenabled = false\n[files]\ncontent_paths = [\"{}/*\"]\n", logs.display());
     let cfg = Config::parse("t.toml", &toml).unwrap();
     let mut agent = Agent::start(&cfg, Some(pbs), state.clone()).unwrap();
     let t0 = medic::audit::now_ms();

@@ -96,7 +96,8 @@ impl Agent {
         };
         let roots = Roots { proc: cfg.signals.proc_root.clone(), sys: cfg.signals.sys_root.clone() };
         let ebpf = crate::signals::ebpf::EbpfSignals::start(&cfg.signals.ebpf);
-        let mut sampler = Sampler::with_socket_scan_every(roots, cfg.signals.socket_scan_every).with_ebpf(ebpf).with_files(cfg.files.clone());
+        let mut sampler =
+            Sampler::with_socket_scan_every(roots, cfg.signals.socket_scan_every).with_ebpf(ebpf).with_files(cfg.files.clone());
         let files_declared = sampler.files_declared();
         let interval_ms = cfg.signals.interval_ms();
         let mut history = History::new(cfg.signals.history_ms(), interval_ms, cfg.signals.max_series);

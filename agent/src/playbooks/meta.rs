@@ -165,3 +165,34 @@ impl Meta {
         self.actions.iter().any(|c| c.kind == kind && glob_match(&c.target, target))
     }
 }
+
+#[cfg(test)]
+mod files_tests {
+    fn compile(files: &str) -> Result<super::Meta, String> {
+        let src = format!(
+            "const META = #{{ name: \"p\", description: \"d\", interval: \"1s\", actions: [], rate_limit: #{{ max: 1, per: \"1h\" }}, cooldown: \"1s\", files: {files} }};\nfn evaluate(node, state) {{}}"
+        );
+        crate::playbooks::Runtime::new(Default::default()).compile("p.rhai", &src).map(|p| p.meta).map_err(|e| e.to_string())
+    }
+
+    /// META `files`: parsed with a size for `tail`, and each bad field named `META.files[i].<field>`.
+    #[test]
+    fn meta_files_are_parsed_and_their_errors_named() {
+        let m = compile("[#{ name: \"log\", path: \"/var/log/a.log\", pattern: \"ERROR\", tail: \"1MiB\" }, #{ name: \"c\", path: \"/etc/x\", hash: true }]").unwrap();
+        assert_eq!(m.files.len(), 2);
+        assert_eq!(m.files[0].tail_bytes, 1 << 20);
+        assert_eq!(m.files[1].tail_bytes, crate::signals::files::DEFAULT_TAIL_BYTES);
+        for (files, want) in [
+            ("[#{ name: \"a.b\", path: \"/x\" }]", "META.files[0].name"),
+            ("[#{ name: \"a\", path: \"x\" }]", "META.files[0].path"),
+            ("[#{ name: \"a\", path: \"/x\", pattern: \"(\" }]", "META.files[0].pattern"),
+            ("[#{ name: \"a\", path: \"/x\", tail: \"2MiB\" }]", "META.files[0].tail"),
+            ("[#{ name: \"a\", path: \"/x\", tail: \"1GiB\" }]", "META.files[0].tail"),
+            ("[#{ name: \"a\", path: \"/x\" }, #{ name: \"a\", path: \"/y\" }]", "META.files[1].name"),
+            ("[#{ name: \"a\", path: \"/x\", follow: true }]", "META"),
+        ] {
+            let e = compile(files).unwrap_err();
+            assert!(e.contains(want), "{files}: {e}");
+        }
+    }
+}

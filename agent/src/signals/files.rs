@@ -178,11 +178,14 @@ impl Default for FilesConfig {
 /// The files the loaded playbooks declare, handed over at start and at each reload; the sampler
 /// picks a new list up at its next sample (it may be on the worker when a reload happens).
 #[derive(Debug, Clone, Default)]
-pub struct Declared(Arc<Mutex<(u64, Vec<(String, FileSpec)>)>>);
+pub struct Declared(Arc<Mutex<(u64, Vec<Origin>)>>);
+
+/// A declared file with who declared it (`config`, `playbook <name>`).
+pub type Origin = (String, FileSpec);
 
 impl Declared {
     /// Replaces the list: `(playbook name, spec)` pairs.
-    pub fn set(&self, specs: Vec<(String, FileSpec)>) {
+    pub fn set(&self, specs: Vec<Origin>) {
         let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if g.1 != specs {
             g.0 += 1;
@@ -190,17 +193,20 @@ impl Declared {
         }
     }
 
-    fn take_if_newer(&self, seen: u64) -> Option<(u64, Vec<(String, FileSpec)>)> {
+    fn take_if_newer(&self, seen: u64) -> Option<(u64, Vec<Origin>)> {
         let g = self.0.lock().unwrap_or_else(|e| e.into_inner());
         (g.0 != seen).then(|| (g.0, g.1.clone()))
     }
 }
 
+/// What says a file's content may have changed: dev, ino, size, mtime and ctime (ns).
+type Stamp = (u64, u64, u64, i128, i128);
+
 /// What is remembered of one file between samples.
 #[derive(Debug, Default, Clone)]
 struct Memo {
     /// (dev, ino, size, mtime ns, ctime ns) when last hashed, and the hash.
-    hashed: Option<((u64, u64, u64, i128, i128), [u8; 32])>,
+    hashed: Option<(Stamp, [u8; 32])>,
     /// (dev, ino, offset): where the pattern scan continues.
     tail: Option<(u64, u64, u64)>,
 }
@@ -234,7 +240,7 @@ impl Files {
         self.declared.clone()
     }
 
-    fn rebuild(&mut self, from_playbooks: Vec<(String, FileSpec)>) {
+    fn rebuild(&mut self, from_playbooks: Vec<Origin>) {
         let mut old: HashMap<(String, PathBuf), Memo> =
             self.watches.drain(..).map(|w| ((w.spec.name.clone(), w.spec.path.clone()), w.memo)).collect();
         self.notes.clear();
@@ -249,7 +255,8 @@ impl Files {
             if let Some(first) = by_name.get(&spec.name) {
                 let same = self.watches.iter().any(|w| w.spec == spec);
                 if !same {
-                    self.notes.insert(format!("file.{}", spec.name), format!("declared by {first} and differently by {origin}: {first}'s kept"));
+                    self.notes
+                        .insert(format!("file.{}", spec.name), format!("declared by {first} and differently by {origin}: {first}'s kept"));
                 }
                 continue;
             }
@@ -263,7 +270,8 @@ impl Files {
             self.watches.push(Watch { spec, regex, memo });
         }
         if dropped > 0 {
-            self.notes.insert("files".into(), format!("{dropped} declared files beyond files.max_files ({}) not watched", self.config.max_files));
+            self.notes
+                .insert("files".into(), format!("{dropped} declared files beyond files.max_files ({}) not watched", self.config.max_files));
         }
     }
 
@@ -345,7 +353,9 @@ fn read_one(w: &mut Watch, cfg: &FilesConfig, s: &mut Snapshot, budget: &mut u64
         Err(e) => return refuse(s, format!("{}: open: {e}", w.spec.path.display())),
     };
     let Ok(fst) = rustix::fs::fstat(&fd) else { return refuse(s, "fstat failed".into()) };
-    if rustix::fs::FileType::from_raw_mode(fst.st_mode) != rustix::fs::FileType::RegularFile || fst.st_ino != st.st_ino || fst.st_dev != st.st_dev
+    if rustix::fs::FileType::from_raw_mode(fst.st_mode) != rustix::fs::FileType::RegularFile
+        || fst.st_ino != st.st_ino
+        || fst.st_dev != st.st_dev
     {
         return refuse(s, format!("{} changed between stat and open: content not read", w.spec.path.display()));
     }
@@ -355,13 +365,16 @@ fn read_one(w: &mut Watch, cfg: &FilesConfig, s: &mut Snapshot, budget: &mut u64
     // The real path of what was opened: a symlinked directory on the way is resolved here.
     let real = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default();
     if !content_allowed(&cfg.content_paths, &real) {
-        return refuse(s, format!("{} resolves to {}, not under files.content_paths: content not read", w.spec.path.display(), real.display()));
+        return refuse(
+            s,
+            format!("{} resolves to {}, not under files.content_paths: content not read", w.spec.path.display(), real.display()),
+        );
     }
     let file = std::fs::File::from(fd);
     let size = fst.st_size.max(0) as u64;
     let (dev, ino) = (fst.st_dev, fst.st_ino);
     if w.spec.hash {
-        let stamp = (dev, ino, size, ns(fst.st_mtime, fst.st_mtime_nsec as u64), ns(fst.st_ctime, fst.st_ctime_nsec as u64));
+        let stamp = (dev, ino, size, ns(fst.st_mtime, fst.st_mtime_nsec), ns(fst.st_ctime, fst.st_ctime_nsec));
         if size > cfg.max_hash_bytes {
             s.unavailable.insert(key("changed"), format!("{size} bytes, above files.max_hash_bytes ({}): not hashed", cfg.max_hash_bytes));
             w.memo.hashed = None;
@@ -583,7 +596,8 @@ mod tests {
     fn declared_files_are_bounded_and_duplicates_reported() {
         let d = tempfile::tempdir().unwrap();
         let mut f = files(d.path(), vec![spec("a", &d.path().join("a"), false, None)]);
-        let many: Vec<_> = (0..1000).map(|i| ("playbook p".to_string(), spec(&format!("f{i}"), &d.path().join(format!("{i}")), false, None))).collect();
+        let many: Vec<_> =
+            (0..1000).map(|i| ("playbook p".to_string(), spec(&format!("f{i}"), &d.path().join(format!("{i}")), false, None))).collect();
         let mut list = many.clone();
         list.push(("playbook q".into(), spec("a", &d.path().join("other"), false, None)));
         f.declared().set(list);

@@ -238,7 +238,8 @@ impl Sampler {
             Ok((cur, left_out)) => {
                 net::into(self.prev.net.as_ref(), &cur, secs, &self.roots.sys, &mut s.metrics);
                 if left_out > 0 {
-                    s.unavailable.insert("net".into(), format!("{left_out} interfaces beyond the first {} not reported", net::MAX_INTERFACES));
+                    s.unavailable
+                        .insert("net".into(), format!("{left_out} interfaces beyond the first {} not reported", net::MAX_INTERFACES));
                 }
                 self.prev.net = Some(cur);
             }

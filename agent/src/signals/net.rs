@@ -46,7 +46,9 @@ pub fn parse_dev(file: &Path, text: &str) -> Result<(BTreeMap<String, Counters>,
         }
         let mut c = [0u64; 8];
         for (slot, col) in c.iter_mut().zip([0usize, 1, 2, 3, 8, 9, 10, 11]) {
-            *slot = f[col].parse().map_err(|_| ParseError::new(file, n, format!("column {}", col + 1), format!("{:?} is not a number", f[col])))?;
+            *slot = f[col]
+                .parse()
+                .map_err(|_| ParseError::new(file, n, format!("column {}", col + 1), format!("{:?} is not a number", f[col])))?;
         }
         if out.len() >= MAX_INTERFACES {
             left_out += 1;
@@ -62,7 +64,13 @@ fn read_trim(path: &Path) -> Option<String> {
 }
 
 /// Counters, rates (given the previous counters `secs` ago) and link state from `sys`.
-pub fn into(prev: Option<&BTreeMap<String, Counters>>, cur: &BTreeMap<String, Counters>, secs: f64, sys: &Path, out: &mut BTreeMap<String, f64>) {
+pub fn into(
+    prev: Option<&BTreeMap<String, Counters>>,
+    cur: &BTreeMap<String, Counters>,
+    secs: f64,
+    sys: &Path,
+    out: &mut BTreeMap<String, f64>,
+) {
     for (ifname, c) in cur {
         let p = format!("net.{ifname}");
         for (k, v) in NAMES.iter().zip(c) {
