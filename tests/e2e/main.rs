@@ -11,6 +11,7 @@ mod explain;
 mod history;
 mod hostile;
 mod hostile_ops;
+mod maintenance;
 mod metrics;
 mod mqtt;
 mod notify;

@@ -52,7 +52,7 @@ pub fn test(path: Option<&Path>, config: Option<PathBuf>) -> Outcome {
             println!("{file}: no test cases (expected {tfile})");
             continue;
         };
-        match testing::run(&rt, settings.policy(), &file, &src, &tfile, &tests) {
+        match testing::run(&rt, settings.policy(), &settings.config.maintenance_windows(), &file, &src, &tfile, &tests) {
             Ok(results) => {
                 for r in results {
                     if r.passed {

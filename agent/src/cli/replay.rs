@@ -98,7 +98,7 @@ pub fn run(a: ReplayArgs) -> Outcome {
     // Gated with the node's policy; the protected rule by unit and name, as the processes
     // recorded are not this host's now.
     let backoff = Backoff { first_ms: cfg.playbooks.disable_ms(), max_ms: cfg.playbooks.max_disable_ms() };
-    let mut decider = Decider::new(rt.clone(), Gate::for_fixtures(cfg.policy.clone()), backoff);
+    let mut decider = Decider::new(rt.clone(), Gate::for_fixtures(cfg.policy.clone()).with_maintenance(cfg.maintenance_windows()), backoff);
     for pb in &compiled {
         decider.install(pb.clone());
     }
@@ -181,7 +181,7 @@ pub fn run(a: ReplayArgs) -> Outcome {
         let name = format!("replayed from the recording, {span}");
         let text = cutter.finish(&name).map_err(|e| anyhow!(e))?;
         std::fs::write(out, &text).with_context(|| out.display().to_string())?;
-        let passes = testing::run(&rt, &cfg.policy, &file, src, &out.display().to_string(), &text)
+        let passes = testing::run(&rt, &cfg.policy, &cfg.maintenance_windows(), &file, src, &out.display().to_string(), &text)
             .map(|r| r.iter().all(|c| c.passed))
             .unwrap_or(false);
         eprintln!(

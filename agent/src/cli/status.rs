@@ -79,8 +79,14 @@ fn print_status(st: &serde_json::Value) {
             None if p["forced_dry_run"] == serde_json::Value::Bool(true) => "loaded (forced dry-run)".into(),
             None => "loaded".into(),
         };
-        println!("  {:<24} {state}", s(&p["name"]));
+        let hours = match p["active_again"].as_str() {
+            Some(t) => format!("; outside its active hours, active again {t}"),
+            None if p["inactive"] == serde_json::Value::Bool(true) => "; outside its active hours".into(),
+            None => String::new(),
+        };
+        println!("  {:<24} {state}{hours}", s(&p["name"]));
     }
+    print_maintenance(&st["maintenance"]);
     let breakers = st["open_breakers"].as_array().cloned().unwrap_or_default();
     println!(
         "breakers: {}",
@@ -90,6 +96,22 @@ fn print_status(st: &serde_json::Value) {
         println!("unavailable signals: {}", esc(&u.keys().cloned().collect::<Vec<_>>().join(", ")));
     }
     print_history(&st["history"]);
+}
+
+/// Each maintenance window: whether it holds actions now and until when, and when it next starts.
+fn print_maintenance(m: &serde_json::Value) {
+    let windows = m.as_array().cloned().unwrap_or_default();
+    if windows.is_empty() {
+        println!("maintenance: no windows");
+        return;
+    }
+    println!("maintenance:");
+    for w in &windows {
+        let s = |v: &serde_json::Value| esc(v.as_str().unwrap_or("-")).into_owned();
+        let now = if w["active"] == serde_json::Value::Bool(true) { format!("ACTIVE until {}", s(&w["until"])) } else { "inactive".into() };
+        let next = w["next_start"].as_str().map_or(String::new(), |n| format!(", next {}", esc(n)));
+        println!("  {:<24} {}: {now}{next}", s(&w["name"]), s(&w["when"]));
+    }
 }
 
 /// The history's fill, and what it refused or evicted: a refused series is one playbooks see

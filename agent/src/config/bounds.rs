@@ -4,7 +4,7 @@
 //! absolute paths, topic prefixes, one playbooks directory of two). The first value refused is
 //! named with its key, line and column.
 
-use super::position::locate;
+use super::position::{locate, locate_nth};
 use super::{Config, ConfigError};
 use std::path::Path;
 
@@ -157,6 +157,10 @@ pub(super) fn check(cfg: &Config, file: &str, text: &str) -> Result<(), ConfigEr
                 .into(),
         ));
     }
+    if let Err((i, e)) = crate::gate::maintenance::Windows::resolve(&cfg.maintenance) {
+        let (line, col) = locate_nth(text, "maintenance", i, e.field);
+        return Err(ConfigError { file: file.into(), line, col, reason: format!("maintenance[{i}].{e}") });
+    }
     if let Some(n) = &cfg.node {
         if n.is_empty() || n.contains(['/', '+', '#']) || n.chars().any(char::is_whitespace) {
             return Err(at("node", format!("node: {n:?} must be non-empty, without '/', '+', '#' or spaces")));
@@ -192,6 +196,22 @@ mod tests {
         assert!(e.reason.contains("metrics.listen"), "{e}");
         let off = Config::parse("m.toml", "[metrics]\nlisten = \"\"\n").unwrap();
         assert_eq!(off.metrics.address(), Ok(None));
+    }
+
+    #[test]
+    fn a_maintenance_window_error_names_its_entry_line_and_field() {
+        let text = "[[maintenance]]\nname = \"a\"\nfrom = \"22:00\"\nto = \"06:00\"\n\n[[maintenance]]\nname = \"b\"\ndays = [\"fri\"]\nfrom = \"22:00\"\nto = \"6am\"\n";
+        let e = Config::parse("m.toml", text).unwrap_err();
+        assert_eq!((e.line, e.col), (10, 1), "{e}");
+        assert!(e.reason.starts_with("maintenance[1].to: "), "{e}");
+        let e = Config::parse("m.toml", "[[maintenance]]\nname = \"a\"\nfrom = \"22:00\"\nto = \"06:00\"\nzone = \"Nowhere/City\"\n")
+            .unwrap_err();
+        assert_eq!((e.line, e.reason.contains("maintenance[0].zone")), (5, true), "{e}");
+        let e = Config::parse("m.toml", "[[maintenance]]\nname = \"a\"\nfrom = \"22:00\"\nto = \"06:00\"\nwhen = 1\n").unwrap_err();
+        assert_eq!(e.line, 5, "{e}");
+        let ok =
+            Config::parse("m.toml", "[[maintenance]]\nname = \"freeze\"\ndays = [\"fri\"]\nfrom = \"22:00\"\nto = \"06:00\"\n").unwrap();
+        assert!(!ok.maintenance_windows().is_empty());
     }
 
     #[test]
@@ -295,6 +315,7 @@ mod tests {
             "[metrics]",
             "[recorder]",
             "[log]",
+            "[[maintenance]]",
             "[",
             "]]",
         ])
@@ -303,7 +324,22 @@ mod tests {
             NUMERIC
                 .iter()
                 .map(|(_, k)| *k)
-                .chain(["node", "path", "args", "allowed_paths", "enabled", "prefix", "level", "listen"])
+                .chain([
+                    "node",
+                    "path",
+                    "args",
+                    "allowed_paths",
+                    "enabled",
+                    "prefix",
+                    "level",
+                    "listen",
+                    "name",
+                    "from",
+                    "to",
+                    "zone",
+                    "start",
+                    "end",
+                ])
                 .collect::<Vec<_>>(),
         );
         let value = prop_oneof![

@@ -59,6 +59,9 @@ pub struct Config {
     /// Files watched and where their content may be read (`[files]`, see signals/files.rs).
     pub files: crate::signals::files::FilesConfig,
     pub log: LogConfig,
+    /// Maintenance windows (`[[maintenance]]`): live actions are held by the gate's
+    /// `maintenance` rule during them.
+    pub maintenance: Vec<crate::gate::maintenance::WindowConfig>,
 }
 
 /// Node policy: what may ever be touched, and how much acting a node allows. The gate applies
@@ -270,6 +273,15 @@ impl Config {
         })?;
         bounds::check(&cfg, file, text)?;
         Ok(cfg)
+    }
+
+    /// The `[[maintenance]]` windows, resolved (checked by [`Config::parse`]; a config built
+    /// otherwise with a window that does not resolve gets none, and says so in the log).
+    pub fn maintenance_windows(&self) -> crate::gate::maintenance::Windows {
+        crate::gate::maintenance::Windows::resolve(&self.maintenance).unwrap_or_else(|(i, e)| {
+            tracing::error!(message = "Maintenance window refused.", index = i, error = %e);
+            Default::default()
+        })
     }
 
     /// Reads `path`, or the default file if it exists, or the defaults. Commands resolve it

@@ -25,6 +25,38 @@ pub(super) fn locate(text: &str, section: &str, key: &str) -> (usize, usize) {
     line_col(text, off)
 }
 
+/// Finds `key` inside the `n`th (0-based) `[[section]]` table and returns its (line, col); else
+/// that table's header; else what [`locate`] finds.
+pub(super) fn locate_nth(text: &str, section: &str, n: usize, key: &str) -> (usize, usize) {
+    let header = format!("[[{section}]]");
+    let (mut count, mut inside) = (0usize, false);
+    let mut offset = 0;
+    let mut header_at = None;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim_start();
+        if t.starts_with('[') {
+            inside = t.replace([' ', '\t'], "").starts_with(&header);
+            if inside {
+                count += 1;
+                if count == n + 1 {
+                    header_at = Some(offset + (line.len() - t.len()));
+                }
+            }
+        } else if inside && count == n + 1 {
+            if let Some(rest) = t.strip_prefix(key) {
+                if rest.trim_start().starts_with('=') {
+                    return line_col(text, offset + (line.len() - t.len()));
+                }
+            }
+        }
+        offset += line.len();
+    }
+    match header_at {
+        Some(off) => line_col(text, off),
+        None => locate(text, section, key),
+    }
+}
+
 /// A config error, `file:line:col: reason`.
 #[derive(Debug, thiserror::Error)]
 #[error("{file}:{line}:{col}: {reason}")]

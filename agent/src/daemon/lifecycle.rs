@@ -68,7 +68,7 @@ impl Agent {
         // One pass over the suffix of the log that covers the gate's windows (streamed, and its
         // chain verified): the gate's ledgers; open breakers and executed actions without an
         // outcome come from the audit module, which carries them across segments in checkpoints.
-        let mut gate = Gate::new(cfg.policy.clone());
+        let mut gate = Gate::new(cfg.policy.clone()).with_maintenance(cfg.maintenance_windows());
         let mut audit_cfg = cfg.audit.clone();
         audit_cfg.replicated = cfg.mqtt.enabled;
         audit_cfg.group = cfg.control.group.as_deref().and_then(crate::control::group_id);

@@ -23,7 +23,7 @@ impl Agent {
         serde_json::json!({
             "node": st["node"], "online": true, "version": st["version"], "mode": st["mode"],
             "playbooks": st["playbooks"].as_array().map(|a| a.iter().map(|p| json!({ "name": p["name"], "sha256": p["sha256"] })).collect::<Vec<_>>()),
-            "open_breakers": st["open_breakers"], "audit_writable": st["audit"]["writable"], "last_seq": st["last_seq"],
+            "open_breakers": st["open_breakers"], "maintenance": st["maintenance"], "audit_writable": st["audit"]["writable"], "last_seq": st["last_seq"],
             "audit_rewound": st["audit"]["integrity"]["rewound"], "audit_chain_broken": st["audit"]["integrity"]["chain_broken"],
             "groups": self.groups,
         })
@@ -37,8 +37,12 @@ impl Agent {
             .decider
             .slots()
             .map(|s| {
+                let outside = crate::gate::maintenance::outside_active(&s.pb.meta.active, now);
                 json!({
                     "name": s.pb.meta.name, "file": s.pb.file, "sha256": s.pb.sha256, "forced_dry_run": s.pb.meta.dry_run,
+                    "active_hours": s.pb.meta.active, "inactive": outside.is_some(),
+                    "active_again": outside.and_then(|h| h.until_ms).map(crate::audit::now_rfc3339),
+                    "breaker": self.decider.gate().breaker_of(&s.pb.meta),
                     "disabled_until": s.disabled_until.filter(|u| *u > now).map(crate::audit::now_rfc3339),
                     "last_error": s.last_error,
                 })
@@ -55,6 +59,7 @@ impl Agent {
             "playbooks": playbooks,
             "budget_left": self.decider.gate().budget_left(now),
             "open_breakers": self.decider.gate().open_breakers(),
+            "maintenance": self.decider.gate().maintenance().status(now),
             "running_actions": self.runner.running.len(),
             "last_seq": self.journal.audit.last_seq(),
             "audit": {

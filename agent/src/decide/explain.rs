@@ -67,6 +67,8 @@ impl Decider {
             "file": s.pb.file,
             "sha256": s.pb.sha256,
             "interval_secs": meta.interval_ms / 1000,
+            "active_hours": meta.active,
+            "breaker": self.gate.breaker_of(meta),
             "last_evaluated": rfc(last.map(|l| l.at_ms)),
             "next_due": rfc(s.next_due_ms()),
             "disabled_until": rfc(s.disabled_until.filter(|u| *u > now)),

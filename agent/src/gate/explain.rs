@@ -54,6 +54,10 @@ impl Gate {
             Some((rule, why)) => check(if rule == "protected" { "policy:protected" } else { "policy:allowlist" }, true, why, None),
             None => check("policy", false, "allowed by the node's policy".into(), None),
         }
+        match self.maintenance_hold(meta, kind, now) {
+            Some(hold) => check("maintenance", true, hold.detail, hold.until_ms),
+            None => check("maintenance", false, "no maintenance window, within the playbook's active hours".into(), None),
+        }
         let key: BreakerKey = (meta.name.clone(), kind, target.to_string());
         let ledger = match mode {
             Mode::DryRun => &self.dry,
@@ -108,8 +112,8 @@ impl Gate {
                 None,
             );
         }
-        let window = crate::config::secs_to_ms(self.policy.breaker_window_secs);
-        let after = self.policy.breaker_after as usize;
+        let breaker = self.breaker_of(meta);
+        let (window, after) = (breaker.within_ms, breaker.after as usize);
         match ledger.breakers.get(&key) {
             Some(b) if b.open_since.is_some() => check(
                 "breaker_open",

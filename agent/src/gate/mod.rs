@@ -9,12 +9,18 @@
 //!    the config lists; a process by its executable and cgroup, never its name: [`protect`])
 //!    and the node's allowlists (units, paths, commands) → `denied`. Each kind's own check
 //!    (`actions::<kind>::policy_check`) decides, reading a view of the node policy.
-//! 4. **limits**: `cooldown` per (playbook, action, target), `rate_limit` per (playbook,
+//! 4. **maintenance**: outside the playbook's active hours (`META.active`; every kind), or
+//!    inside one of the operator's `[[maintenance]]` windows that covers the playbook and kind
+//!    (by default every kind but `notify`) → `suppressed`, naming the window and when it ends
+//!    ([`maintenance`]). In dry-run too, so dry-run shows what live would do. It uses up no
+//!    limit: nothing is noted in the ledgers.
+//! 5. **limits**: `cooldown` per (playbook, action, target), `rate_limit` per (playbook,
 //!    target) and window, the node-wide hourly `budget`, one action `in_flight` per target, and
 //!    a cap on `concurrency` → `suppressed`.
-//! 5. **breaker**: the same action on the same target ran `breaker_after` times within the
+//! 6. **breaker**: the same action on the same target ran `breaker_after` times within the
 //!    window and the playbook still asks → `escalated`, and every later request for it is
-//!    `suppressed` (`breaker_open`) until an operator resets it.
+//!    `suppressed` (`breaker_open`) until an operator resets it. A playbook's own `breaker`
+//!    (META) tightens the node's: the smaller `after`, the longer window.
 //!
 //! Live and dry-run keep separate ledgers, so a dry-run period never uses up a live budget,
 //! and dry-run still shows what live mode would do. Time comes from the caller (the snapshot's
@@ -29,7 +35,7 @@
 
 use crate::actions::{self, ActionKind, ActionRequest};
 use crate::config::PolicyConfig;
-use crate::playbooks::meta::Meta;
+use crate::playbooks::meta::{BreakerSpec, Meta};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
@@ -93,6 +99,7 @@ pub struct Verdict {
 }
 
 pub mod explain;
+pub mod maintenance;
 /// What a process is, for the protected rule: now beside the kinds that check it.
 pub use crate::actions::protect;
 
@@ -132,8 +139,8 @@ impl Ledger {
     }
 
     /// Drops what is older than every window that reads it; `window(playbook)` is that
-    /// playbook's longest cooldown or rate window.
-    fn prune(&mut self, now: i64, window: impl Fn(&str) -> i64, breaker_ms: i64) {
+    /// playbook's longest cooldown or rate window, `breaker_ms(playbook)` its breaker window.
+    fn prune(&mut self, now: i64, window: impl Fn(&str) -> i64, breaker_ms: impl Fn(&str) -> i64) {
         self.last_run.retain(|k, t| now - *t < window(&k.0));
         self.runs.retain(|k, v| {
             let w = window(&k.0);
@@ -145,7 +152,8 @@ impl Ledger {
         while self.budget.front().is_some_and(|t| *t <= now - HOUR_MS) {
             self.budget.pop_front();
         }
-        self.breakers.retain(|_, b| {
+        self.breakers.retain(|k, b| {
+            let breaker_ms = breaker_ms(&k.0);
             while b.runs.front().is_some_and(|t| *t <= now - breaker_ms) {
                 b.runs.pop_front();
             }
@@ -182,7 +190,11 @@ pub struct Gate {
     procfs: Option<PathBuf>,
     /// Longest window (cooldown or rate window, ms) of each playbook seen, for pruning.
     windows: HashMap<String, i64>,
+    /// Breaker window (ms) of each playbook with its own `breaker` longer than the node's.
+    breaker_windows: HashMap<String, i64>,
     last_prune: i64,
+    /// The operator's `[[maintenance]]` windows.
+    maintenance: maintenance::Windows,
 }
 
 impl Gate {
@@ -196,8 +208,36 @@ impl Gate {
             running: 0,
             procfs: Some(PathBuf::from("/proc")),
             windows: HashMap::new(),
+            breaker_windows: HashMap::new(),
             last_prune: i64::MIN,
+            maintenance: maintenance::Windows::default(),
         }
+    }
+
+    /// The same gate with the operator's maintenance windows (`[[maintenance]]`).
+    pub fn with_maintenance(self, maintenance: maintenance::Windows) -> Self {
+        Self { maintenance, ..self }
+    }
+
+    /// The maintenance windows, for `medic status`.
+    pub fn maintenance(&self) -> &maintenance::Windows {
+        &self.maintenance
+    }
+
+    /// The node's breaker.
+    fn node_breaker(&self) -> BreakerSpec {
+        BreakerSpec { after: self.policy.breaker_after, within_ms: crate::config::secs_to_ms(self.policy.breaker_window_secs) }
+    }
+
+    /// The breaker the gate applies to the playbook of `meta` (its own tightens the node's).
+    pub fn breaker_of(&self, meta: &Meta) -> BreakerSpec {
+        BreakerSpec::tightest(self.node_breaker(), meta.breaker)
+    }
+
+    /// What the `maintenance` rule says of `kind` asked by the playbook of `meta` at `now`:
+    /// `Some` when it holds the request (active hours first, then the node's windows).
+    pub fn maintenance_hold(&self, meta: &Meta, kind: ActionKind, now: i64) -> Option<maintenance::Hold> {
+        maintenance::outside_active(&meta.active, now).or_else(|| self.maintenance.hold(&meta.name, kind, now))
     }
 
     /// A gate for fixture snapshots: the protected rule goes by the request's unit and name
@@ -212,6 +252,10 @@ impl Gate {
         let w = meta.cooldown_ms.max(meta.rate_limit.per_ms).max(0);
         let e = self.windows.entry(meta.name.clone()).or_insert(0);
         *e = (*e).max(w);
+        if let Some(b) = meta.breaker {
+            let e = self.breaker_windows.entry(meta.name.clone()).or_insert(0);
+            *e = (*e).max(b.within_ms);
+        }
     }
 
     /// Forgets what can no longer affect a decision (see the module note). A playbook not seen
@@ -219,11 +263,20 @@ impl Gate {
     /// breaker window.
     pub fn prune(&mut self, now: i64) {
         let breaker_ms = self.policy.breaker_window_secs.min(i64::MAX as u64 / 1000) as i64 * 1000;
-        let longest = self.windows.values().copied().max().unwrap_or(0).max(HOUR_MS).max(breaker_ms);
-        let windows = &self.windows;
+        let longest_breaker = self.breaker_windows.values().copied().max().unwrap_or(0).max(breaker_ms);
+        let longest = self.windows.values().copied().max().unwrap_or(0).max(HOUR_MS).max(longest_breaker);
+        let (windows, breakers) = (&self.windows, &self.breaker_windows);
         let window = |pb: &str| windows.get(pb).copied().unwrap_or(longest);
-        self.dry.prune(now, window, breaker_ms);
-        self.live.prune(now, window, breaker_ms);
+        // A playbook not seen since start keeps its runs for the longest breaker window of any.
+        let breaker = |pb: &str| {
+            if windows.contains_key(pb) {
+                breakers.get(pb).copied().unwrap_or(0).max(breaker_ms)
+            } else {
+                longest_breaker
+            }
+        };
+        self.dry.prune(now, window, breaker);
+        self.live.prune(now, window, breaker);
         self.last_prune = now;
     }
 
@@ -285,14 +338,14 @@ impl Gate {
             let rule = if rule == "protected" { "policy:protected" } else { "policy:allowlist" };
             return v(Decision::Denied, rule, why);
         }
+        if let Some(hold) = self.maintenance_hold(meta, req.kind, now) {
+            return v(Decision::Suppressed, "maintenance", hold.detail);
+        }
         let key: BreakerKey = (meta.name.clone(), req.kind, req.target.clone());
         let acts = req.kind.acts();
-        let (budget_max, max_concurrent, k, window) = (
-            self.policy.budget_per_hour as usize,
-            self.policy.max_concurrent,
-            self.policy.breaker_after as usize,
-            crate::config::secs_to_ms(self.policy.breaker_window_secs),
-        );
+        let breaker = self.breaker_of(meta);
+        let (budget_max, max_concurrent, k, window) =
+            (self.policy.budget_per_hour as usize, self.policy.max_concurrent, breaker.after as usize, breaker.within_ms);
         let in_flight = self.in_flight.contains(&(req.kind, req.target.clone()));
         let running = self.running;
         let ledger = self.ledger(mode);
@@ -458,6 +511,8 @@ mod tests {
             rate_limit: RateLimit { max: 2, per_ms: 600_000 },
             cooldown_ms,
             files: Vec::new(),
+            active: Vec::new(),
+            breaker: None,
         }
     }
 
@@ -508,5 +563,88 @@ mod tests {
         gate.prune(t0 + 100 * 3_600_000);
         assert_eq!(gate.open_breakers().len(), 1, "an open breaker is never forgotten");
         assert_eq!(gate.decide(&m, &a(), Mode::DryRun, t0 + 100 * 3_600_000).rule, "breaker_open");
+    }
+
+    fn window(from: &str, to: &str) -> maintenance::Windows {
+        let c = maintenance::WindowConfig { name: "freeze".into(), from: Some(from.into()), to: Some(to.into()), ..Default::default() };
+        maintenance::Windows::resolve(&[c]).expect("a window")
+    }
+
+    /// 2026-11-27 (a Friday) at `h`:`m` UTC.
+    fn at(h: i64, m: i64) -> i64 {
+        1_795_737_600_000 + h * 3_600_000 + m * 60_000
+    }
+
+    /// Rule order: manifest and policy deny before maintenance; maintenance suppresses before any
+    /// limit and uses none up; after the window the request runs.
+    #[test]
+    fn maintenance_comes_after_policy_and_before_the_limits_and_uses_up_nothing() {
+        let mut gate =
+            Gate::for_fixtures(PolicyConfig { budget_per_hour: 1, ..Default::default() }).with_maintenance(window("22:00", "06:00"));
+        let m = meta(600_000);
+        let inside = at(23, 0);
+        // Outside the manifest: still denied by the manifest, not held.
+        let off = ActionRequest { kind: ActionKind::SignalProcess, ..restart("x".into()) };
+        assert_eq!(gate.decide(&m, &off, Mode::Live, inside).rule, "manifest");
+        // Protected unit: denied by policy.
+        assert_eq!(gate.decide(&m, &restart("ssh.service".into()), Mode::Live, inside).rule, "policy:protected");
+        // Held, live and dry-run alike, as often as asked: no cooldown, rate or budget spent.
+        for (i, mode) in [Mode::Live, Mode::DryRun, Mode::Live, Mode::Live].into_iter().enumerate() {
+            let v = gate.decide(&m, &restart("a.service".into()), mode, inside + i as i64 * 1000);
+            assert_eq!((v.decision, v.rule), (Decision::Suppressed, "maintenance"), "{v:?}");
+            assert!(v.detail.contains("\"freeze\"") && v.detail.contains("until 2026-11-28T06:00:00"), "{}", v.detail);
+        }
+        assert_eq!(gate.ledger_len(), 0);
+        // A notification is not held by default.
+        let note = ActionRequest { kind: ActionKind::Notify, ..restart("a.service".into()) };
+        let m2 = Meta { actions: vec![Capability { kind: ActionKind::Notify, target: "*".into() }], ..meta(0) };
+        assert_eq!(gate.decide(&m2, &note, Mode::Live, inside).rule, "notify");
+        // At the end of the window it runs, and the one budget slot is spent now.
+        let v = gate.decide(&m, &restart("a.service".into()), Mode::Live, at(30, 0));
+        assert_eq!(v.decision, Decision::Executed, "{v:?}");
+        gate.finished(ActionKind::RestartUnit, "a.service");
+        assert_eq!(gate.decide(&m, &restart("b.service".into()), Mode::Live, at(30, 1)).rule, "budget");
+    }
+
+    #[test]
+    fn outside_active_hours_every_kind_is_held_until_they_start() {
+        let mut gate = Gate::for_fixtures(PolicyConfig::default());
+        let days: Vec<String> = vec!["mon-fri".into()];
+        let m = Meta { active: vec![maintenance::Weekly::parse(&days, "08:00", "18:00", None).expect("hours")], ..meta(0) };
+        let v = gate.decide(&m, &restart("a.service".into()), Mode::Live, at(19, 0));
+        assert_eq!((v.decision, v.rule), (Decision::Suppressed, "maintenance"));
+        assert!(v.detail.contains("active again at 2026-11-30T08:00:00"), "{}", v.detail);
+        let checks = gate.checks(&m, ActionKind::RestartUnit, "a.service", Mode::Live, None, at(19, 0));
+        let c = checks.iter().find(|c| c.blocks).expect("a blocking check");
+        assert_eq!((c.rule, c.until_ms), ("maintenance", Some(at(72 + 8, 0))));
+        assert_eq!(gate.decide(&m, &restart("a.service".into()), Mode::Live, at(9, 0)).decision, Decision::Executed);
+    }
+
+    /// Monit's "if 2 restarts within 10 cycles then unmonitor": the playbook's breaker opens
+    /// before the node's (3 within 1 h), and only the smaller `after` and the longer window count.
+    #[test]
+    fn a_playbook_breaker_opens_before_the_nodes() {
+        let mut gate = Gate::for_fixtures(PolicyConfig { budget_per_hour: 100, ..Default::default() });
+        let own = Meta {
+            breaker: Some(BreakerSpec { after: 2, within_ms: 600_000 }),
+            rate_limit: RateLimit { max: 100, per_ms: 1000 },
+            ..meta(0)
+        };
+        let node = Meta { name: "other".into(), ..own.clone() };
+        let node = Meta { breaker: None, ..node };
+        assert_eq!(gate.breaker_of(&own), BreakerSpec { after: 2, within_ms: 3_600_000 });
+        let t0 = at(9, 0);
+        let mut rules = Vec::new();
+        for i in 0..3 {
+            for m in [&own, &node] {
+                let v = gate.decide(m, &restart("a.service".into()), Mode::DryRun, t0 + i * 60_000);
+                rules.push((m.name.clone(), v.rule));
+            }
+        }
+        assert_eq!(rules[4], ("flood".to_string(), "breaker"), "{rules:?}");
+        assert_eq!(rules[5], ("other".to_string(), "mode"), "{rules:?}");
+        // A playbook breaker can only tighten: a looser one leaves the node's.
+        let loose = Meta { breaker: Some(BreakerSpec { after: 10, within_ms: 60_000 }), ..meta(0) };
+        assert_eq!(gate.breaker_of(&loose), BreakerSpec { after: 3, within_ms: 3_600_000 });
     }
 }

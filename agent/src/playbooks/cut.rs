@@ -119,6 +119,10 @@ impl CaseCutter {
         case.insert("name".into(), name.into());
         case.insert("duration".into(), format!("{}ms", self.end_ms).into());
         case.insert("step".into(), format!("{}ms", self.step_ms).into());
+        // The recording's own clock, so maintenance windows and active hours fall where they did.
+        if let Some(start) = self.start_ms {
+            case.insert("start".into(), crate::audit::now_rfc3339(start).into());
+        }
         if !self.asked {
             case.insert("expect_none".into(), true.into());
         } else if self.expect.is_empty() {

@@ -6,6 +6,7 @@ use super::api::duration_ms;
 /// The one glob matcher (manifest targets here), kept with the actions that own most of its uses.
 pub use crate::actions::glob::glob_match;
 use crate::actions::ActionKind;
+pub use crate::gate::maintenance::Weekly;
 use crate::signals::files::FileSpec;
 use serde::{Deserialize, Serialize};
 
@@ -39,7 +40,34 @@ pub struct Meta {
     pub cooldown_ms: i64,
     /// Files whose signals this playbook reads (`file.<name>.*`), watched by the agent.
     pub files: Vec<FileSpec>,
+    /// Active hours (`active`): outside all of them the gate's `maintenance` rule holds every
+    /// request of the playbook, `notify` included. Empty: always active.
+    pub active: Vec<Weekly>,
+    /// The playbook's own breaker (`breaker`), combined with the node's (see [`BreakerSpec`]).
+    pub breaker: Option<BreakerSpec>,
 }
+
+/// A breaker: open after `after` runs of the same action on the same target within `within_ms`.
+/// A playbook's can only tighten the node's: the gate uses the smaller `after` and the longer
+/// window of the two ([`BreakerSpec::tightest`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct BreakerSpec {
+    pub after: u32,
+    pub within_ms: i64,
+}
+
+impl BreakerSpec {
+    /// The breaker the gate applies: the smaller `after`, the longer `within`.
+    pub fn tightest(node: BreakerSpec, playbook: Option<BreakerSpec>) -> BreakerSpec {
+        match playbook {
+            None => node,
+            Some(p) => BreakerSpec { after: node.after.min(p.after), within_ms: node.within_ms.max(p.within_ms) },
+        }
+    }
+}
+
+/// Longest `META.breaker.within` (30 days, as `policy.breaker_window_secs`).
+pub const MAX_BREAKER_WITHIN_MS: i64 = 30 * 86_400_000;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -70,6 +98,54 @@ struct RawMeta {
     cooldown: String,
     #[serde(default)]
     files: Vec<RawFile>,
+    /// A map or a list of maps of [`RawActive`]; read by hand to name the entry at fault.
+    #[serde(default)]
+    active: Option<rhai::Dynamic>,
+    #[serde(default)]
+    breaker: Option<RawBreaker>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawActive {
+    #[serde(default)]
+    days: Vec<String>,
+    from: String,
+    to: String,
+    zone: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBreaker {
+    after: i64,
+    within: String,
+}
+
+/// `META.active`: one map or a list of them.
+fn active(value: Option<&rhai::Dynamic>) -> Result<Vec<Weekly>, String> {
+    let Some(v) = value else { return Ok(Vec::new()) };
+    let (list, indexed): (Vec<rhai::Dynamic>, bool) = match v.clone().try_cast::<rhai::Array>() {
+        Some(a) => (a, true),
+        None => (vec![v.clone()], false),
+    };
+    if list.is_empty() || list.len() > crate::gate::maintenance::MAX_ENTRIES {
+        return Err(format!("META.active: 1 to {} entries", crate::gate::maintenance::MAX_ENTRIES));
+    }
+    let mut out = Vec::new();
+    for (i, d) in list.iter().enumerate() {
+        let at = if indexed { format!("META.active[{i}]") } else { "META.active".to_string() };
+        let raw: RawActive = rhai::serde::from_dynamic(d).map_err(|e| {
+            let msg = e.to_string();
+            let msg = msg.trim().trim_start_matches("Syntax error: ");
+            format!(
+                "{at}: {} (a map #{{ days: [\"mon-fri\"], from: \"08:00\", to: \"18:00\", zone: \"UTC\" }})",
+                msg.split(" (line ").next().unwrap_or(msg)
+            )
+        })?;
+        out.push(Weekly::parse(&raw.days, &raw.from, &raw.to, raw.zone.as_deref()).map_err(|e| format!("{at}.{e}"))?);
+    }
+    Ok(out)
 }
 
 /// `META.files[i]`: `tail` is a size (`65536` or `"64KiB"`).
@@ -146,6 +222,20 @@ pub fn parse(value: &rhai::Dynamic) -> Result<Meta, String> {
         }
         files.push(spec);
     }
+    let breaker = match &raw.breaker {
+        None => None,
+        Some(b) => {
+            if !(1..=1_000_000).contains(&b.after) {
+                return Err(format!("META.breaker.after: {} must be 1..=1000000", b.after));
+            }
+            let within_ms = dur("breaker.within", &b.within)?;
+            if !(1000..=MAX_BREAKER_WITHIN_MS).contains(&within_ms) {
+                return Err("META.breaker.within: must be 1s to 30 days".into());
+            }
+            Some(BreakerSpec { after: b.after as u32, within_ms })
+        }
+    };
+    let active = active(raw.active.as_ref())?;
     Ok(Meta {
         files,
         name: raw.name,
@@ -156,6 +246,8 @@ pub fn parse(value: &rhai::Dynamic) -> Result<Meta, String> {
         actions,
         rate_limit: RateLimit { max: raw.rate_limit.max.min(u32::MAX as i64) as u32, per_ms: dur("rate_limit.per", &raw.rate_limit.per)? },
         cooldown_ms: dur("cooldown", &raw.cooldown)?,
+        active,
+        breaker,
     })
 }
 
@@ -163,6 +255,39 @@ impl Meta {
     /// Whether the manifest allows `kind` on `target`.
     pub fn allows(&self, kind: ActionKind, target: &str) -> bool {
         self.actions.iter().any(|c| c.kind == kind && glob_match(&c.target, target))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    fn compile(meta_extra: &str) -> Result<super::Meta, String> {
+        let src = format!(
+            "const META = #{{ name: \"p\", description: \"d\", interval: \"1s\", actions: [#{{ kind: \"notify\", target: \"*\" }}], rate_limit: #{{ max: 2, per: \"1h\" }}, cooldown: \"0s\"{meta_extra} }};\nfn evaluate(node, state) {{}}"
+        );
+        crate::playbooks::Runtime::new(Default::default()).compile("p.rhai", &src).map(|p| p.meta).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn active_hours_and_breaker_parse_and_their_errors_name_the_field() {
+        let m = compile(", active: #{ days: [\"mon-fri\"], from: \"08:00\", to: \"18:00\" }, breaker: #{ after: 2, within: \"10m\" }")
+            .expect("compiles");
+        assert_eq!(m.active.len(), 1);
+        assert_eq!(m.breaker, Some(super::BreakerSpec { after: 2, within_ms: 600_000 }));
+        let m = compile(", active: [#{ from: \"08:00\", to: \"12:00\" }, #{ from: \"13:00\", to: \"18:00\", zone: \"+01:00\" }]")
+            .expect("a list");
+        assert_eq!(m.active.len(), 2);
+        for (extra, field) in [
+            (", active: [#{ from: \"08:00\", to: \"12:00\" }, #{ from: \"8am\", to: \"18:00\" }]", "META.active[1].from"),
+            (", active: #{ days: [\"someday\"], from: \"08:00\", to: \"18:00\" }", "META.active.days"),
+            (", active: #{ from: \"08:00\", to: \"18:00\", zone: \"Nowhere/Town\" }", "META.active.zone"),
+            (", active: #{ from: \"08:00\" }", "META.active"),
+            (", active: []", "META.active"),
+            (", breaker: #{ after: 0, within: \"10m\" }", "META.breaker.after"),
+            (", breaker: #{ after: 2, within: \"90d\" }", "META.breaker.within"),
+        ] {
+            let e = compile(extra).expect_err(extra);
+            assert!(e.contains(field), "{extra}: {e}");
+        }
     }
 }
 

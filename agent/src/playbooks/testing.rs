@@ -11,6 +11,8 @@
 //! step = "30s"                     # tick spacing (default: the playbook's interval)
 //! expect = [{ kind = "clean_files", target = "/var/log", decision = "would_execute", min = 1, max = 1 }]
 //! # or: expect_none = true         # no request at all
+//! # start = "2026-11-27T21:50:00Z"  # where the simulated clock starts (default EPOCH_MS), for
+//! #                                  # maintenance windows and active hours
 //! [[case.timeline]]
 //! at = "0s"
 //! metrics = { "disk./var/log.used_pct" = 95.0 }
@@ -45,6 +47,8 @@ struct Case {
     name: String,
     duration: String,
     step: Option<String>,
+    /// RFC 3339: where the simulated clock starts (default [`EPOCH_MS`]).
+    start: Option<String>,
     #[serde(default)]
     timeline: Vec<Step>,
     #[serde(default)]
@@ -105,11 +109,12 @@ fn ms(what: &str, s: &str) -> Result<i64, String> {
 }
 
 /// Runs every case of `tests` (the text of `tests_file`) against the playbook `source`.
-/// Gated against `policy`: the node's (`playbook test --config`), so a case that passes here is
-/// not refused there.
+/// Gated against `policy` and the maintenance `windows`: the node's (`playbook test --config`),
+/// so a case that passes here is not refused there.
 pub fn run(
     rt: &Arc<Runtime>,
     policy: &crate::config::PolicyConfig,
+    windows: &crate::gate::maintenance::Windows,
     file: &str,
     source: &str,
     tests_file: &str,
@@ -122,14 +127,25 @@ pub fn run(
     })?;
     let mut results = Vec::new();
     for case in &tf.case {
-        let r = run_case(rt, policy, &pb, case).unwrap_or_else(|e| CaseResult { name: case.name.clone(), passed: false, message: e });
+        let r =
+            run_case(rt, policy, windows, &pb, case).unwrap_or_else(|e| CaseResult { name: case.name.clone(), passed: false, message: e });
         results.push(r);
     }
     Ok(results)
 }
 
-fn run_case(rt: &Arc<Runtime>, policy: &crate::config::PolicyConfig, pb: &super::Playbook, case: &Case) -> Result<CaseResult, String> {
+fn run_case(
+    rt: &Arc<Runtime>,
+    policy: &crate::config::PolicyConfig,
+    windows: &crate::gate::maintenance::Windows,
+    pb: &super::Playbook,
+    case: &Case,
+) -> Result<CaseResult, String> {
     let duration = ms("duration", &case.duration)?;
+    let epoch = match &case.start {
+        None => EPOCH_MS,
+        Some(s) => s.parse::<jiff::Timestamp>().map_err(|e| format!("start: {s:?} is not an RFC 3339 time: {e}"))?.as_millisecond(),
+    };
     let step_ms = match &case.step {
         Some(s) => ms("step", s)?.max(1),
         None => pb.meta.interval_ms,
@@ -140,7 +156,7 @@ fn run_case(rt: &Arc<Runtime>, policy: &crate::config::PolicyConfig, pb: &super:
     // not pass here and stay silent there. The decide step is the agent's own (`decide`).
     let history = Arc::new(History::new(rt.history.horizon_ms, step_ms, 100_000));
     let backoff = Backoff { first_ms: 300_000, max_ms: 3_600_000 };
-    let mut decider = Decider::new(rt.clone(), Gate::for_fixtures(policy.clone()), backoff);
+    let mut decider = Decider::new(rt.clone(), Gate::for_fixtures(policy.clone()).with_maintenance(windows.clone()), backoff);
     decider.install(pb.clone());
     let mut timeline = Timeline { decider, history, mode: Mode::DryRun };
     let mut cur = Snapshot::default();
@@ -166,7 +182,7 @@ fn run_case(rt: &Arc<Runtime>, policy: &crate::config::PolicyConfig, pb: &super:
             }
             next_step += 1;
         }
-        cur.ts_ms = EPOCH_MS + t;
+        cur.ts_ms = epoch.saturating_add(t);
         let step = timeline.tick(cur.clone(), false);
         if let Some((_, error, _)) = step.disabled.first() {
             return Err(format!("at {}s: {error}", t / 1000));
