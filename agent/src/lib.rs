@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod decide;
 pub mod forward;
 pub mod gate;
+pub mod http;
 pub mod metrics;
 pub mod playbooks;
 pub mod recorder;

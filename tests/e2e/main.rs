@@ -17,6 +17,7 @@ mod mqtt;
 mod notify;
 mod package;
 mod playbooks;
+mod probes;
 mod replay;
 mod scale;
 mod sensors;

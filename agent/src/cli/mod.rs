@@ -92,6 +92,10 @@ enum Command {
     #[command(subcommand)]
     Playbook(PlaybookCmd),
     /// Print the current signal snapshot.
+    ///
+    /// The config's probes (`[[probes.check]]`) and program sensors (`[[programs]]`) are run
+    /// once each (within their timeouts) and shown; probes declared in playbooks' META are
+    /// not: they run in `medic run` only.
     Signals {
         /// Machine-readable output.
         #[arg(long)]

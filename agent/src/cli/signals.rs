@@ -1,5 +1,7 @@
 //! `medic signals`: two samples a moment apart (so CPU % and rates have something to compare
-//! with) with the config's roots and eBPF settings, printed for humans or as JSON.
+//! with) with the config's roots and eBPF settings, plus one run of each of the config's probes
+//! and program sensors (not the probes of playbooks: those run in `medic run`), printed for
+//! humans or as JSON.
 
 use super::escape::esc;
 use super::exit::Outcome;
@@ -17,11 +19,47 @@ pub fn run(json: bool, config: Option<PathBuf>) -> Outcome {
         .with_files(settings.config.files.clone());
     sampler.sample(audit::now_ms());
     std::thread::sleep(std::time::Duration::from_millis(250));
-    let snap = sampler.sample(audit::now_ms());
+    let mut snap = sampler.sample(audit::now_ms());
+    sense_once(&settings.config, &mut snap)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&snap)?);
     } else {
         print_snapshot(&snap);
+    }
+    Ok(())
+}
+
+/// Runs the config's probes and programs once each, all at once, into `snap`; why one failed
+/// goes to `snap.errors`.
+fn sense_once(cfg: &crate::config::Config, snap: &mut crate::signals::Snapshot) -> std::io::Result<()> {
+    use crate::signals::probes::{check, program, spec::Reach};
+    if cfg.probes.check.is_empty() && cfg.programs.is_empty() {
+        return Ok(());
+    }
+    let reach = Reach::new(cfg.probes.allow_remote, &cfg.probes.allow).unwrap_or_default();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let sensed = rt.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for p in cfg.probes.specs() {
+            let reach = reach.clone();
+            set.spawn(async move {
+                let key = format!("probe.{}", p.name);
+                let o = check::run(&p, &reach).await;
+                (o.metrics(&key), o.reason.map(|r| format!("{key}: {r}")))
+            });
+        }
+        for p in cfg.programs.clone() {
+            set.spawn(async move {
+                let key = format!("program.{}", p.name);
+                let r = program::run_once(&p).await;
+                (r.values.into_iter().map(|(k, v)| (format!("{key}.{k}"), v)).collect(), r.reason.map(|r| format!("{key}: {r}")))
+            });
+        }
+        set.join_all().await
+    });
+    for (metrics, reason) in sensed {
+        snap.metrics.extend(metrics);
+        snap.errors.extend(reason);
     }
     Ok(())
 }

@@ -106,6 +106,9 @@ pub(super) fn check(cfg: &Config, file: &str, text: &str) -> Result<(), ConfigEr
             ));
         }
     }
+    if let Err((key, reason)) = cfg.probes.check(&cfg.programs) {
+        return Err(at(&key, reason));
+    }
     if cfg.signals.history_secs < cfg.signals.interval_secs {
         return Err(at("signals.history_secs", "signals.history_secs: must be at least interval_secs".into()));
     }

@@ -58,6 +58,10 @@ pub struct Config {
     pub recorder: crate::recorder::RecorderConfig,
     /// Files watched and where their content may be read (`[files]`, see signals/files.rs).
     pub files: crate::signals::files::FilesConfig,
+    /// Probes the agent runs (`[probes]`, `[[probes.check]]`) and where they may connect.
+    pub probes: crate::signals::probes::ProbesConfig,
+    /// Program sensors (`[[programs]]`): the operator's allowlist of programs run as sensors.
+    pub programs: Vec<crate::signals::probes::program::ProgramConfig>,
     pub log: LogConfig,
     /// Maintenance windows (`[[maintenance]]`): live actions are held by the gate's
     /// `maintenance` rule during them.

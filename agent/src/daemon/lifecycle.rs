@@ -96,8 +96,11 @@ impl Agent {
         };
         let roots = Roots { proc: cfg.signals.proc_root.clone(), sys: cfg.signals.sys_root.clone() };
         let ebpf = crate::signals::ebpf::EbpfSignals::start(&cfg.signals.ebpf);
-        let mut sampler =
-            Sampler::with_socket_scan_every(roots, cfg.signals.socket_scan_every).with_ebpf(ebpf).with_files(cfg.files.clone());
+        let sensors = super::sensors::AgentSensors::new(cfg);
+        let mut sampler = Sampler::with_socket_scan_every(roots, cfg.signals.socket_scan_every)
+            .with_ebpf(ebpf)
+            .with_board(sensors.board())
+            .with_files(cfg.files.clone());
         let files_declared = sampler.files_declared();
         let interval_ms = cfg.signals.interval_ms();
         let mut history = History::new(cfg.signals.history_ms(), interval_ms, cfg.signals.max_series);
@@ -189,6 +192,7 @@ impl Agent {
             rejections: BTreeMap::new(),
             unavailable: first.unavailable.clone(),
             metrics,
+            sensors,
         };
         agent.expire_mode(crate::audit::now_ms())?;
         agent.reload()?;
@@ -211,6 +215,7 @@ impl Agent {
                 break;
             }
         }
+        self.sensors.stop();
         let abandoned = self.evaluating.take().map(|r| r.playbooks);
         if let Some(r) = self.sense.as_mut().and_then(|s| s.recorder.as_mut()) {
             if let Err(e) = r.close() {

@@ -25,7 +25,8 @@
 //! `playbook test`, `explain` and `replay`), `journal` (every record, fail-closed), `runner`
 //! (actions on their threads, their outcomes), `commands` (control and fleet commands, the mode),
 //! `reload`, `status`, `control_socket` (the listener), `serve` (the async loop), `repeats`
-//! (coalesced refusals), `notify` (sd_notify).
+//! (coalesced refusals), `notify` (sd_notify), `sensors` (probes and program sensors: which
+//! run, from the playbooks' META and the config).
 
 mod commands;
 mod control_socket;
@@ -35,6 +36,7 @@ pub mod notify;
 mod reload;
 pub mod repeats;
 mod runner;
+mod sensors;
 mod serve;
 mod status;
 mod tick;
@@ -86,6 +88,8 @@ pub struct Agent {
     rejections: BTreeMap<String, commands::Rejections>,
     unavailable: BTreeMap<String, String>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Probes and program sensors (`sensors.rs`): their tasks and the board the sampler reads.
+    sensors: sensors::AgentSensors,
 }
 
 impl Agent {

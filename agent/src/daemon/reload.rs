@@ -26,6 +26,7 @@ impl Agent {
                 return Ok(());
             }
         };
+        let loaded = self.sensors.admit(loaded);
         let mut seen = Vec::new();
         for res in loaded {
             match res {
@@ -61,6 +62,7 @@ impl Agent {
             }
         }
         self.declare_files();
+        self.sensors.apply(self.decider.slots().map(|s| &s.pb));
         Ok(())
     }
 }

@@ -106,6 +106,8 @@ pub async fn run(
             }
         }
     })?;
+    // Probes and program sensors run as tasks on this runtime from here on.
+    agent.start_sensors();
     let StopSignals { mut term, mut int } = stops;
     let mut hup = signal(SignalKind::hangup())?;
     let mut ticker = tokio::time::interval(Duration::from_secs(interval_secs));

@@ -79,6 +79,7 @@ impl Agent {
             "gate_ledger_keys": self.decider.gate().ledger_len(),
             "repeat_windows_open": self.journal.repeats.len(),
             "replication": self.replication.as_ref().map(|r| json!(*r.borrow())),
+            "sensors": self.sensors.status(),
         })
     }
 }

@@ -513,6 +513,7 @@ mod tests {
             files: Vec::new(),
             active: Vec::new(),
             breaker: None,
+            probes: Vec::new(),
         }
     }
 

@@ -45,6 +45,9 @@ pub struct Meta {
     pub active: Vec<Weekly>,
     /// The playbook's own breaker (`breaker`), combined with the node's (see [`BreakerSpec`]).
     pub breaker: Option<BreakerSpec>,
+    /// Probes the agent runs for this playbook (`META.probes`; signals `probe.<name>.*`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<crate::signals::probes::spec::ProbeSpec>,
 }
 
 /// A breaker: open after `after` runs of the same action on the same target within `within_ms`.
@@ -103,6 +106,8 @@ struct RawMeta {
     active: Option<rhai::Dynamic>,
     #[serde(default)]
     breaker: Option<RawBreaker>,
+    #[serde(default)]
+    probes: Vec<crate::signals::probes::spec::MetaProbe>,
 }
 
 #[derive(Deserialize)]
@@ -199,6 +204,17 @@ pub fn parse(value: &rhai::Dynamic) -> Result<Meta, String> {
         }
         actions.push(Capability { kind, target: c.target.clone() });
     }
+    let mut probes: Vec<crate::signals::probes::spec::ProbeSpec> = Vec::new();
+    if raw.probes.len() > crate::signals::probes::MAX_PROBES {
+        return Err(format!("META.probes: at most {} probes", crate::signals::probes::MAX_PROBES));
+    }
+    for (i, p) in raw.probes.iter().enumerate() {
+        let spec = p.resolve(&format!("META.probes[{i}]"))?;
+        if probes.iter().any(|q| q.name == spec.name) {
+            return Err(format!("META.probes[{i}].name: probe {:?} is declared twice", spec.name));
+        }
+        probes.push(spec);
+    }
     if raw.rate_limit.max < 1 {
         return Err("META.rate_limit.max: must be at least 1".into());
     }
@@ -248,6 +264,7 @@ pub fn parse(value: &rhai::Dynamic) -> Result<Meta, String> {
         cooldown_ms: dur("cooldown", &raw.cooldown)?,
         active,
         breaker,
+        probes,
     })
 }
 

@@ -14,6 +14,7 @@ pub mod history;
 pub mod memory;
 pub mod net;
 pub mod parse;
+pub mod probes;
 pub mod process;
 pub mod sock_diag;
 pub mod sockets;
@@ -106,6 +107,8 @@ pub struct Sampler {
     page_size: u64,
     prev: Previous,
     files: files::Files,
+    /// Results of the agent-run sensors (probes, programs), merged into each sample.
+    board: Option<probes::Board>,
 }
 
 impl Sampler {
@@ -137,6 +140,7 @@ impl Sampler {
             page_size: rustix::param::page_size() as u64,
             prev: Previous::default(),
             files: files::Files::new(files::FilesConfig::default()),
+            board: None,
         }
     }
 
@@ -155,6 +159,12 @@ impl Sampler {
     /// Adds the eBPF families (loaded by the caller; see [`ebpf::EbpfSignals::start`]).
     pub fn with_ebpf(mut self, e: ebpf::EbpfSignals) -> Self {
         self.ebpf = Some(e);
+        self
+    }
+
+    /// Adds the latest results of the agent-run sensors to every sample (see [`probes`]).
+    pub fn with_board(mut self, b: probes::Board) -> Self {
+        self.board = Some(b);
         self
     }
 
@@ -287,6 +297,10 @@ impl Sampler {
 
         // Declared files
         self.files.sample(&mut s);
+        // Probes and programs: their latest results (absent until each has reported).
+        if let Some(b) = &self.board {
+            b.merge_into(&mut s.metrics);
+        }
 
         // eBPF, last: the sock family names units from the process list.
         if let Some(e) = &mut self.ebpf {

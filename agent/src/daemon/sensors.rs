@@ -1,0 +1,104 @@
+//! Which probes and program sensors the agent runs: those of the config (`[[probes.check]]`,
+//! `[[programs]]`) and those the loaded playbooks declare in META. At each load a playbook whose
+//! probe cannot run here (a target the config does not allow, a name another playbook or the
+//! config declares differently, one probe too many) is rejected like a playbook that does not
+//! compile, naming both declarers; the tasks then match the loaded set.
+
+use super::Agent;
+use crate::config::Config;
+use crate::playbooks::{Playbook, PlaybookError};
+use crate::signals::probes::program::ProgramConfig;
+use crate::signals::probes::spec::{ProbeSpec, Reach};
+use crate::signals::probes::{Board, Sensor, Sensors};
+use std::collections::BTreeMap;
+
+/// The agent's sensors and what the config says of them.
+pub(super) struct AgentSensors {
+    sensors: Sensors,
+    reach: Reach,
+    config_probes: Vec<ProbeSpec>,
+    programs: Vec<ProgramConfig>,
+    max: usize,
+}
+
+impl AgentSensors {
+    pub fn new(cfg: &Config) -> Self {
+        // `medic validate` (Config::parse) has checked `[probes]`; a bad allow list allows none.
+        let reach = Reach::new(cfg.probes.allow_remote, &cfg.probes.allow).unwrap_or_default();
+        Self {
+            sensors: Sensors::new(reach.clone()),
+            reach,
+            config_probes: cfg.probes.specs(),
+            programs: cfg.programs.clone(),
+            max: cfg.probes.max,
+        }
+    }
+
+    pub fn board(&self) -> Board {
+        self.sensors.board()
+    }
+
+    /// Rejects the playbooks whose probes cannot run alongside the config's and the earlier
+    /// playbooks' (in load order).
+    pub fn admit(&self, loaded: Vec<Result<Playbook, PlaybookError>>) -> Vec<Result<Playbook, PlaybookError>> {
+        let mut owners: BTreeMap<String, (ProbeSpec, String)> =
+            self.config_probes.iter().map(|p| (p.name.clone(), (p.clone(), "the config ([[probes.check]])".to_string()))).collect();
+        loaded
+            .into_iter()
+            .map(|res| {
+                let pb = res?;
+                let reject = |reason: String| PlaybookError { file: pb.file.clone(), line: 1, col: 1, reason };
+                let mut mine = Vec::new();
+                for (i, p) in pb.meta.probes.iter().enumerate() {
+                    self.reach.check(p).map_err(|e| reject(format!("META.probes[{i}]: {e}")))?;
+                    match owners.get(&p.name) {
+                        Some((q, owner)) if q != p => {
+                            return Err(reject(format!(
+                                "META.probes[{i}]: probe {:?} is declared differently by {owner} and by {}",
+                                p.name, pb.file
+                            )))
+                        }
+                        Some(_) => {}
+                        None => mine.push(p.clone()),
+                    }
+                }
+                if owners.len() + mine.len() > self.max {
+                    return Err(reject(format!("META.probes: more than probes.max ({}) probes on this node", self.max)));
+                }
+                for p in mine {
+                    owners.insert(p.name.clone(), (p, pb.file.clone()));
+                }
+                Ok(pb)
+            })
+            .collect()
+    }
+
+    /// Runs the config's sensors and those of `playbooks` (the loaded set).
+    pub fn apply<'a>(&mut self, playbooks: impl Iterator<Item = &'a Playbook>) {
+        let mut wanted: Vec<Sensor> = self.config_probes.iter().cloned().map(Sensor::Probe).collect();
+        for pb in playbooks {
+            for p in &pb.meta.probes {
+                if !wanted.iter().any(|s| matches!(s, Sensor::Probe(q) if q.name == p.name)) && wanted.len() < self.max {
+                    wanted.push(Sensor::Probe(p.clone()));
+                }
+            }
+        }
+        wanted.extend(self.programs.iter().cloned().map(Sensor::Program));
+        self.sensors.set(wanted);
+    }
+
+    pub fn stop(&mut self) {
+        self.sensors.stop();
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        self.sensors.board().status()
+    }
+}
+
+impl Agent {
+    /// Starts the sensors' tasks on the current runtime (`daemon::run` calls it once on its own).
+    pub fn start_sensors(&mut self) {
+        self.sensors.sensors.start();
+    }
+}
