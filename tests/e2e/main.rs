@@ -21,6 +21,7 @@ mod playbooks;
 mod probes;
 mod replay;
 mod scale;
+mod sensors;
 mod signals;
 mod sockets;
 mod systemd;

@@ -32,6 +32,15 @@ fn fixture_tree_reads_every_family() {
     assert!(m.contains_key("disk./.inodes_used_pct"));
     assert!(!m.keys().any(|k| k.starts_with("disk./proc")));
     assert!(m.keys().any(|k| k.starts_with("blk.") && k.ends_with(".write_bytes_per_s")));
+    assert_eq!(m["disk./.ro"], 0.0);
+    // Network interfaces: counters from net/dev, link state from sys/class/net (lo has none
+    // in the fixture: down, no carrier).
+    assert_eq!(m["net.eth0.rx_bytes"], 918_273_645.0);
+    assert_eq!(m["net.eth0.rx_drops"], 7.0);
+    assert_eq!(m["net.eth0.tx_packets"], 98_765.0);
+    assert_eq!(m["net.eth0.rx_bytes_per_s"], 0.0);
+    assert_eq!((m["net.eth0.up"], m["net.eth0.carrier"], m["net.eth0.speed_mbps"]), (1.0, 1.0, 1000.0));
+    assert_eq!((m["net.lo.up"], m["net.lo.carrier"]), (0.0, 0.0));
     // Sockets: node-wide per state across tcp and tcp6.
     assert_eq!(m["sock.tcp.listen"], 2.0);
     assert_eq!(m["sock.tcp.close_wait"], 3.0);
@@ -92,6 +101,7 @@ fn truncated_and_malformed_files_never_panic() {
         "net/netstat",
         "net/tcp",
         "net/tcp6",
+        "net/dev",
         "4242/stat",
         "4242/cgroup",
     ];

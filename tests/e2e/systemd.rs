@@ -19,6 +19,12 @@ use std::time::Duration;
 const UNIT: &str = "[Unit]\nDescription=medic test unit\n[Service]\nExecStart=/bin/sleep infinity\n";
 
 fn restart_once(c: &Container, mode: Mode, dir: &Path) -> serde_json::Value {
+    act_once(c, mode, dir, "restart_unit")
+}
+
+/// One tick of an agent on the host whose playbook asks `kind(\"medic-demo.service\")`, acting
+/// over the container's bus; the decision and outcome records.
+fn act_once(c: &Container, mode: Mode, dir: &Path, kind: &str) -> serde_json::Value {
     let state = dir.join("state");
     std::fs::create_dir_all(&state).unwrap();
     ModeState { mode, since_ms: 1, actor: "test".into(), reason: "test".into(), ..ModeState::fresh() }.save(&state).unwrap();
@@ -26,7 +32,7 @@ fn restart_once(c: &Container, mode: Mode, dir: &Path) -> serde_json::Value {
     std::fs::create_dir_all(&pbs).unwrap();
     std::fs::write(
         pbs.join("r.rhai"),
-        "const META = #{ name: \"restart-demo\", description: \"t\", interval: \"1s\", actions: [#{ kind: \"restart_unit\", target: \"medic-demo.service\" }],\n  rate_limit: #{ max: 5, per: \"1h\" }, cooldown: \"1m\" };\nfn evaluate(node, state) { restart_unit(\"medic-demo.service\", \"test\"); }\n",
+        format!("const META = #{{ name: \"act-demo\", description: \"t\", interval: \"1s\", actions: [#{{ kind: \"{kind}\", target: \"medic-demo.service\" }}],\n  rate_limit: #{{ max: 5, per: \"1h\" }}, cooldown: \"1m\" }};\nfn evaluate(node, state) {{ {kind}(\"medic-demo.service\", \"test\"); }}\n"),
     )
     .unwrap();
     let cfg = Config::parse("t.toml", &format!("[actions]\nsystemd_bus = \"{}\"\ntimeout_secs = 20\n", c.bus())).unwrap();
@@ -75,6 +81,59 @@ fn restart_unit_restarts_a_real_unit_in_live_mode_only() {
     let r = restart_once(&c, Mode::Live, dir.path());
     assert_eq!(r["outcome"]["outcome"]["status"], "failed", "{r}");
     assert_eq!(r["outcome"]["outcome"]["error_code"], "restart_refused", "{r}");
+}
+
+#[test]
+fn start_unit_starts_a_stopped_unit_in_live_mode_only() {
+    let c = Container::boot(&format!("medic-start-{}", std::process::id()));
+    std::fs::write(c.path("/etc/systemd/system/medic-demo.service"), UNIT).unwrap();
+    c.sh("systemctl daemon-reload");
+    let state = || c.exec(&["systemctl", "is-active", "medic-demo.service"]).stdout;
+    let state = || String::from_utf8_lossy(&state()).trim().to_string();
+    assert_eq!(state(), "inactive");
+
+    // Dry-run: decided and recorded, the unit still stopped.
+    let dir = tempfile::tempdir().unwrap();
+    let r = act_once(&c, Mode::DryRun, dir.path(), "start_unit");
+    assert_eq!(r["decision"]["decision"], "would_execute", "{r}");
+    assert_eq!(r["decision"]["action"]["kind"], "start_unit", "{r}");
+    assert_eq!(state(), "inactive", "dry-run must not start the unit");
+
+    // Live: started, verified active with an invocation it did not have.
+    let dir = tempfile::tempdir().unwrap();
+    let r = act_once(&c, Mode::Live, dir.path(), "start_unit");
+    assert_eq!(r["decision"]["decision"], "executed", "{r}");
+    let out = &r["outcome"]["outcome"];
+    assert_eq!((&out["status"], &out["verified"]), (&"ok".into(), &true.into()), "{r}");
+    assert_eq!(out["detail"]["state_before"], "inactive", "{r}");
+    assert_eq!(state(), "active");
+    let id = c.sh("systemctl show -p InvocationID --value medic-demo.service");
+    assert_eq!(out["detail"]["invocation_id_after"], id);
+
+    // Already active: left alone (same invocation), ok.
+    let dir = tempfile::tempdir().unwrap();
+    let r = act_once(&c, Mode::Live, dir.path(), "start_unit");
+    assert_eq!(r["outcome"]["outcome"]["detail"]["already_active"], true, "{r}");
+    assert_eq!(c.sh("systemctl show -p InvocationID --value medic-demo.service"), id);
+
+    // A failed unit is started again (Monit's `depends on`: bring the dependency back).
+    std::fs::write(c.path("/etc/systemd/system/medic-demo.service"), "[Service]\nExecStart=/bin/false\n").unwrap();
+    c.sh("systemctl daemon-reload && systemctl restart medic-demo.service; sleep 1; true");
+    assert_eq!(state(), "failed");
+    std::fs::write(c.path("/etc/systemd/system/medic-demo.service"), UNIT).unwrap();
+    c.sh("systemctl daemon-reload");
+    let dir = tempfile::tempdir().unwrap();
+    let r = act_once(&c, Mode::Live, dir.path(), "start_unit");
+    assert_eq!(r["outcome"]["outcome"]["status"], "ok", "{r}");
+    assert_eq!(r["outcome"]["outcome"]["detail"]["state_before"], "failed", "{r}");
+    assert_eq!(state(), "active");
+
+    // A unit that does not exist fails with a stable code.
+    c.sh("systemctl stop medic-demo.service && rm /etc/systemd/system/medic-demo.service && systemctl daemon-reload");
+    let dir = tempfile::tempdir().unwrap();
+    let r = act_once(&c, Mode::Live, dir.path(), "start_unit");
+    assert_eq!(r["outcome"]["outcome"]["status"], "failed", "{r}");
+    assert_eq!(r["outcome"]["outcome"]["error_code"], "start_refused", "{r}");
 }
 
 // ---- The shipped unit: its hardening score, and every action working under it ----
@@ -198,6 +257,7 @@ fn under_the_hardened_unit_every_action_acts_and_every_ebpf_family_loads() {
             ),
         ),
         ("command.rhai", once_playbook("t-command", "run_command", "/usr/bin/id", "run_command(\"/usr/bin/id\", [], \"test\");")),
+        ("start.rhai", once_playbook("t-start", "start_unit", "medic-dep.service", "start_unit(\"medic-dep.service\", \"test\");")),
     ];
     for (f, src) in &pbs {
         std::fs::write(c.path(&format!("/etc/medic/playbooks/{f}")), src).unwrap();
@@ -206,6 +266,8 @@ fn under_the_hardened_unit_every_action_acts_and_every_ebpf_family_loads() {
     // its own unit, and old files of `nobody` in a directory only `nobody` may write
     // (CAP_DAC_OVERRIDE) and in a sticky one under it (CAP_FOWNER).
     std::fs::write(c.path("/etc/systemd/system/medic-demo.service"), UNIT).unwrap();
+    // A dependency installed but stopped, for start_unit.
+    std::fs::write(c.path("/etc/systemd/system/medic-dep.service"), UNIT).unwrap();
     c.sh("groupadd --system medic && systemctl daemon-reload && systemctl start medic-demo.service");
     // The victim holds a listening socket (passed by its socket unit) that medic must see as
     // its own: readlink of another user's /proc/<pid>/fd/N needs CAP_SYS_PTRACE. So does its
@@ -268,11 +330,11 @@ fn under_the_hardened_unit_every_action_acts_and_every_ebpf_family_loads() {
     c.sh("medic mode live --reason 'hardened unit test'");
     let state = c.path("/var/lib/medic");
     let outcomes = || -> Vec<serde_json::Value> { audit_lines(&state).into_iter().filter(|r| r["kind"] == "action_outcome").collect() };
-    let done = crate::util::wait_until(60, || outcomes().len() >= 4);
+    let done = crate::util::wait_until(60, || outcomes().len() >= 5);
     let recs = audit_lines(&state);
     let all = serde_json::Value::Array(recs.clone());
     assert!(done, "four live outcomes expected:\n{all:#}\n{}", journal());
-    for kind in ["restart_unit", "signal_process", "clean_files", "run_command"] {
+    for kind in ["restart_unit", "signal_process", "clean_files", "run_command", "start_unit"] {
         let executed = recs.iter().find(|r| r["kind"] == "action" && r["decision"] == "executed" && r["action"]["kind"] == kind);
         let executed = executed.unwrap_or_else(|| panic!("no executed {kind}:\n{all:#}"));
         let outcome = recs.iter().find(|r| r["kind"] == "action_outcome" && r["ref_seq"] == executed["seq"]);
@@ -288,6 +350,7 @@ fn under_the_hardened_unit_every_action_acts_and_every_ebpf_family_loads() {
     assert_eq!(c.sh("systemctl is-active medic-guarded.service"), "active");
     // And what they did is there to see.
     assert_ne!(c.sh("systemctl show -p InvocationID --value medic-demo.service"), demo_before);
+    assert_eq!(c.sh("systemctl is-active medic-dep.service"), "active", "start_unit started the stopped dependency");
     assert_eq!(c.sh("systemctl is-active medic-victim.service || true"), "inactive");
     assert_eq!(c.sh("find /var/log/medic-test -type f | wc -l"), "0");
     let cmd = recs.iter().find(|r| r["kind"] == "action_outcome" && r["outcome"]["detail"]["command"] == "/usr/bin/id").unwrap();

@@ -83,6 +83,8 @@ kinds! {
     RunCommand => run_command,
     /// Record a notification; changes nothing. Target: the notification's subject.
     Notify => notify,
+    /// Start a systemd unit that is inactive or failed. Target: the unit name.
+    StartUnit => start_unit,
 }
 
 impl ActionKind {
@@ -258,6 +260,9 @@ mod tests {
         assert_eq!(rule(req(ActionKind::CleanFiles, "/etc", none.clone())), Some("allowlist"));
         assert_eq!(rule(req(ActionKind::RunCommand, "/bin/echo", serde_json::json!({ "args": ["--lines=3"] }))), None);
         assert_eq!(rule(req(ActionKind::RunCommand, "/bin/echo", serde_json::json!({ "args": ["-rf"] }))), Some("allowlist"));
+        assert_eq!(rule(req(ActionKind::StartUnit, "nginx.service", none.clone())), None);
+        assert_eq!(rule(req(ActionKind::StartUnit, "ssh.service", none.clone())), Some("protected"));
+        assert_eq!(rule(req(ActionKind::StartUnit, "nginx.socket", none.clone())), Some("allowlist"));
         assert_eq!(rule(req(ActionKind::Notify, "anything", none)), None);
     }
 

@@ -17,16 +17,16 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use zbus::zvariant::OwnedObjectPath;
 
-const DEST: &str = "org.freedesktop.systemd1";
+pub(super) const DEST: &str = "org.freedesktop.systemd1";
 
-async fn connect(bus: Option<&str>) -> zbus::Result<zbus::Connection> {
+pub(super) async fn connect(bus: Option<&str>) -> zbus::Result<zbus::Connection> {
     match bus {
         Some(addr) => zbus::connection::Builder::address(addr)?.build().await,
         None => zbus::Connection::system().await,
     }
 }
 
-async fn unit_props(conn: &zbus::Connection, path: &OwnedObjectPath) -> zbus::Result<(String, String)> {
+pub(super) async fn unit_props(conn: &zbus::Connection, path: &OwnedObjectPath) -> zbus::Result<(String, String)> {
     let unit = zbus::Proxy::new(conn, DEST, path.as_str(), "org.freedesktop.systemd1.Unit").await?;
     let state: String = unit.get_property("ActiveState").await?;
     let id: Vec<u8> = unit.get_property("InvocationID").await?;

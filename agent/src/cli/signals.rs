@@ -14,7 +14,9 @@ pub fn run(json: bool, config: Option<PathBuf>) -> Outcome {
     let settings = Settings::load(&Overrides { config, ..Default::default() })?;
     let s = &settings.config.signals;
     let ebpf = crate::signals::ebpf::EbpfSignals::start(&s.ebpf);
-    let mut sampler = Sampler::new(Roots { proc: s.proc_root.clone(), sys: s.sys_root.clone() }).with_ebpf(ebpf);
+    let mut sampler = Sampler::new(Roots { proc: s.proc_root.clone(), sys: s.sys_root.clone() })
+        .with_ebpf(ebpf)
+        .with_files(settings.config.files.clone());
     sampler.sample(audit::now_ms());
     std::thread::sleep(std::time::Duration::from_millis(250));
     let mut snap = sampler.sample(audit::now_ms());

@@ -86,6 +86,17 @@ pub(super) fn check(cfg: &Config, file: &str, text: &str) -> Result<(), ConfigEr
     range("recorder.max_age_secs", rc.max_age_secs, 60, TEN_YEARS_SECS, " seconds")?;
     range("recorder.flush_secs", rc.flush_secs, 1, 3_600, " seconds")?;
     range("recorder.segment_secs", rc.segment_secs, 60, DAY_SECS, " seconds")?;
+    let fc = &cfg.files;
+    range("files.max_files", fc.max_files as u64, 1, crate::signals::files::MAX_FILES_LIMIT as u64, "")?;
+    range("files.max_hash_bytes", fc.max_hash_bytes, 1, crate::signals::files::MAX_HASH_LIMIT, " bytes")?;
+    for (i, w) in fc.watch.iter().enumerate() {
+        if let Err(e) = w.check() {
+            return Err(at(&format!("files.watch.{}", e.field()), format!("files.watch[{i}].{}: {e}", e.field())));
+        }
+    }
+    if let Some(g) = fc.content_paths.iter().find(|g| !g.starts_with('/')) {
+        return Err(at("files.content_paths", format!("files.content_paths: {g:?} must be an absolute glob")));
+    }
     for c in &po.commands {
         range("policy.commands.timeout_secs", c.timeout_secs, 1, DAY_SECS, " seconds")?;
         if let Some(a) = c.args.iter().find(|a| a.split(['/', '=']).any(|x| x == "..")) {
@@ -266,6 +277,8 @@ mod tests {
         ("recorder", "max_age_secs"),
         ("recorder", "flush_secs"),
         ("recorder", "segment_secs"),
+        ("files", "max_files"),
+        ("files", "max_hash_bytes"),
     ];
 
     /// What the agent computes from a config at start and at stop, with plain (panicking in

@@ -58,6 +58,8 @@ pub struct Config {
     pub metrics: crate::metrics::MetricsConfig,
     /// The flight recorder of sampled signals (`[recorder]`; on by default).
     pub recorder: crate::recorder::RecorderConfig,
+    /// Files watched and where their content may be read (`[files]`, see signals/files.rs).
+    pub files: crate::signals::files::FilesConfig,
     /// Probes the agent runs (`[probes]`, `[[probes.check]]`) and where they may connect.
     pub probes: crate::signals::probes::ProbesConfig,
     /// Program sensors (`[[programs]]`): the operator's allowlist of programs run as sensors.

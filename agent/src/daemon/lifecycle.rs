@@ -97,7 +97,11 @@ impl Agent {
         let roots = Roots { proc: cfg.signals.proc_root.clone(), sys: cfg.signals.sys_root.clone() };
         let ebpf = crate::signals::ebpf::EbpfSignals::start(&cfg.signals.ebpf);
         let sensors = super::sensors::AgentSensors::new(cfg);
-        let mut sampler = Sampler::with_socket_scan_every(roots, cfg.signals.socket_scan_every).with_ebpf(ebpf).with_board(sensors.board());
+        let mut sampler = Sampler::with_socket_scan_every(roots, cfg.signals.socket_scan_every)
+            .with_ebpf(ebpf)
+            .with_board(sensors.board())
+            .with_files(cfg.files.clone());
+        let files_declared = sampler.files_declared();
         let interval_ms = cfg.signals.interval_ms();
         let mut history = History::new(cfg.signals.history_ms(), interval_ms, cfg.signals.max_series);
         let first = sampler.sample(crate::audit::now_ms());
@@ -177,6 +181,7 @@ impl Agent {
             overruns: 0,
             playbooks_dir,
             local_playbooks_dir: cfg.local_playbooks_dir.clone(),
+            files_declared,
             state_dir,
             mode,
             force_next: false,

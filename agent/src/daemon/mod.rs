@@ -70,6 +70,8 @@ pub struct Agent {
     playbooks_dir: Option<PathBuf>,
     /// Local playbooks added to the bundled ones (config `local_playbooks_dir`).
     local_playbooks_dir: Option<PathBuf>,
+    /// The loaded playbooks' META `files`, handed to the sampler at each (re)load.
+    files_declared: crate::signals::files::Declared,
     state_dir: PathBuf,
     mode: ModeState,
     /// The next tick evaluates every playbook, due or not (set by an eBPF wake-up).

@@ -61,7 +61,22 @@ impl Agent {
                 self.decider.remove(&file);
             }
         }
+        self.declare_files();
         self.sensors.apply(self.decider.slots().map(|s| &s.pb));
         Ok(())
+    }
+}
+
+impl Agent {
+    /// Hands the loaded playbooks' META `files` to the sampler (it picks them up at its next
+    /// sample, wherever it runs).
+    fn declare_files(&self) {
+        let mut specs = Vec::new();
+        for file in self.decider.files() {
+            if let Some(slot) = self.decider.slot(&file) {
+                specs.extend(slot.pb.meta.files.iter().map(|f| (format!("playbook {}", slot.pb.meta.name), f.clone())));
+            }
+        }
+        self.files_declared.set(specs);
     }
 }

@@ -510,6 +510,7 @@ mod tests {
             actions: vec![Capability { kind: ActionKind::RestartUnit, target: "*.service".into() }],
             rate_limit: RateLimit { max: 2, per_ms: 600_000 },
             cooldown_ms,
+            files: Vec::new(),
             active: Vec::new(),
             breaker: None,
             probes: Vec::new(),

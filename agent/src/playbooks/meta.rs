@@ -7,6 +7,7 @@ use super::api::duration_ms;
 pub use crate::actions::glob::glob_match;
 use crate::actions::ActionKind;
 pub use crate::gate::maintenance::Weekly;
+use crate::signals::files::FileSpec;
 use serde::{Deserialize, Serialize};
 
 /// One entry of the capability manifest: an action kind and a target pattern (`*` and `?`
@@ -37,6 +38,8 @@ pub struct Meta {
     pub rate_limit: RateLimit,
     /// Minimum time between two executions on the same (playbook, action, target).
     pub cooldown_ms: i64,
+    /// Files whose signals this playbook reads (`file.<name>.*`), watched by the agent.
+    pub files: Vec<FileSpec>,
     /// Active hours (`active`): outside all of them the gate's `maintenance` rule holds every
     /// request of the playbook, `notify` included. Empty: always active.
     pub active: Vec<Weekly>,
@@ -96,6 +99,8 @@ struct RawMeta {
     actions: Vec<RawCap>,
     rate_limit: RawRate,
     cooldown: String,
+    #[serde(default)]
+    files: Vec<RawFile>,
     /// A map or a list of maps of [`RawActive`]; read by hand to name the entry at fault.
     #[serde(default)]
     active: Option<rhai::Dynamic>,
@@ -148,6 +153,30 @@ fn active(value: Option<&rhai::Dynamic>) -> Result<Vec<Weekly>, String> {
     Ok(out)
 }
 
+/// `META.files[i]`: `tail` is a size (`65536` or `"64KiB"`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    name: String,
+    path: String,
+    #[serde(default)]
+    hash: bool,
+    #[serde(default)]
+    pattern: Option<String>,
+    #[serde(default)]
+    tail: Option<RawSize>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawSize {
+    Bytes(i64),
+    Text(String),
+}
+
+/// Most files one playbook declares (the node bounds them all with `files.max_files`).
+pub const MAX_FILES: usize = 64;
+
 /// Turns the META map into [`Meta`]; the error names the field at fault.
 pub fn parse(value: &rhai::Dynamic) -> Result<Meta, String> {
     let raw: RawMeta = rhai::serde::from_dynamic(value).map_err(|e| {
@@ -189,6 +218,26 @@ pub fn parse(value: &rhai::Dynamic) -> Result<Meta, String> {
     if raw.rate_limit.max < 1 {
         return Err("META.rate_limit.max: must be at least 1".into());
     }
+    if raw.files.len() > MAX_FILES {
+        return Err(format!("META.files: {} files, at most {MAX_FILES}", raw.files.len()));
+    }
+    let mut files = Vec::new();
+    for (i, f) in raw.files.into_iter().enumerate() {
+        let tail_bytes = match f.tail {
+            None => crate::signals::files::DEFAULT_TAIL_BYTES,
+            Some(RawSize::Bytes(n)) => n.max(0) as u64,
+            Some(RawSize::Text(t)) => crate::signals::files::parse_size(&t).map_err(|e| format!("META.files[{i}].tail: {e}"))?,
+        };
+        let spec = FileSpec { name: f.name, path: f.path.into(), hash: f.hash, pattern: f.pattern, tail_bytes };
+        if let Err(e) = spec.check() {
+            let field = if matches!(e, crate::signals::files::FileError::Tail(_)) { "tail" } else { e.field() };
+            return Err(format!("META.files[{i}].{field}: {e}"));
+        }
+        if files.iter().any(|g: &FileSpec| g.name == spec.name) {
+            return Err(format!("META.files[{i}].name: {:?} declared twice", spec.name));
+        }
+        files.push(spec);
+    }
     let breaker = match &raw.breaker {
         None => None,
         Some(b) => {
@@ -204,6 +253,7 @@ pub fn parse(value: &rhai::Dynamic) -> Result<Meta, String> {
     };
     let active = active(raw.active.as_ref())?;
     Ok(Meta {
+        files,
         name: raw.name,
         description: raw.description,
         interval_ms,
@@ -254,6 +304,37 @@ mod tests {
         ] {
             let e = compile(extra).expect_err(extra);
             assert!(e.contains(field), "{extra}: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod files_tests {
+    fn compile(files: &str) -> Result<super::Meta, String> {
+        let src = format!(
+            "const META = #{{ name: \"p\", description: \"d\", interval: \"1s\", actions: [], rate_limit: #{{ max: 1, per: \"1h\" }}, cooldown: \"1s\", files: {files} }};\nfn evaluate(node, state) {{}}"
+        );
+        crate::playbooks::Runtime::new(Default::default()).compile("p.rhai", &src).map(|p| p.meta).map_err(|e| e.to_string())
+    }
+
+    /// META `files`: parsed with a size for `tail`, and each bad field named `META.files[i].<field>`.
+    #[test]
+    fn meta_files_are_parsed_and_their_errors_named() {
+        let m = compile("[#{ name: \"log\", path: \"/var/log/a.log\", pattern: \"ERROR\", tail: \"1MiB\" }, #{ name: \"c\", path: \"/etc/x\", hash: true }]").unwrap();
+        assert_eq!(m.files.len(), 2);
+        assert_eq!(m.files[0].tail_bytes, 1 << 20);
+        assert_eq!(m.files[1].tail_bytes, crate::signals::files::DEFAULT_TAIL_BYTES);
+        for (files, want) in [
+            ("[#{ name: \"a.b\", path: \"/x\" }]", "META.files[0].name"),
+            ("[#{ name: \"a\", path: \"x\" }]", "META.files[0].path"),
+            ("[#{ name: \"a\", path: \"/x\", pattern: \"(\" }]", "META.files[0].pattern"),
+            ("[#{ name: \"a\", path: \"/x\", tail: \"2MiB\" }]", "META.files[0].tail"),
+            ("[#{ name: \"a\", path: \"/x\", tail: \"1GiB\" }]", "META.files[0].tail"),
+            ("[#{ name: \"a\", path: \"/x\" }, #{ name: \"a\", path: \"/y\" }]", "META.files[1].name"),
+            ("[#{ name: \"a\", path: \"/x\", follow: true }]", "META"),
+        ] {
+            let e = compile(files).unwrap_err();
+            assert!(e.contains(want), "{files}: {e}");
         }
     }
 }

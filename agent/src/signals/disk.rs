@@ -2,7 +2,9 @@
 //! `<proc>/self/mounts`), and per block device I/O counters from `/proc/diskstats`.
 //!
 //! Metric keys: `disk.<mount>.{total_bytes,used_bytes,free_bytes,used_pct,inodes_total,
-//! inodes_used,inodes_free,inodes_used_pct}` and `blk.<dev>.{reads,writes,read_bytes,
+//! inodes_used,inodes_free,inodes_used_pct,ro}` (`ro`: 1 when the filesystem is read-only,
+//! mounted so or remounted so by the kernel after an error, from statvfs's `ST_RDONLY`, the flag
+//! `/proc/self/mounts` prints as `ro`) and `blk.<dev>.{reads,writes,read_bytes,
 //! write_bytes,io_ms}` (counters) with `..._per_s` rates between two samples.
 
 use super::parse::{bounded, num, ParseError, MAX_NAME, MAX_PATH};
@@ -103,6 +105,7 @@ pub fn statvfs_into(mount: &Mount, out: &mut BTreeMap<String, f64>) -> std::io::
     out.insert(format!("{p}.used_bytes"), used as f64);
     out.insert(format!("{p}.free_bytes"), avail as f64);
     out.insert(format!("{p}.used_pct"), if denom == 0 { 0.0 } else { used as f64 * 100.0 / denom as f64 });
+    out.insert(format!("{p}.ro"), f64::from(u8::from(s.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY))));
     if s.f_files > 0 {
         let iused = s.f_files.saturating_sub(s.f_ffree);
         out.insert(format!("{p}.inodes_total"), s.f_files as f64);

@@ -1,7 +1,7 @@
 //! Sensing: turns procfs (and the cgroup tree under sysfs) into one [`Snapshot`] per tick, and
 //! keeps the [`history::History`] of those snapshots that playbooks aggregate over.
 //!
-//! One file per signal family (`cpu`, `memory`, `disk`, `sockets`, `tcp`, `process`); this module
+//! One file per signal family (`cpu`, `memory`, `disk`, `net`, `files`, `sockets`, `tcp`, `process`); this module
 //! only sequences them. The `/proc` and `/sys` roots are injected so tests run on fixture trees.
 //! A family that cannot be read is *unavailable* (listed in [`Snapshot::unavailable`] with why),
 //! never a fake zero; a file that does not parse is an error naming file, line and field.
@@ -9,8 +9,10 @@
 pub mod cpu;
 pub mod disk;
 pub mod ebpf;
+pub mod files;
 pub mod history;
 pub mod memory;
+pub mod net;
 pub mod parse;
 pub mod probes;
 pub mod process;
@@ -68,6 +70,7 @@ struct Previous {
     ts_ms: i64,
     stat: Option<cpu::Stat>,
     disks: Option<BTreeMap<String, disk::DiskCounters>>,
+    net: Option<BTreeMap<String, net::Counters>>,
     tcp: BTreeMap<String, f64>,
     procs: HashMap<i64, ProcMemo>,
     sockets: Option<SocketScan>,
@@ -103,6 +106,7 @@ pub struct Sampler {
     clk_tck: u64,
     page_size: u64,
     prev: Previous,
+    files: files::Files,
     /// Results of the agent-run sensors (probes, programs), merged into each sample.
     board: Option<probes::Board>,
 }
@@ -135,8 +139,21 @@ impl Sampler {
             clk_tck: rustix::param::clock_ticks_per_second().max(1),
             page_size: rustix::param::page_size() as u64,
             prev: Previous::default(),
+            files: files::Files::new(files::FilesConfig::default()),
             board: None,
         }
+    }
+
+    /// Watches the config's files (`[files]`), and the playbooks' once declared through
+    /// [`files_declared`](Self::files_declared).
+    pub fn with_files(mut self, cfg: files::FilesConfig) -> Self {
+        self.files = files::Files::new(cfg);
+        self
+    }
+
+    /// Where the loaded playbooks' `files` are handed to this sampler (at start and reload).
+    pub fn files_declared(&self) -> files::Declared {
+        self.files.declared()
     }
 
     /// Adds the eBPF families (loaded by the caller; see [`ebpf::EbpfSignals::start`]).
@@ -225,6 +242,20 @@ impl Sampler {
             Err(e) => fail(&mut s, "blk", e),
         }
 
+        // Network interfaces
+        let f = p.join("net").join("dev");
+        match read(&f).and_then(|t| net::parse_dev(&f, &t)) {
+            Ok((cur, left_out)) => {
+                net::into(self.prev.net.as_ref(), &cur, secs, &self.roots.sys, &mut s.metrics);
+                if left_out > 0 {
+                    s.unavailable
+                        .insert("net".into(), format!("{left_out} interfaces beyond the first {} not reported", net::MAX_INTERFACES));
+                }
+                self.prev.net = Some(cur);
+            }
+            Err(e) => fail(&mut s, "net", e),
+        }
+
         // TCP counters
         let mut tcp_now = BTreeMap::new();
         let f = p.join("net").join("snmp");
@@ -264,6 +295,8 @@ impl Sampler {
         self.read_processes(&mut s, boot_time, secs, &sock.inodes, scan);
         self.prev.sockets = Some(sock);
 
+        // Declared files
+        self.files.sample(&mut s);
         // Probes and programs: their latest results (absent until each has reported).
         if let Some(b) = &self.board {
             b.merge_into(&mut s.metrics);
