@@ -358,7 +358,7 @@ fn scan(c: &mut Criterion) {
         for e in std::fs::read_dir("/proc").unwrap().flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i64>().ok()) else { continue };
             let path: PathBuf = e.path();
-            if let Ok(Some((info, m))) = process::read_process(&path, pid, &cx) {
+            if let Ok(Some((info, m))) = process::read_process(&path, pid, &cx, &mut Vec::new()) {
                 memo.insert(pid, m);
                 out.push(info);
             }
