@@ -16,6 +16,7 @@ mod mqtt;
 mod notify;
 mod package;
 mod playbooks;
+mod procs;
 mod replay;
 mod scale;
 mod signals;
