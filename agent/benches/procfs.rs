@@ -372,6 +372,20 @@ fn scan(c: &mut Criterion) {
     g.sample_size(20);
     g.bench_function("ours_steady", |b| b.iter(|| black_box(ours(&memo, false))));
     g.bench_function("ours_steady_with_fds", |b| b.iter(|| black_box(ours(&memo, true))));
+    // What the fd scan added for the soft limit: /proc/<pid>/limits read and parsed, per process.
+    let limits: Vec<PathBuf> = first.iter().map(|p| PathBuf::from(format!("/proc/{}/limits", p.pid))).collect();
+    g.bench_function("fd_limit_read", |b| {
+        b.iter(|| {
+            for f in &limits {
+                if let Ok(t) = std::fs::read(f) {
+                    black_box(process::parse_fd_limit(f, &String::from_utf8_lossy(&t)).ok());
+                }
+            }
+        })
+    });
+    // The tree (children, zombies, RSS with descendants, fds_pct), derived once per sample.
+    let mut tree = first.clone();
+    g.bench_function("derive_tree", |b| b.iter(|| process::derive_tree(black_box(&mut tree))));
     use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, System};
     let kind = ProcessRefreshKind::nothing().with_cpu().with_memory().with_cmd(sysinfo::UpdateKind::OnlyIfNotSet);
     let mut sys = System::new();

@@ -66,7 +66,8 @@ fn a_zombie_pile_up_names_its_parent() {
     let body = format!(
         "for p in node.processes(\"zombie_children\", \">=\", 50) {{\n  if p.pid == {pid} {{\n    let z = node.processes_in(\"Z\").to_array().filter(|c| c.ppid == p.pid).len();\n    notify(`${{p.name}} (pid ${{p.pid}}) is not reaping its children`, #{{ pid: p.pid, zombies: p.zombie_children, children: p.children, listed: z }});\n    signal_process(p.pid, \"TERM\", \"zombies\");\n  }}\n}}"
     );
-    let src = playbook_src("zombies", "#{ kind: \"notify\", target: \"*\" }, #{ kind: \"signal_process\", target: \"*\" }", "100", "1h", &body);
+    let src =
+        playbook_src("zombies", "#{ kind: \"notify\", target: \"*\" }, #{ kind: \"signal_process\", target: \"*\" }", "100", "1h", &body);
     let lines = agent_until(src, |l| actions(l, "notify", pid).count() > 0 && actions(l, "signal_process", pid).count() > 0);
 
     let n = actions(&lines, "notify", pid).next().unwrap();

@@ -212,7 +212,8 @@ fn in_states(state: &str, states: &str) -> bool {
 }
 
 /// The numeric process fields `node.processes(field, op, threshold)` can filter on.
-const FILTER_FIELDS: &str = "cpu_pct, rss_bytes, rss_tree_bytes, fds, fd_limit, fds_pct, threads, children, zombie_children, ppid, close_wait";
+const FILTER_FIELDS: &str =
+    "cpu_pct, rss_bytes, rss_tree_bytes, fds, fd_limit, fds_pct, threads, children, zombie_children, ppid, close_wait";
 
 type FieldOf = fn(&crate::signals::process::ProcessInfo) -> Option<f64>;
 
@@ -378,7 +379,8 @@ pub fn register(e: &mut Engine) {
     e.register_fn("processes", |n: &mut Node, field: &str, op: &str, thr: Dynamic| -> RhaiResult<List> {
         let (c, t) = (cmp(op)?, number(&thr, "threshold")?);
         let get = process_field(field)?;
-        let out: Vec<Dynamic> = n.snap.processes.iter().filter(|p| get(p).is_some_and(|v| c.test(v, t))).map(|p| process_map(p).into()).collect();
+        let out: Vec<Dynamic> =
+            n.snap.processes.iter().filter(|p| get(p).is_some_and(|v| c.test(v, t))).map(|p| process_map(p).into()).collect();
         let _ = n.note(format!("processes({field}{op}{t})"), Some(out.len() as f64));
         Ok(List::new(out))
     });
@@ -522,8 +524,11 @@ mod tests {
             let e = run(&format!("fn evaluate(node, state) {{ node.processes_in({bad:?}); }}"), &State::default()).unwrap_err();
             assert!(e.contains("not a set of state letters"), "{bad:?}: {e}");
         }
-        let e = run("fn evaluate(node, state) { node.processes(\"children\", \">\", 1); node.processes(\"nope\", \">\", 1); }", &State::default())
-            .unwrap_err();
+        let e = run(
+            "fn evaluate(node, state) { node.processes(\"children\", \">\", 1); node.processes(\"nope\", \">\", 1); }",
+            &State::default(),
+        )
+        .unwrap_err();
         assert!(e.contains("cannot filter on \"nope\"") && e.contains("zombie_children"), "{e}");
     }
 

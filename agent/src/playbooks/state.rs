@@ -131,7 +131,9 @@ pub(super) fn register(e: &mut Engine, max_bytes: fn(&NativeCallContext) -> usiz
     e.register_fn("has", |s: &mut State, k: &str| s.mem().map.contains_key(k));
     e.register_fn("remove", |s: &mut State, k: &str| s.remove(k));
     // The keys held, in order (at most `MAX_STATE_KEYS`, so the array stays small).
-    e.register_fn("keys", |s: &mut State| -> Array { s.mem().map.keys().map(|k| Dynamic::from(rhai::ImmutableString::from(k.as_str()))).collect() });
+    e.register_fn("keys", |s: &mut State| -> Array {
+        s.mem().map.keys().map(|k| Dynamic::from(rhai::ImmutableString::from(k.as_str()))).collect()
+    });
     e.register_fn("set", move |ctx: NativeCallContext, s: &mut State, k: &str, v: Dynamic| -> RhaiResult<()> {
         s.set(k, &v, max_bytes(&ctx))
     });

@@ -454,6 +454,9 @@ fn a_version_2_recording_still_reads() {
     let mut b = head.clone();
     b[8..12].copy_from_slice(&99u32.to_le_bytes());
     std::fs::write(&future, b).unwrap();
-    let e = read(&future, None, None).err().map(|e| e.to_string()).or_else(|| read(&future, None, None).unwrap().find_map(|f| f.err()).map(|e| e.to_string()));
+    let e = read(&future, None, None)
+        .err()
+        .map(|e| e.to_string())
+        .or_else(|| read(&future, None, None).unwrap().find_map(|f| f.err()).map(|e| e.to_string()));
     assert!(e.is_some_and(|e| e.contains("format version 99, this medic reads 2 to 3")));
 }
