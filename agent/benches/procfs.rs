@@ -172,6 +172,7 @@ fn procfs_pid_stat(t: &[u8]) -> PidStat {
     PidStat {
         name: s.comm,
         state: s.state.to_string(),
+        ppid: s.ppid as i64,
         cpu_ticks: s.utime + s.stime,
         threads: s.num_threads.max(0) as u64,
         start_ticks: s.starttime,
