@@ -90,6 +90,7 @@ fn busy_node(t: i64, all_change: bool) -> Snapshot {
             start_time: 1_699_000_000,
             state: "S".into(),
             tcp,
+            ..Default::default()
         });
     }
     s.units = units_of(&s.processes);

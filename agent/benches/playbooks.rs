@@ -32,6 +32,7 @@ fn busy_snapshot(t: i64) -> Snapshot {
             start_time: 1_699_000_000,
             state: "S".into(),
             tcp,
+            ..Default::default()
         });
     }
     s.units = units_of(&s.processes);

@@ -172,6 +172,7 @@ fn procfs_pid_stat(t: &[u8]) -> PidStat {
     PidStat {
         name: s.comm,
         state: s.state.to_string(),
+        ppid: s.ppid as i64,
         cpu_ticks: s.utime + s.stime,
         threads: s.num_threads.max(0) as u64,
         start_ticks: s.starttime,
@@ -358,7 +359,7 @@ fn scan(c: &mut Criterion) {
         for e in std::fs::read_dir("/proc").unwrap().flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i64>().ok()) else { continue };
             let path: PathBuf = e.path();
-            if let Ok(Some((info, m))) = process::read_process(&path, pid, &cx) {
+            if let Ok(Some((info, m))) = process::read_process(&path, pid, &cx, &mut Vec::new()) {
                 memo.insert(pid, m);
                 out.push(info);
             }
@@ -372,6 +373,20 @@ fn scan(c: &mut Criterion) {
     g.sample_size(20);
     g.bench_function("ours_steady", |b| b.iter(|| black_box(ours(&memo, false))));
     g.bench_function("ours_steady_with_fds", |b| b.iter(|| black_box(ours(&memo, true))));
+    // What the fd scan added for the soft limit: /proc/<pid>/limits read and parsed, per process.
+    let limits: Vec<PathBuf> = first.iter().map(|p| PathBuf::from(format!("/proc/{}/limits", p.pid))).collect();
+    g.bench_function("fd_limit_read", |b| {
+        b.iter(|| {
+            for f in &limits {
+                if let Ok(t) = std::fs::read(f) {
+                    black_box(process::parse_fd_limit(f, &String::from_utf8_lossy(&t)).ok());
+                }
+            }
+        })
+    });
+    // The tree (children, zombies, RSS with descendants, fds_pct), derived once per sample.
+    let mut tree = first.clone();
+    g.bench_function("derive_tree", |b| b.iter(|| process::derive_tree(black_box(&mut tree))));
     use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, System};
     let kind = ProcessRefreshKind::nothing().with_cpu().with_memory().with_cmd(sysinfo::UpdateKind::OnlyIfNotSet);
     let mut sys = System::new();

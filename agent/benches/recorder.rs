@@ -60,6 +60,7 @@ fn busy_node(t: i64) -> Snapshot {
             start_time: 1_699_000_000,
             state: if noise(i, 6, t) % 20 == 0 { "R".into() } else { "S".into() },
             tcp,
+            ..Default::default()
         });
     }
     s.units = units_of(&s.processes);

@@ -19,6 +19,7 @@ mod notify;
 mod package;
 mod playbooks;
 mod probes;
+mod procs;
 mod replay;
 mod scale;
 mod sensors;

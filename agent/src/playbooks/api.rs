@@ -185,18 +185,53 @@ fn count_map(m: &BTreeMap<String, u64>) -> Map {
 fn process_map(p: &crate::signals::process::ProcessInfo) -> Map {
     let mut m = Map::new();
     m.insert("pid".into(), Dynamic::from_int(p.pid));
+    m.insert("ppid".into(), Dynamic::from_int(p.ppid));
     m.insert("name".into(), p.name.clone().into());
     m.insert("cmdline".into(), p.cmdline.clone().into());
     m.insert("unit".into(), p.unit.clone().map_or(Dynamic::UNIT, Into::into));
     m.insert("cpu_pct".into(), p.cpu_pct.map_or(Dynamic::UNIT, Dynamic::from_float));
     m.insert("rss_bytes".into(), opt_int(Some(p.rss_bytes)));
     m.insert("fds".into(), opt_int(p.fds));
+    m.insert("fd_limit".into(), opt_int(p.fd_limit));
+    m.insert("fds_pct".into(), p.fds_pct.map_or(Dynamic::UNIT, Dynamic::from_float));
+    m.insert("children".into(), opt_int(Some(p.children)));
+    m.insert("zombie_children".into(), opt_int(Some(p.zombie_children)));
+    m.insert("rss_tree_bytes".into(), opt_int(Some(p.rss_tree_bytes)));
     m.insert("threads".into(), opt_int(Some(p.threads)));
     m.insert("start_time".into(), opt_int(Some(p.start_time)));
     m.insert("state".into(), p.state.clone().into());
     m.insert("close_wait".into(), opt_int(Some(p.tcp.get("close_wait").copied().unwrap_or(0))));
     m.insert("tcp".into(), count_map(&p.tcp).into());
     m
+}
+
+/// A process's state is one letter; `states` is a set of them.
+fn in_states(state: &str, states: &str) -> bool {
+    let mut c = state.chars();
+    matches!((c.next(), c.next()), (Some(s), None) if states.contains(s))
+}
+
+/// The numeric process fields `node.processes(field, op, threshold)` can filter on.
+const FILTER_FIELDS: &str =
+    "cpu_pct, rss_bytes, rss_tree_bytes, fds, fd_limit, fds_pct, threads, children, zombie_children, ppid, close_wait";
+
+type FieldOf = fn(&crate::signals::process::ProcessInfo) -> Option<f64>;
+
+fn process_field(field: &str) -> RhaiResult<FieldOf> {
+    Ok(match field {
+        "cpu_pct" => |p| p.cpu_pct,
+        "rss_bytes" => |p| Some(p.rss_bytes as f64),
+        "rss_tree_bytes" => |p| Some(p.rss_tree_bytes as f64),
+        "fds" => |p| p.fds.map(|f| f as f64),
+        "fd_limit" => |p| p.fd_limit.map(|f| f as f64),
+        "fds_pct" => |p| p.fds_pct,
+        "threads" => |p| Some(p.threads as f64),
+        "children" => |p| Some(p.children as f64),
+        "zombie_children" => |p| Some(p.zombie_children as f64),
+        "ppid" => |p| Some(p.ppid as f64),
+        "close_wait" => |p| Some(p.tcp.get("close_wait").copied().unwrap_or(0) as f64),
+        other => return Err(err(format!("processes: cannot filter on {other:?} ({FILTER_FIELDS})"))),
+    })
 }
 
 fn unit_map(u: &crate::signals::process::UnitInfo) -> Map {
@@ -340,26 +375,29 @@ pub fn register(e: &mut Engine) {
     // Entities.
     e.register_fn("processes", |n: &mut Node| -> List { n.snap.processes.iter().map(|p| process_map(p).into()).collect() });
     // Only the processes whose numeric field passes the test: far cheaper than building every
-    // process's map when a playbook looks for a few outliers.
+    // process's map when a playbook looks for a few outliers. The count found is noted.
     e.register_fn("processes", |n: &mut Node, field: &str, op: &str, thr: Dynamic| -> RhaiResult<List> {
         let (c, t) = (cmp(op)?, number(&thr, "threshold")?);
-        let get = |p: &crate::signals::process::ProcessInfo| -> RhaiResult<Option<f64>> {
-            Ok(match field {
-                "cpu_pct" => p.cpu_pct,
-                "rss_bytes" => Some(p.rss_bytes as f64),
-                "fds" => p.fds.map(|f| f as f64),
-                "threads" => Some(p.threads as f64),
-                "close_wait" => Some(p.tcp.get("close_wait").copied().unwrap_or(0) as f64),
-                other => return Err(err(format!("processes: cannot filter on {other:?} (cpu_pct, rss_bytes, fds, threads, close_wait)"))),
-            })
-        };
-        let mut out = Vec::new();
-        for p in &n.snap.processes {
-            if get(p)?.is_some_and(|v| c.test(v, t)) {
-                out.push(process_map(p).into());
-            }
-        }
+        let get = process_field(field)?;
+        let out: Vec<Dynamic> =
+            n.snap.processes.iter().filter(|p| get(p).is_some_and(|v| c.test(v, t))).map(|p| process_map(p).into()).collect();
+        let _ = n.note(format!("processes({field}{op}{t})"), Some(out.len() as f64));
         Ok(List::new(out))
+    });
+    // The processes in any of the given kernel states (`"Z"`, `"D"`, `"DZ"`); the count is noted.
+    e.register_fn("processes_in", |n: &mut Node, states: &str| -> RhaiResult<List> {
+        if states.is_empty() || states.len() > 16 || !states.bytes().all(|b| b.is_ascii_alphabetic()) {
+            return Err(err(format!("processes_in: {states:?} is not a set of state letters (R, S, D, Z, T, t, X, I, ...)")));
+        }
+        let out: Vec<Dynamic> = n.snap.processes.iter().filter(|p| in_states(&p.state, states)).map(|p| process_map(p).into()).collect();
+        let _ = n.note(format!("processes_in({states})"), Some(out.len() as f64));
+        Ok(List::new(out))
+    });
+    // The direct children of a process (the processes whose ppid is `pid`); the count is noted.
+    e.register_fn("children_of", |n: &mut Node, pid: i64| -> List {
+        let out: Vec<Dynamic> = n.snap.processes.iter().filter(|p| p.ppid == pid && p.pid != pid).map(|p| process_map(p).into()).collect();
+        let _ = n.note(format!("children_of({pid})"), Some(out.len() as f64));
+        List::new(out)
     });
     e.register_fn("process", |n: &mut Node, pid: i64| -> Dynamic {
         n.snap.processes.iter().find(|p| p.pid == pid).map_or(Dynamic::UNIT, |p| process_map(p).into())
@@ -426,4 +464,89 @@ fn string_index(a: &Array, s: &str, start: i64) -> i64 {
         .skip(from)
         .find(|(_, v)| v.read_lock::<rhai::ImmutableString>().is_some_and(|x| x.as_str() == s))
         .map_or(-1, |(i, _)| i as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::*;
+    use super::State;
+    use crate::signals::history::History;
+    use crate::signals::process::{derive_tree, ProcessInfo};
+    use crate::signals::Snapshot;
+    use std::sync::Arc;
+
+    fn proc(pid: i64, ppid: i64, name: &str, state: &str) -> ProcessInfo {
+        ProcessInfo { pid, ppid, name: name.into(), state: state.into(), rss_bytes: 1 << 20, ..Default::default() }
+    }
+
+    /// A parent (40) with three zombies and a live child; a leaker (50) at 240 of 256 fds.
+    fn snapshot() -> Arc<Snapshot> {
+        let mut ps = vec![proc(1, 0, "init", "S"), proc(40, 1, "forker", "S"), proc(41, 40, "w", "Z"), proc(42, 40, "w", "Z")];
+        ps.extend([proc(43, 40, "w", "Z"), proc(44, 40, "w", "R"), proc(60, 1, "disk", "D")]);
+        ps.push(ProcessInfo { fds: Some(240), fd_limit: Some(256), ..proc(50, 1, "leaker", "S") });
+        derive_tree(&mut ps);
+        Arc::new(Snapshot { ts_ms: 1_700_000_000_000, processes: ps, ..Default::default() })
+    }
+
+    fn run(body: &str, state: &State) -> Result<Vec<crate::actions::ActionRequest>, String> {
+        let rt = runtime(Default::default());
+        let p = pb(&rt, body).map_err(|e| e.to_string())?;
+        rt.evaluate(&p, snapshot(), Arc::new(History::new(600_000, 1000, 100)), state).map(|e| e.requests).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn processes_by_state_name_their_parent_and_the_reads_are_noted() {
+        let body = r#"fn evaluate(node, state) {
+            let z = node.processes_in("Z");
+            if z.len() != 3 { throw `zombies: ${z.len()}`; }
+            if node.processes_in("DZ").len() != 4 { throw "D or Z"; }
+            let parent = node.process(z[0].ppid);
+            if parent.zombie_children != 3 || parent.children != 4 { throw `parent ${parent}`; }
+            if parent.rss_tree_bytes != 5 * 1048576 { throw `tree ${parent.rss_tree_bytes}`; }
+            if node.children_of(parent.pid).len() != 4 { throw "children_of"; }
+            let full = node.processes("fds_pct", ">", 90);
+            if full.len() != 1 || full[0].fd_limit != 256 || full[0].fds_pct != 93.75 { throw `fds ${full}`; }
+            if node.processes("zombie_children", ">=", 3)[0].pid != 40 { throw "filter"; }
+            notify(`zombies of ${parent.name} (pid ${parent.pid})`);
+        }"#;
+        let reqs = run(body, &State::default()).unwrap();
+        assert_eq!(reqs.len(), 1);
+        assert_eq!(reqs[0].target, "zombies of forker (pid 40)");
+        let s = &reqs[0].signals;
+        assert_eq!(s["processes_in(Z)"], 3.0);
+        assert_eq!(s["children_of(40)"], 4.0);
+        assert_eq!(s["processes(fds_pct>90)"], 1.0);
+    }
+
+    #[test]
+    fn processes_in_refuses_what_is_not_a_set_of_state_letters() {
+        for bad in ["", "Z ", "1", &"Z".repeat(17)] {
+            let e = run(&format!("fn evaluate(node, state) {{ node.processes_in({bad:?}); }}"), &State::default()).unwrap_err();
+            assert!(e.contains("not a set of state letters"), "{bad:?}: {e}");
+        }
+        let e = run(
+            "fn evaluate(node, state) { node.processes(\"children\", \">\", 1); node.processes(\"nope\", \">\", 1); }",
+            &State::default(),
+        )
+        .unwrap_err();
+        assert!(e.contains("cannot filter on \"nope\"") && e.contains("zombie_children"), "{e}");
+    }
+
+    #[test]
+    fn state_keys_lists_what_the_playbook_keeps() {
+        let state = State::default();
+        let body = r#"fn evaluate(node, state) {
+            if state.keys().len() == 0 { state.set("b", 1); state.set("a", 2); return; }
+            for k in state.keys() { state.remove(k); }
+            notify(`had keys`);
+        }"#;
+        assert!(run(body, &state).unwrap().is_empty());
+        assert_eq!(state.len(), 2);
+        let rt = runtime(Default::default());
+        let p = pb(&rt, "fn evaluate(node, state) { notify(`${state.keys()}`); }").unwrap();
+        let r = rt.evaluate(&p, snapshot(), Arc::new(History::new(600_000, 1000, 100)), &state).unwrap().requests;
+        assert_eq!(r[0].target, "[\"a\", \"b\"]");
+        assert_eq!(run(body, &state).unwrap().len(), 1);
+        assert!(state.is_empty());
+    }
 }

@@ -124,12 +124,16 @@ pub fn plain(v: &Dynamic, depth: usize, size: &mut usize) -> Result<Dynamic, Str
     ))
 }
 
-/// Registers `state.get`, `has`, `remove`, `set` and `hysteresis`; `max_bytes` is the state bound
+/// Registers `state.get`, `has`, `remove`, `keys`, `set` and `hysteresis`; `max_bytes` is the state bound
 /// of the evaluation running.
 pub(super) fn register(e: &mut Engine, max_bytes: fn(&NativeCallContext) -> usize) {
     e.register_fn("get", |s: &mut State, k: &str| s.mem().map.get(k).cloned().unwrap_or(Dynamic::UNIT));
     e.register_fn("has", |s: &mut State, k: &str| s.mem().map.contains_key(k));
     e.register_fn("remove", |s: &mut State, k: &str| s.remove(k));
+    // The keys held, in order (at most `MAX_STATE_KEYS`, so the array stays small).
+    e.register_fn("keys", |s: &mut State| -> Array {
+        s.mem().map.keys().map(|k| Dynamic::from(rhai::ImmutableString::from(k.as_str()))).collect()
+    });
     e.register_fn("set", move |ctx: NativeCallContext, s: &mut State, k: &str, v: Dynamic| -> RhaiResult<()> {
         s.set(k, &v, max_bytes(&ctx))
     });

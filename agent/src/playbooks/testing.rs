@@ -17,7 +17,13 @@
 //! at = "0s"
 //! metrics = { "disk./var/log.used_pct" = 95.0 }
 //! mounts = [{ mount_point = "/var/log", device = "/dev/sda2", fs_type = "ext4" }]
+//! # processes = [{ pid = 40, ppid = 1, name = "app", state = "S", fds = 250, fd_limit = 256 }]
 //! ```
+//!
+//! A process entry sets what the sampler reads (`pid`, `ppid`, `name`, `cmdline`, `unit`,
+//! `cpu_pct`, `rss_bytes`, `fds`, `fd_limit`, `threads`, `start_time`, `state`, `tcp`); what the
+//! tree derives (`children`, `zombie_children`, `rss_tree_bytes`, `fds_pct`) is derived from the
+//! list by the sampler's own `signals::process::derive_tree`, so it cannot be set.
 
 use super::Runtime;
 use crate::config::line_col;
@@ -25,7 +31,7 @@ use crate::decide::{Backoff, Decider, Timeline};
 use crate::gate::{Gate, Mode};
 use crate::signals::disk::Mount;
 use crate::signals::history::History;
-use crate::signals::process::{units_of, ProcessInfo};
+use crate::signals::process::{derive_tree, units_of, ProcessInfo};
 use crate::signals::sockets::PeerInfo;
 use crate::signals::Snapshot;
 use serde::Deserialize;
@@ -172,6 +178,8 @@ fn run_case(
             }
             if let Some(p) = &s.processes {
                 cur.processes = p.clone();
+                // Children, zombies, memory with descendants and fds_pct: as the sampler derives them.
+                derive_tree(&mut cur.processes);
                 cur.units = units_of(&cur.processes);
             }
             if let Some(m) = &s.mounts {

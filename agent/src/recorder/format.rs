@@ -10,7 +10,12 @@
 //! either end dropped), processes new (whole), changed (by their index in the previous frame's
 //! list, gap-coded, only the fields that changed, RSS as a difference) and gone (by index), units
 //! set and gone, and mounts, peers, eBPF entries, unavailable and errors whole when changed.
-//! Bump [`VERSION`] whenever this or a recorded signal type changes shape.
+//! Bump [`VERSION`] whenever this or a recorded signal type changes shape, and keep the older
+//! shapes readable (`format/v2.rs`: the frames of version 2, converted on read).
+//!
+//! Version 3 added each process's `ppid` and `fd_limit`. What the process tree derives
+//! (`children`, `zombie_children`, `rss_tree_bytes`, `fds_pct`) is not recorded: the [`Decoder`]
+//! derives it with the sampler's own function (`signals::process::derive_tree`).
 
 use super::RecorderError;
 use crate::signals::ebpf::{sched::RunqEntry, tcp::RetransEntry};
@@ -21,7 +26,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 pub const MAGIC: &[u8; 8] = b"MEDICREC";
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
+/// The oldest version this build reads.
+pub const OLDEST_READ: u32 = 2;
+
+mod v2;
 pub const HEADER_LEN: u64 = 12;
 /// Length and CRC before each block.
 pub const BLOCK_HEADER_LEN: u64 = 8;
@@ -46,17 +55,27 @@ pub fn header() -> [u8; HEADER_LEN as usize] {
     h
 }
 
-/// Checks a segment's first bytes.
-pub fn check_header(path: &Path, h: &[u8]) -> Result<(), RecorderError> {
+/// Checks a segment's first bytes; its format version.
+pub fn check_header(path: &Path, h: &[u8]) -> Result<u32, RecorderError> {
     let fmt = |reason: String| RecorderError::Format { path: path.to_path_buf(), reason };
     if h.len() < HEADER_LEN as usize || &h[..8] != MAGIC {
         return Err(fmt("bad magic".into()));
     }
     let v = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
-    if v != VERSION {
-        return Err(fmt(format!("format version {v}, this medic reads {VERSION}")));
+    if !(OLDEST_READ..=VERSION).contains(&v) {
+        return Err(fmt(format!("format version {v}, this medic reads {OLDEST_READ} to {VERSION}")));
     }
-    Ok(())
+    Ok(v)
+}
+
+/// Decodes the next frame of a segment of format `version` from `buf`: the frame (in this
+/// version's shape) and the bytes after it.
+pub fn take_frame(version: u32, buf: &[u8]) -> Result<(FrameRec, &[u8]), postcard::Error> {
+    if version == 2 {
+        let (old, rest) = postcard::take_from_bytes::<v2::FrameRec>(buf)?;
+        return Ok((old.into(), rest));
+    }
+    postcard::take_from_bytes::<FrameRec>(buf)
 }
 
 /// The block frame around a compressed payload.
@@ -172,7 +191,7 @@ impl FrameRec {
         macro_rules! field {
             ($($f:ident),*) => { $( out.push((concat!("proc: ", stringify!($f)), enc(&self.procs_set.iter().map(|r| &r.$f).collect::<Vec<_>>()))); )* };
         }
-        field!(name, cmdline, unit, cpu_pct, rss_delta, fds, threads, state, tcp);
+        field!(name, cmdline, unit, cpu_pct, rss_delta, fds, threads, state, tcp, ppid, fd_limit);
         out
     }
 }
@@ -191,6 +210,8 @@ struct ProcRec {
     threads: Option<u64>,
     state: Option<String>,
     tcp: Option<BTreeMap<String, u64>>,
+    ppid: Option<i64>,
+    fd_limit: Option<Option<u64>>,
 }
 
 fn changed<T: PartialEq + Clone>(old: Option<&T>, new: &T) -> Option<T> {
@@ -213,6 +234,8 @@ fn proc_delta(at: u32, o: &ProcessInfo, p: &ProcessInfo) -> Option<ProcRec> {
         threads: changed(Some(&o.threads), &p.threads),
         state: changed(Some(&o.state), &p.state),
         tcp: changed(Some(&o.tcp), &p.tcp),
+        ppid: changed(Some(&o.ppid), &p.ppid),
+        fd_limit: changed(Some(&o.fd_limit), &p.fd_limit),
     };
     let same = r.name.is_none()
         && r.cmdline.is_none()
@@ -222,7 +245,9 @@ fn proc_delta(at: u32, o: &ProcessInfo, p: &ProcessInfo) -> Option<ProcRec> {
         && r.fds.is_none()
         && r.threads.is_none()
         && r.state.is_none()
-        && r.tcp.is_none();
+        && r.tcp.is_none()
+        && r.ppid.is_none()
+        && r.fd_limit.is_none();
     (!same).then_some(r)
 }
 
@@ -446,6 +471,7 @@ impl Decoder {
         s.ts_ms = f.ts_ms;
         s.metrics = self.keys.iter().zip(&self.vals).filter_map(|(k, v)| Some((k.clone(), f64::from_bits((*v)?)))).collect();
 
+        let procs_changed = f.procs.is_some() || !f.procs_set.is_empty() || !f.procs_gone.is_empty() || !f.procs_new.is_empty();
         if let Some(all) = f.procs {
             s.processes = all;
         } else if !f.procs_set.is_empty() || !f.procs_gone.is_empty() || !f.procs_new.is_empty() {
@@ -456,7 +482,7 @@ impl Decoder {
                 macro_rules! take {
                     ($($f:ident),*) => { $( if let Some(v) = r.$f { p.$f = v; } )* };
                 }
-                take!(name, cmdline, unit, cpu_pct, fds, threads, state, tcp);
+                take!(name, cmdline, unit, cpu_pct, fds, threads, state, tcp, ppid, fd_limit);
                 if let Some(d) = r.rss_delta {
                     p.rss_bytes = p.rss_bytes.wrapping_add(d as u64);
                 }
@@ -472,6 +498,9 @@ impl Decoder {
                 s.processes.extend(f.procs_new);
                 s.processes.sort_by_key(proc_key);
             }
+        }
+        if procs_changed {
+            crate::signals::process::derive_tree(&mut s.processes);
         }
         for u in &f.units_gone {
             s.units.remove(u);

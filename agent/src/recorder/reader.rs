@@ -8,7 +8,7 @@
 //! quietly; a damaged block is an error naming file and offset, and reading goes on with the next
 //! segment, which starts with a key frame.
 
-use super::format::{self, Decoder, FrameRec};
+use super::format::{self, Decoder};
 use super::writer::Segment;
 use super::{Frame, RecorderError};
 use flate2::read::DeflateDecoder;
@@ -72,6 +72,8 @@ impl Iterator for Frames {
 /// One segment being read.
 struct SegmentReader {
     path: PathBuf,
+    /// The segment's format version (its frames' shape).
+    version: u32,
     file: BufReader<File>,
     /// Where the next block starts.
     offset: u64,
@@ -110,8 +112,9 @@ impl SegmentReader {
         if n == 0 {
             return Ok(None);
         }
-        format::check_header(path, &h[..n])?;
+        let version = format::check_header(path, &h[..n])?;
         Ok(Some(Self {
+            version,
             path: path.to_path_buf(),
             file,
             offset: format::HEADER_LEN,
@@ -132,7 +135,7 @@ impl SegmentReader {
                 return Ok(None);
             }
         }
-        let (rec, rest) = postcard::take_from_bytes::<FrameRec>(&self.raw[self.pos..])
+        let (rec, rest) = format::take_frame(self.version, &self.raw[self.pos..])
             .map_err(|e| self.corrupt(self.block_offset, format!("frame does not decode: {e}")))?;
         self.pos = self.raw.len() - rest.len();
         let (snap, forced) = self.dec.apply(rec).map_err(|r| self.corrupt(self.block_offset, r))?;

@@ -47,9 +47,23 @@ fn snap(i: i64) -> Snapshot {
             start_time: 1_600_000_000 + if pid == 100 { (i / 6) as u64 } else { 0 },
             state: if i % 4 == 0 { "R".into() } else { "S".into() },
             tcp: if pid == 1 { [("ESTABLISHED".to_string(), (i % 3) as u64)].into() } else { Default::default() },
+            // The tree changes: pid 100 moves between parents, its limit is raised now and then.
+            ppid: match pid {
+                1 => 0,
+                100 => [1, 2, 50 + i % 4][(i % 3) as usize],
+                _ => 1,
+            },
+            fd_limit: match (pid, i % 7) {
+                (2, _) => None,
+                (100, 0..=2) => Some(1024),
+                _ => Some(524_288),
+            },
+            ..Default::default()
         });
     }
     s.processes.sort_by_key(|p| (p.pid, p.start_time));
+    // What the reader derives, the sampler derived too.
+    crate::signals::process::derive_tree(&mut s.processes);
     s.units.insert(
         "a.service".into(),
         UnitInfo { unit: "a.service".into(), processes: 2, cpu_pct: i as f64 / 2.0, memory_bytes: Some(5), ..Default::default() },
@@ -411,4 +425,38 @@ mod hostile {
         // Applied to a fresh decoder, the delta names keys the decoder never saw.
         assert!(format::Decoder::default().apply(second).is_err());
     }
+}
+
+/// A segment written by the previous format (v2, `medic recording export` of a real agent before
+/// processes carried `ppid` and `fd_limit`) still reads: its processes whole, the new fields
+/// unknown (ppid 0, no limit), the tree fields derived from what it has.
+#[test]
+fn a_version_2_recording_still_reads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/recording-v2.mrec");
+    let head = std::fs::read(&path).unwrap();
+    assert_eq!(&head[8..12], &2u32.to_le_bytes(), "the fixture is a version 2 segment");
+    let frames = read_all(&path);
+    assert_eq!(frames.len(), 5);
+    assert!(frames.windows(2).all(|w| w[0].snap.ts_ms + 500 < w[1].snap.ts_ms));
+    for f in &frames {
+        let s = &f.snap;
+        assert!(s.metric("mem.total_bytes").is_some_and(|v| v > 0.0));
+        assert!(s.processes.len() > 10, "{} processes", s.processes.len());
+        let init = s.processes.iter().find(|p| p.pid == 1).expect("pid 1 recorded");
+        assert!(!init.name.is_empty() && init.fds.is_some());
+        assert!(s.processes.iter().all(|p| p.ppid == 0 && p.fd_limit.is_none() && p.children == 0 && p.fds_pct.is_none()));
+        assert!(s.processes.iter().all(|p| p.rss_tree_bytes == p.rss_bytes));
+        assert!(s.processes.iter().any(|p| p.cpu_pct.is_some()), "deltas applied after the key frame");
+    }
+    // A version this build does not know is refused by name.
+    let dir = tempfile::tempdir().unwrap();
+    let future = dir.path().join("rec-001700000000000.mrec");
+    let mut b = head.clone();
+    b[8..12].copy_from_slice(&99u32.to_le_bytes());
+    std::fs::write(&future, b).unwrap();
+    let e = read(&future, None, None)
+        .err()
+        .map(|e| e.to_string())
+        .or_else(|| read(&future, None, None).unwrap().find_map(|f| f.err()).map(|e| e.to_string()));
+    assert!(e.is_some_and(|e| e.contains("format version 99, this medic reads 2 to 3")));
 }

@@ -357,7 +357,7 @@ impl Sampler {
         };
         for entry in dir.flatten() {
             let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i64>().ok()) else { continue };
-            match process::read_process(&entry.path(), pid, &cx) {
+            match process::read_process(&entry.path(), pid, &cx, &mut s.errors) {
                 Ok(Some((info, memo))) => {
                     if let (Some(u), Some(cg)) = (&info.unit, &memo.cgroup) {
                         cgroups.entry(u.clone()).or_insert(cg.clone());
@@ -370,6 +370,7 @@ impl Sampler {
             }
         }
         s.processes.sort_by_key(|p| p.pid);
+        process::derive_tree(&mut s.processes);
         self.prev.procs = ticks;
         s.units = process::units_of(&s.processes);
         for (unit, u) in s.units.iter_mut() {

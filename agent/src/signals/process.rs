@@ -1,6 +1,9 @@
-//! Per-process signals from `/proc/<pid>/{stat,cmdline,cgroup,fd}`: name, command line, systemd
-//! unit, CPU %, RSS, open fds, threads, start time, state and TCP sockets by state; and the
-//! per-unit roll-up of those (plus the unit's cgroup `memory.current` where cgroup v2 has it).
+//! Per-process signals from `/proc/<pid>/{stat,statm,cmdline,cgroup,fd,limits}`: name, command
+//! line, systemd unit, parent, CPU %, RSS, open fds and their soft limit, threads, start time,
+//! state and TCP sockets by state; what the process tree adds to each ([`derive_tree`]: direct
+//! children, zombie children, RSS with all descendants, fds as a share of the limit), computed
+//! by one function for the live sampler, `playbook test` timelines and replayed recordings;
+//! and the per-unit roll-up (plus the unit's cgroup `memory.current` where cgroup v2 has it).
 
 use super::parse::{bounded, cut_marked, num, read, ParseError, MAX_CMDLINE, MAX_NAME};
 use super::sockets::{socket_inode, InodeStates, STATES};
@@ -13,6 +16,8 @@ use std::path::Path;
 #[serde(default, deny_unknown_fields)]
 pub struct ProcessInfo {
     pub pid: i64,
+    /// Parent pid (`/proc/<pid>/stat` field 4); 0 for PID 1 and kernel threads' root.
+    pub ppid: i64,
     pub name: String,
     pub cmdline: String,
     /// The systemd unit owning the process (`nginx.service`, `session-3.scope`), if any.
@@ -22,6 +27,9 @@ pub struct ProcessInfo {
     pub rss_bytes: u64,
     /// Open file descriptors; `None` when `/proc/<pid>/fd` cannot be read (not root).
     pub fds: Option<u64>,
+    /// Soft RLIMIT_NOFILE ("Max open files" in `/proc/<pid>/limits`), read with the fds;
+    /// `None` when unreadable or unlimited.
+    pub fd_limit: Option<u64>,
     pub threads: u64,
     /// Start time, seconds since the epoch.
     pub start_time: u64,
@@ -29,6 +37,96 @@ pub struct ProcessInfo {
     pub state: String,
     /// TCP sockets this process holds, per state name (only non-zero states).
     pub tcp: BTreeMap<String, u64>,
+    /// Derived from the list by [`derive_tree`], never read, recorded or set in a test case:
+    /// direct children (processes whose `ppid` is this pid).
+    #[serde(skip)]
+    pub children: u64,
+    /// Direct children in state `Z` (exited, not yet reaped by this process).
+    #[serde(skip)]
+    pub zombie_children: u64,
+    /// `rss_bytes` of this process and all its descendants.
+    #[serde(skip)]
+    pub rss_tree_bytes: u64,
+    /// `fds` as a percentage of `fd_limit`; `None` when either is unknown.
+    #[serde(skip)]
+    pub fds_pct: Option<f64>,
+}
+
+/// Fills the fields of each process that come from the whole list: `children`,
+/// `zombie_children`, `rss_tree_bytes` and `fds_pct`. O(n) over a list sorted or not: a map
+/// from pid to index, then each process's RSS added to its ancestors' in one pass from the
+/// leaves up (ordered by depth with a counting sort, so a parent's total is complete before it
+/// is added to its own parent). A `ppid` naming no process in the list (0, a kernel thread's, one that
+/// exited between reads) ends the chain there; a cycle (impossible in a real tree, possible in a
+/// hand-written case or a damaged recording) is cut rather than followed.
+pub fn derive_tree(processes: &mut [ProcessInfo]) {
+    let n = processes.len();
+    let index: std::collections::HashMap<i64, usize> = processes.iter().enumerate().map(|(i, p)| (p.pid, i)).collect();
+    let parent: Vec<Option<usize>> = processes.iter().map(|p| index.get(&p.ppid).copied().filter(|_| p.ppid != p.pid)).collect();
+    for p in processes.iter_mut() {
+        p.children = 0;
+        p.zombie_children = 0;
+        p.rss_tree_bytes = p.rss_bytes;
+        p.fds_pct = match (p.fds, p.fd_limit) {
+            (Some(f), Some(l)) if l > 0 => Some(f as f64 * 100.0 / l as f64),
+            _ => None,
+        };
+    }
+    // Depth of each process (distance to its root), each walked once: O(n) in all.
+    const UNSET: u32 = u32::MAX;
+    const ON_PATH: u32 = u32::MAX - 1;
+    let mut depth = vec![UNSET; n];
+    // A process whose parent edge is ignored because following it closes a cycle.
+    let mut cut = vec![false; n];
+    let mut path = Vec::new();
+    for start in 0..n {
+        if depth[start] != UNSET {
+            continue;
+        }
+        let mut at = start;
+        // The depth of the process above the walk's last one; `None`: the last one is a root.
+        let top = loop {
+            path.push(at);
+            depth[at] = ON_PATH;
+            match parent[at] {
+                None => break None,
+                Some(up) if depth[up] == ON_PATH => {
+                    cut[at] = true;
+                    break None;
+                }
+                Some(up) if depth[up] != UNSET => break Some(depth[up]),
+                Some(up) => at = up,
+            }
+        };
+        let mut d = top.map_or(0, |t| t.saturating_add(1));
+        while let Some(i) = path.pop() {
+            depth[i] = d;
+            d = d.saturating_add(1);
+        }
+    }
+    // Deepest first (a counting sort by depth): every child is added to its parent before the
+    // parent is added to its own.
+    let levels = depth.iter().max().map_or(0, |d| *d as usize + 1);
+    let mut start_of = vec![0usize; levels + 1];
+    for d in &depth {
+        start_of[*d as usize + 1] += 1;
+    }
+    for l in 1..=levels {
+        start_of[l] += start_of[l - 1];
+    }
+    let mut order = vec![0usize; n];
+    for (i, d) in depth.iter().enumerate() {
+        order[start_of[*d as usize]] = i;
+        start_of[*d as usize] += 1;
+    }
+    for i in order.into_iter().rev() {
+        let Some(up) = parent[i].filter(|_| !cut[i]) else { continue };
+        let (rss, zombie) = (processes[i].rss_tree_bytes, processes[i].state == "Z");
+        let p = &mut processes[up];
+        p.children += 1;
+        p.zombie_children += u64::from(zombie);
+        p.rss_tree_bytes = p.rss_tree_bytes.saturating_add(rss);
+    }
 }
 
 /// Per-unit roll-up of the processes in it.
@@ -56,7 +154,26 @@ pub struct ProcMemo {
     pub unit: Option<String>,
     pub cgroup: Option<String>,
     pub fds: Option<u64>,
+    pub fd_limit: Option<u64>,
     pub tcp: BTreeMap<String, u64>,
+}
+
+/// The row of `/proc/<pid>/limits` that holds RLIMIT_NOFILE.
+const NOFILE_ROW: &str = "Max open files";
+
+/// The soft "Max open files" limit from a `/proc/<pid>/limits` text: `Ok(None)` when it is
+/// `unlimited`. The row is `Max open files  <soft>  <hard>  files`; a text without it, or with
+/// a soft field that is neither a number nor `unlimited`, is an error naming the line.
+pub fn parse_fd_limit(file: &Path, text: &str) -> Result<Option<u64>, ParseError> {
+    for (n, line) in text.lines().enumerate() {
+        let Some(rest) = line.strip_prefix(NOFILE_ROW) else { continue };
+        let soft = rest.split_ascii_whitespace().next();
+        return match soft {
+            Some("unlimited") => Ok(None),
+            other => num(file, n + 1, "Max open files (soft limit)", other).map(Some),
+        };
+    }
+    Err(ParseError::new(file, 0, NOFILE_ROW, "no such row"))
 }
 
 /// The parts of `/proc/<pid>/stat` we use.
@@ -64,6 +181,7 @@ pub struct ProcMemo {
 pub struct PidStat {
     pub name: String,
     pub state: String,
+    pub ppid: i64,
     pub cpu_ticks: u64,
     pub threads: u64,
     pub start_ticks: u64,
@@ -88,6 +206,7 @@ pub fn parse_pid_stat(file: &Path, text: &str) -> Result<PidStat, ParseError> {
     Ok(PidStat {
         name,
         state: field(3).ok_or_else(|| ParseError::new(file, 1, "state (3)", "missing"))?.to_string(),
+        ppid: num(file, 1, "ppid (4)", field(4))?,
         cpu_ticks: utime + stime,
         threads: num(file, 1, "num_threads (20)", field(20))?,
         start_ticks: num(file, 1, "starttime (22)", field(22))?,
@@ -173,7 +292,14 @@ fn read_cmdline(path: &Path) -> std::io::Result<String> {
 }
 
 /// Reads one process. `Ok(None)` when it vanished while being read (normal on a busy host).
-pub fn read_process(dir: &Path, pid: i64, cx: &ProcContext<'_>) -> Result<Option<(ProcessInfo, ProcMemo)>, ParseError> {
+/// A part that does not parse while the rest does (its `limits`) is pushed to `errors` and left
+/// unknown, so the process is still seen.
+pub fn read_process(
+    dir: &Path,
+    pid: i64,
+    cx: &ProcContext<'_>,
+    errors: &mut Vec<String>,
+) -> Result<Option<(ProcessInfo, ProcMemo)>, ParseError> {
     let stat_file = dir.join("stat");
     let text = match std::fs::read(&stat_file) {
         // Lossy: the name inside is any bytes the process chose (prctl PR_SET_NAME, the
@@ -194,9 +320,23 @@ pub fn read_process(dir: &Path, pid: i64, cx: &ProcContext<'_>) -> Result<Option
             (cmdline, unit, cgroup)
         }
     };
-    let (fds, tcp) = match same.filter(|_| !cx.scan_fds) {
-        Some(p) => (p.fds, p.tcp.clone()),
-        None => scan_fds(dir, cx.sockets),
+    // The limit is read with the fds (every `socket_scan_every` samples): `prlimit` can change
+    // it at any time, but it moves as rarely as the counts it is compared with.
+    let (fds, tcp, fd_limit) = match same.filter(|_| !cx.scan_fds) {
+        Some(p) => (p.fds, p.tcp.clone(), p.fd_limit),
+        None => {
+            let (fds, tcp) = scan_fds(dir, cx.sockets);
+            let limits = dir.join("limits");
+            let fd_limit = match std::fs::read(&limits) {
+                // Gone, or not ours to read: unknown, as for the fds.
+                Err(_) => None,
+                Ok(b) => parse_fd_limit(&limits, &String::from_utf8_lossy(&b)).unwrap_or_else(|e| {
+                    errors.push(e.to_string());
+                    None
+                }),
+            };
+            (fds, tcp, fd_limit)
+        }
     };
     let cpu_pct = prev
         .filter(|_| cx.elapsed_secs > 0.0)
@@ -209,20 +349,24 @@ pub fn read_process(dir: &Path, pid: i64, cx: &ProcContext<'_>) -> Result<Option
         unit: unit.clone(),
         cgroup,
         fds,
+        fd_limit,
         tcp: tcp.clone(),
     };
     let info = ProcessInfo {
         pid,
+        ppid: st.ppid,
         name: st.name,
         cmdline,
         unit,
         cpu_pct,
         rss_bytes: read_statm_resident(&dir.join("statm")).unwrap_or(st.rss_pages) * cx.page_size,
         fds,
+        fd_limit,
         threads: st.threads,
         start_time: cx.boot_time + st.start_ticks / cx.clk_tck.max(1),
         state: st.state,
         tcp,
+        ..Default::default()
     };
     Ok(Some((info, memo)))
 }
@@ -242,4 +386,87 @@ pub fn units_of(processes: &[ProcessInfo]) -> BTreeMap<String, UnitInfo> {
         }
     }
     units
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(pid: i64, ppid: i64, state: &str, rss: u64) -> ProcessInfo {
+        ProcessInfo { pid, ppid, state: state.into(), rss_bytes: rss, ..Default::default() }
+    }
+
+    #[test]
+    fn the_tree_counts_children_zombies_and_memory_with_descendants() {
+        // 1 ─┬─ 10 ─┬─ 11 (Z)
+        //    │      ├─ 12 (Z)
+        //    │      └─ 13 ── 14
+        //    └─ 20
+        // Listed out of order, with a process whose parent is not in the list.
+        let mut ps = vec![p(14, 13, "S", 1), p(1, 0, "S", 1000), p(12, 10, "Z", 0), p(20, 1, "R", 7), p(13, 10, "S", 10)];
+        ps.extend([p(11, 10, "Z", 0), p(10, 1, "S", 100), p(99, 98, "S", 5)]);
+        derive_tree(&mut ps);
+        let get = |pid: i64| ps.iter().find(|x| x.pid == pid).unwrap().clone();
+        assert_eq!((get(10).children, get(10).zombie_children, get(10).rss_tree_bytes), (3, 2, 111));
+        assert_eq!((get(1).children, get(1).zombie_children, get(1).rss_tree_bytes), (2, 0, 1118));
+        assert_eq!((get(13).children, get(13).rss_tree_bytes), (1, 11));
+        assert_eq!((get(99).children, get(99).rss_tree_bytes), (0, 5), "an orphan of the list is its own root");
+        // Derived again from scratch: nothing accumulates.
+        derive_tree(&mut ps);
+        assert_eq!(ps.iter().find(|x| x.pid == 1).unwrap().rss_tree_bytes, 1118);
+    }
+
+    #[test]
+    fn a_cycle_or_self_parent_is_cut_not_followed() {
+        let mut ps = vec![p(1, 3, "S", 1), p(2, 1, "S", 2), p(3, 2, "S", 4), p(4, 4, "S", 8)];
+        derive_tree(&mut ps);
+        let total: u64 = ps.iter().map(|x| x.children).sum();
+        assert_eq!(total, 2, "one edge of the 3-cycle is cut, the self-parent ignored");
+        assert_eq!(ps[3].rss_tree_bytes, 8);
+        assert!(ps[..3].iter().all(|x| x.rss_tree_bytes <= 7), "no RSS counted twice around the cycle");
+    }
+
+    #[test]
+    fn a_deep_chain_is_linear_and_does_not_recurse() {
+        let mut ps: Vec<ProcessInfo> = (1..=100_000).map(|i| p(i, i - 1, "S", 1)).collect();
+        derive_tree(&mut ps);
+        assert_eq!(ps[0].rss_tree_bytes, 100_000);
+        assert_eq!(ps[99_999].rss_tree_bytes, 1);
+    }
+
+    #[test]
+    fn fds_pct_needs_both_fds_and_a_limit() {
+        let mut ps = vec![
+            ProcessInfo { pid: 1, fds: Some(240), fd_limit: Some(256), ..Default::default() },
+            ProcessInfo { pid: 2, fds: Some(240), fd_limit: None, ..Default::default() },
+            ProcessInfo { pid: 3, fds: None, fd_limit: Some(256), ..Default::default() },
+            ProcessInfo { pid: 4, fds: Some(1), fd_limit: Some(0), ..Default::default() },
+        ];
+        derive_tree(&mut ps);
+        assert_eq!(ps[0].fds_pct, Some(93.75));
+        assert!(ps[1..].iter().all(|x| x.fds_pct.is_none()));
+    }
+
+    const LIMITS: &str = "Limit                     Soft Limit           Hard Limit           Units     \n\
+Max cpu time              unlimited            unlimited            seconds   \n\
+Max open files            1024                 524288               files     \n\
+Max locked memory         8388608              8388608              bytes     \n";
+
+    #[test]
+    fn the_soft_nofile_limit_is_read_unlimited_is_none_and_errors_name_the_line() {
+        let f = Path::new("/proc/7/limits");
+        assert_eq!(parse_fd_limit(f, LIMITS), Ok(Some(1024)));
+        assert_eq!(parse_fd_limit(f, &LIMITS.replace("1024     ", "unlimited")), Ok(None));
+        let e = parse_fd_limit(f, &LIMITS.replace("1024", "lots")).unwrap_err();
+        assert_eq!(e.to_string(), "/proc/7/limits:3: Max open files (soft limit): expected a number, found \"lots\"");
+        let e = parse_fd_limit(f, "Limit Soft Hard\n").unwrap_err();
+        assert_eq!(e.to_string(), "/proc/7/limits: Max open files: no such row");
+        assert!(parse_fd_limit(f, "Max open files\n").is_err());
+    }
+
+    #[test]
+    fn the_parent_pid_comes_from_stat_field_4() {
+        let st = parse_pid_stat(Path::new("stat"), "42 (a (b) c) Z 7 42 42 0 -1 4194560 0 0 0 0 3 4 0 0 20 0 1 0 100 0 0").unwrap();
+        assert_eq!((st.ppid, st.state.as_str(), st.name.as_str()), (7, "Z", "a (b) c"));
+    }
 }
