@@ -74,6 +74,10 @@ fn the_packaged_config_is_valid_and_documents_the_defaults() {
         .collect();
     let all = medic::config::Config::parse("uncommented", &uncommented).unwrap();
     assert_eq!(all, cfg, "a commented default differs from the real one:\n{uncommented}");
+    // The `## ` examples (probes, programs, maintenance windows) are valid when copied.
+    let examples: String = text.lines().map(|l| format!("{}\n", l.strip_prefix("## ").unwrap_or(l))).collect();
+    let ex = medic::config::Config::parse("examples", &examples).unwrap();
+    assert_eq!((ex.maintenance.len(), ex.programs.len()), (2, 1), "{examples}");
 }
 
 /// Regression: a SIGTERM while the agent was starting (opening the log, loading the eBPF

@@ -113,6 +113,7 @@ fn expected_files() -> Vec<(String, String)> {
         "/usr/share/doc/medic/CHANGELOG.md",
         "/usr/share/doc/medic/docs/CONFIG.md",
         "/usr/share/doc/medic/docs/PLAYBOOKS.md",
+        "/usr/share/doc/medic/docs/FROM-MONIT.md",
         "/usr/share/medic/smoke-test",
     ]
     .iter()
@@ -122,6 +123,11 @@ fn expected_files() -> Vec<(String, String)> {
     v.push(("/usr/share/zsh/vendor-completions/_medic".into(), "/usr/share/zsh/site-functions/_medic".into()));
     for m in man_pages() {
         v.push((format!("/usr/share/man/man8/{m}"), format!("/usr/share/man/man8/{m}")));
+    }
+    // The Monit examples are documentation: never in the directory the agent loads.
+    for e in std::fs::read_dir(crate::util::repo().join("playbooks/examples")).unwrap().flatten() {
+        let p = format!("/usr/share/doc/medic/examples/{}", e.file_name().to_string_lossy());
+        v.push((p.clone(), p));
     }
     for (f, _, _) in medic::playbooks::bundled::PLAYBOOKS {
         for name in [f.to_string(), f.replace(".rhai", ".test.toml")] {
@@ -145,6 +151,8 @@ fn the_deb_holds_every_file_in_its_place_with_the_config_as_its_only_conffile() 
     for (deb, _) in expected_files() {
         assert!(files.contains(&deb), "{deb} missing from the .deb:\n{listing}");
     }
+    let loaded = files.iter().filter(|f| f.starts_with("/usr/share/medic/playbooks/")).count();
+    assert_eq!(loaded, 2 * medic::playbooks::bundled::PLAYBOOKS.len(), "only the bundled playbooks where the agent loads them:\n{listing}");
     let bin = listing.lines().find(|l| l.ends_with("./usr/bin/medic")).unwrap();
     let fields: Vec<&str> = bin.split_whitespace().collect();
     assert!(fields[0] == "-rwxr-xr-x" && ["0/0", "root/root"].contains(&fields[1]), "{bin}");

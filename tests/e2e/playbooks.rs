@@ -1,7 +1,7 @@
 //! Playbooks end to end: `validate` and `playbook check` point at the file, line and column of
 //! each kind of mistake (a window longer than the history among them); limits stop runaway scripts without hanging, disable and record them
 //! while the other playbooks still evaluate in the same tick; a running agent keeps its last
-//! good set on a bad reload; the bundled playbooks pass their own test cases.
+//! good set on a bad reload; the bundled playbooks and the Monit examples pass their own test cases.
 
 use crate::util::{audit_lines, kinds, medic, run, text, write_config};
 
@@ -485,4 +485,37 @@ fn regression_a_sleeping_or_spinning_playbook_stopped_the_agent() {
         .any(|r| r["kind"] == "action" && r["playbook"]["name"] == "always")));
     assert!(child.stop(), "SIGTERM stops the agent");
     assert_eq!(kinds(&state).last().map(String::as_str), Some("agent_stopped"));
+}
+
+/// docs/FROM-MONIT.md's examples: every playbook under `playbooks/examples/` passes its cases,
+/// has a case that fires and one that must not, and is named in the document (so no example
+/// goes undocumented and no document names an example that is not there).
+#[test]
+fn monit_examples_pass_their_cases_and_each_is_in_from_monit() {
+    let dir = crate::util::repo().join("playbooks").join("examples");
+    let o = run(&["playbook", "test", dir.to_str().unwrap()]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains(" passed, 0 failed"), "{out}");
+    let doc = std::fs::read_to_string(crate::util::repo().join("docs").join("FROM-MONIT.md")).unwrap();
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(stem) = name.strip_suffix(".rhai") else { continue };
+        n += 1;
+        let cases =
+            std::fs::read_to_string(dir.join(format!("{stem}.test.toml"))).unwrap_or_else(|_| panic!("{name}: no {stem}.test.toml"));
+        let t: toml::Value = toml::from_str(&cases).unwrap();
+        let cases = t["case"].as_array().unwrap();
+        assert!(cases.iter().any(|c| c.get("expect_none").and_then(|v| v.as_bool()) == Some(true)), "{name}: no must-not-fire case");
+        assert!(cases.iter().any(|c| c.get("expect").is_some()), "{name}: no must-fire case");
+        assert!(doc.contains(&name), "docs/FROM-MONIT.md does not name {name}");
+    }
+    assert!(n >= 10, "only {n} examples");
+    for w in doc.split("examples/").skip(1) {
+        let f: String = w.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '.').collect();
+        if f.ends_with(".rhai") {
+            assert!(dir.join(&f).exists(), "docs/FROM-MONIT.md names examples/{f}, which is not there");
+        }
+    }
 }
