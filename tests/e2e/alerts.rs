@@ -4,7 +4,8 @@
 //! it ends; to a webhook receiver (a TcpListener of the test's) that was down while records were
 //! written and the agent was killed with -9 and restarted, and receives them all, in order; and
 //! to hostile receivers (never answering, trickling, 500, an endless body) that cannot stall the
-//! agent, its other sinks, or grow its memory.
+//! agent, its other sinks, or grow its memory; and an audit log whose filesystem is full is
+//! delivered from memory, its recovery from the log.
 
 use crate::util::{audit_lines, copy_tree, fixtures, medic, wait_until, write_config, write_playbooks, Reaped};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -406,4 +407,45 @@ fn hostile_receivers_neither_stall_the_agent_nor_its_other_sinks_nor_grow_its_me
     let st = crate::util::status_json(&dir.path().join("c.sock"));
     assert!(st.is_object() && t.elapsed() < Duration::from_secs(3), "{st}");
     assert!(a.stop(), "the agent stops in order with receivers hanging");
+}
+
+/// The audit log unwritable (its filesystem full): the webhook hears of it from memory, since
+/// the log cannot hold it, and then of `audit_recovered` from the log once space returns.
+#[test]
+fn a_full_audit_log_is_delivered_from_memory_and_its_recovery_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let rx = Receiver::start(port, Mode::Good);
+    let extra = format!(
+        "[[alerts.webhook]]\nname = \"hook\"\nurl = \"http://127.0.0.1:{port}/medic\"\nmax_backoff_secs = 1\ndeliver = [\"audit\"]\n"
+    );
+    let (cfg, pbs, state, _) = setup(dir.path(), &chatter(), &extra);
+    let _fs = crate::util::Tmpfs::mount(&state, "size=256k");
+    let a = agent(&cfg, &pbs, &state);
+    assert!(wait_until(40, || notify_seqs(&state).len() >= 2), "notifications recorded");
+    let kinds = |rx: &Receiver| -> Vec<String> {
+        rx.bodies()
+            .iter()
+            .flat_map(|b| b["notifications"].as_array().cloned().unwrap_or_default())
+            .filter_map(|n| n["kind"].as_str().map(str::to_string))
+            .collect()
+    };
+    let filler = state.join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 512 * 1024]); // ENOSPC once full: the rest stays written
+    assert!(wait_until(40, || kinds(&rx).iter().any(|k| k == "audit_unwritable")), "unwritable delivered: {:?}", kinds(&rx));
+    let n = rx
+        .bodies()
+        .iter()
+        .flat_map(|b| b["notifications"].as_array().cloned().unwrap_or_default())
+        .find(|n| n["kind"] == "audit_unwritable")
+        .unwrap();
+    assert_eq!((n["severity"].as_str(), n["seq"].is_null()), (Some("critical"), true), "{n}");
+    std::fs::remove_file(&filler).unwrap();
+    assert!(wait_until(40, || kinds(&rx).iter().any(|k| k == "audit_recovered")), "recovery delivered: {:?}", kinds(&rx));
+    let k = kinds(&rx);
+    let first_down = k.iter().position(|k| k == "audit_unwritable").unwrap();
+    let first_up = k.iter().position(|k| k == "audit_recovered").unwrap();
+    assert!(first_down < first_up, "{k:?}");
+    assert!(!k.iter().any(|k| k == "action"), "only the audit class was asked for: {k:?}");
+    assert!(a.stop());
 }
