@@ -156,6 +156,13 @@ fn fds_limits_parents_and_states_agree_with_procfs_and_ps_over_1000_processes() 
         checked += 1;
     }
     assert_eq!(checked, 1000);
+    // The tree as `medic signals --json` shows it: the parent's children, and each child's fds_pct.
+    let me = procs.iter().find(|p| p["pid"] == pid).expect("the parent is listed");
+    assert_eq!(me["children"].as_u64(), Some(1000), "{me}");
+    for p in &mine {
+        let want = p["fds"].as_f64().unwrap() * 100.0 / p["fd_limit"].as_f64().unwrap();
+        assert!((p["fds_pct"].as_f64().unwrap() - want).abs() < 1e-9, "{p}");
+    }
     // The spread is real: not every child has the same count or limit.
     let distinct = |f: &str| mine.iter().map(|p| p[f].as_u64()).collect::<std::collections::BTreeSet<_>>().len();
     assert!(distinct("fds") >= 40 && distinct("fd_limit") == 7, "{} {}", distinct("fds"), distinct("fd_limit"));

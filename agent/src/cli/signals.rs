@@ -22,11 +22,29 @@ pub fn run(json: bool, config: Option<PathBuf>) -> Outcome {
     let mut snap = sampler.sample(audit::now_ms());
     sense_once(&settings.config, &mut snap)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&snap)?);
+        println!("{}", serde_json::to_string_pretty(&with_tree(&snap)?)?);
     } else {
         print_snapshot(&snap);
     }
     Ok(())
+}
+
+/// The snapshot as JSON with each process's fields derived from the whole list (`children`,
+/// `zombie_children`, `rss_tree_bytes`, `fds_pct`): kept out of `ProcessInfo`'s serde (a test
+/// case cannot set them, the recorder derives them again), shown here as playbooks see them.
+fn with_tree(snap: &crate::signals::Snapshot) -> serde_json::Result<serde_json::Value> {
+    let mut v = serde_json::to_value(snap)?;
+    if let Some(list) = v.get_mut("processes").and_then(|p| p.as_array_mut()) {
+        for (o, p) in list.iter_mut().zip(&snap.processes) {
+            if let Some(o) = o.as_object_mut() {
+                o.insert("children".into(), p.children.into());
+                o.insert("zombie_children".into(), p.zombie_children.into());
+                o.insert("rss_tree_bytes".into(), p.rss_tree_bytes.into());
+                o.insert("fds_pct".into(), p.fds_pct.into());
+            }
+        }
+    }
+    Ok(v)
 }
 
 /// Runs the config's probes and programs once each, all at once, into `snap`; why one failed
