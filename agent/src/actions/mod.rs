@@ -263,6 +263,10 @@ mod tests {
         assert_eq!(rule(req(ActionKind::StartUnit, "nginx.service", none.clone())), None);
         assert_eq!(rule(req(ActionKind::StartUnit, "ssh.service", none.clone())), Some("protected"));
         assert_eq!(rule(req(ActionKind::StartUnit, "nginx.socket", none.clone())), Some("allowlist"));
+        // Units that end the node are never started, even under an allowlist of every service.
+        for u in ["systemd-reboot.service", "systemd-poweroff.service", "emergency.service", "rescue.service"] {
+            assert_eq!(rule(req(ActionKind::StartUnit, u, none.clone())), Some("protected"), "{u}");
+        }
         assert_eq!(rule(req(ActionKind::Notify, "anything", none)), None);
     }
 

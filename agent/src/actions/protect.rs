@@ -44,6 +44,22 @@ pub const PROTECTED_UNITS: &[&str] = &[
     "medic.service",
     "init.scope",
     "-.slice",
+    // Starting one of these ends the node (or everything on it): never a remediation.
+    "systemd-reboot.service",
+    "systemd-poweroff.service",
+    "systemd-halt.service",
+    "systemd-kexec.service",
+    "systemd-soft-reboot.service",
+    "rescue.service",
+    "emergency.service",
+    "reboot.target",
+    "poweroff.target",
+    "halt.target",
+    "kexec.target",
+    "soft-reboot.target",
+    "rescue.target",
+    "emergency.target",
+    "shutdown.target",
 ];
 
 /// Executable file names that are protected when they live in a [`SYSTEM_DIRS`] directory.

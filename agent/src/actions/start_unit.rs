@@ -38,7 +38,7 @@ async fn start(unit: &str, cx: &ExecContext) -> Outcome {
     if state_before == "active" || state_before == "activating" || state_before == "reloading" {
         return Outcome::ok(json!({ "unit": unit, "active_state": state_before, "already_active": true }));
     }
-    if let Err(e) = mgr.call::<_, _, OwnedObjectPath>("StartUnit", &(unit, "replace")).await {
+    if let Err(e) = mgr.call::<_, _, OwnedObjectPath>("StartUnit", &(unit, "fail")).await {
         return fail("start_refused", format!("{unit}: {e}"));
     }
     let started = Instant::now();

@@ -50,12 +50,33 @@ fn system_roots() -> Arc<RootCertStore> {
     .clone()
 }
 
+/// Opens a CA file that cannot block or consume anything: no link followed, non-blocking, and
+/// only a regular file outside procfs and sysfs (a META probe may name it, so `/dev/kmsg`, a
+/// FIFO or `/proc/kmsg` must not stall the agent's loop or eat the kernel's messages).
+fn open_regular(file: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use rustix::fs::{Mode, OFlags};
+    let fd =
+        rustix::fs::open(file, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY, Mode::empty())?;
+    let st = rustix::fs::fstat(&fd)?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+    const SYSFS_MAGIC: i64 = 0x6265_6572;
+    let fs = rustix::fs::fstatfs(&fd)?;
+    #[allow(clippy::unnecessary_cast)]
+    if [PROC_SUPER_MAGIC, SYSFS_MAGIC].contains(&(fs.f_type as i64)) {
+        return Err(std::io::Error::other("a file of procfs or sysfs, not a certificate file"));
+    }
+    Ok(std::fs::File::from(fd))
+}
+
 fn ca_roots(file: &std::path::Path) -> Result<Arc<RootCertStore>, HttpError> {
     use rustls::pki_types::pem::PemObject;
     use std::io::Read;
     let err = |reason: String| HttpError::CaFile { file: file.display().to_string(), reason };
     let mut text = Vec::new();
-    std::fs::File::open(file).and_then(|f| f.take(MAX_CA_FILE).read_to_end(&mut text)).map_err(|e| err(e.to_string()))?;
+    open_regular(file).and_then(|f| f.take(MAX_CA_FILE).read_to_end(&mut text)).map_err(|e| err(e.to_string()))?;
     let mut store = RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(&text) {
         let c = c.map_err(|e| err(e.to_string()))?;
@@ -167,4 +188,28 @@ pub fn days_left(der: &[u8], now_secs: i64) -> Option<i64> {
     let not_after = cert.tbs_certificate.validity.not_after.to_unix_duration().as_secs();
     let not_after = i64::try_from(not_after).ok()?;
     Some((not_after - now_secs).div_euclid(86_400))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// A CA file is whatever a META probe names: a device, a FIFO nobody writes, procfs's
+    /// never-ending kmsg or a link are refused at once, never read or waited on.
+    #[test]
+    fn a_ca_file_that_could_block_or_consume_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o600), 0).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink("/etc/hostname", &link).unwrap();
+        for f in [Path::new("/dev/kmsg"), Path::new("/proc/kmsg"), Path::new("/proc/self/status"), &fifo, &link] {
+            let e = ca_roots(f).unwrap_err();
+            assert_eq!(e.code(), "http_ca_file", "{}: {e}", f.display());
+        }
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        assert!(ca_roots(&empty).unwrap_err().to_string().contains("no certificate"));
+    }
 }
