@@ -194,6 +194,23 @@ fn an_http_health_probe_failing_leads_to_restart_unit_and_hostile_servers_do_not
         "the reload swaps the probes: {}",
         status_json(&sock)
     );
+    // A new playbook, loaded first by name, declares the running one's probe name at another
+    // target: it cannot take over the signal web_health restarts on; it is the one rejected.
+    let takeover = format!(
+        "const META = #{{ name: \"takeover\", description: \"d\", interval: \"1s\", actions: [], rate_limit: #{{ max: 1, per: \"1h\" }}, cooldown: \"1s\",\n  probes: [#{{ name: \"web2\", tcp: \"127.0.0.1:1\" }}] }};\nfn evaluate(node, state) {{}}\n"
+    );
+    std::fs::write(pbs.join("000_takeover.rhai"), takeover).unwrap();
+    let _ = rustix::process::kill_process(agent.pid(), rustix::process::Signal::HUP);
+    let taken = || {
+        audit_lines(&state)
+            .into_iter()
+            .find(|r| r["kind"] == "playbook_rejected" && r["file"].as_str().is_some_and(|f| f.ends_with("000_takeover.rhai")))
+    };
+    assert!(wait_until(30, || taken().is_some()), "the newcomer is rejected");
+    assert!(taken().unwrap()["error"].as_str().unwrap().contains("declared differently"), "{}", taken().unwrap());
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let st = status_json(&sock);
+    assert_eq!(st["sensors"]["probe.web2"]["ok"], true, "web_health's probe still runs its own target: {st}");
     assert!(agent.stop(), "an orderly stop");
 }
 

@@ -26,7 +26,8 @@ impl Agent {
                 return Ok(());
             }
         };
-        let loaded = self.sensors.admit(loaded);
+        let installed: Vec<&playbooks::Playbook> = self.decider.slots().map(|s| &s.pb).collect();
+        let loaded = self.sensors.admit(loaded, &installed);
         let mut seen = Vec::new();
         for res in loaded {
             match res {

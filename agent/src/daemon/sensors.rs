@@ -1,12 +1,14 @@
 //! Which probes and program sensors the agent runs: those of the config (`[[probes.check]]`,
 //! `[[programs]]`) and those the loaded playbooks declare in META. At each load a playbook whose
 //! probe cannot run here (a target the config does not allow, a name another playbook or the
-//! config declares differently, one probe too many) is rejected like a playbook that does not
-//! compile, naming both declarers; the tasks then match the loaded set.
+//! config declares differently, one probe too many; a file name declared differently) is
+//! rejected like a playbook that does not compile, naming both declarers; the tasks then match
+//! the loaded set. A running playbook keeps the names it declares against newcomers.
 
 use super::Agent;
 use crate::config::Config;
 use crate::playbooks::{Playbook, PlaybookError};
+use crate::signals::files::FileSpec;
 use crate::signals::probes::program::ProgramConfig;
 use crate::signals::probes::spec::{ProbeSpec, Reach};
 use crate::signals::probes::{Board, Sensor, Sensors};
@@ -18,6 +20,8 @@ pub(super) struct AgentSensors {
     reach: Reach,
     config_probes: Vec<ProbeSpec>,
     programs: Vec<ProgramConfig>,
+    /// `[files] watch`: names a playbook's META `files` may not declare differently.
+    config_files: Vec<FileSpec>,
     max: usize,
 }
 
@@ -30,6 +34,7 @@ impl AgentSensors {
             reach,
             config_probes: cfg.probes.specs(),
             programs: cfg.programs.clone(),
+            config_files: cfg.files.watch.clone(),
             max: cfg.probes.max,
         }
     }
@@ -38,11 +43,26 @@ impl AgentSensors {
         self.sensors.board()
     }
 
-    /// Rejects the playbooks whose probes cannot run alongside the config's and the earlier
-    /// playbooks' (in load order).
-    pub fn admit(&self, loaded: Vec<Result<Playbook, PlaybookError>>) -> Vec<Result<Playbook, PlaybookError>> {
+    /// Rejects the playbooks whose probes cannot run alongside the config's and the other
+    /// playbooks', and those that declare a probe or a file name (`probe.<name>.*`,
+    /// `file.<name>.*`) differently from its owner. Owners, in order: the config; a playbook
+    /// already running (`installed`) whose new version still declares the same; then load
+    /// order. So a new file cannot take over the signals a running playbook acts on by
+    /// declaring the same name first (`000-x.rhai` before `web.rhai`): it is the one rejected.
+    pub fn admit(&self, loaded: Vec<Result<Playbook, PlaybookError>>, installed: &[&Playbook]) -> Vec<Result<Playbook, PlaybookError>> {
         let mut owners: BTreeMap<String, (ProbeSpec, String)> =
             self.config_probes.iter().map(|p| (p.name.clone(), (p.clone(), "the config ([[probes.check]])".to_string()))).collect();
+        let mut file_owners: BTreeMap<String, (FileSpec, String)> =
+            self.config_files.iter().map(|f| (f.name.clone(), (f.clone(), "the config ([files] watch)".to_string()))).collect();
+        for pb in loaded.iter().flatten() {
+            let Some(old) = installed.iter().find(|o| o.file == pb.file) else { continue };
+            for p in pb.meta.probes.iter().filter(|p| old.meta.probes.contains(p)) {
+                owners.entry(p.name.clone()).or_insert_with(|| (p.clone(), pb.file.clone()));
+            }
+            for f in pb.meta.files.iter().filter(|f| old.meta.files.contains(f)) {
+                file_owners.entry(f.name.clone()).or_insert_with(|| (f.clone(), pb.file.clone()));
+            }
+        }
         loaded
             .into_iter()
             .map(|res| {
@@ -65,8 +85,24 @@ impl AgentSensors {
                 if owners.len() + mine.len() > self.max {
                     return Err(reject(format!("META.probes: more than probes.max ({}) probes on this node", self.max)));
                 }
+                let mut my_files = Vec::new();
+                for (i, f) in pb.meta.files.iter().enumerate() {
+                    match file_owners.get(&f.name) {
+                        Some((g, owner)) if g != f => {
+                            return Err(reject(format!(
+                                "META.files[{i}]: file {:?} is declared differently by {owner} and by {}",
+                                f.name, pb.file
+                            )))
+                        }
+                        Some(_) => {}
+                        None => my_files.push(f.clone()),
+                    }
+                }
                 for p in mine {
                     owners.insert(p.name.clone(), (p, pb.file.clone()));
+                }
+                for f in my_files {
+                    file_owners.insert(f.name.clone(), (f, pb.file.clone()));
                 }
                 Ok(pb)
             })
