@@ -132,7 +132,9 @@ fn an_http_health_probe_failing_leads_to_restart_unit_and_hostile_servers_do_not
     let pbs = write_playbooks(dir.path(), &[("web_health.rhai", pb), ("remote.rhai", remote.to_string())]);
     let state = dir.path().join("state");
     let sock = dir.path().join("control.sock");
-    let mut extra = format!("[control]\nsocket = \"{}\"\n", sock.display());
+    // The body pattern of a playbook's probe needs the operator's consent (see
+    // a_playbooks_body_pattern_needs_the_config below).
+    let mut extra = format!("[control]\nsocket = \"{}\"\n[probes]\nplaybook_body_patterns = true\n", sock.display());
     for (name, port) in ["silent", "headers", "garbage"].iter().zip(&hostile.ports) {
         extra.push_str(&format!(
             "[[probes.check]]\nname = \"{name}\"\nhttp = \"http://127.0.0.1:{port}/\"\ninterval_secs = 1\ntimeout_ms = 800\n"
@@ -361,7 +363,11 @@ fn in_the_booted_container_a_failing_http_probe_restarts_the_unit_live_and_recov
     let sock = dir.path().join("control.sock");
     let cfg = write_config(
         dir.path(),
-        &format!("[control]\nsocket = \"{}\"\n[actions]\nsystemd_bus = \"{}\"\ntimeout_secs = 20\n", sock.display(), c.bus()),
+        &format!(
+            "[control]\nsocket = \"{}\"\n[actions]\nsystemd_bus = \"{}\"\ntimeout_secs = 20\n[probes]\nplaybook_body_patterns = true\n",
+            sock.display(),
+            c.bus()
+        ),
     );
     let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
     let agent = Reaped(
@@ -396,4 +402,30 @@ fn in_the_booted_container_a_failing_http_probe_restarts_the_unit_live_and_recov
     assert_eq!(status_json(&sock)["sensors"]["probe.web"]["ok"], true, "and stays ok");
     assert_eq!(audit_lines(&state).iter().filter(|r| r["kind"] == "action" && r["decision"] == "executed").count(), 1);
     assert!(agent.stop(), "an orderly stop");
+}
+
+/// A playbook that may only notify must not read a loopback service's answers bit by bit
+/// through a body pattern: on the default config its playbook is rejected at load, naming the
+/// key that allows it; with the key it loads.
+#[test]
+fn a_playbooks_body_pattern_needs_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let pb = "const META = #{ name: \"peek\", description: \"d\", interval: \"1s\", actions: [#{ kind: \"notify\", target: \"*\" }],\n  rate_limit: #{ max: 1, per: \"1h\" }, cooldown: \"1s\",\n  probes: [#{ name: \"kv\", http: \"http://127.0.0.1:8500/v1/kv/secret\", status: 200, body: \"^a\" }] };\nfn evaluate(node, state) { notify(`bit ${node.value(\"probe.kv.ok\")}`); }\n";
+    let pbs = write_playbooks(dir.path(), &[("peek.rhai", pb.to_string())]);
+    for (extra, rejected) in [("", true), ("[probes]\nplaybook_body_patterns = true\n", false)] {
+        let state = tempfile::tempdir().unwrap();
+        let cfg = write_config(dir.path(), extra);
+        let o = medic()
+            .args(["run", "--once", "--config", cfg.to_str().unwrap(), "--playbooks", pbs.to_str().unwrap()])
+            .args(["--state-dir", state.path().to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        let recs = audit_lines(state.path());
+        let rej = recs.iter().find(|r| r["kind"] == "playbook_rejected");
+        assert_eq!(rej.is_some(), rejected, "{extra:?}: {recs:?}");
+        if let Some(r) = rej {
+            assert!(r["error"].as_str().unwrap().contains("playbook_body_patterns"), "{r}");
+        }
+    }
 }

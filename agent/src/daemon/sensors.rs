@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::playbooks::{Playbook, PlaybookError};
 use crate::signals::files::FileSpec;
 use crate::signals::probes::program::ProgramConfig;
-use crate::signals::probes::spec::{ProbeSpec, Reach};
+use crate::signals::probes::spec::{ProbeSpec, Reach, Target};
 use crate::signals::probes::{Board, Sensor, Sensors};
 use std::collections::BTreeMap;
 
@@ -23,6 +23,8 @@ pub(super) struct AgentSensors {
     /// `[files] watch`: names a playbook's META `files` may not declare differently.
     config_files: Vec<FileSpec>,
     max: usize,
+    /// `[probes] playbook_body_patterns`.
+    body_patterns: bool,
 }
 
 impl AgentSensors {
@@ -36,6 +38,7 @@ impl AgentSensors {
             programs: cfg.programs.clone(),
             config_files: cfg.files.watch.clone(),
             max: cfg.probes.max,
+            body_patterns: cfg.probes.playbook_body_patterns,
         }
     }
 
@@ -71,6 +74,12 @@ impl AgentSensors {
                 let mut mine = Vec::new();
                 for (i, p) in pb.meta.probes.iter().enumerate() {
                     self.reach.check(p).map_err(|e| reject(format!("META.probes[{i}]: {e}")))?;
+                    if !self.body_patterns && matches!(&p.target, Target::Http { body: Some(_), .. }) {
+                        return Err(reject(format!(
+                            "META.probes[{i}].body: a playbook's probe may match the status, not the body, unless the config sets \
+                             `[probes] playbook_body_patterns = true` (or declare the probe in `[[probes.check]]`)"
+                        )));
+                    }
                     match owners.get(&p.name) {
                         Some((q, owner)) if q != p => {
                             return Err(reject(format!(

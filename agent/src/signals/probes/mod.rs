@@ -32,13 +32,17 @@ pub struct ProbesConfig {
     pub allow: Vec<String>,
     /// Most probes, from playbooks and the config together.
     pub max: usize,
+    /// Whether a playbook's META probe may match the body (`body`): a pattern answers one bit
+    /// of what a local service returns, enough for a playbook that may only `notify` to read
+    /// a token off a loopback endpoint bit by bit. Off: body patterns are the config's only.
+    pub playbook_body_patterns: bool,
     /// `[[probes.check]]`.
     pub check: Vec<ConfigProbe>,
 }
 
 impl Default for ProbesConfig {
     fn default() -> Self {
-        Self { allow_remote: false, allow: Vec::new(), max: 32, check: Vec::new() }
+        Self { allow_remote: false, allow: Vec::new(), max: 32, playbook_body_patterns: false, check: Vec::new() }
     }
 }
 
