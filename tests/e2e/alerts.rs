@@ -146,7 +146,7 @@ fn our_alert(alerts: &[serde_json::Value]) -> Option<serde_json::Value> {
 fn a_notification_fires_in_alertmanager_while_asked_and_resolves_when_the_playbook_stops() {
     let dir = tempfile::tempdir().unwrap();
     let am = Alertmanager::start(dir.path());
-    let extra = format!("[[alerts.alertmanager]]\nurl = \"http://127.0.0.1:{}\"\nrepost_secs = 5\n", am.port);
+    let extra = format!("[[alerts.alertmanager]]\nurl = \"http://127.0.0.1:{}\"\nrepost_secs = 20\n", am.port);
     let (cfg, pbs, state, proc_root) = setup(dir.path(), &load_playbook(), &extra);
     set_load(&proc_root, "9.50");
     let a = agent(&cfg, &pbs, &state);
@@ -170,17 +170,18 @@ fn a_notification_fires_in_alertmanager_while_asked_and_resolves_when_the_playbo
     // Still firing some seconds later (re-posted, the playbook still asks).
     std::thread::sleep(Duration::from_secs(6));
     assert!(am.alerts().and_then(|v| our_alert(&v)).is_some(), "still firing while asked");
-    // The condition ends: resolved within 2 × the 1 s interval plus delivery, long before the
-    // firing alert's own endsAt (3 re-posts of 5 s ahead) would have expired it.
+    // The condition ends: resolved after the automatic period (10 s at least: 2 × the 1 s
+    // interval is less) plus delivery, long before the firing alert's own endsAt (3 re-posts of
+    // 20 s ahead) would have expired it.
     set_load(&proc_root, "0.10");
     let ended = Instant::now();
     assert!(
-        wait_until(12, || am.alerts().is_some_and(|v| our_alert(&v).is_none())),
+        wait_until(40, || am.alerts().is_some_and(|v| our_alert(&v).is_none())),
         "resolved in Alertmanager: {:?} {:?}",
         am.alerts(),
         audit_lines(&state).iter().rev().take(4).map(|r| format!("{} {} {}", r["ts"], r["kind"], r["action"]["kind"])).collect::<Vec<_>>()
     );
-    assert!(ended.elapsed() < Duration::from_secs(12));
+    assert!(ended.elapsed() < Duration::from_secs(40));
     assert!(a.stop());
     let cursor: u64 = std::fs::read_to_string(state.join("alerts/alertmanager.cursor")).unwrap().trim().parse().unwrap();
     let notified = audit_lines(&state).iter().filter(|r| r["action"]["kind"] == "notify").count();
@@ -205,6 +206,8 @@ enum Mode {
     Error,
     /// 500 with an endless body.
     Flood,
+    /// 400: refuses every batch for good.
+    Reject,
 }
 
 impl Receiver {
@@ -287,6 +290,9 @@ fn serve(s: TcpStream, mode: Mode, got: &Mutex<Vec<serde_json::Value>>, stop: &s
                 }
                 std::thread::sleep(Duration::from_secs(1));
             }
+        }
+        Mode::Reject => {
+            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbad");
         }
         Mode::Error => {
             let _ = s.write_all(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\nConnection: close\r\n\r\nnope");
@@ -447,5 +453,25 @@ fn a_full_audit_log_is_delivered_from_memory_and_its_recovery_from_the_log() {
     let first_up = k.iter().position(|k| k == "audit_recovered").unwrap();
     assert!(first_down < first_up, "{k:?}");
     assert!(!k.iter().any(|k| k == "action"), "only the audit class was asked for: {k:?}");
+    assert!(a.stop());
+}
+
+/// A receiver that refuses every batch for good (400) does not hold the sink: each refused batch
+/// is dropped and counted and the cursor moves on, so a later receiver gets what comes after.
+#[test]
+fn a_batch_refused_for_good_is_dropped_and_the_sink_moves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let rx = Receiver::start(port, Mode::Reject);
+    let extra = format!(
+        "[[alerts.webhook]]\nname = \"hook\"\nurl = \"http://127.0.0.1:{port}/medic\"\nmax_backoff_secs = 1\ndeliver = [\"notify\"]\n"
+    );
+    let (cfg, pbs, state, _) = setup(dir.path(), &chatter(), &extra);
+    let a = agent(&cfg, &pbs, &state);
+    let cursor = || std::fs::read_to_string(state.join("alerts/hook.cursor")).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
+    assert!(wait_until(40, || notify_seqs(&state).len() >= 3), "notifications recorded");
+    let third = notify_seqs(&state)[2];
+    assert!(wait_until(40, || cursor() >= third), "the cursor moves past refused batches: {} < {third}", cursor());
+    assert!(rx.bodies().len() >= 2, "each batch was tried: {}", rx.bodies().len());
     assert!(a.stop());
 }

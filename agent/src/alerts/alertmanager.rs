@@ -71,8 +71,9 @@ pub struct State {
 /// The automatic resolve period of a playbook, from the META its `playbook_loaded` record
 /// carries (`interval_ms`, `cooldown_ms`, `rate_limit.{max,per_ms}`): 2 × its interval, plus
 /// the repeat window when its cooldown is longer than its interval or its rate limit is below
-/// one request per interval (its asks may then be coalesced for that long). Unknown: as for a
-/// 60 s interval.
+/// one request per interval (its asks may then be coalesced for that long); never less than
+/// [`MIN_RESOLVE_MS`], so a few late ticks on a loaded node do not resolve and fire again.
+/// Unknown: as for a 60 s interval.
 pub fn resolve_ms(meta: &Value, repeat_window_ms: i64) -> i64 {
     let Some(interval) = meta.get("interval_ms").and_then(Value::as_i64).filter(|i| *i > 0) else { return 120_000 + repeat_window_ms };
     let cooldown = meta.get("cooldown_ms").and_then(Value::as_i64).unwrap_or(0);
@@ -80,8 +81,11 @@ pub fn resolve_ms(meta: &Value, repeat_window_ms: i64) -> i64 {
     let max = rate.and_then(|r| r.get("max")).and_then(Value::as_i64).unwrap_or(i64::MAX);
     let per = rate.and_then(|r| r.get("per_ms")).and_then(Value::as_i64).unwrap_or(0);
     let limited = cooldown > interval || max.saturating_mul(interval) < per;
-    interval.saturating_mul(2).saturating_add(if limited { repeat_window_ms } else { 0 })
+    interval.saturating_mul(2).saturating_add(if limited { repeat_window_ms } else { 0 }).max(MIN_RESOLVE_MS)
 }
+
+/// The shortest automatic resolve period: 10 s.
+pub const MIN_RESOLVE_MS: i64 = 10_000;
 
 fn rfc(ms: i64) -> String {
     crate::audit::now_rfc3339(ms)
@@ -106,6 +110,9 @@ impl State {
     }
 
     fn alert(&self, h: &Held, ends_ms: i64) -> Value {
+        // Never an end before the start (a clock stepped back, a re-post long overdue):
+        // Alertmanager answers such a batch with 400, which would hold the sink's cursor.
+        let ends_ms = ends_ms.max(h.starts_ms);
         json!({ "labels": h.labels, "annotations": h.annotations, "startsAt": rfc(h.starts_ms), "endsAt": rfc(ends_ms) })
     }
 
@@ -370,6 +377,20 @@ pub async fn run(p: Prepared, s: SinkConfig, classes: Vec<Class>, ctx: Context) 
                     break;
                 }
             }
+            Err(e) if e.rejected() => {
+                // The receiver refuses this batch for good (4xx): sending it again would hold
+                // every later record behind it. Dropped, counted and logged; the cursor moves.
+                failed(&ctx, &p.name, &mut last_error, &e);
+                metrics.alerts_dropped.get_or_create(&label).inc_by(n);
+                tracing::warn!(message = "Alert batch refused by the receiver; dropped.", error_code = "alert_rejected", sink = %p.name, alerts = n, error = %e);
+                memory.clear();
+                if let Some((seq, _, _)) = pending.take() {
+                    let _ = feed.commit(seq);
+                }
+                if pause(&mut stop, backoff.failed()).await {
+                    break;
+                }
+            }
             Err(e) => {
                 failed(&ctx, &p.name, &mut last_error, &e);
                 // Re-posts are made afresh at their next time: only resolutions must wait.
@@ -448,6 +469,9 @@ mod tests {
         assert_eq!(resolve_ms(&meta(300_000, 10, 60_000), 600_000), 620_000);
         assert_eq!(resolve_ms(&meta(0, 1, 3_600_000), 600_000), 620_000);
         assert_eq!(resolve_ms(&Value::Null, 0), 120_000);
+        // A 1 s playbook still waits the floor: late ticks on a loaded node do not flap.
+        let fast = json!({"interval_ms": 1_000, "cooldown_ms": 0, "rate_limit": {"max": 1000, "per_ms": 3_600_000}});
+        assert_eq!(resolve_ms(&fast, 0), MIN_RESOLVE_MS);
     }
 
     #[test]

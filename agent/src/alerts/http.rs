@@ -22,6 +22,12 @@ pub enum HttpError {
 }
 
 impl HttpError {
+    /// The receiver refuses this request for good (a 4xx other than 408 and 429): sending it
+    /// again cannot help.
+    pub fn rejected(&self) -> bool {
+        matches!(self, Self::Status { status, .. } if (400..500).contains(status) && *status != 408 && *status != 429)
+    }
+
     /// Stable code for logs and metrics: the shared client's, or `alert_http_status`.
     pub fn code(&self) -> &'static str {
         match self {

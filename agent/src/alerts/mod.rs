@@ -129,10 +129,16 @@ impl Feed {
     pub fn open(state_dir: &Path, sink: &str) -> Self {
         let dir = state_dir.join(CURSOR_DIR);
         let file = dir.join(format!("{sink}.cursor"));
-        let read = std::fs::read_to_string(&file).ok().and_then(|s| s.trim().parse().ok());
+        let text = std::fs::read_to_string(&file);
+        let read = text.as_ref().ok().and_then(|s| s.trim().parse().ok());
         let mut f = Self { state_dir: state_dir.to_path_buf(), file, cursor: 0, tail: None };
         match read {
             Some(c) => f.cursor = c,
+            // A cursor that exists but cannot be read (cut by a crash, damaged): start from
+            // the beginning rather than skip a backlog; `max_age_secs` drops what is too old.
+            None if text.is_ok() || f.file.exists() => {
+                tracing::warn!(message = "Alert cursor unreadable; delivering from the start of the log.", error_code = "alert_cursor_read", file = %f.file.display());
+            }
             None => {
                 f.cursor = crate::forward::spool::last_seq(state_dir);
                 if let Err(e) = f.commit(f.cursor) {
@@ -177,7 +183,10 @@ impl Feed {
         let tmp = self.file.with_extension("cursor.tmp");
         let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp)?;
         f.write_all(format!("{}\n", self.cursor).as_bytes())?;
-        std::fs::rename(&tmp, &self.file)
+        // Durable before it counts: a power cut must not leave an empty cursor behind.
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.file)?;
+        std::fs::File::open(dir)?.sync_all()
     }
 }
 

@@ -94,6 +94,22 @@ pub async fn run(p: Prepared, s: SinkConfig, classes: Vec<Class>, ctx: Context) 
                     break;
                 }
             }
+            Err(e) if e.rejected() => {
+                // Refused for good (4xx): sending it again would hold every later record.
+                failed(&ctx, &p.name, &mut last_error, &e);
+                metrics.alerts_dropped.get_or_create(&label).inc_by(batch.len() as u64);
+                tracing::warn!(message = "Webhook batch refused by the receiver; dropped.", error_code = "alert_rejected", sink = %p.name, notifications = batch.len(), error = %e);
+                match seq {
+                    None => outage_sent = unwritable.take().map(|n| n.ts_ms),
+                    Some(seq) => {
+                        pending = None;
+                        let _ = feed.commit(seq);
+                    }
+                }
+                if pause(&mut stop, backoff.failed()).await {
+                    break;
+                }
+            }
             Err(e) => {
                 failed(&ctx, &p.name, &mut last_error, &e);
                 if pause(&mut stop, backoff.failed()).await {
