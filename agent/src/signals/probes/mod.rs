@@ -118,6 +118,11 @@ pub struct Reading {
     /// Why the last run failed (or what was cut).
     pub reason: Option<String>,
     pub at_ms: i64,
+    /// Older than this (2 × the interval plus the timeout), the reading is no longer merged: a
+    /// program stuck past its kill (a D-state read of a dead NFS mount) must not leave its last
+    /// `ok = 1` standing; the signals go absent, as for a sensor yet to report.
+    #[serde(skip)]
+    stale_ms: i64,
     /// Which start of the sensor wrote it (a stopped one's late write is dropped).
     #[serde(skip)]
     generation: u64,
@@ -132,13 +137,13 @@ impl Board {
         let Ok(mut b) = self.0.lock() else { return };
         // Only the current start of the sensor writes (its slot is made when it starts).
         if let Some(r) = b.get_mut(key).filter(|r| r.generation == generation) {
-            *r = Reading { metrics, ok, reason, at_ms: crate::audit::now_ms(), generation };
+            *r = Reading { metrics, ok, reason, at_ms: crate::audit::now_ms(), stale_ms: r.stale_ms, generation };
         }
     }
 
-    fn start(&self, key: &str, generation: u64) {
+    fn start(&self, key: &str, generation: u64, stale_ms: i64) {
         if let Ok(mut b) = self.0.lock() {
-            b.insert(key.to_string(), Reading { metrics: Vec::new(), ok: false, reason: None, at_ms: 0, generation });
+            b.insert(key.to_string(), Reading { metrics: Vec::new(), ok: false, reason: None, at_ms: 0, stale_ms, generation });
         }
     }
 
@@ -148,10 +153,12 @@ impl Board {
         }
     }
 
-    /// Adds every reported result to `metrics` (a sensor yet to report adds nothing).
+    /// Adds every reported result to `metrics` (a sensor yet to report, or whose last report
+    /// is stale, adds nothing).
     pub fn merge_into(&self, metrics: &mut BTreeMap<String, f64>) {
         let Ok(b) = self.0.lock() else { return };
-        for r in b.values() {
+        let now = crate::audit::now_ms();
+        for r in b.values().filter(|r| now.saturating_sub(r.at_ms) <= r.stale_ms) {
             metrics.extend(r.metrics.iter().cloned());
         }
     }
@@ -165,7 +172,8 @@ impl Board {
                 let v = if r.at_ms == 0 {
                     serde_json::json!({ "reported": false })
                 } else {
-                    serde_json::json!({ "reported": true, "ok": r.ok, "reason": r.reason, "at": crate::audit::now_rfc3339(r.at_ms) })
+                    let stale = crate::audit::now_ms().saturating_sub(r.at_ms) > r.stale_ms;
+                    serde_json::json!({ "reported": true, "ok": r.ok, "reason": r.reason, "at": crate::audit::now_rfc3339(r.at_ms), "stale": stale })
                 };
                 (k.clone(), v)
             })
@@ -231,7 +239,7 @@ impl Sensors {
             }
             self.generation += 1;
             let generation = self.generation;
-            self.board.start(key, generation);
+            self.board.start(key, generation, stale_after_ms(sensor));
             let board = self.board.clone();
             let (key, sensor2, reach) = (key.clone(), sensor.clone(), self.reach.clone());
             tracing::info!(message = "Sensor started.", sensor = %key);
@@ -254,6 +262,15 @@ impl Drop for Sensors {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// How long a reading stays good: two intervals and the timeout.
+fn stale_after_ms(sensor: &Sensor) -> i64 {
+    let (every, timeout) = match sensor {
+        Sensor::Probe(p) => (p.interval_ms, p.timeout_ms),
+        Sensor::Program(p) => (p.interval_secs.saturating_mul(1000), p.timeout_secs.saturating_mul(1000)),
+    };
+    i64::try_from(every.max(spec::MIN_INTERVAL_MS).saturating_mul(2).saturating_add(timeout)).unwrap_or(i64::MAX)
 }
 
 async fn run_sensor(sensor: Sensor, reach: Reach, board: Board, key: String, generation: u64) {
@@ -290,6 +307,25 @@ async fn run_sensor(sensor: Sensor, reach: Reach, board: Board, key: String, gen
 #[cfg(test)]
 mod tests {
     use crate::config::Config;
+
+    /// A reading older than two intervals and the timeout is no longer a signal: a sensor stuck
+    /// past its kill does not keep its last `ok` standing.
+    #[test]
+    fn a_stale_reading_is_not_merged() {
+        let b = super::Board::default();
+        b.start("program.x", 1, 5_000);
+        b.put("program.x", 1, vec![("program.x.ok".into(), 1.0)], true, None);
+        let mut m = std::collections::BTreeMap::new();
+        b.merge_into(&mut m);
+        assert_eq!(m.get("program.x.ok"), Some(&1.0));
+        if let Ok(mut g) = b.0.lock() {
+            g.get_mut("program.x").unwrap().at_ms -= 6_000;
+        }
+        let mut m = std::collections::BTreeMap::new();
+        b.merge_into(&mut m);
+        assert!(m.is_empty(), "{m:?}");
+        assert_eq!(b.status()["program.x"]["stale"], true);
+    }
 
     #[test]
     fn config_errors_name_the_probe_or_program_and_its_line() {
