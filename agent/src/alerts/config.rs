@@ -150,6 +150,14 @@ impl AlertsConfig {
         if sinks.len() > MAX_SINKS {
             return Err(("alerts.webhook", format!("alerts: {} sinks; at most {MAX_SINKS}", sinks.len())));
         }
+        // A sink's name names its cursor: with two of a kind, a name by position would hand a
+        // cursor to another sink when the file's order changes.
+        for (list, key, kind) in [(&self.alertmanager, "alerts.alertmanager", "alertmanager"), (&self.webhook, "alerts.webhook", "webhook")]
+        {
+            if list.len() > 1 && list.iter().any(|s| s.name.is_none()) {
+                return Err((key, format!("alerts.{kind}: {} sinks of this kind: give each a `name` (it names its cursor)", list.len())));
+            }
+        }
         let mut names = std::collections::BTreeSet::new();
         for (kind, name, s) in &sinks {
             let key = |k: &'static str| -> &'static str {
@@ -241,7 +249,7 @@ mod tests {
     fn sinks_parse_with_defaults_and_names() {
         let cfg = crate::config::Config::parse(
             "m.toml",
-            "[[alerts.alertmanager]]\nurl = \"http://127.0.0.1:9093\"\n[[alerts.webhook]]\nurl = \"https://h.example/x\"\n[[alerts.webhook]]\nurl = \"http://h/\"\ndeliver = [\"notify\"]\n",
+            "[[alerts.alertmanager]]\nurl = \"http://127.0.0.1:9093\"\n[[alerts.webhook]]\nname = \"webhook\"\nurl = \"https://h.example/x\"\n[[alerts.webhook]]\nname = \"webhook-2\"\nurl = \"http://h/\"\ndeliver = [\"notify\"]\n",
         )
         .unwrap();
         let s = cfg.alerts.sinks();
@@ -259,8 +267,12 @@ mod tests {
         assert!(e.contains("timeout_secs"), "{e}");
         let e = parse("[[alerts.webhook]]\nurl = \"http://x\"\nheaders = { Host = \"y\" }\n").unwrap_err();
         assert!(e.contains("Host"), "{e}");
-        let e = parse("[[alerts.webhook]]\nurl = \"http://x\"\n[[alerts.webhook]]\nname = \"webhook\"\nurl = \"http://y\"\n").unwrap_err();
+        let e = parse("[[alerts.webhook]]\nname = \"a\"\nurl = \"http://x\"\n[[alerts.webhook]]\nname = \"a\"\nurl = \"http://y\"\n")
+            .unwrap_err();
         assert!(e.contains("names two sinks"), "{e}");
+        // Two of a kind: each needs a name (a name by position would move with the file's order).
+        let e = parse("[[alerts.webhook]]\nurl = \"http://x\"\n[[alerts.webhook]]\nname = \"b\"\nurl = \"http://y\"\n").unwrap_err();
+        assert!(e.contains("give each a `name`"), "{e}");
         let e = parse("[[alerts.webhook]]\nurl = \"http://x\"\ndeliver = [\"mail\"]\n").unwrap_err();
         assert!(e.contains("mail"), "{e}");
     }
