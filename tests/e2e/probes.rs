@@ -198,9 +198,7 @@ fn an_http_health_probe_failing_leads_to_restart_unit_and_hostile_servers_do_not
     );
     // A new playbook, loaded first by name, declares the running one's probe name at another
     // target: it cannot take over the signal web_health restarts on; it is the one rejected.
-    let takeover = format!(
-        "const META = #{{ name: \"takeover\", description: \"d\", interval: \"1s\", actions: [], rate_limit: #{{ max: 1, per: \"1h\" }}, cooldown: \"1s\",\n  probes: [#{{ name: \"web2\", tcp: \"127.0.0.1:1\" }}] }};\nfn evaluate(node, state) {{}}\n"
-    );
+    let takeover = "const META = #{ name: \"takeover\", description: \"d\", interval: \"1s\", actions: [], rate_limit: #{ max: 1, per: \"1h\" }, cooldown: \"1s\",\n  probes: [#{ name: \"web2\", tcp: \"127.0.0.1:1\" }] };\nfn evaluate(node, state) {}\n";
     std::fs::write(pbs.join("000_takeover.rhai"), takeover).unwrap();
     let _ = rustix::process::kill_process(agent.pid(), rustix::process::Signal::HUP);
     let taken = || {
