@@ -17,9 +17,9 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use zbus::zvariant::OwnedObjectPath;
 
-pub(super) const DEST: &str = "org.freedesktop.systemd1";
+const DEST: &str = "org.freedesktop.systemd1";
 
-pub(super) async fn connect(bus: Option<&str>) -> zbus::Result<zbus::Connection> {
+async fn connect(bus: Option<&str>) -> zbus::Result<zbus::Connection> {
     match bus {
         Some(addr) => zbus::connection::Builder::address(addr)?.build().await,
         None => zbus::Connection::system().await,
@@ -33,23 +33,33 @@ pub(super) async fn unit_props(conn: &zbus::Connection, path: &OwnedObjectPath) 
     Ok((state, hex::encode(id)))
 }
 
+/// A unit looked up on systemd's bus, with its state and invocation before the job.
+pub(super) struct Opened {
+    pub conn: zbus::Connection,
+    pub mgr: zbus::Proxy<'static>,
+    pub path: OwnedObjectPath,
+    pub state_before: String,
+    pub before: String,
+}
+
+/// Connects, loads `unit` and reads its state: what `restart_unit` and `start_unit` do before
+/// their job; a failure is the action's outcome.
+pub(super) async fn open(unit: &str, cx: &ExecContext) -> Result<Opened, Outcome> {
+    let fail = |code, e: String| Outcome::fail(Status::Failed, code, e, Value::Null);
+    let conn = connect(cx.systemd_bus.as_deref()).await.map_err(|e| fail("dbus_connect", format!("cannot reach systemd's bus: {e}")))?;
+    let mgr = zbus::Proxy::new(&conn, DEST, "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager")
+        .await
+        .map_err(|e| fail("dbus_call", e.to_string()))?;
+    let path: OwnedObjectPath = mgr.call("LoadUnit", &(unit,)).await.map_err(|e| fail("no_such_unit", format!("{unit}: {e}")))?;
+    let (state_before, before) = unit_props(&conn, &path).await.map_err(|e| fail("dbus_call", e.to_string()))?;
+    Ok(Opened { conn, mgr, path, state_before, before })
+}
+
 async fn restart(unit: &str, cx: &ExecContext) -> Outcome {
     let fail = |code, e: String| Outcome::fail(Status::Failed, code, e, Value::Null);
-    let conn = match connect(cx.systemd_bus.as_deref()).await {
-        Ok(c) => c,
-        Err(e) => return fail("dbus_connect", format!("cannot reach systemd's bus: {e}")),
-    };
-    let mgr = match zbus::Proxy::new(&conn, DEST, "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager").await {
-        Ok(m) => m,
-        Err(e) => return fail("dbus_call", e.to_string()),
-    };
-    let path: OwnedObjectPath = match mgr.call("LoadUnit", &(unit,)).await {
-        Ok(p) => p,
-        Err(e) => return fail("no_such_unit", format!("{unit}: {e}")),
-    };
-    let (state_before, before) = match unit_props(&conn, &path).await {
-        Ok(v) => v,
-        Err(e) => return fail("dbus_call", e.to_string()),
+    let Opened { conn, mgr, path, state_before, before } = match open(unit, cx).await {
+        Ok(o) => o,
+        Err(out) => return out,
     };
     if let Err(e) = mgr.call::<_, _, OwnedObjectPath>("RestartUnit", &(unit, "replace")).await {
         return fail("restart_refused", format!("{unit}: {e}"));

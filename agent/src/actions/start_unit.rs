@@ -1,5 +1,5 @@
 //! `start_unit`: starts a systemd unit that is not running (inactive or failed) through
-//! systemd's D-Bus API (`StartUnit` with mode `replace`), then watches it: verified when it is
+//! systemd's D-Bus API (`StartUnit` with mode `fail`), then watches it: verified when it is
 //! `active` within the timeout (with a new `InvocationID` when it had one). A unit already
 //! active (or activating) is left alone: the outcome is ok with `already_active` in its detail.
 //! The bus is the system bus unless `actions.systemd_bus` names another address.
@@ -9,7 +9,7 @@
 //! `policy.allowed_units`.
 
 use super::request::{ask, err, Evaluation, RhaiResult};
-use super::restart_unit::{connect, unit_props, DEST};
+use super::restart_unit::{open, unit_props, Opened};
 use super::{ActionKind, ActionRequest, ExecContext, Outcome, Policy, Status};
 use rhai::{Engine, NativeCallContext};
 use serde_json::{json, Value};
@@ -19,21 +19,9 @@ use zbus::zvariant::OwnedObjectPath;
 
 async fn start(unit: &str, cx: &ExecContext) -> Outcome {
     let fail = |code, e: String| Outcome::fail(Status::Failed, code, e, Value::Null);
-    let conn = match connect(cx.systemd_bus.as_deref()).await {
-        Ok(c) => c,
-        Err(e) => return fail("dbus_connect", format!("cannot reach systemd's bus: {e}")),
-    };
-    let mgr = match zbus::Proxy::new(&conn, DEST, "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager").await {
-        Ok(m) => m,
-        Err(e) => return fail("dbus_call", e.to_string()),
-    };
-    let path: OwnedObjectPath = match mgr.call("LoadUnit", &(unit,)).await {
-        Ok(p) => p,
-        Err(e) => return fail("no_such_unit", format!("{unit}: {e}")),
-    };
-    let (state_before, before) = match unit_props(&conn, &path).await {
-        Ok(v) => v,
-        Err(e) => return fail("dbus_call", e.to_string()),
+    let Opened { conn, mgr, path, state_before, before } = match open(unit, cx).await {
+        Ok(o) => o,
+        Err(out) => return out,
     };
     if state_before == "active" || state_before == "activating" || state_before == "reloading" {
         return Outcome::ok(json!({ "unit": unit, "active_state": state_before, "already_active": true }));
