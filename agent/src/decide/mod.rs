@@ -63,6 +63,15 @@ pub struct LastEval {
     pub error: Option<String>,
 }
 
+/// How much earlier than its interval a playbook is due: a quarter of the interval, at most
+/// 250 ms. Ticks come late by a jittering millisecond or so, so `now - last < interval` alone
+/// skipped a 1 s playbook about one tick in five (a tick 999 ms after one that was 1 ms late);
+/// ticks are a second apart (only an eBPF wake-up, which evaluates everything, comes between),
+/// so the slack never makes a playbook run more often than its ticks allow.
+pub fn due_slack_ms(interval_ms: i64) -> i64 {
+    (interval_ms / 4).clamp(0, 250)
+}
+
 /// One loaded playbook and its run-time state.
 #[derive(Debug)]
 pub struct Slot {
@@ -82,7 +91,7 @@ impl Slot {
 
     /// When it is next evaluated (`None`: at the next tick).
     pub fn next_due_ms(&self) -> Option<i64> {
-        let due = self.last_eval_ms.map(|t| t.saturating_add(self.pb.meta.interval_ms));
+        let due = self.last_eval_ms.map(|t| t.saturating_add(self.pb.meta.interval_ms - due_slack_ms(self.pb.meta.interval_ms)));
         match (due, self.disabled_until) {
             (Some(d), Some(u)) => Some(d.max(u)),
             (d, u) => d.or(u),
@@ -187,7 +196,7 @@ impl Decider {
                 slot.disabled_until = None;
                 sink(Event::Enabled { pb: &slot.pb })?;
             }
-            if !force && slot.last_eval_ms.is_some_and(|t| now - t < slot.pb.meta.interval_ms) {
+            if !force && slot.last_eval_ms.is_some_and(|t| now - t < slot.pb.meta.interval_ms - due_slack_ms(slot.pb.meta.interval_ms)) {
                 continue;
             }
             slot.last_eval_ms = Some(now);
@@ -338,5 +347,42 @@ impl Timeline {
         let done = evaluate(&self.decider.rt, due, &snap, &self.history, &mut |_, _| {});
         let Ok(_) = self.decider.settle(done, self.mode, now, &mut sink);
         Step { evaluated, ..step }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 1 s playbook on 1 s ticks that jitter by a millisecond is evaluated at every tick
+    /// (it used to skip the tick that came 999 ms after a late one), and never twice within a
+    /// tick's spacing; a 10 s playbook every tenth tick.
+    #[test]
+    fn jittering_ticks_skip_no_evaluation() {
+        let rt = Arc::new(Runtime::new(crate::playbooks::engine::Limits::default()));
+        let pb = |name: &str, interval: &str| {
+            rt.compile(
+                &format!("{name}.rhai"),
+                &format!("const META = #{{ name: \"{name}\", description: \"d\", interval: \"{interval}\", actions: [], rate_limit: #{{ max: 1, per: \"1h\" }}, cooldown: \"1s\" }};\nfn evaluate(node, state) {{}}\n"),
+            )
+            .unwrap()
+        };
+        let mut d = Decider::new(rt.clone(), Gate::for_fixtures(Default::default()), Backoff { first_ms: 300_000, max_ms: 3_600_000 });
+        d.install(pb("fast", "1s"));
+        d.install(pb("slow", "10s"));
+        let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+        for i in 0..100i64 {
+            // Late by 0 or 1 ms, alternately: the pattern that skipped.
+            let now = 1_000_000 + i * 1000 + (i % 2);
+            let due = d.plan::<()>(now, false, &mut |_| Ok(())).unwrap();
+            for x in due {
+                *counts.entry(x.pb.meta.name.clone()).or_default() += 1;
+            }
+        }
+        assert_eq!(counts["fast"], 100, "{counts:?}");
+        assert_eq!(counts["slow"], 10, "{counts:?}");
+        // A tick half a second after an evaluation (no wake-up) does not evaluate again.
+        let due = d.plan::<()>(1_000_000 + 99 * 1000 + 500, false, &mut |_| Ok(())).unwrap();
+        assert!(due.is_empty(), "{:?}", due.iter().map(|x| &x.pb.meta.name).collect::<Vec<_>>());
     }
 }
