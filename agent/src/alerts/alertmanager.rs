@@ -345,7 +345,7 @@ pub async fn run(p: Prepared, s: SinkConfig, classes: Vec<Class>, ctx: Context) 
                     alerts.extend(state.apply(&r, &classes, now));
                 }
                 if alerts.is_empty() {
-                    let _ = feed.commit(last);
+                    feed.advance(last, &p.name);
                 } else {
                     pending = Some((last, oldest, alerts));
                 }
@@ -369,9 +369,7 @@ pub async fn run(p: Prepared, s: SinkConfig, classes: Vec<Class>, ctx: Context) 
                 last_error = None;
                 memory.clear();
                 if let Some((seq, _, _)) = pending.take() {
-                    if let Err(e) = feed.commit(seq) {
-                        tracing::warn!(message = "Alert cursor not writable; records may be sent again.", error_code = "alert_cursor_write", sink = %p.name, error = %e);
-                    }
+                    feed.advance(seq, &p.name);
                 }
                 if *stop.borrow() {
                     break;
@@ -385,7 +383,7 @@ pub async fn run(p: Prepared, s: SinkConfig, classes: Vec<Class>, ctx: Context) 
                 tracing::warn!(message = "Alert batch refused by the receiver; dropped.", error_code = "alert_rejected", sink = %p.name, alerts = n, error = %e);
                 memory.clear();
                 if let Some((seq, _, _)) = pending.take() {
-                    let _ = feed.commit(seq);
+                    feed.advance(seq, &p.name);
                 }
                 if pause(&mut stop, backoff.failed()).await {
                     break;

@@ -173,6 +173,14 @@ impl Feed {
         out
     }
 
+    /// [`commit`](Self::commit), with a failure logged (the records may then be sent again):
+    /// every place a sink moves past records calls this.
+    pub fn advance(&mut self, seq: u64, sink: &str) {
+        if let Err(e) = self.commit(seq) {
+            tracing::warn!(message = "Alert cursor not writable; records may be sent again.", error_code = "alert_cursor_write", sink, error = %e);
+        }
+    }
+
     /// The sink accepted everything up to `seq`: the cursor moves and is written.
     pub fn commit(&mut self, seq: u64) -> std::io::Result<()> {
         use std::io::Write;

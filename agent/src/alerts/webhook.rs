@@ -56,7 +56,7 @@ pub async fn run(p: Prepared, s: SinkConfig, classes: Vec<Class>, ctx: Context) 
                     batch.push(n);
                 }
                 if batch.is_empty() {
-                    let _ = feed.commit(last);
+                    feed.advance(last, &p.name);
                 } else {
                     pending = Some((last, batch));
                 }
@@ -85,9 +85,7 @@ pub async fn run(p: Prepared, s: SinkConfig, classes: Vec<Class>, ctx: Context) 
                     None => outage_sent = unwritable.take().map(|n| n.ts_ms),
                     Some(seq) => {
                         pending = None;
-                        if let Err(e) = feed.commit(seq) {
-                            tracing::warn!(message = "Alert cursor not writable; records may be sent again.", error_code = "alert_cursor_write", sink = %p.name, error = %e);
-                        }
+                        feed.advance(seq, &p.name);
                     }
                 }
                 if *stop.borrow() {
@@ -103,7 +101,7 @@ pub async fn run(p: Prepared, s: SinkConfig, classes: Vec<Class>, ctx: Context) 
                     None => outage_sent = unwritable.take().map(|n| n.ts_ms),
                     Some(seq) => {
                         pending = None;
-                        let _ = feed.commit(seq);
+                        feed.advance(seq, &p.name);
                     }
                 }
                 if pause(&mut stop, backoff.failed()).await {
