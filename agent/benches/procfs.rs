@@ -353,7 +353,7 @@ fn scan(c: &mut Criterion) {
     let boot_time = cpu::read_stat(Path::new("/proc")).unwrap().boot_time;
     let sockets = sockets::InodeStates::new();
     let ours = |prev: &HashMap<i64, process::ProcMemo>, scan_fds: bool| {
-        let cx = ProcContext { boot_time, clk_tck, page_size, elapsed_secs: 1.0, prev, sockets: &sockets, scan_fds };
+        let cx = ProcContext { boot_time, clk_tck, page_size, elapsed_secs: 1.0, uptime_secs: None, prev, sockets: &sockets, scan_fds };
         let mut memo = HashMap::new();
         let mut out = Vec::new();
         for e in std::fs::read_dir("/proc").unwrap().flatten() {

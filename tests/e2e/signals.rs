@@ -223,6 +223,31 @@ fn live_host_sample_has_this_process() {
     assert!(snap.metrics.contains_key("mem.used_pct"));
 }
 
+/// A process that started since the previous sample has its CPU % on the first sample that
+/// sees it (its average since it started), so a new runaway is not a tick late.
+#[test]
+fn a_new_busy_process_has_its_cpu_pct_on_the_first_sample_that_sees_it() {
+    let mut s = Sampler::new(Roots::default());
+    s.sample(signals_now());
+    let mut busy = std::process::Command::new("/bin/sh").args(["-c", "while :; do :; done"]).spawn().unwrap();
+    let idle = std::process::Command::new("/bin/sleep").arg("30").spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    let snap = s.sample(signals_now());
+    let cpu = |pid: u32| snap.processes.iter().find(|p| p.pid == pid as i64).and_then(|p| p.cpu_pct);
+    let (b, i) = (cpu(busy.id()), cpu(idle.id()));
+    for mut c in [busy, idle] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    // Two cores: the loop gets most of one (10 ms ticks over ~0.6 s: a few % either way).
+    assert!(b.is_some_and(|v| v >= 70.0), "busy loop on its first sample: {b:?}");
+    assert!(i.is_some_and(|v| v < 10.0), "sleeping process on its first sample: {i:?}");
+    // The agent's own first sample cannot know how old a process's CPU time is: unknown.
+    let first = Sampler::new(Roots::default()).sample(signals_now());
+    let me = first.processes.iter().find(|p| p.pid == std::process::id() as i64).unwrap();
+    assert_eq!(me.cpu_pct, None);
+}
+
 fn signals_now() -> i64 {
     medic::audit::now_ms()
 }

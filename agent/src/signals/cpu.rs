@@ -138,3 +138,9 @@ pub fn read_stat(proc_root: &Path) -> Result<Stat, ParseError> {
     let file = proc_root.join("stat");
     parse_stat(&file, &read(&file)?)
 }
+
+/// Seconds since boot, the first field of `/proc/uptime` (`None` when it does not parse: the
+/// one use, a new process's age, then stays unknown).
+pub fn parse_uptime(text: &str) -> Option<f64> {
+    text.split_ascii_whitespace().next()?.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0)
+}

@@ -351,6 +351,7 @@ impl Sampler {
             clk_tck: self.clk_tck,
             page_size: self.page_size,
             elapsed_secs: secs,
+            uptime_secs: read(&self.roots.proc.join("uptime")).ok().and_then(|t| cpu::parse_uptime(&t)),
             prev: &self.prev.procs,
             sockets: inodes,
             scan_fds,

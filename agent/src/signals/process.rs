@@ -241,6 +241,9 @@ pub struct ProcContext<'a> {
     pub clk_tck: u64,
     pub page_size: u64,
     pub elapsed_secs: f64,
+    /// Seconds since boot now (`/proc/uptime`, to 10 ms): the age of a process first seen, whose
+    /// CPU % is then its average since it started (it started within the last interval).
+    pub uptime_secs: Option<f64>,
     pub prev: &'a std::collections::HashMap<i64, ProcMemo>,
     pub sockets: &'a InodeStates,
     /// Scan `/proc/<pid>/fd` this sample (else reuse the last scan of the same process).
@@ -338,9 +341,22 @@ pub fn read_process(
             (fds, tcp, fd_limit)
         }
     };
-    let cpu_pct = prev
-        .filter(|_| cx.elapsed_secs > 0.0)
-        .map(|p| st.cpu_ticks.saturating_sub(p.cpu_ticks) as f64 / cx.clk_tck as f64 / cx.elapsed_secs * 100.0);
+    let cpu_pct = match prev {
+        Some(p) if cx.elapsed_secs > 0.0 => {
+            Some(st.cpu_ticks.saturating_sub(p.cpu_ticks) as f64 / cx.clk_tck as f64 / cx.elapsed_secs * 100.0)
+        }
+        Some(_) => None,
+        // Not there at the previous sample: it started since (or its pid was reused), so its
+        // CPU time is all within this interval. Its average since it started is known now, not
+        // a tick later (a new runaway is seen on the first sample). Unknown on the agent's first
+        // sample (a process may be older than any interval) and below 50 ms of age (too few
+        // 10 ms ticks to say).
+        None if cx.elapsed_secs > 0.0 => cx.uptime_secs.and_then(|up| {
+            let age = (up - st.start_ticks as f64 / cx.clk_tck.max(1) as f64).min(cx.elapsed_secs);
+            (age >= 0.05).then(|| st.cpu_ticks as f64 / cx.clk_tck.max(1) as f64 / age * 100.0)
+        }),
+        None => None,
+    };
     let memo = ProcMemo {
         start_ticks: st.start_ticks,
         cpu_ticks: st.cpu_ticks,
