@@ -44,6 +44,15 @@ struct medic_blk_stats {
 	__u64 bytes;
 };
 
+/* One process's CPU time as the scheduler accounts it (sched family, `task_cpu`). */
+struct medic_task_cpu {
+	__u64 total_ns;     /* since the family loaded (or the entry was made) */
+	__u64 window_start; /* bpf_ktime_get_ns() */
+	__u64 window_ns;    /* run time within the window so far */
+	__u32 hot;          /* reported hot in its last window: not again until a window is not */
+	__u32 _pad;
+};
+
 /* Something user space should react to at once. */
 struct medic_event {
 	__u32 kind;       /* MEDIC_EV_* */
@@ -54,6 +63,7 @@ struct medic_event {
 
 #define MEDIC_EV_RETRANS_BURST 1
 #define MEDIC_EV_SOCK_STATE 2
+#define MEDIC_EV_CPU_HOT 3  /* tgid used >= hot_permille of a core over a window; value: its share in per mille */
 #define MEDIC_EV_TEST 99
 
 /* Indexes of the per-family counters arrays. */

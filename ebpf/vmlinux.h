@@ -148,6 +148,7 @@ struct sched_info {
 };
 
 struct task_struct {
+	unsigned int flags;
 	int pid;
 	int tgid;
 	unsigned int __state;

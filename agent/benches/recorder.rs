@@ -195,7 +195,7 @@ fn live(secs: usize, dump: &str) {
         // The wall clock, as the agent stamps: CPU % divides by the interval as it was.
         let s = sampler.sample(medic::audit::now_ms());
         let c2 = cpu_time();
-        r.record(&s, false).unwrap();
+        r.record(&s, medic::signals::wake::Wake::NONE).unwrap();
         record_cpu += cpu_time() - c2;
         sample_cpu += c2 - c;
         let b = postcard::to_allocvec(&Saved::of(&s)).unwrap();
@@ -230,7 +230,7 @@ fn verify(snaps: &[Snapshot]) {
     let dir = tempfile::tempdir().unwrap();
     let mut r = Recorder::open(dir.path(), &RecorderConfig { max_bytes: 1 << 40, ..Default::default() }).unwrap();
     for s in snaps {
-        r.record(s, false).unwrap();
+        r.record(s, medic::signals::wake::Wake::NONE).unwrap();
     }
     r.close().unwrap();
     let mut n = 0;
@@ -254,7 +254,7 @@ fn breakdown(snaps: &[Snapshot]) {
     let mut enc = format::Encoder::default();
     let mut parts: Vec<(&'static str, Vec<u8>)> = Vec::new();
     for s in snaps {
-        for (i, (name, bytes)) in enc.encode(s, false).parts().into_iter().enumerate() {
+        for (i, (name, bytes)) in enc.encode(s, medic::signals::wake::Wake::NONE).parts().into_iter().enumerate() {
             if parts.len() <= i {
                 parts.push((name, Vec::new()));
             }
@@ -321,7 +321,7 @@ fn measure(what: &str, frames: usize, snap: impl Fn(usize) -> Snapshot, level: u
     for i in 0..frames {
         let s = snap(i);
         let t = Instant::now();
-        r.record(&s, false).unwrap();
+        r.record(&s, medic::signals::wake::Wake::NONE).unwrap();
         spent += t.elapsed();
         if i == 0 {
             first_ms = s.ts_ms;

@@ -27,3 +27,4 @@ mod signals;
 mod sockets;
 mod systemd;
 mod util;
+mod wake;

@@ -229,7 +229,7 @@ fn live_host_sample_has_this_process() {
 fn a_new_busy_process_has_its_cpu_pct_on_the_first_sample_that_sees_it() {
     let mut s = Sampler::new(Roots::default());
     s.sample(signals_now());
-    let mut busy = std::process::Command::new("/bin/sh").args(["-c", "while :; do :; done"]).spawn().unwrap();
+    let busy = std::process::Command::new("/bin/sh").args(["-c", "while :; do :; done"]).spawn().unwrap();
     let idle = std::process::Command::new("/bin/sleep").arg("30").spawn().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(600));
     let snap = s.sample(signals_now());

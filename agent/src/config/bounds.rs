@@ -53,9 +53,17 @@ pub(super) fn check(cfg: &Config, file: &str, text: &str) -> Result<(), ConfigEr
     range("signals.history_secs", sg.history_secs, 1, MONTH_SECS, " seconds")?;
     range("signals.max_series", sg.max_series as u64, 1, MAX_SERIES, "")?;
     range("signals.socket_scan_every", sg.socket_scan_every, 1, 3_600, " samples")?;
+    if sg.fast_interval_ms != 0 {
+        range("signals.fast_interval_ms", sg.fast_interval_ms, 20, 60_000, " ms (0: off)")?;
+    }
+    if !(0.1..=50.0).contains(&sg.fast_step_pct) {
+        let v = sg.fast_step_pct;
+        return Err(at("signals.fast_step_pct", format!("signals.fast_step_pct: {v} is out of range: must be 0.1..=50 percentage points")));
+    }
     range("signals.ebpf.sched_sample_every", sg.ebpf.sched_sample_every.into(), 1, 1 << 16, "")?;
     range("signals.ebpf.retrans_burst", sg.ebpf.retrans_burst, 1, 1 << 32, "")?;
     range("signals.ebpf.close_wait_threshold", sg.ebpf.close_wait_threshold.max(0) as u64, 1, 1 << 32, "")?;
+    range("signals.ebpf.cpu_hot_pct", sg.ebpf.cpu_hot_pct, 10, 100, "")?;
     range("playbooks.disable_secs", pb.disable_secs, 1, MONTH_SECS, " seconds")?;
     range("playbooks.max_disable_secs", pb.max_disable_secs, 1, MONTH_SECS, " seconds")?;
     range("playbooks.limits.max_operations", lim.max_operations, 1, MAX_OPERATIONS, "")?;
@@ -250,9 +258,11 @@ mod tests {
         ("signals", "history_secs"),
         ("signals", "max_series"),
         ("signals", "socket_scan_every"),
+        ("signals", "fast_interval_ms"),
         ("signals.ebpf", "sched_sample_every"),
         ("signals.ebpf", "retrans_burst"),
         ("signals.ebpf", "close_wait_threshold"),
+        ("signals.ebpf", "cpu_hot_pct"),
         ("playbooks", "disable_secs"),
         ("playbooks", "max_disable_secs"),
         ("playbooks.limits", "max_operations"),

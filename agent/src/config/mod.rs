@@ -175,6 +175,12 @@ pub struct SignalsConfig {
     /// The TCP tables (socket counts per state, peers) and per-process fds (open fds, sockets
     /// per process) are read every this many samples: they are the costliest part of a sample.
     pub socket_scan_every: u64,
+    /// Cheap signals (each mount's usage) are read this often between ticks, in ms; one that
+    /// moved by `fast_step_pct` points wakes the playbooks that read it at once (0: off).
+    pub fast_interval_ms: u64,
+    /// How far (in percentage points) a mount's `used_pct` or `inodes_used_pct` must move since
+    /// the last sample to wake an evaluation.
+    pub fast_step_pct: f64,
     /// procfs root (tests point it at fixture trees).
     pub proc_root: PathBuf,
     /// The eBPF families (`[signals.ebpf]`).
@@ -190,6 +196,8 @@ impl Default for SignalsConfig {
             history_secs: 600,
             max_series: 16384,
             socket_scan_every: 5,
+            fast_interval_ms: 100,
+            fast_step_pct: 1.0,
             ebpf: Default::default(),
             proc_root: "/proc".into(),
             sys_root: "/sys".into(),

@@ -74,8 +74,11 @@ pub struct Agent {
     files_declared: crate::signals::files::Declared,
     state_dir: PathBuf,
     mode: ModeState,
-    /// The next tick evaluates every playbook, due or not (set by an eBPF wake-up).
-    force_next: bool,
+    /// What woke the next tick early (eBPF events, the fast disk watch): the playbooks that read
+    /// it evaluate, due or not.
+    force_next: crate::signals::wake::Wake,
+    /// `signals.fast_interval_ms` and `fast_step_pct`: the fast watch `serve` starts.
+    fast: (u64, f64),
     /// How replication to the broker is doing, when it is on.
     pub replication: Option<tokio::sync::watch::Receiver<crate::forward::Health>>,
     /// Checks signed fleet commands.

@@ -118,6 +118,8 @@ pub async fn run(
     })?;
     // Probes and program sensors run as tasks on this runtime from here on.
     agent.start_sensors();
+    let bell = std::sync::Arc::new(crate::signals::wake::Doorbell::default());
+    agent.start_fast_watch(bell.clone());
     let StopSignals { mut term, mut int } = stops;
     let mut hup = signal(SignalKind::hangup())?;
     let mut ticker = tokio::time::interval(Duration::from_secs(interval_secs));
@@ -136,10 +138,17 @@ pub async fn run(
             _ = readable(rings.get(1)) => {
                 if busy { woken_while_busy = true } else { wake_at = wake(&mut agent, last_wake).or(wake_at) }
             }
+            _ = readable(rings.get(2)) => {
+                if busy { woken_while_busy = true } else { wake_at = wake(&mut agent, last_wake).or(wake_at) }
+            }
+            w = bell.rung() => {
+                agent.wake_next(w);
+                if busy { woken_while_busy = true } else { wake_at = wake(&mut agent, last_wake).or(wake_at) }
+            }
             _ = tokio::time::sleep_until(wake_at.unwrap_or_else(tokio::time::Instant::now)), if wake_at.is_some() && !busy => {
                 wake_at = None;
                 last_wake = tokio::time::Instant::now();
-                tracing::info!(message = "Woken by an eBPF event.");
+                tracing::info!(message = "Woken early.", woken_by = %agent.woken());
                 busy = start_tick(&mut agent, &job_tx);
             }
             _ = ticker.tick() => {
@@ -234,13 +243,16 @@ fn start_tick(agent: &mut Agent, jobs: &std::sync::mpsc::Sender<EvalJob>) -> boo
     }
 }
 
-/// An eBPF event: drains the rings; when there were events, the time of the tick they call for
-/// (at once, or 200 ms after the last such tick).
+/// An eBPF event or the fast watch: drains the rings; when something woke the next tick, the
+/// time of that tick (at once, or 200 ms after the last such tick, which bounds what a storm of
+/// wake-ups costs).
 fn wake(agent: &mut Agent, last: tokio::time::Instant) -> Option<tokio::time::Instant> {
-    let n = agent.drain_events();
-    if n == 0 {
+    let events = agent.drain_events();
+    if !events.is_empty() {
+        tracing::debug!(message = "eBPF events.", woken_by = %events);
+    }
+    if agent.woken().is_empty() {
         return None;
     }
-    tracing::debug!(message = "eBPF events.", events = n);
     Some((last + Duration::from_millis(200)).max(tokio::time::Instant::now()))
 }

@@ -14,6 +14,7 @@ use crate::gate::Decision;
 use crate::metrics::Metrics;
 use crate::playbooks::Runtime;
 use crate::signals::history::History;
+use crate::signals::wake::Wake;
 use crate::signals::{Sampler, Snapshot};
 use crate::telemetry::ids;
 use serde_json::json;
@@ -45,7 +46,7 @@ pub(super) struct Sensing {
 impl Sensing {
     /// Records a sample (a failure is logged, at most once a minute: the recording is for
     /// replay, never a reason to stop sensing or deciding).
-    pub fn record(&mut self, snap: &Snapshot, forced: bool) {
+    pub fn record(&mut self, snap: &Snapshot, forced: Wake) {
         if let Some(r) = self.recorder.as_mut() {
             if let Err(e) = r.record(snap, forced) {
                 let now = snap.ts_ms;
@@ -66,8 +67,9 @@ pub struct EvalJob {
     /// The snapshot to use (a test's); `None`: sample at `now`.
     input: Option<Snapshot>,
     pub(super) now: i64,
-    /// An eBPF wake-up: every playbook evaluates (recorded with the sample, for replay).
-    forced: bool,
+    /// What woke this tick early (recorded with the sample, for replay): the playbooks that
+    /// read it evaluate, due or not.
+    forced: Wake,
     due: Vec<Due>,
     metrics: Arc<Metrics>,
 }
@@ -91,7 +93,7 @@ impl EvalJob {
     pub fn run(self) -> Evaluated {
         let EvalJob { rt, mut sense, input, now, forced, due, metrics } = self;
         let t = std::time::Instant::now();
-        let snap = input.unwrap_or_else(|| sense.sampler.sample(now));
+        let snap = input.unwrap_or_else(|| sense.sampler.sample_woken(now, forced));
         metrics.sampled(t.elapsed().as_secs_f64());
         for family in ["tcp", "sock"] {
             if let Some(n) = snap.metrics.get(&format!("ebpf.{family}.events_dropped")) {
@@ -257,13 +259,35 @@ impl Agent {
         self.sense.as_ref().and_then(|s| s.sampler.ebpf()).map(|e| e.event_fds()).unwrap_or_default()
     }
 
-    /// Takes pending eBPF events; returns how many there were. When there were any, the next
-    /// tick evaluates every playbook at once, due or not. None are taken while an evaluation
-    /// holds the sampler (they wait in their ring).
-    pub fn drain_events(&mut self) -> usize {
-        let n = self.sense.as_mut().and_then(|s| s.sampler.ebpf_mut()).map(|e| e.drain_events().len()).unwrap_or(0);
-        self.force_next |= n > 0;
-        n
+    /// Takes pending eBPF events; returns what they woke (none when there were none). The next
+    /// tick then evaluates the playbooks that read it, due or not. None are taken while an
+    /// evaluation holds the sampler (they wait in their ring).
+    pub fn drain_events(&mut self) -> Wake {
+        let events = self.sense.as_mut().and_then(|s| s.sampler.ebpf_mut()).map(|e| e.drain_events()).unwrap_or_default();
+        let woke = events.iter().fold(Wake::NONE, |w, e| w | Wake::of_event(e.kind));
+        self.force_next |= woke;
+        woke
+    }
+
+    /// Something outside the eBPF rings (the fast disk watch) woke the next tick.
+    pub fn wake_next(&mut self, w: Wake) {
+        self.force_next |= w;
+    }
+
+    /// What the next tick was woken by so far.
+    pub fn woken(&self) -> Wake {
+        self.force_next
+    }
+
+    /// Starts the fast watch (`signals::fast`), ringing `bell` when a mount's usage moves; off
+    /// when `signals.fast_interval_ms` is 0. Only while no evaluation holds the sampler.
+    pub fn start_fast_watch(&mut self, bell: Arc<crate::signals::wake::Doorbell>) {
+        let (ms, step) = self.fast;
+        let Some(sense) = self.sense.as_mut().filter(|_| ms > 0) else { return };
+        match crate::signals::fast::FastWatch::start(std::time::Duration::from_millis(ms), step, move |w| bell.ring(w)) {
+            Ok(w) => sense.sampler.with_fast_watch(w),
+            Err(e) => tracing::warn!(message = "Fast watch not started: disk changes wait for the next tick.", error = %e),
+        }
     }
 }
 

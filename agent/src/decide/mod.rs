@@ -184,9 +184,15 @@ impl Decider {
         self.slots.keys().cloned().collect()
     }
 
-    /// The playbooks due at `now` (every one when `force`: an eBPF wake-up), re-enabling
-    /// (through `sink`) those whose back-off ended. A sink error stops the plan there.
-    pub fn plan<E>(&mut self, now: i64, force: bool, sink: &mut dyn FnMut(Event<'_>) -> Result<(), E>) -> Result<Vec<Due>, E> {
+    /// The playbooks due at `now`, and, when the tick was woken early (`wake`: an eBPF event, the
+    /// fast disk watch), those that read what woke it (`Playbook::wakes`), re-enabling (through
+    /// `sink`) those whose back-off ended. A sink error stops the plan there.
+    pub fn plan<E>(
+        &mut self,
+        now: i64,
+        wake: crate::signals::wake::Wake,
+        sink: &mut dyn FnMut(Event<'_>) -> Result<(), E>,
+    ) -> Result<Vec<Due>, E> {
         let mut due = Vec::new();
         for (file, slot) in self.slots.iter_mut() {
             if let Some(until) = slot.disabled_until {
@@ -196,7 +202,9 @@ impl Decider {
                 slot.disabled_until = None;
                 sink(Event::Enabled { pb: &slot.pb })?;
             }
-            if !force && slot.last_eval_ms.is_some_and(|t| now - t < slot.pb.meta.interval_ms - due_slack_ms(slot.pb.meta.interval_ms)) {
+            if !slot.pb.wakes.intersects(wake)
+                && slot.last_eval_ms.is_some_and(|t| now - t < slot.pb.meta.interval_ms - due_slack_ms(slot.pb.meta.interval_ms))
+            {
                 continue;
             }
             slot.last_eval_ms = Some(now);
@@ -319,9 +327,9 @@ pub struct Step {
 }
 
 impl Timeline {
-    /// One tick on `snap` (its `ts_ms` is the clock); `forced`: every playbook evaluates (an
-    /// eBPF wake-up in the recording).
-    pub fn tick(&mut self, snap: Snapshot, forced: bool) -> Step {
+    /// One tick on `snap` (its `ts_ms` is the clock); `forced`: what woke it early, in the
+    /// recording (the playbooks that read it evaluate, due or not).
+    pub fn tick(&mut self, snap: Snapshot, forced: crate::signals::wake::Wake) -> Step {
         let now = snap.ts_ms;
         Arc::make_mut(&mut self.history).push(&snap);
         let snap = Arc::new(snap);
@@ -353,6 +361,7 @@ impl Timeline {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::signals::wake::Wake;
 
     /// A 1 s playbook on 1 s ticks that jitter by a millisecond is evaluated at every tick
     /// (it used to skip the tick that came 999 ms after a late one), and never twice within a
@@ -374,7 +383,7 @@ mod tests {
         for i in 0..100i64 {
             // Late by 0 or 1 ms, alternately: the pattern that skipped.
             let now = 1_000_000 + i * 1000 + (i % 2);
-            let due = d.plan::<()>(now, false, &mut |_| Ok(())).unwrap();
+            let due = d.plan::<()>(now, Wake::NONE, &mut |_| Ok(())).unwrap();
             for x in due {
                 *counts.entry(x.pb.meta.name.clone()).or_default() += 1;
             }
@@ -382,7 +391,7 @@ mod tests {
         assert_eq!(counts["fast"], 100, "{counts:?}");
         assert_eq!(counts["slow"], 10, "{counts:?}");
         // A tick half a second after an evaluation (no wake-up) does not evaluate again.
-        let due = d.plan::<()>(1_000_000 + 99 * 1000 + 500, false, &mut |_| Ok(())).unwrap();
+        let due = d.plan::<()>(1_000_000 + 99 * 1000 + 500, Wake::NONE, &mut |_| Ok(())).unwrap();
         assert!(due.is_empty(), "{:?}", due.iter().map(|x| &x.pb.meta.name).collect::<Vec<_>>());
     }
 }

@@ -62,7 +62,7 @@ impl Replay {
     }
 
     /// Plays one recorded frame; returns its decisions.
-    pub fn feed(&mut self, snap: Snapshot, forced: bool) -> Step {
+    pub fn feed(&mut self, snap: Snapshot, forced: crate::signals::wake::Wake) -> Step {
         let ts = snap.ts_ms;
         self.first_ms.get_or_insert(ts);
         self.last_ms = Some(ts);

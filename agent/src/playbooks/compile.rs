@@ -61,9 +61,12 @@ impl Runtime {
         }
         self.check_calls(file, &ast, &meta)?;
         let reads = key_patterns(&ast);
+        let wakes =
+            crate::signals::wake::Wake::of_playbook(reads.iter().map(String::as_str), method_names(&ast).iter().map(String::as_str));
         // `debug` lines name their playbook.
         ast.set_source(meta.name.as_str());
-        Ok(Playbook { meta, file: file.to_string(), sha256: hex::encode(Sha256::digest(source.as_bytes())), ast: Arc::new(ast), reads })
+        let sha256 = hex::encode(Sha256::digest(source.as_bytes()));
+        Ok(Playbook { meta, file: file.to_string(), sha256, ast: Arc::new(ast), reads, wakes })
     }
 
     /// A literal window longer than the history (or `x_of_y` over more points than it holds)
@@ -175,6 +178,18 @@ impl Runtime {
         });
         found.map_or(Ok(()), Err)
     }
+}
+
+/// The names of the methods a script calls (`node.mounts()` → `mounts`).
+fn method_names(ast: &AST) -> std::collections::BTreeSet<String> {
+    let mut found = std::collections::BTreeSet::new();
+    ast.walk(&mut |path: &[ASTNode]| {
+        if let Some(ASTNode::Expr(Expr::MethodCall(x, _))) = path.last() {
+            found.insert(x.name.to_string());
+        }
+        true
+    });
+    found
 }
 
 /// The strings of a script that look like history keys, each interpolation as `*`

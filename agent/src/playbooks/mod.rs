@@ -68,6 +68,9 @@ pub struct Playbook {
     /// read at every evaluation, so the history keeps them before the script first reads them
     /// (a process becomes hot after the cap filled).
     pub reads: Vec<String>,
+    /// What wakes it before its interval (`signals::wake`): the classes of the keys it names
+    /// and of the node functions it calls.
+    pub wakes: crate::signals::wake::Wake,
 }
 
 /// What the history holds, for the static window checks. Built from `[signals]` by `config`

@@ -191,7 +191,7 @@ fn run_case(
             next_step += 1;
         }
         cur.ts_ms = epoch.saturating_add(t);
-        let step = timeline.tick(cur.clone(), false);
+        let step = timeline.tick(cur.clone(), crate::signals::wake::Wake::NONE);
         if let Some((_, error, _)) = step.disabled.first() {
             return Err(format!("at {}s: {error}", t / 1000));
         }

@@ -132,7 +132,8 @@ const SOCKET_SOURCES: [&str; 3] = ["", "netlink", "procfs"];
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct FrameRec {
     ts_ms: i64,
-    forced: bool,
+    /// What woke the tick (`Wake::to_byte`: 0 none, 1 every class, as version 3's bool).
+    forced: u8,
     /// Keys appended to the segment's key table.
     new_keys: Vec<String>,
     /// Indices of the metrics set (new or changed), ascending, as gaps from the previous one
@@ -330,9 +331,9 @@ impl Encoder {
     }
 
     /// The frame for `s`, against the previous one (a key frame for the first).
-    pub fn encode(&mut self, s: &Snapshot, forced: bool) -> FrameRec {
+    pub fn encode(&mut self, s: &Snapshot, forced: crate::signals::wake::Wake) -> FrameRec {
         self.frames += 1;
-        let mut f = FrameRec { ts_ms: s.ts_ms, forced, ..Default::default() };
+        let mut f = FrameRec { ts_ms: s.ts_ms, forced: forced.to_byte(), ..Default::default() };
 
         let mut set: Vec<(u32, u64)> = Vec::new();
         for (k, v) in &s.metrics {
@@ -449,7 +450,7 @@ fn ungap(g: &[u32], limit: usize) -> Option<Vec<usize>> {
 
 impl Decoder {
     /// Applies one frame; `Err` carries why it does not decode.
-    pub fn apply(&mut self, f: FrameRec) -> Result<(Snapshot, bool), String> {
+    pub fn apply(&mut self, f: FrameRec) -> Result<(Snapshot, crate::signals::wake::Wake), String> {
         if self.keys.len() + f.new_keys.len() > MAX_KEYS {
             return Err(format!("more than {MAX_KEYS} metric keys in one segment"));
         }
@@ -528,6 +529,6 @@ impl Decoder {
             s.errors = v;
         }
         self.prev = s.clone();
-        Ok((s, f.forced))
+        Ok((s, crate::signals::wake::Wake::from_byte(f.forced)))
     }
 }

@@ -27,7 +27,7 @@ pub const DIR_NAME: &str = "recording";
 #[derive(Debug, Clone, PartialEq)]
 pub struct Frame {
     pub snap: Snapshot,
-    pub forced: bool,
+    pub forced: crate::signals::wake::Wake,
 }
 
 /// `[recorder]` in the config.

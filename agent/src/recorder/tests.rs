@@ -5,6 +5,7 @@ use crate::signals::disk::Mount;
 use crate::signals::ebpf::{sched::RunqEntry, tcp::RetransEntry};
 use crate::signals::process::{ProcessInfo, UnitInfo};
 use crate::signals::sockets::PeerInfo;
+use crate::signals::wake::Wake;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -107,7 +108,16 @@ fn read_all(path: &Path) -> Vec<Frame> {
 }
 
 /// Compares bit for bit (Snapshot's `==` takes 0.0 for -0.0), and by value.
-fn assert_same(got: &Frame, want: &Snapshot, forced: bool) {
+/// Frames 4 and 13 woken by everything (what version 3 recorded), 22 by a disk and a tcp event.
+fn woken(i: usize) -> Wake {
+    match i % 9 {
+        4 if i < 20 => Wake::ALL,
+        4 => Wake::DISK | Wake::TCP,
+        _ => Wake::NONE,
+    }
+}
+
+fn assert_same(got: &Frame, want: &Snapshot, forced: Wake) {
     assert_eq!(got.forced, forced);
     assert_eq!(&got.snap, want, "at {}", want.ts_ms);
     let bits = |s: &Snapshot| s.metrics.iter().map(|(k, v)| (k.clone(), v.to_bits())).collect::<Vec<_>>();
@@ -123,13 +133,13 @@ fn varied_snapshots_read_back_equal_bit_for_bit() {
     let mut r = Recorder::open(&rec_dir, &cfg()).unwrap();
     let snaps: Vec<Snapshot> = (0..60).map(snap).collect();
     for (i, s) in snaps.iter().enumerate() {
-        r.record(s, i % 9 == 4).unwrap();
+        r.record(s, woken(i)).unwrap();
     }
     r.close().unwrap();
     let got = read_all(&rec_dir);
     assert_eq!(got.len(), snaps.len());
     for (i, (g, w)) in got.iter().zip(&snaps).enumerate() {
-        assert_same(g, w, i % 9 == 4);
+        assert_same(g, w, woken(i));
     }
     // Modes: the directory 0700, segments 0600.
     assert_eq!(std::fs::metadata(&rec_dir).unwrap().permissions().mode() & 0o777, 0o700);
@@ -148,7 +158,7 @@ fn a_process_list_not_sorted_by_pid_reads_back_in_its_order() {
         if i % 2 == 1 {
             s.processes.reverse();
         }
-        r.record(&s, false).unwrap();
+        r.record(&s, Wake::NONE).unwrap();
         snaps.push(s);
     }
     r.close().unwrap();
@@ -161,16 +171,16 @@ fn frames_are_readable_once_flushed_while_the_writer_runs() {
     let dir = tempfile::tempdir().unwrap();
     let mut r = Recorder::open(dir.path(), &RecorderConfig { flush_secs: 10, ..Default::default() }).unwrap();
     for i in 0..5 {
-        r.record(&snap(i), false).unwrap();
+        r.record(&snap(i), Wake::NONE).unwrap();
     }
     // Held in memory for up to flush_secs of the recorded clock.
     assert_eq!(read_all(dir.path()).len(), 0);
     for i in 5..11 {
-        r.record(&snap(i), false).unwrap();
+        r.record(&snap(i), Wake::NONE).unwrap();
     }
     // The 11th frame is 10 s after the first held one: the block went out.
     assert_eq!(read_all(dir.path()).len(), 11);
-    r.record(&snap(11), false).unwrap();
+    r.record(&snap(11), Wake::NONE).unwrap();
     r.flush().unwrap();
     assert_eq!(read_all(dir.path()).len(), 12);
 }
@@ -180,7 +190,7 @@ fn a_torn_tail_is_ignored() {
     let dir = tempfile::tempdir().unwrap();
     let mut r = Recorder::open(dir.path(), &cfg()).unwrap();
     for i in 0..20 {
-        r.record(&snap(i), false).unwrap();
+        r.record(&snap(i), Wake::NONE).unwrap();
     }
     r.close().unwrap();
     let seg = format::list_segments(dir.path()).unwrap().remove(0).2;
@@ -192,7 +202,7 @@ fn a_torn_tail_is_ignored() {
     let cut = read_all(dir.path());
     assert!(cut.len() < whole && !cut.is_empty(), "{} of {whole}", cut.len());
     for (i, g) in cut.iter().enumerate() {
-        assert_same(g, &snap(i as i64), false);
+        assert_same(g, &snap(i as i64), Wake::NONE);
     }
     f.set_len(format::HEADER_LEN + 3).unwrap();
     assert_eq!(read_all(dir.path()).len(), 0);
@@ -206,7 +216,7 @@ fn a_corrupt_block_is_an_error_naming_file_and_offset_and_later_segments_still_r
     let c = RecorderConfig { flush_secs: 3, segment_secs: 60, ..Default::default() };
     let mut r = Recorder::open(dir.path(), &c).unwrap();
     for i in 0..130 {
-        r.record(&snap(i), false).unwrap();
+        r.record(&snap(i), Wake::NONE).unwrap();
     }
     r.close().unwrap();
     let segs = format::list_segments(dir.path()).unwrap();
@@ -232,7 +242,7 @@ fn a_corrupt_block_is_an_error_naming_file_and_offset_and_later_segments_still_r
     let ok: Vec<_> = all.into_iter().filter_map(Result::ok).collect();
     assert_eq!(ok.len(), 70);
     for g in &ok {
-        assert_same(g, &snap((g.snap.ts_ms - T0) / 1000), false);
+        assert_same(g, &snap((g.snap.ts_ms - T0) / 1000), Wake::NONE);
     }
 
     // A block claiming more than the limit, and a file that is not a recording.
@@ -254,7 +264,7 @@ fn segments_rotate_by_time_each_with_a_key_frame_and_old_ones_are_removed_by_age
     let c = RecorderConfig { flush_secs: 5, segment_secs: 60, max_age_secs: 120, ..Default::default() };
     let mut r = Recorder::open(dir.path(), &c).unwrap();
     for i in 0..150 {
-        r.record(&snap(i), false).unwrap();
+        r.record(&snap(i), Wake::NONE).unwrap();
     }
     let segs = format::list_segments(dir.path()).unwrap();
     assert_eq!(segs.iter().map(|s| s.0).collect::<Vec<_>>(), [T0, T0 + 60_000, T0 + 120_000]);
@@ -262,11 +272,11 @@ fn segments_rotate_by_time_each_with_a_key_frame_and_old_ones_are_removed_by_age
     for (ts, _, p, _) in &segs[..2] {
         let f = read_all(p);
         assert_eq!(f.len(), 60);
-        assert_same(&f[0], &snap((ts - T0) / 1000), false);
+        assert_same(&f[0], &snap((ts - T0) / 1000), Wake::NONE);
     }
     // At 300 s the first two segments (ending at 60 s and 120 s) are older than 120 s.
     for i in 150..301 {
-        r.record(&snap(i), false).unwrap();
+        r.record(&snap(i), Wake::NONE).unwrap();
     }
     r.close().unwrap();
     let segs = format::list_segments(dir.path()).unwrap();
@@ -295,7 +305,7 @@ fn the_oldest_segments_go_when_the_directory_would_hold_more_than_max_bytes() {
     assert_eq!(c.segment_bytes(), 128 << 10);
     let mut r = Recorder::open(dir.path(), &c).unwrap();
     for i in 0..400 {
-        r.record(&noisy(i, 1000), false).unwrap();
+        r.record(&noisy(i, 1000), Wake::NONE).unwrap();
         let total: u64 = format::list_segments(dir.path()).unwrap().iter().map(|s| s.3).sum();
         // One block (about 9 KiB here) over the segment size at most.
         assert!(total <= c.max_bytes + (16 << 10), "{total} at {i}");
@@ -315,7 +325,7 @@ fn an_export_is_one_self_contained_segment_of_the_range() {
     let c = RecorderConfig { flush_secs: 4, segment_secs: 60, ..Default::default() };
     let mut r = Recorder::open(&dir.path().join("rec"), &c).unwrap();
     for i in 0..200 {
-        r.record(&snap(i), i == 77).unwrap();
+        r.record(&snap(i), if i == 77 { Wake::TCP } else { Wake::NONE }).unwrap();
     }
     r.flush().unwrap();
     let dest = dir.path().join("incident.mrec");
@@ -327,7 +337,7 @@ fn an_export_is_one_self_contained_segment_of_the_range() {
     assert_eq!(got.len(), 61);
     for g in &got {
         let i = (g.snap.ts_ms - T0) / 1000;
-        assert_same(g, &snap(i), i == 77);
+        assert_same(g, &snap(i), if i == 77 { Wake::TCP } else { Wake::NONE });
     }
     // An empty range still writes a valid (empty) recording.
     let empty = dir.path().join("empty.mrec");
@@ -357,7 +367,7 @@ mod hostile {
         let dir = tempfile::tempdir().unwrap();
         let mut r = Recorder::open(dir.path(), &RecorderConfig { flush_secs: 2, ..Default::default() }).unwrap();
         for i in 0..12 {
-            r.record(&snap(i), false).unwrap();
+            r.record(&snap(i), Wake::NONE).unwrap();
         }
         r.close().unwrap();
         std::fs::read(format::list_segments(dir.path()).unwrap().remove(0).2).unwrap()
@@ -413,15 +423,15 @@ mod hostile {
     /// Frame bytes that decode but break the delta rules (indices past the key table).
     #[test]
     fn a_frame_naming_a_key_it_never_defined_is_corrupt() {
-        let mut rec = format::Encoder::default().encode(&snap(3), false);
+        let mut rec = format::Encoder::default().encode(&snap(3), Wake::NONE);
         // Re-encode a frame whose `set` points past its table: build it through the bytes.
         let bytes = postcard::to_allocvec(&rec).unwrap();
         rec = postcard::from_bytes(&bytes).unwrap();
         let mut d = format::Decoder::default();
         assert!(d.apply(rec).is_ok());
         let mut e = format::Encoder::default();
-        e.encode(&snap(0), false);
-        let second = e.encode(&snap(1), false);
+        e.encode(&snap(0), Wake::NONE);
+        let second = e.encode(&snap(1), Wake::NONE);
         // Applied to a fresh decoder, the delta names keys the decoder never saw.
         assert!(format::Decoder::default().apply(second).is_err());
     }

@@ -57,7 +57,7 @@ impl Segment {
     }
 
     /// Encodes one frame; writes the block when it is `flush_ms` old or big enough.
-    pub(crate) fn append(&mut self, snap: &Snapshot, forced: bool, flush_ms: i64) -> Result<(), RecorderError> {
+    pub(crate) fn append(&mut self, snap: &Snapshot, forced: crate::signals::wake::Wake, flush_ms: i64) -> Result<(), RecorderError> {
         let rec = self.enc.encode(snap, forced);
         let bytes = postcard::to_allocvec(&rec).map_err(|e| RecorderError::io(&self.path, std::io::Error::other(e)))?;
         if bytes.len() > format::MAX_FRAME_BYTES {
@@ -146,7 +146,7 @@ impl Recorder {
 
     /// Records one tick. After an error the segment is closed and the next frame starts a new
     /// one (a key frame), so one failed write never corrupts what follows.
-    pub fn record(&mut self, snap: &Snapshot, forced: bool) -> Result<(), RecorderError> {
+    pub fn record(&mut self, snap: &Snapshot, forced: crate::signals::wake::Wake) -> Result<(), RecorderError> {
         let r = self.record_inner(snap, forced);
         if r.is_err() {
             self.seg = None;
@@ -154,7 +154,7 @@ impl Recorder {
         r
     }
 
-    fn record_inner(&mut self, snap: &Snapshot, forced: bool) -> Result<(), RecorderError> {
+    fn record_inner(&mut self, snap: &Snapshot, forced: crate::signals::wake::Wake) -> Result<(), RecorderError> {
         let ts = snap.ts_ms;
         let rotate = self.seg.as_ref().is_some_and(|s| {
             ts.saturating_sub(s.start_ms) >= self.segment_ms

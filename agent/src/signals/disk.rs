@@ -99,21 +99,31 @@ pub fn statvfs_into(mount: &Mount, out: &mut BTreeMap<String, f64>) -> std::io::
     let avail = s.f_bavail.saturating_mul(frsize);
     let used = total.saturating_sub(free_root);
     let p = format!("disk.{}", mount.mount_point);
-    // Used percent as df computes it: used / (used + available to non-root).
-    let denom = used + avail;
+    let (used_pct, inodes_used_pct) = used_pcts(&s);
     out.insert(format!("{p}.total_bytes"), total as f64);
     out.insert(format!("{p}.used_bytes"), used as f64);
     out.insert(format!("{p}.free_bytes"), avail as f64);
-    out.insert(format!("{p}.used_pct"), if denom == 0 { 0.0 } else { used as f64 * 100.0 / denom as f64 });
+    out.insert(format!("{p}.used_pct"), used_pct);
     out.insert(format!("{p}.ro"), f64::from(u8::from(s.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY))));
-    if s.f_files > 0 {
+    if let Some(pct) = inodes_used_pct {
         let iused = s.f_files.saturating_sub(s.f_ffree);
         out.insert(format!("{p}.inodes_total"), s.f_files as f64);
         out.insert(format!("{p}.inodes_used"), iused as f64);
         out.insert(format!("{p}.inodes_free"), s.f_ffree as f64);
-        out.insert(format!("{p}.inodes_used_pct"), iused as f64 * 100.0 / s.f_files as f64);
+        out.insert(format!("{p}.inodes_used_pct"), pct);
     }
     Ok(())
+}
+
+/// `used_pct` as df computes it (used / (used + available to non-root)) and `inodes_used_pct`
+/// (none on a filesystem without an inode count), from one statvfs.
+pub fn used_pcts(s: &rustix::fs::StatVfs) -> (f64, Option<f64>) {
+    let frsize = if s.f_frsize > 0 { s.f_frsize } else { s.f_bsize };
+    let used = s.f_blocks.saturating_sub(s.f_bfree).saturating_mul(frsize);
+    let denom = used.saturating_add(s.f_bavail.saturating_mul(frsize));
+    let pct = if denom == 0 { 0.0 } else { used as f64 * 100.0 / denom as f64 };
+    let inodes = (s.f_files > 0).then(|| s.f_files.saturating_sub(s.f_ffree) as f64 * 100.0 / s.f_files as f64);
+    (pct, inodes)
 }
 
 /// Cumulative counters of one block device.

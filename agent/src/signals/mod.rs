@@ -9,6 +9,7 @@
 pub mod cpu;
 pub mod disk;
 pub mod ebpf;
+pub mod fast;
 pub mod files;
 pub mod history;
 pub mod memory;
@@ -19,6 +20,7 @@ pub mod process;
 pub mod sock_diag;
 pub mod sockets;
 pub mod tcp;
+pub mod wake;
 
 use parse::{read, ParseError};
 use process::{ProcContext, ProcMemo, ProcessInfo, UnitInfo};
@@ -109,6 +111,8 @@ pub struct Sampler {
     files: files::Files,
     /// Results of the agent-run sensors (probes, programs), merged into each sample.
     board: Option<probes::Board>,
+    /// The fast watch, told each sample's mounts and usage (the daemon's only).
+    fast: Option<fast::FastWatch>,
 }
 
 impl Sampler {
@@ -141,6 +145,7 @@ impl Sampler {
             prev: Previous::default(),
             files: files::Files::new(files::FilesConfig::default()),
             board: None,
+            fast: None,
         }
     }
 
@@ -168,6 +173,11 @@ impl Sampler {
         self
     }
 
+    /// Has `w` told each sample's mounts and their usage (see [`fast`]).
+    pub fn with_fast_watch(&mut self, w: fast::FastWatch) {
+        self.fast = Some(w);
+    }
+
     pub fn ebpf(&self) -> Option<&ebpf::EbpfSignals> {
         self.ebpf.as_ref()
     }
@@ -178,6 +188,14 @@ impl Sampler {
 
     /// Takes one sample at `ts_ms`. Never fails: what cannot be read is reported inside.
     pub fn sample(&mut self, ts_ms: i64) -> Snapshot {
+        self.sample_woken(ts_ms, wake::Wake::NONE)
+    }
+
+    /// As [`sample`](Self::sample), for a tick woken early by `woken`: the socket tables and
+    /// per-process fds (the costly part, read every `socket_scan_every` samples) are not read
+    /// then, nor is their count of samples moved, so a wake-up is as quick as a sample can be
+    /// and a storm of them costs no scans. The eBPF socket counts are read at every sample.
+    pub fn sample_woken(&mut self, ts_ms: i64, woken: wake::Wake) -> Snapshot {
         let mut s = Snapshot { ts_ms, ..Default::default() };
         let secs = if self.prev.ts_ms > 0 { (ts_ms - self.prev.ts_ms) as f64 / 1000.0 } else { 0.0 };
         let p = self.roots.proc.clone();
@@ -276,8 +294,10 @@ impl Sampler {
         // Sockets: reading the tables makes the kernel walk its whole TCP hash table (about
         // 3 ms per file here, whatever the socket count), so they are read every
         // `socket_scan_every` samples, with the per-process fd scans that need them.
-        let scan = self.samples % self.socket_scan_every == 0;
-        self.samples += 1;
+        let scan = woken.is_empty() && self.samples % self.socket_scan_every == 0 || self.prev.sockets.is_none();
+        if woken.is_empty() {
+            self.samples += 1;
+        }
         if scan {
             self.prev.sockets = Some(self.read_sockets(&mut s));
         }
@@ -307,6 +327,9 @@ impl Sampler {
             e.sample(&mut s);
         }
         self.prev.ts_ms = ts_ms;
+        if let Some(f) = &self.fast {
+            f.baseline(&s);
+        }
         s
     }
 

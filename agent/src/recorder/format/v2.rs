@@ -88,7 +88,7 @@ impl From<FrameRec> for super::FrameRec {
         let procs = |v: Vec<Process>| v.into_iter().map(ProcessInfo::from).collect();
         super::FrameRec {
             ts_ms: f.ts_ms,
-            forced: f.forced,
+            forced: u8::from(f.forced),
             new_keys: f.new_keys,
             set: f.set,
             values: f.values,

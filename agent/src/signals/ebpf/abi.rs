@@ -51,6 +51,9 @@ pub struct Event {
 
 pub const EV_RETRANS_BURST: u32 = 1;
 pub const EV_SOCK_STATE: u32 = 2;
+/// A process ran for at least `hot_permille` of a core over the sched family's window; `value`:
+/// its share in per mille.
+pub const EV_CPU_HOT: u32 = 3;
 
 pub const TCP_RETRANS: u32 = 0;
 pub const TCP_SEND_RESET: u32 = 1;

@@ -49,6 +49,9 @@ pub struct EbpfConfig {
     pub retrans_burst: u64,
     /// A process's CLOSE_WAIT count that wakes the evaluation at once.
     pub close_wait_threshold: i64,
+    /// A process using at least this % of one core over 100 ms (the scheduler's own run time)
+    /// wakes the evaluation at once, with that share as its `cpu_pct`.
+    pub cpu_hot_pct: u64,
 }
 
 impl Default for EbpfConfig {
@@ -59,6 +62,7 @@ impl Default for EbpfConfig {
             sched_sample_every: 8,
             retrans_burst: 100,
             close_wait_threshold: 100,
+            cpu_hot_pct: 90,
         }
     }
 }
@@ -182,6 +186,9 @@ impl EbpfSignals {
         if let Some(fd) = self.sock.as_ref().and_then(|s| s.event_fd()) {
             v.push(fd);
         }
+        if let Some(fd) = self.sched.as_ref().and_then(|s| s.event_fd()) {
+            v.push(fd);
+        }
         v
     }
 
@@ -192,6 +199,9 @@ impl EbpfSignals {
             v.extend(t.drain());
         }
         if let Some(s) = &mut self.sock {
+            v.extend(s.drain());
+        }
+        if let Some(s) = &mut self.sched {
             v.extend(s.drain());
         }
         v

@@ -7,12 +7,18 @@
 //! `ebpf.runq.cgroup.<id>.p99_us` and, where the cgroup is a unit's,
 //! `ebpf.runq.unit.<unit>.p99_us`. `Snapshot::ebpf_runq` lists every cgroup seen, with its
 //! interval and since-load percentiles.
+//!
+//! Hot processes: the C program reports a process that ran for at least `cpu_hot_pct` % of a
+//! core over its 100 ms window (`sched_events`); each report wakes an evaluation and, at the
+//! next sample, is that process's `cpu_pct` (the share over the scheduler's window, the latest
+//! and most precise figure there is; see docs/SIGNALS.md). `ebpf.sched.events_dropped` counts
+//! reports a full ring lost.
 
 use super::abi::{Hist, HIST_SLOTS};
 use super::cgroups::CgroupNames;
 use super::{why, EbpfConfig};
 use crate::signals::Snapshot;
-use aya::maps::{Array, HashMap as BpfHash, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap as BpfHash, MapData, PerCpuArray, RingBuf};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -39,7 +45,15 @@ pub struct Sched {
     prev_node: Hist,
     prev_cgroup: HashMap<u64, Hist>,
     prev_ts: i64,
+    events: RingBuf<MapData>,
+    dropped: PerCpuArray<MapData, u64>,
+    /// Hot reports since the last sample: tgid → share of a core in %.
+    hot: HashMap<u32, f64>,
 }
+
+/// At most this many hot reports are kept between two samples (a report for a process not in
+/// the next sample is dropped with the rest).
+const MAX_HOT: usize = 4096;
 
 impl Sched {
     pub fn load(cfg: &EbpfConfig) -> Result<Self, String> {
@@ -53,10 +67,15 @@ impl Sched {
         let mut bpf = aya::EbpfLoader::new()
             .btf(Some(btf))
             .override_global("sample_mask", &mask, true)
+            .override_global("hot_permille", &(cfg.cpu_hot_pct.clamp(1, 100) * 10), true)
             .load(super::SCHED_OBJ)
             .map_err(|e| format!("load: {}", why(e)))?;
         super::attach_btf(&mut bpf, btf, "runq_switch", "sched_switch")?;
+        super::attach_btf(&mut bpf, btf, "cpu_runtime", "sched_stat_runtime")?;
         Ok(Self {
+            events: super::take(&mut bpf, "sched_events")?,
+            dropped: super::take(&mut bpf, "sched_dropped")?,
+            hot: HashMap::new(),
             epoch: super::take(&mut bpf, "epoch")?,
             node: super::take(&mut bpf, "runq_node")?,
             cgroup: super::take(&mut bpf, "runq_cgroup")?,
@@ -68,6 +87,38 @@ impl Sched {
         })
     }
 
+    /// A duplicate of the event ring's fd (readable when a process became hot).
+    pub fn event_fd(&self) -> Option<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd;
+        self.events.as_fd().try_clone_to_owned().ok()
+    }
+
+    /// Takes the pending hot reports, keeping each process's latest for the next sample.
+    pub fn drain(&mut self) -> Vec<super::abi::Event> {
+        let events = super::drain_ring(&mut self.events);
+        for e in &events {
+            if e.kind == super::abi::EV_CPU_HOT && (self.hot.len() < MAX_HOT || self.hot.contains_key(&e.tgid)) {
+                self.hot.insert(e.tgid, e.value as f64 / 10.0);
+            }
+        }
+        events
+    }
+
+    /// Gives each process reported hot since the last sample the share the scheduler measured.
+    fn apply_hot(&mut self, snap: &mut Snapshot) {
+        // Reports still in the ring (the loop drains it only between evaluations) count too.
+        self.drain();
+        if self.hot.is_empty() {
+            return;
+        }
+        for p in &mut snap.processes {
+            if let Some(pct) = u32::try_from(p.pid).ok().and_then(|pid| self.hot.get(&pid)) {
+                p.cpu_pct = Some(*pct);
+            }
+        }
+        self.hot.clear();
+    }
+
     fn node_hist(&self) -> Hist {
         let mut h = Hist::default();
         for i in 0..HIST_SLOTS {
@@ -77,6 +128,8 @@ impl Sched {
     }
 
     pub fn sample(&mut self, snap: &mut Snapshot, names: &mut CgroupNames) -> Result<(), String> {
+        self.apply_hot(snap);
+        snap.metrics.insert("ebpf.sched.events_dropped".into(), super::percpu_sum(&self.dropped, 0) as f64);
         // Follow another slice of the tasks from now on.
         self.epoch_value = self.epoch_value.wrapping_add(1);
         self.epoch.set(0, self.epoch_value, 0).map_err(|e| format!("epoch: {}", why(e)))?;
