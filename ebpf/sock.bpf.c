@@ -80,7 +80,9 @@ static __always_inline void add(__u32 tgid, __u64 cgroup, __u32 state, __s64 d)
 	}
 	n = __sync_fetch_and_add(v, d) + d;
 added:
-	if (state == TCP_CLOSE_WAIT && d > 0 && n == close_wait_threshold)
+	/* At the threshold and at each multiple of it on the way up: a playbook that waits for a
+	 * higher count is woken when the count passes it, not a tick later. */
+	if (state == TCP_CLOSE_WAIT && d > 0 && n > 0 && (__u64)n % (__u64)close_wait_threshold == 0)
 		close_wait_event(tgid, cgroup, n);
 }
 

@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 /* tcp family: retransmits per (remote address, remote port, local port, owner), counts of
- * resets sent and received, and a ring-buffer event when retransmits on one CPU cross
- * `burst_threshold` within `burst_window_ns` (so the agent evaluates at once).
+ * resets sent and received, and a ring-buffer event when the node's retransmits cross
+ * `burst_threshold` within `burst_window_ns` (so the agent evaluates at once). Node-wide, not
+ * per CPU: a storm's retransmit timers fire on every CPU, and a per-CPU count crossed its
+ * threshold only a round of timers later (an RTO or more, 200 ms at least).
  * Programs: tp_btf/tcp_retransmit_skb, tp_btf/tcp_send_reset, tp_btf/tcp_receive_reset (5.5),
  * and the ownership hooks of owner.bpf.h with this object's own `owners` map (the retransmit
  * reads the owner from it, the state changes are not counted here). Kernel floor of the
@@ -34,7 +36,7 @@ struct burst {
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct burst);
@@ -101,13 +103,14 @@ int BPF_PROG(tcp_retransmit, const struct sock *sk)
 	struct burst *b = bpf_map_lookup_elem(&bursts, &zero);
 	if (b) {
 		__u64 now = bpf_ktime_get_ns();
+		/* CPUs race only at a window's turn: a few retransmits may count in either window. */
 		if (now - b->window_start > burst_window_ns) {
 			b->window_start = now;
 			b->count = 0;
 		}
-		b->count += 1;
-		if (b->count == burst_threshold)
-			emit(MEDIC_EV_RETRANS_BURST, k.tgid, b->count, k.cgroup);
+		__u64 n = __sync_fetch_and_add(&b->count, 1) + 1;
+		if (n == burst_threshold)
+			emit(MEDIC_EV_RETRANS_BURST, k.tgid, n, k.cgroup);
 	}
 	return 0;
 }

@@ -45,9 +45,9 @@ pub struct EbpfConfig {
     pub families: Vec<String>,
     /// Run-queue latency follows one task in this many (a power of two; 1 follows all).
     pub sched_sample_every: u32,
-    /// Retransmits on one CPU within a second that wake the evaluation at once.
+    /// Retransmits on the node within a second that wake the evaluation at once.
     pub retrans_burst: u64,
-    /// A process's CLOSE_WAIT count that wakes the evaluation at once.
+    /// A process's CLOSE_WAIT count that wakes the evaluation at once (and each multiple of it).
     pub close_wait_threshold: i64,
     /// A process using at least this % of one core over 100 ms (the scheduler's own run time)
     /// wakes the evaluation at once, with that share as its `cpu_pct`.
