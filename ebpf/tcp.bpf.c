@@ -13,7 +13,7 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
-const volatile __u64 burst_threshold = 100;
+const volatile __u64 burst_threshold = 50;
 const volatile __u64 burst_window_ns = 1000000000ULL;
 
 struct {

@@ -208,6 +208,11 @@ fn special_cases_parse() {
     // cgroup v1 systemd hierarchy.
     let (u, _) = signals::process::parse_cgroup("12:name=systemd:/system.slice/cron.service\n3:cpu:/\n");
     assert_eq!(u.as_deref(), Some("cron.service"));
+    // Hybrid: the unified hierarchy's root says nothing; the v1 systemd line names the unit.
+    let (u, v2) = signals::process::parse_cgroup("9:name=systemd:/system.slice/cron.service\n1:cpu:/\n0::/\n");
+    assert_eq!((u.as_deref(), v2.as_deref()), (Some("cron.service"), Some("/")));
+    let (u, _) = signals::process::parse_cgroup("1:name=systemd:/system.slice/a.service\n0::/system.slice/b.service\n");
+    assert_eq!(u.as_deref(), Some("b.service"), "v2 wins where it places the process");
 }
 
 #[test]

@@ -827,8 +827,13 @@ impl History {
         (last.0 > t0).then_some(((t0, v0), last))
     }
 
-    /// Last minus first value in the window.
+    /// Last minus first value in the window. Over a window of 0, the change within an instant:
+    /// 0 when the key has a value now (a sustain window set to zero keeps a playbook's "and not
+    /// going down" true, rather than unknown).
     pub fn delta(&self, key: &str, now: i64, w: i64) -> Option<f64> {
+        if w == 0 {
+            return self.covered(key, now, 0)?.next().map(|_| 0.0);
+        }
         let (first, last) = self.ends(key, now, w)?;
         Some(last.1 - first.1)
     }
@@ -900,6 +905,8 @@ mod tests {
         assert_eq!(h.min("x", 3000, 1000), Some(3.0));
         assert_eq!(h.rate("x", 3000, 3000), Some(3.0));
         assert_eq!(h.delta("x", 3000, 3000), Some(9.0));
+        assert_eq!(h.delta("x", 3000, 0), Some(0.0), "over an instant: no change");
+        assert_eq!(h.delta("x", 3000, 1), None, "a window with one point: unknown, as rate");
         assert_eq!(h.percentile("x", 3000, 3000, 50.0), Some(2.0));
         assert_eq!(h.avg("missing", 3000, 1000), None);
         assert_eq!(h.latest("x", 3000), Some(10.0));
@@ -1036,7 +1043,8 @@ mod tests {
                     assert_eq!(bits(h.avg(k, t, w)), exp(&|p| Some(p.iter().fold(0.0, |a, x| a + x.1) / p.len() as f64)), "avg");
                     assert_eq!(bits(h.min(k, t, w)), exp(&|p| p.iter().map(|x| x.1).reduce(f64::min)), "min");
                     assert_eq!(bits(h.max(k, t, w)), exp(&|p| p.iter().map(|x| x.1).reduce(f64::max)), "max");
-                    assert_eq!(bits(h.delta(k, t, w)), exp(&|p| two(p).map(|(a, b)| b.1 - a.1)), "delta");
+                    let delta = |p: &Points| if w == 0 { p.first().map(|_| 0.0) } else { two(p).map(|(a, b)| b.1 - a.1) };
+                    assert_eq!(bits(h.delta(k, t, w)), exp(&delta), "delta");
                     assert_eq!(
                         bits(h.rate(k, t, w)),
                         exp(&|p| two(p).map(|(a, b)| (b.1 - a.1).max(0.0) / ((b.0 - a.0) as f64 / 1000.0))),

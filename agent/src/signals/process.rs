@@ -216,17 +216,25 @@ pub fn parse_pid_stat(file: &Path, text: &str) -> Result<PidStat, ParseError> {
 
 /// The systemd unit and the cgroup v2 path from `/proc/<pid>/cgroup`.
 pub fn parse_cgroup(text: &str) -> (Option<String>, Option<String>) {
-    let mut path = None;
+    let (mut v2, mut v1) = (None, None);
     for line in text.lines() {
         let mut it = line.splitn(3, ':');
         let (Some(id), Some(ctrl), Some(p)) = (it.next(), it.next(), it.next()) else { continue };
-        let v2 = id == "0" && ctrl.is_empty();
-        // The v2 line wins over the v1 systemd hierarchy when both exist.
-        if v2 || (ctrl == "name=systemd" && path.is_none()) {
-            path = Some(p.to_string());
+        if id == "0" && ctrl.is_empty() {
+            v2 = Some(p);
+        } else if ctrl == "name=systemd" && v1.is_none() {
+            v1 = Some(p);
         }
     }
-    let unit = path.as_deref().and_then(|p| {
+    // The v2 line wins over the v1 systemd hierarchy when both place the process; on a hybrid
+    // host whose unified hierarchy nobody manages, every process is at its root there, and only
+    // the v1 line names the unit.
+    let path = match (v2, v1) {
+        (Some("/"), Some(v1)) => Some(v1),
+        (Some(v2), _) => Some(v2),
+        (None, v1) => v1,
+    };
+    let unit = path.and_then(|p| {
         p.rsplit('/')
             .find(|c| c.ends_with(".service") || c.ends_with(".scope") || c.ends_with(".socket"))
             .map(|u| bounded(u.to_string(), MAX_NAME))
@@ -402,6 +410,23 @@ pub fn units_of(processes: &[ProcessInfo]) -> BTreeMap<String, UnitInfo> {
         }
     }
     units
+}
+
+/// Sums each unit's `cpu_pct` and socket counts again from its processes, after the eBPF
+/// families gave some processes fresher figures (the scheduler's share, the kernel's socket
+/// counts); what only the unit has (its cgroup's memory) is kept.
+pub fn resum_units(units: &mut BTreeMap<String, UnitInfo>, processes: &[ProcessInfo]) {
+    for u in units.values_mut() {
+        u.cpu_pct = 0.0;
+        u.tcp.clear();
+    }
+    for p in processes {
+        let Some(u) = p.unit.as_ref().and_then(|u| units.get_mut(u)) else { continue };
+        u.cpu_pct += p.cpu_pct.unwrap_or(0.0);
+        for (s, n) in &p.tcp {
+            *u.tcp.entry(s.clone()).or_insert(0) += n;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -60,7 +60,7 @@ impl Default for EbpfConfig {
             enabled: true,
             families: ["tcp", "sock", "sched", "block"].map(String::from).to_vec(),
             sched_sample_every: 8,
-            retrans_burst: 100,
+            retrans_burst: 50,
             close_wait_threshold: 100,
             cpu_hot_pct: 90,
         }
@@ -173,6 +173,9 @@ impl EbpfSignals {
             if let Err(e) = b.sample(snap) {
                 snap.errors.push(format!("ebpf.block: {e}"));
             }
+        }
+        if self.sched.is_some() || self.sock.is_some() {
+            crate::signals::process::resum_units(&mut snap.units, &snap.processes);
         }
     }
 

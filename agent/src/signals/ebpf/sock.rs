@@ -64,6 +64,7 @@ impl Sock {
         let unit_of: BTreeMap<i64, String> = snap.processes.iter().filter_map(|p| Some((p.pid, p.unit.clone()?))).collect();
         let mut stale = Vec::new();
         let mut per_unit: BTreeMap<String, i64> = BTreeMap::new();
+        let mut per_pid: BTreeMap<i64, BTreeMap<String, u64>> = BTreeMap::new();
         for (k, n) in self.states.iter().flatten() {
             let pid = k.tgid as i64;
             // Only an exited owner's entries go: removing an entry of a live one (even at 0)
@@ -77,6 +78,7 @@ impl Sock {
                 continue;
             }
             let state = STATES.get(k.state as usize).copied().unwrap_or("unknown");
+            *per_pid.entry(pid).or_default().entry(state.to_string()).or_default() += n as u64;
             *snap.metrics.entry(format!("ebpf.proc.{pid}.sock.{state}")).or_default() += n as f64;
             *snap.metrics.entry(format!("ebpf.cgroup.{}.sock.{state}", k.cgroup)).or_default() += n as f64;
             if let Some(u) = unit_of.get(&pid) {
@@ -85,6 +87,15 @@ impl Sock {
         }
         for (k, n) in per_unit {
             snap.metrics.insert(k, n as f64);
+        }
+        // A process the kernel counts sockets for has those counts as its `tcp` (and its unit's,
+        // summed again by the caller): exact at every sample, where the fd scan they replace is
+        // every few samples and not at a woken tick. A process it knows no socket of (its
+        // sockets predate the family and stay idle) keeps the scan's counts.
+        for p in &mut snap.processes {
+            if let Some(counts) = per_pid.remove(&p.pid) {
+                p.tcp = counts;
+            }
         }
         for k in stale {
             let _ = self.states.remove(&k);
