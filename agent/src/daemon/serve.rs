@@ -74,6 +74,9 @@ pub async fn run(
         }
     }
     let (status_tx, status_rx) = tokio::sync::watch::channel(String::new());
+    // The retained status goes to the broker only: built (a JSON document, with the audit log's
+    // state) only when there is one.
+    let publish_status = mqtt.enabled;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (cmd_tx, mut cmd_rx) = tokio::sync::mpsc::channel::<Incoming>(64);
     let (ack_tx, ack_rx) = tokio::sync::mpsc::channel::<(String, String)>(64);
@@ -157,7 +160,9 @@ pub async fn run(
                 } else {
                     busy = start_tick(&mut agent, &job_tx);
                 }
-                let _ = status_tx.send(agent.public_status());
+                if publish_status {
+                    let _ = status_tx.send(agent.public_status());
+                }
             }
             Some(done) = done_rx.recv() => {
                 busy = false;
@@ -168,7 +173,9 @@ pub async fn run(
                 if std::mem::take(&mut woken_while_busy) {
                     wake_at = wake(&mut agent, last_wake).or(wake_at);
                 }
-                let _ = status_tx.send(agent.public_status());
+                if publish_status {
+                    let _ = status_tx.send(agent.public_status());
+                }
                 down_tx.send_if_modified(|d| {
                     let now = agent.audit_down();
                     let changed = *d != now;
@@ -187,7 +194,9 @@ pub async fn run(
                 if let Some(ack) = agent.remote(&inc) {
                     let _ = ack_tx.try_send((format!("{}/ack", inc.topic), ack.to_string()));
                 }
-                let _ = status_tx.send(agent.public_status());
+                if publish_status {
+                    let _ = status_tx.send(agent.public_status());
+                }
             }
             _ = hup.recv() => {
                 tracing::info!(message = "Reloading playbooks (SIGHUP).");

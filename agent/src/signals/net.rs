@@ -60,7 +60,8 @@ pub fn parse_dev(file: &Path, text: &str) -> Result<(BTreeMap<String, Counters>,
 }
 
 fn read_trim(path: &Path) -> Option<String> {
-    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+    let b = super::parse::read_one_piece(path).ok()?;
+    Some(String::from_utf8_lossy(&b).trim().to_string())
 }
 
 /// Counters, rates (given the previous counters `secs` ago) and link state from `sys`.

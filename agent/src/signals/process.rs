@@ -279,10 +279,6 @@ fn scan_fds(dir: &Path, sockets: &InodeStates) -> (Option<u64>, BTreeMap<String,
 /// per CPU for each of three counters: 768 KiB on two CPUs, tens of MiB on a big machine),
 /// while statm sums the per-CPU parts (6.16) as `ps` and `top` do. One more small read per
 /// process per sample; where statm cannot be read, stat's figure stands.
-fn read_statm_resident(path: &Path) -> Option<u64> {
-    parse_statm_resident(&std::fs::read(path).ok()?)
-}
-
 /// The resident pages (second field) of a `/proc/<pid>/statm` text.
 pub fn parse_statm_resident(text: &[u8]) -> Option<u64> {
     std::str::from_utf8(text).ok()?.split_ascii_whitespace().nth(1)?.parse().ok()
@@ -312,7 +308,7 @@ pub fn read_process(
     errors: &mut Vec<String>,
 ) -> Result<Option<(ProcessInfo, ProcMemo)>, ParseError> {
     let stat_file = dir.join("stat");
-    let text = match std::fs::read(&stat_file) {
+    let text = match super::parse::read_one_piece(&stat_file) {
         // Lossy: the name inside is any bytes the process chose (prctl PR_SET_NAME, the
         // executable's file name); a process must not hide from medic by choosing invalid UTF-8.
         Ok(b) => String::from_utf8_lossy(&b).into_owned(),
@@ -383,7 +379,8 @@ pub fn read_process(
         cmdline,
         unit,
         cpu_pct,
-        rss_bytes: read_statm_resident(&dir.join("statm")).unwrap_or(st.rss_pages) * cx.page_size,
+        // The same count as statm's resident pages (both get_mm_rss), without a second file.
+        rss_bytes: st.rss_pages * cx.page_size,
         fds,
         fd_limit,
         threads: st.threads,
