@@ -18,6 +18,9 @@ pub(super) fn write_cursor(state_dir: &Path, seq: u64) -> std::io::Result<()> {
     // Private whatever the umask (the state dir's files are 0600).
     let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp)?;
     f.write_all(format!("{seq}\n").as_bytes())?;
+    // Durable before it replaces the old one: a crash then leaves the old cursor or the new
+    // one, never an empty file that would re-send the whole log. Written at most every 200 ms.
+    f.sync_all()?;
     std::fs::rename(&tmp, state_dir.join(CURSOR_FILE))
 }
 
