@@ -490,6 +490,32 @@ fn kill9_cfg() -> AuditConfig {
 /// the agent itself starts on it. `bench/audit_kill9.sh` runs more cycles.
 #[test]
 fn kill_9_at_random_moments_never_stops_the_log_from_opening() {
+    kill9_cycles("audit::kill9_child_writer");
+}
+
+/// The child side of the batch `kill -9` test: commits batches of 1 to 300 records (a few of
+/// them over 100 KiB, so one batch's write takes a while) until killed.
+#[test]
+fn kill9_child_batch_writer() {
+    let Some(dir) = std::env::var_os("MEDIC_AUDIT_CHILD_DIR") else { return };
+    let (mut log, _) = AuditLog::open_with(Path::new(&dir), "n", &kill9_cfg(), &mut |_| {}).unwrap();
+    for i in 0u64.. {
+        let n = 1 + (i as usize * 7919) % 300;
+        let recs: Vec<_> = (0..n).map(|j| note(format!("{i}.{j}{}", "b".repeat(if j % 50 == 0 { 100 << 10 } else { 300 })))).collect();
+        log.append_batch(&recs, medic::audit::now_ms()).unwrap();
+    }
+}
+
+/// Real `kill -9` at random moments of a writer of batches (group commit: one write and one
+/// fsync per batch), most often while a batch's write is under way: every restart opens the
+/// log (a partly written batch repaired as any torn tail), the chain verifies, no seq is
+/// reused, and the agent starts on it.
+#[test]
+fn kill_9_during_batches_leaves_a_log_that_verifies() {
+    kill9_cycles("audit::kill9_child_batch_writer");
+}
+
+fn kill9_cycles(child_test: &str) {
     let cycles: u64 = std::env::var("MEDIC_KILL9_CYCLES").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
@@ -497,7 +523,7 @@ fn kill_9_at_random_moments_never_stops_the_log_from_opening() {
     let mut torn = 0;
     for _ in 0..cycles {
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "audit::kill9_child_writer", "--nocapture", "--test-threads=1"])
+            .args(["--exact", child_test, "--nocapture", "--test-threads=1"])
             .env("MEDIC_AUDIT_CHILD_DIR", &state)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

@@ -1,7 +1,9 @@
 //! Appending: a record made into its body (bounded first when the agent appends), stamped with
-//! `seq`, `ts`, `prev_hash` and `hash`, written with one `write` and fdatasync'd before the call
-//! returns; the checkpoint due every `checkpoint_every` records or `checkpoint_secs`, and the
-//! rotation that closes a full or old segment and starts the next with a checkpoint.
+//! `seq`, `ts`, `prev_hash` and `hash`, and staged; outside a batch it is written with one
+//! `write` and fdatasync'd before the call returns, inside one at the batch's commit
+//! (`batch.rs`). Also the checkpoint due every `checkpoint_every` records or `checkpoint_secs`,
+//! and the rotation that closes a full or old segment and starts the next with a checkpoint
+//! (between batches only).
 
 use super::canonical::{canonical, now_ms, now_rfc3339, record_hash};
 use super::files::{io, open_private, sync_dir};
@@ -9,10 +11,10 @@ use super::record::{self, Record};
 use super::tracker::Tracker;
 use super::{bound, segments, AuditError, AuditLog, SCHEMA};
 use serde_json::{Map, Value};
-use std::io::Write;
 
 impl AuditLog {
-    /// Appends one record, fsync'd. Returns its `seq`.
+    /// Appends one record, fsync'd (in a batch: staged, durable at the batch's commit). Returns
+    /// its `seq`.
     pub fn append(&mut self, rec: &Record) -> Result<u64, AuditError> {
         self.append_at(rec, now_ms())
     }
@@ -41,7 +43,10 @@ impl AuditLog {
         let kind = rec.kind();
         let wall = now_ms();
         let age_ms = self.cfg.segment_secs.min(i64::MAX as u64 / 1000) as i64 * 1000;
-        if self.good_len > 0 && (self.good_len >= self.cfg.segment_bytes || wall.saturating_sub(self.seg_started_ms) >= age_ms) {
+        // A batch never spans two files (batch.rs): a rotation due inside one waits for its commit.
+        let rotatable = self.saved.is_none();
+        if rotatable && self.good_len > 0 && (self.good_len >= self.cfg.segment_bytes || wall.saturating_sub(self.seg_started_ms) >= age_ms)
+        {
             self.rotate(wall)?;
         } else if self.since_checkpoint >= self.cfg.checkpoint_every.max(1)
             || wall.saturating_sub(self.last_checkpoint_ms) >= self.cfg.checkpoint_secs.min(i64::MAX as u64 / 1000) as i64 * 1000
@@ -109,29 +114,24 @@ impl AuditLog {
         let hash = record_hash(&body);
         body.insert("hash".into(), hash.clone().into());
         let ts = body.get("ts").and_then(Value::as_str).unwrap_or("").to_string();
-        let mut line = canonical(&Value::Object(body));
-        line.push('\n');
-        let t = std::time::Instant::now();
-        let res = self.file.write_all(line.as_bytes()).and_then(|_| self.file.sync_data());
-        if let Some(h) = &self.fsync_seconds {
-            h.observe(t.elapsed().as_secs_f64());
-        }
-        if let Err(e) = res {
-            // Cut a partial write back so the next append continues a whole chain.
-            let _ = self.file.set_len(self.good_len);
-            return Err(AuditError::Io { path: self.path.clone(), source: e });
-        }
+        self.save_before_staging();
+        let start = self.staged_bytes.len();
+        self.staged_bytes.extend_from_slice(canonical(&Value::Object(body)).as_bytes());
+        self.staged_bytes.push(b'\n');
         if self.good_len == 0 {
             self.seg_first = seq;
             self.seg_started_ms = now_ms();
         }
-        self.good_len += line.len() as u64;
+        self.good_len += (self.staged_bytes.len() - start) as u64;
         self.seq = seq;
         self.last_hash = hash;
         if let Some(r) = tracked {
+            self.save_tracker();
             self.tracker.observe(seq, &ts, &r);
         }
-        self.save_anchor();
+        if !self.batching {
+            self.flush()?;
+        }
         Ok(seq)
     }
 }

@@ -2,7 +2,9 @@
 //! strictly increasing `seq`, and a SHA-256 chain: each record's `hash` covers its canonical form
 //! (sorted keys, no whitespace, without `hash`) including `prev_hash`, the previous record's hash.
 //! A record is appended with one `write` and fsync'd before [`AuditLog::append`] returns: only
-//! then does the decision it records count as made.
+//! then does the decision it records count as made. Records of one batch
+//! ([`AuditLog::begin_batch`], `batch.rs`) share one `write` and one fsync: none counts before
+//! [`AuditLog::commit_batch`] returns.
 //!
 //! At open, a torn last line (a crash mid-write) is cut off, kept aside in
 //! `audit.torn.<unix-ms>`, and recorded as an `audit_torn_tail` record, so the chain continues
@@ -12,8 +14,9 @@
 //! timestamps), `config.rs` (`[audit]`), `files.rs` (the state dir's owner and modes),
 //! `tracker.rs` (open breakers and unfinished actions carried in checkpoints), `open.rs` (lock,
 //! tail repair, replay of the suffix, settling against the anchor), `append.rs` (append, fsync,
-//! checkpoints, rotation), `integrity.rs` (the per-tick check, status), `retention.rs` (segment
-//! removal). This file holds the error type, the log's state and the public paths.
+//! checkpoints, rotation), `batch.rs` (group commit: one write and fsync for many records),
+//! `integrity.rs` (the per-tick check, status), `retention.rs` (segment removal). This file
+//! holds the error type, the log's state and the public paths.
 
 pub mod anchor;
 pub mod bound;
@@ -23,6 +26,7 @@ pub mod segments;
 pub mod verify;
 
 mod append;
+mod batch;
 mod canonical;
 mod config;
 mod files;
@@ -105,6 +109,12 @@ pub struct AuditLog {
     anchor_error: Option<String>,
     /// Where each append's write + fdatasync time goes (`medic_audit_fsync_duration_seconds`).
     fsync_seconds: Option<prometheus_client::metrics::histogram::Histogram>,
+    /// A batch is open: records are staged until its commit (`batch.rs`).
+    batching: bool,
+    /// The staged records' lines, written at the next flush.
+    staged_bytes: Vec<u8>,
+    /// The state before the first staged record (Some while records are staged).
+    saved: Option<batch::Saved>,
 }
 
 impl AuditLog {

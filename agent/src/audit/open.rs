@@ -93,6 +93,9 @@ impl AuditLog {
             tracker: Tracker::default(),
             anchor_error: None,
             fsync_seconds: None,
+            batching: false,
+            staged_bytes: Vec::new(),
+            saved: None,
         };
         let found = log.repair()?;
         let broken = log.replay_suffix(found.good_len, replay)?;

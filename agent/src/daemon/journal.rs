@@ -1,6 +1,7 @@
 //! The agent's side of the audit log: every record goes through [`Journal::record`], which
-//! bounds it in bytes (`audit::bound`), appends and fsyncs it, and on failure puts the agent in
-//! its fail-closed state (nothing decided or started until a record can be written again, see
+//! bounds it in bytes (`audit::bound`), appends and fsyncs it (or, inside a batch the tick opened
+//! with [`Journal::begin`], stages it for [`Journal::commit`]'s one fsync), and on failure puts
+//! the agent in its fail-closed state (nothing decided or started until a record can be written again, see
 //! the daemon's module note). Also the coalescing of repeated refusals (`repeats`), which must
 //! write their summary through the same path.
 
@@ -27,6 +28,30 @@ impl Journal {
         match self.audit.append_bounded_at(rec, ts) {
             Ok(seq) => Ok(seq),
             Err(e) => {
+                if self.down.is_none() {
+                    tracing::error!(message = "AUDIT LOG NOT WRITABLE: no action will be decided or started until it is.", message_id = ids::AUDIT_UNWRITABLE, error_code = e.code(), error = %e);
+                    self.down = Some((ts, e.to_string()));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Opens a batch: the records that follow are staged, and count only once [`commit`](Self::commit)
+    /// returns.
+    pub fn begin(&mut self) {
+        self.audit.begin_batch();
+    }
+
+    /// Makes the batch durable (one write, one fsync, one anchor update). On failure nothing
+    /// staged counts: the agent goes down as for a failed record, and the coalescing windows the
+    /// batch opened (their first record was never written) are forgotten.
+    pub fn commit(&mut self, ts: i64) -> Result<u64, AuditError> {
+        let before = self.audit.last_seq() - self.audit.staged();
+        match self.audit.commit_batch() {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                self.repeats.forget_after(before);
                 if self.down.is_none() {
                     tracing::error!(message = "AUDIT LOG NOT WRITABLE: no action will be decided or started until it is.", message_id = ids::AUDIT_UNWRITABLE, error_code = e.code(), error = %e);
                     self.down = Some((ts, e.to_string()));

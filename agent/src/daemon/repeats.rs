@@ -101,6 +101,12 @@ impl Repeats {
         self.open.entry(t).or_insert(o);
     }
 
+    /// Forgets the windows whose first record has a `seq` above `seq` (a batch that held it
+    /// failed: it was never written).
+    pub fn forget_after(&mut self, seq: u64) {
+        self.open.retain(|_, o| o.first_seq <= seq);
+    }
+
     /// The windows that ended by `now` (all of them with `now = i64::MAX`).
     pub fn ended(&self, now: i64) -> Vec<Target> {
         self.open

@@ -1,8 +1,8 @@
 //! One tick of the agent. Planned on the loop ([`Agent::begin`]: housekeeping, then the decide
 //! step's plan), sampled and evaluated on the `medic-eval` worker ([`EvalJob::run`]), settled back
 //! on the loop ([`Agent::finish`]: the decide step gates each request with the mode current then;
-//! each event is recorded, fsync'd, before it counts, and only then is an executed action
-//! started). `--once` and tests run the three inline ([`Agent::tick`]).
+//! the events of one settle are recorded as one batch, fsync'd once, before any counts, and only
+//! then is an executed action started). `--once` and tests run the three inline ([`Agent::tick`]).
 
 use super::journal::Journal;
 use super::{repeats, Agent};
@@ -238,11 +238,23 @@ impl Agent {
         let mut report = TickReport { evaluated: done.iter().map(|d| d.due.pb.meta.name.clone()).collect(), ..Default::default() };
         let mut launches = Vec::new();
         let (journal, metrics) = (&mut self.journal, &self.metrics);
+        // Group commit: the settle's records are staged and made durable with one fsync after it;
+        // nothing executed starts before that.
+        journal.begin();
         let settled =
             // Gated, and recorded, at the time of the sample the playbooks saw (as `playbook
             // replay` gates a recorded frame): the gate rebuilt from the log at the next start
             // then holds exactly the times it held before.
             self.decider.settle(done, self.mode.mode, started, &mut |ev| record_event(journal, metrics, &mut report, &mut launches, ev, started));
+        // What was staged before a record failed is still committed (as it was written before).
+        if let Err(e) = self.journal.commit(started) {
+            // None of the batch counts: every executed verdict in it is undone in the gate (the
+            // one whose record failed to stage, if any, the decide step undid already).
+            for (_, _, req) in &launches {
+                self.decider.gate_mut().finished(req.kind, &req.target);
+            }
+            return Err(e);
+        }
         // What was recorded as executed starts, also when a later record failed.
         for (seq, playbook, req) in launches {
             let command = self.decider.gate().command_rule(&req).cloned();
@@ -295,7 +307,8 @@ impl Agent {
 type Launch = (u64, PlaybookRef, ActionRequest);
 
 /// Records one event of the decide step: a decision (or counts it into an open repeat window),
-/// or a playbook's back-off. An executed decision is queued in `launches` only once durable.
+/// or a playbook's back-off, staged in the tick's batch. An executed decision is queued in
+/// `launches`, started once the batch is committed.
 fn record_event(
     journal: &mut Journal,
     metrics: &Metrics,
@@ -338,8 +351,9 @@ fn record_event(
                 return Ok(());
             }
             let rec = Record::Action(record::Action::of(pbref.clone(), &req, &v));
-            // Write-ahead: the decision is durable before the action starts (the decide step
-            // undoes an executed verdict in the gate when this fails).
+            // Write-ahead: staged here, durable at the batch's commit, before the action starts
+            // (the decide step undoes an executed verdict in the gate when staging fails, the
+            // tick every one of the batch when the commit fails).
             let seq = journal.record(&rec, now)?;
             match v.decision {
                 Decision::Escalated => {
