@@ -37,6 +37,12 @@ pub(crate) struct Tail {
     last: u64,
     /// The start of a line not yet whole (the agent is writing it).
     partial: Vec<u8>,
+    /// A whole record read but not yet durable (its `seq` is past the anchor's): the agent
+    /// writes a tick's records, then fsyncs them once, and a commit that fails cuts them off
+    /// again; a record is handed on only once the anchor says it is durable.
+    held: Option<(u64, String)>,
+    /// The last `seq` handed on.
+    emitted: u64,
 }
 
 impl Tail {
@@ -64,7 +70,20 @@ impl Tail {
             active,
             last: seq,
             partial: Vec::new(),
+            held: None,
+            emitted: seq,
         })
+    }
+
+    /// The active segment is shorter than what was read of it: a failed commit cut records
+    /// off (they were never durable, and their `seq`s are issued again).
+    fn cut_back(&mut self) -> bool {
+        use std::io::Seek;
+        if self.active.is_none() {
+            return false;
+        }
+        let Ok(pos) = self.reader.stream_position() else { return false };
+        rustix::fs::fstat(self.reader.get_ref()).is_ok_and(|st| (st.st_size as u64) < pos)
     }
 
     /// Whether the active segment read is still the file at `audit.log`.
@@ -73,10 +92,23 @@ impl Tail {
         matches!((st, self.active), (Ok(st), Some(id)) if (st.st_dev, st.st_ino) == id)
     }
 
-    /// Up to `max` whole records after the last one returned.
+    /// Up to `max` whole, durable records after the last one returned.
     pub(crate) fn next(&mut self, max: usize) -> std::io::Result<Vec<(u64, String)>> {
         use crate::audit::segments::{read_line, Line, MAX_LINE};
+        if self.cut_back() {
+            *self = Self::after(&self.dir, self.emitted)?;
+        }
+        // Without a readable anchor, every whole record counts as durable (as before batches).
+        let durable = crate::audit::anchor::read(&self.dir).ok().map(|a| a.seq);
         let mut out = Vec::new();
+        if let Some((seq, line)) = self.held.take() {
+            if durable.is_some_and(|d| seq > d) {
+                self.held = Some((seq, line));
+                return Ok(out);
+            }
+            self.emitted = seq;
+            out.push((seq, line));
+        }
         let mut buf = Vec::new();
         let mut drained_after_rotation = false;
         while out.len() < max {
@@ -91,6 +123,11 @@ impl Tail {
                     };
                     if let Some(seq) = seq_of(&line).filter(|s| *s > self.last) {
                         self.last = seq;
+                        if durable.is_some_and(|d| seq > d) {
+                            self.held = Some((seq, line));
+                            break;
+                        }
+                        self.emitted = seq;
                         out.push((seq, line));
                     }
                 }
