@@ -26,7 +26,8 @@ const META = #{ name: "chatter", description: "bench", interval: "1s", actions: 
 fn evaluate(node, state) { for i in 0..$n { notify(\`n\${i}\`); } }
 RHAI
 printf '[control]\nsocket = "%s/c.sock"\n[mqtt]\nenabled = true\nport = %s\nmax_rate = 100000\nmax_inflight = 1000\n[playbooks.limits]\nmax_requests = 100000\nmax_operations = 100000000\n' "$work" "$port" > "$work/medic.toml"
-seqof() { tail -n1 "$work/state/audit.log" | python3 -c 'import json,sys; print(json.loads(sys.stdin.read())["seq"])'; }
+# The last durable record's seq, from the anchor the agent fsyncs after each commit.
+seqof() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["anchor"]["seq"])' "$work/state/audit.anchor"; }
 cur() { cat "$work/state/forward.cursor" 2>/dev/null || echo 0; }
 
 /usr/sbin/mosquitto -c "$work/mosquitto.conf" >/dev/null 2>&1 & broker=$!
