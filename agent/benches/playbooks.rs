@@ -67,6 +67,31 @@ fn bench(c: &mut Criterion) {
             }
         })
     });
+    // 1,000 playbooks due in one tick (issue 13: at most 10 ms): the bundled ones and the
+    // Monit examples, each copy under a name of its own, on the same busy node.
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../playbooks/examples");
+    let mut sources: Vec<(String, String)> = bundled::PLAYBOOKS.iter().map(|(f, src, _)| (f.to_string(), src.to_string())).collect();
+    for e in std::fs::read_dir(&examples).unwrap().flatten() {
+        if e.path().extension().is_some_and(|x| x == "rhai") {
+            sources.push((e.file_name().to_string_lossy().into_owned(), std::fs::read_to_string(e.path()).unwrap()));
+        }
+    }
+    let thousand: Vec<_> = (0..1000)
+        .filter_map(|i| {
+            let (f, src) = &sources[i % sources.len()];
+            let renamed = src.replacen("name: \"", &format!("name: \"n{i}-"), 1);
+            rt.compile(&format!("{i}-{f}"), &renamed).ok()
+        })
+        .collect();
+    assert_eq!(thousand.len(), 1000, "every copy compiles");
+    let st = State::default();
+    c.bench_function("evaluate/1000_playbooks_one_tick", |b| {
+        b.iter(|| {
+            for pb in &thousand {
+                let _ = black_box(rt.evaluate(pb, snap.clone(), history.clone(), &st));
+            }
+        })
+    });
     for (pb, st) in pbs.iter().zip(&states) {
         c.bench_function(&format!("evaluate/{}", pb.meta.name), |b| {
             b.iter(|| black_box(rt.evaluate(pb, snap.clone(), history.clone(), st).unwrap()))
