@@ -12,6 +12,10 @@
 # Monit 5.33 at `set daemon 1`, watching the same /var/log and the same busy loop. See
 # bench/reaction.py for what is injected and how "action started" is timed. Prints a markdown
 # table for docs/BENCHMARKS.md and leaves the raw numbers in $WORK/reaction.json.
+#
+# WARNING: medic runs LIVE here with runaway-process's sustain window at zero: it sends SIGTERM to
+# ANY process on this host that uses 95 % of a core (a compiler, a test). Run it on a quiet
+# machine, with nothing else busy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
