@@ -379,8 +379,9 @@ pub fn read_process(
         cmdline,
         unit,
         cpu_pct,
-        // The same count as statm's resident pages (both get_mm_rss), without a second file.
-        rss_bytes: st.rss_pages * cx.page_size,
+        // statm's resident count is exact; stat's field 24 is the kernel's per-CPU estimate.
+        rss_bytes: super::parse::read_one_piece(&dir.join("statm")).ok().and_then(|t| parse_statm_resident(&t)).unwrap_or(st.rss_pages)
+            * cx.page_size,
         fds,
         fd_limit,
         threads: st.threads,
