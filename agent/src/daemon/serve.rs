@@ -20,16 +20,21 @@ fn ring_fd(fd: std::os::fd::OwnedFd) -> Option<tokio::io::unix::AsyncFd<std::os:
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE).ok() }
 }
 
-/// Resolves when `fd` is readable; never when there is none.
-async fn readable(fd: Option<&tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>) {
-    match fd {
-        Some(fd) => {
-            if let Ok(mut g) = fd.readable().await {
-                g.clear_ready();
+/// Resolves when any of the rings is readable (clearing its readiness); never when there are
+/// none. One arm of the loop for every eBPF family's ring, however many are loaded.
+async fn any_readable(fds: &[tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>]) {
+    std::future::poll_fn(|cx| {
+        for fd in fds {
+            if let std::task::Poll::Ready(ready) = fd.poll_read_ready(cx) {
+                if let Ok(mut g) = ready {
+                    g.clear_ready();
+                }
+                return std::task::Poll::Ready(());
             }
         }
-        None => std::future::pending().await,
-    }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// SIGTERM and SIGINT, listened for from before the agent starts: one that arrives while the
@@ -135,13 +140,7 @@ pub async fn run(
     let mut busy = false;
     let reason = loop {
         tokio::select! {
-            _ = readable(rings.first()) => {
-                if busy { woken_while_busy = true } else { wake_at = wake(&mut agent, last_wake).or(wake_at) }
-            }
-            _ = readable(rings.get(1)) => {
-                if busy { woken_while_busy = true } else { wake_at = wake(&mut agent, last_wake).or(wake_at) }
-            }
-            _ = readable(rings.get(2)) => {
+            _ = any_readable(&rings) => {
                 if busy { woken_while_busy = true } else { wake_at = wake(&mut agent, last_wake).or(wake_at) }
             }
             w = bell.rung() => {

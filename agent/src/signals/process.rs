@@ -279,6 +279,10 @@ fn scan_fds(dir: &Path, sockets: &InodeStates) -> (Option<u64>, BTreeMap<String,
 /// per CPU for each of three counters: 768 KiB on two CPUs, tens of MiB on a big machine),
 /// while statm sums the per-CPU parts (6.16) as `ps` and `top` do. One more small read per
 /// process per sample; where statm cannot be read, stat's figure stands.
+fn read_statm_resident(path: &Path) -> Option<u64> {
+    parse_statm_resident(&super::parse::read_one_piece(path).ok()?)
+}
+
 /// The resident pages (second field) of a `/proc/<pid>/statm` text.
 pub fn parse_statm_resident(text: &[u8]) -> Option<u64> {
     std::str::from_utf8(text).ok()?.split_ascii_whitespace().nth(1)?.parse().ok()
@@ -380,8 +384,7 @@ pub fn read_process(
         unit,
         cpu_pct,
         // statm's resident count is exact; stat's field 24 is the kernel's per-CPU estimate.
-        rss_bytes: super::parse::read_one_piece(&dir.join("statm")).ok().and_then(|t| parse_statm_resident(&t)).unwrap_or(st.rss_pages)
-            * cx.page_size,
+        rss_bytes: read_statm_resident(&dir.join("statm")).unwrap_or(st.rss_pages) * cx.page_size,
         fds,
         fd_limit,
         threads: st.threads,
@@ -400,14 +403,19 @@ pub fn units_of(processes: &[ProcessInfo]) -> BTreeMap<String, UnitInfo> {
         let Some(unit) = &p.unit else { continue };
         let u = units.entry(unit.clone()).or_insert_with(|| UnitInfo { unit: unit.clone(), ..Default::default() });
         u.processes += 1;
-        u.cpu_pct += p.cpu_pct.unwrap_or(0.0);
         u.rss_bytes += p.rss_bytes;
         u.fds += p.fds.unwrap_or(0);
-        for (s, n) in &p.tcp {
-            *u.tcp.entry(s.clone()).or_insert(0) += n;
-        }
+        add_cpu_and_sockets(u, p);
     }
     units
+}
+
+/// What of a process its unit sums that the eBPF families may refresh after the sample.
+fn add_cpu_and_sockets(u: &mut UnitInfo, p: &ProcessInfo) {
+    u.cpu_pct += p.cpu_pct.unwrap_or(0.0);
+    for (s, n) in &p.tcp {
+        *u.tcp.entry(s.clone()).or_insert(0) += n;
+    }
 }
 
 /// Sums each unit's `cpu_pct` and socket counts again from its processes, after the eBPF
@@ -419,10 +427,8 @@ pub fn resum_units(units: &mut BTreeMap<String, UnitInfo>, processes: &[ProcessI
         u.tcp.clear();
     }
     for p in processes {
-        let Some(u) = p.unit.as_ref().and_then(|u| units.get_mut(u)) else { continue };
-        u.cpu_pct += p.cpu_pct.unwrap_or(0.0);
-        for (s, n) in &p.tcp {
-            *u.tcp.entry(s.clone()).or_insert(0) += n;
+        if let Some(u) = p.unit.as_ref().and_then(|u| units.get_mut(u)) {
+            add_cpu_and_sockets(u, p);
         }
     }
 }
