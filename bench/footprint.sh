@@ -30,8 +30,8 @@ tmp=$(mktemp -d)
 monit_pid=
 cleanup() {
   busy_stop
-  [ -n "${medic_pid:-}" ] && kill "$medic_pid" 2>/dev/null && wait "$medic_pid" 2>/dev/null
-  [ -n "$monit_pid" ] && kill "$monit_pid" 2>/dev/null && wait "$monit_pid" 2>/dev/null
+  [ -n "${medic_pid:-}" ] && kill "$medic_pid" 2>/dev/null && wait "$medic_pid" 2>/dev/null || true
+  [ -n "$monit_pid" ] && kill "$monit_pid" 2>/dev/null && wait "$monit_pid" 2>/dev/null || true
   rm -rf "$tmp"
 }
 trap cleanup EXIT

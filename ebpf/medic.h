@@ -72,6 +72,13 @@ struct medic_event {
 #define MEDIC_TCP_RECV_RESET 2
 #define MEDIC_TCP_UNOWNED 3
 #define MEDIC_TCP_EVENTS_DROPPED 4
+#define MEDIC_TCP_RETRANS_UNTRACKED 5 /* retransmits of a key `retrans` had no room for */
 #define MEDIC_TCP_COUNTERS 8
+#define MEDIC_SOCK_EVENTS_DROPPED 0
+#define MEDIC_SOCK_STATES_FULL 1 /* socket moves `states` had no room for */
+#define MEDIC_SOCK_COUNTERS 2
+#define MEDIC_BLK_UNMATCHED 0 /* completions without an issue stamp (in flight at load, or evicted from `issued`) */
+#define MEDIC_BLK_DEVICES_FULL 1 /* completions of a device `blk_stats` had no room for */
+#define MEDIC_BLK_COUNTERS 2
 
 #endif

@@ -16,9 +16,12 @@ char LICENSE[] SEC("license") = "GPL";
 const volatile __u64 burst_threshold = 50;
 const volatile __u64 burst_window_ns = 1000000000ULL;
 
+/* Sparse (a healthy node retransmits to few peers): entries are allocated when first used.
+ * Full: a new key's retransmits count in MEDIC_TCP_RETRANS_UNTRACKED (and the totals). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 8192);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 4096);
 	__type(key, struct medic_retrans_key);
 	__type(value, __u64);
 } retrans SEC(".maps");
@@ -42,9 +45,10 @@ struct {
 	__type(value, struct burst);
 } bursts SEC(".maps");
 
+/* At most one burst event per burst window (32 bytes each): 16 KiB holds 512. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 64 * 1024);
+	__uint(max_entries, 16 * 1024);
 } tcp_events SEC(".maps");
 
 static __always_inline void count(__u32 idx)
@@ -95,8 +99,12 @@ int BPF_PROG(tcp_retransmit, const struct sock *sk)
 	__u64 one = 1, *v = bpf_map_lookup_elem(&retrans, &k);
 	if (v)
 		__sync_fetch_and_add(v, 1);
-	else if (bpf_map_update_elem(&retrans, &k, &one, BPF_NOEXIST) != 0 && (v = bpf_map_lookup_elem(&retrans, &k)))
-		__sync_fetch_and_add(v, 1); /* another CPU inserted it first */
+	else if (bpf_map_update_elem(&retrans, &k, &one, BPF_NOEXIST) != 0) {
+		if ((v = bpf_map_lookup_elem(&retrans, &k)))
+			__sync_fetch_and_add(v, 1); /* another CPU inserted it first */
+		else
+			count(MEDIC_TCP_RETRANS_UNTRACKED); /* the map is full */
+	}
 	count(MEDIC_TCP_RETRANS);
 
 	__u32 zero = 0;

@@ -13,6 +13,7 @@ pub mod decide;
 pub mod forward;
 pub mod gate;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod playbooks;
 pub mod recorder;

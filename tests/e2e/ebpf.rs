@@ -542,3 +542,52 @@ fn all_four_families_load_with_tracefs_unmounted() {
         );
     }
 }
+
+/// The BPF maps of `medic run` with all four families, by map id, from its map fds'
+/// fdinfo: (map id, max_entries, memlock bytes).
+fn agent_maps(pid: u32) -> Vec<(u32, u64, u64)> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+        if std::fs::read_link(fd.path()).map(|l| l.to_string_lossy() != "anon_inode:bpf-map").unwrap_or(true) {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy())).unwrap();
+        let field = |k: &str| info.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.trim().parse::<u64>().unwrap()).unwrap();
+        let id = field("map_id:") as u32;
+        if seen.insert(id) {
+            out.push((id, field("max_entries:"), field("memlock:")));
+        }
+    }
+    out
+}
+
+#[test]
+fn the_agents_bpf_maps_lock_at_most_4_mib_and_report_when_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let cfg = dir.path().join("medic.toml");
+    std::fs::write(&cfg, format!("state_dir = \"{d}/state\"\n[control]\nsocket = \"{d}/control.sock\"\n[metrics]\nlisten = \"\"\n"))
+        .unwrap();
+    let log = std::fs::File::create(dir.path().join("log")).unwrap();
+    let mut agent =
+        Command::new(env!("CARGO_BIN_EXE_medic")).args(["run", "--config"]).arg(&cfg).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(dir.path().join("log")).unwrap().contains("Started.") {
+        assert!(t0.elapsed() < Duration::from_secs(60), "not started: {}", std::fs::read_to_string(dir.path().join("log")).unwrap());
+        assert!(agent.try_wait().unwrap().is_none(), "exited: {}", std::fs::read_to_string(dir.path().join("log")).unwrap());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let maps = agent_maps(agent.id());
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let total: u64 = maps.iter().map(|m| m.2).sum();
+    assert!(maps.len() >= 20, "every family's maps: {maps:?}");
+    assert!(total <= 4 << 20, "{total} bytes locked by BPF maps: {maps:?}");
+    // What the counters of a full map are read as (docs/PLAYBOOKS.md).
+    let mut e = loaded(&EbpfConfig::default());
+    let s = sample(&mut e);
+    for k in ["ebpf.tcp.retrans_untracked", "ebpf.sock.states_full", "ebpf.blk.unmatched", "ebpf.blk.devices_full"] {
+        assert!(s.metrics.contains_key(k), "{k} missing");
+    }
+}

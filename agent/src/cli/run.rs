@@ -9,6 +9,8 @@ use crate::daemon::Agent;
 use anyhow::Context;
 
 pub fn run(o: Overrides, once: bool) -> Outcome {
+    // Before any thread starts: freed memory goes back to the kernel (crate::memory).
+    let tuned = crate::memory::tune();
     let settings = Settings::load(&o)?;
     let cfg = &settings.config;
     crate::telemetry::init(&cfg.log.level);
@@ -20,6 +22,10 @@ pub fn run(o: Overrides, once: bool) -> Outcome {
     };
     let mut agent = Agent::start(cfg, settings.playbooks_dir.clone(), state_dir.clone())
         .with_context(|| format!("starting with state dir {}", state_dir.display()))?;
+    // Start-up's transient peak (eBPF loading parses the kernel's BTF; playbooks compile).
+    crate::memory::trim();
+    let code_released = crate::memory::release_start_up_code();
+    tracing::debug!(message = "Heap tuned.", tuned, code_released);
     tracing::info!(message = "Started.", message_id = crate::telemetry::ids::STARTED, node = %agent.node, mode = agent.mode().mode.as_str(), playbooks = ?agent.playbook_names(), audit = %agent.audit_path().display());
     if once {
         // A second sample a moment later gives CPU % and rates something to compare with.
@@ -43,6 +49,14 @@ pub fn run(o: Overrides, once: bool) -> Outcome {
     // Served by tasks on the loop's runtime; a bind failure is logged and the agent runs on.
     let _metrics = {
         let _in_runtime = rt.enter();
+        tokio::spawn(async {
+            let mut every = tokio::time::interval(crate::memory::TRIM_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                crate::memory::trim();
+            }
+        });
         crate::metrics::server::start(&cfg.metrics, agent.metrics())
     };
     rt.block_on(crate::daemon::run(

@@ -60,6 +60,15 @@ pub const TCP_SEND_RESET: u32 = 1;
 pub const TCP_RECV_RESET: u32 = 2;
 pub const TCP_UNOWNED: u32 = 3;
 pub const TCP_EVENTS_DROPPED: u32 = 4;
+/// Retransmits of a (peer, ports, owner) the `retrans` map had no room for.
+pub const TCP_RETRANS_UNTRACKED: u32 = 5;
+/// Indexes of `sock_dropped`: ring-buffer events lost, socket moves `states` had no room for.
+pub const SOCK_EVENTS_DROPPED: u32 = 0;
+pub const SOCK_STATES_FULL: u32 = 1;
+/// Indexes of `blk_counters`: completions without an issue stamp, completions of a device
+/// `blk_stats` had no room for.
+pub const BLK_UNMATCHED: u32 = 0;
+pub const BLK_DEVICES_FULL: u32 = 1;
 
 const _: () = assert!(std::mem::size_of::<Hist>() == 256);
 const _: () = assert!(std::mem::size_of::<RetransKey>() == 40);

@@ -1,7 +1,9 @@
 //! block family (ebpf/block.bpf.c): request latency per device, errors and bytes.
 //!
 //! Metric keys: `ebpf.blk.<dev>.completions`, `.errors`, `.bytes` (counters since load);
-//! `ebpf.blk.<dev>.p50_us`, `.p99_us` (over the last interval).
+//! `ebpf.blk.<dev>.p50_us`, `.p99_us` (over the last interval); `ebpf.blk.unmatched`
+//! (completions without an issue stamp: in flight at load, or evicted from the 4,096-entry
+//! `issued` map) and `ebpf.blk.devices_full` (completions of a device past 256), since load.
 
 use super::abi::{BlkStats, Hist};
 use super::why;
@@ -13,6 +15,7 @@ use std::collections::HashMap;
 pub struct Block {
     _bpf: aya::Ebpf,
     stats: BpfHash<MapData, u32, BlkStats>,
+    counters: aya::maps::Array<MapData, u64>,
     prev: HashMap<u32, Hist>,
     names: HashMap<u32, String>,
 }
@@ -36,10 +39,19 @@ impl Block {
         let mut bpf = aya::EbpfLoader::new().btf(Some(btf)).load(super::BLOCK_OBJ).map_err(|e| format!("load: {}", why(e)))?;
         attach_btf(&mut bpf, btf, "blk_issue", "block_rq_issue")?;
         attach_btf(&mut bpf, btf, "blk_complete", "block_rq_complete")?;
-        Ok(Self { stats: take(&mut bpf, "blk_stats")?, _bpf: bpf, prev: HashMap::new(), names: HashMap::new() })
+        Ok(Self {
+            stats: take(&mut bpf, "blk_stats")?,
+            counters: take(&mut bpf, "blk_counters")?,
+            _bpf: bpf,
+            prev: HashMap::new(),
+            names: HashMap::new(),
+        })
     }
 
     pub fn sample(&mut self, snap: &mut Snapshot) -> Result<(), String> {
+        for (i, key) in [(super::abi::BLK_UNMATCHED, "ebpf.blk.unmatched"), (super::abi::BLK_DEVICES_FULL, "ebpf.blk.devices_full")] {
+            snap.metrics.insert(key.into(), self.counters.get(&i, 0).unwrap_or(0) as f64);
+        }
         for (dev, s) in self.stats.iter().flatten() {
             let name = self.names.entry(dev).or_insert_with(|| dev_name(dev)).clone();
             let p = format!("ebpf.blk.{name}");

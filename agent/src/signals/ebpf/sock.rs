@@ -59,7 +59,9 @@ impl Sock {
             let n = super::percpu_sum(&self.transitions, i as u32);
             snap.metrics.insert(format!("ebpf.sock.transitions.{name}"), n as f64);
         }
-        snap.metrics.insert("ebpf.sock.events_dropped".into(), self.dropped.get(&0, 0).unwrap_or(0) as f64);
+        let counter = |i| self.dropped.get(&i, 0).unwrap_or(0) as f64;
+        snap.metrics.insert("ebpf.sock.events_dropped".into(), counter(super::abi::SOCK_EVENTS_DROPPED));
+        snap.metrics.insert("ebpf.sock.states_full".into(), counter(super::abi::SOCK_STATES_FULL));
         let alive: HashSet<i64> = snap.processes.iter().map(|p| p.pid).collect();
         let unit_of: BTreeMap<i64, String> = snap.processes.iter().filter_map(|p| Some((p.pid, p.unit.clone()?))).collect();
         let mut stale = Vec::new();

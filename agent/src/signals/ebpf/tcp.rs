@@ -130,6 +130,7 @@ impl Tcp {
             (abi::TCP_RECV_RESET, "ebpf.tcp.receive_resets"),
             (abi::TCP_UNOWNED, "ebpf.tcp.unowned_retrans"),
             (abi::TCP_EVENTS_DROPPED, "ebpf.tcp.events_dropped"),
+            (abi::TCP_RETRANS_UNTRACKED, "ebpf.tcp.retrans_untracked"),
         ] {
             m.insert(key.into(), super::percpu_sum(&self.counters, idx) as f64);
         }
