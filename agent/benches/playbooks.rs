@@ -218,7 +218,7 @@ fn large_snapshot(t: i64) -> Snapshot {
         m(format!("ebpf.proc.{}.sock.close_wait", 1000 + i), if i % 100 == 0 { 30.0 } else { 0.0 });
     }
     for u in 0..50 {
-        let unit = if u < 4 { NAMED_UNITS[u].to_string() } else { format!("svc{u}.service") };
+        let unit = NAMED_UNITS.get(u).map_or_else(|| format!("svc{u}.service"), |n| n.to_string());
         for f in ["sock.close_wait", "sock.established", "retrans"] {
             m(format!("ebpf.unit.{unit}.{f}"), 1.0);
         }
