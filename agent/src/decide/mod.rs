@@ -281,9 +281,11 @@ impl Decider {
 /// playbook's error. `timed` is told each playbook's name and seconds taken.
 pub fn evaluate(rt: &Runtime, due: Vec<Due>, snap: &Arc<Snapshot>, history: &Arc<History>, timed: &mut dyn FnMut(&str, f64)) -> Vec<Done> {
     let mut out = Vec::with_capacity(due.len());
+    // One tick: the entity lists are built once for all the playbooks.
+    let tick = crate::playbooks::api::Tick::new(snap.clone(), history.clone());
     for d in due {
         let t = std::time::Instant::now();
-        let run = std::panic::AssertUnwindSafe(|| rt.evaluate(&d.pb, snap.clone(), history.clone(), &d.state));
+        let run = std::panic::AssertUnwindSafe(|| rt.evaluate_in(&d.pb, &tick, &d.state));
         let result = std::panic::catch_unwind(run).unwrap_or_else(|p| {
             let what = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
             Err(EvalError { code: "runtime_error", message: format!("{}: evaluation panicked: {}", d.pb.file, what.unwrap_or_default()) })

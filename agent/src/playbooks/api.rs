@@ -31,7 +31,7 @@ pub use crate::actions::notify::MAX_DETAILS_BYTES;
 pub use crate::actions::request::{duration_ms, MAX_VALUE_BYTES};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
 
@@ -56,18 +56,46 @@ pub struct EvalCtx {
     pub allowed: Vec<ActionKind>,
 }
 
-/// The script's `node`: one snapshot, the history up to it, and the evaluation's context.
+/// What every playbook evaluated on one snapshot shares: the snapshot, the history up to it, and
+/// the entity lists (`node.processes()`, `units()`, `mounts()`, `tcp_peers()`) built from the
+/// snapshot at most once, by the first evaluation that asks, however many playbooks read them.
+/// A list is read-only to scripts (each item they get is their own copy), so sharing it cannot
+/// carry anything from one playbook to another.
+pub struct Tick {
+    pub snap: Arc<Snapshot>,
+    pub history: Arc<History>,
+    lists: Arc<Lists>,
+}
+
+impl Tick {
+    pub fn new(snap: Arc<Snapshot>, history: Arc<History>) -> Self {
+        Self { snap, history, lists: Arc::default() }
+    }
+}
+
+/// The lists of a [`Tick`], each built on first use.
+#[derive(Default)]
+struct Lists {
+    processes: OnceLock<List>,
+    units: OnceLock<List>,
+    mounts: OnceLock<List>,
+    tcp_peers: OnceLock<List>,
+}
+
+/// The script's `node`: one snapshot, the history up to it, the tick's shared lists and the
+/// evaluation's context.
 #[derive(Clone)]
 pub struct Node {
     pub snap: Arc<Snapshot>,
     pub history: Arc<History>,
+    lists: Arc<Lists>,
     pub ctx: Arc<Mutex<EvalCtx>>,
 }
 
 impl Node {
-    pub fn new(snap: Arc<Snapshot>, history: Arc<History>, limits: &super::engine::Limits, allowed: Vec<ActionKind>) -> Self {
+    pub fn new(tick: &Tick, limits: &super::engine::Limits, allowed: Vec<ActionKind>) -> Self {
         let ctx = EvalCtx { max_requests: limits.max_requests, max_state_bytes: limits.max_state_bytes, allowed, ..Default::default() };
-        Self { snap, history, ctx: Arc::new(Mutex::new(ctx)) }
+        Self { snap: tick.snap.clone(), history: tick.history.clone(), lists: tick.lists.clone(), ctx: Arc::new(Mutex::new(ctx)) }
     }
 
     fn now(&self) -> i64 {
@@ -247,13 +275,13 @@ fn unit_map(u: &crate::signals::process::UnitInfo) -> Map {
     m
 }
 
-fn mount_map(node: &Node, mnt: &crate::signals::disk::Mount) -> Map {
+fn mount_map(snap: &Snapshot, mnt: &crate::signals::disk::Mount) -> Map {
     let mut m = Map::new();
     m.insert("mount".into(), mnt.mount_point.clone().into());
     m.insert("device".into(), mnt.device.clone().into());
     m.insert("fs_type".into(), mnt.fs_type.clone().into());
     for f in ["total_bytes", "used_bytes", "free_bytes", "used_pct", "inodes_used_pct"] {
-        let v = node.snap.metric(&format!("disk.{}.{f}", mnt.mount_point));
+        let v = snap.metric(&format!("disk.{}.{f}", mnt.mount_point));
         m.insert(f.into(), v.map_or(Dynamic::UNIT, Dynamic::from_float));
     }
     m
@@ -373,7 +401,9 @@ pub fn register(e: &mut Engine) {
     });
 
     // Entities.
-    e.register_fn("processes", |n: &mut Node| -> List { n.snap.processes.iter().map(|p| process_map(p).into()).collect() });
+    e.register_fn("processes", |n: &mut Node| -> List {
+        n.lists.processes.get_or_init(|| n.snap.processes.iter().map(|p| process_map(p).into()).collect()).clone()
+    });
     // Only the processes whose numeric field passes the test: far cheaper than building every
     // process's map when a playbook looks for a few outliers. The count found is noted.
     e.register_fn("processes", |n: &mut Node, field: &str, op: &str, thr: Dynamic| -> RhaiResult<List> {
@@ -402,25 +432,31 @@ pub fn register(e: &mut Engine) {
     e.register_fn("process", |n: &mut Node, pid: i64| -> Dynamic {
         n.snap.processes.iter().find(|p| p.pid == pid).map_or(Dynamic::UNIT, |p| process_map(p).into())
     });
-    e.register_fn("units", |n: &mut Node| -> List { n.snap.units.values().map(|u| unit_map(u).into()).collect() });
+    e.register_fn("units", |n: &mut Node| -> List {
+        n.lists.units.get_or_init(|| n.snap.units.values().map(|u| unit_map(u).into()).collect()).clone()
+    });
     e.register_fn("unit", |n: &mut Node, name: &str| -> Dynamic { n.snap.units.get(name).map_or(Dynamic::UNIT, |u| unit_map(u).into()) });
     e.register_fn("mounts", |n: &mut Node| -> List {
-        let node = n.clone();
-        n.snap.mounts.iter().map(|m| mount_map(&node, m).into()).collect()
+        n.lists.mounts.get_or_init(|| n.snap.mounts.iter().map(|m| mount_map(&n.snap, m).into()).collect()).clone()
     });
     e.register_fn("tcp_peers", |n: &mut Node| -> List {
-        n.snap
+        n.lists
             .tcp_peers
-            .iter()
-            .map(|p| {
-                let mut m = Map::new();
-                m.insert("peer".into(), p.peer.clone().into());
-                m.insert("sockets".into(), Dynamic::from_int(p.sockets as i64));
-                m.insert("retransmitting".into(), Dynamic::from_int(p.retransmitting as i64));
-                m.insert("timeouts".into(), Dynamic::from_int(p.timeouts as i64));
-                Dynamic::from_map(m)
+            .get_or_init(|| {
+                n.snap
+                    .tcp_peers
+                    .iter()
+                    .map(|p| {
+                        let mut m = Map::new();
+                        m.insert("peer".into(), p.peer.clone().into());
+                        m.insert("sockets".into(), Dynamic::from_int(p.sockets as i64));
+                        m.insert("retransmitting".into(), Dynamic::from_int(p.retransmitting as i64));
+                        m.insert("timeouts".into(), Dynamic::from_int(p.timeouts as i64));
+                        Dynamic::from_map(m)
+                    })
+                    .collect()
             })
-            .collect()
+            .clone()
     });
     e.register_fn("available", |n: &mut Node, family: &str| !n.snap.unavailable.contains_key(family));
 
@@ -516,6 +552,31 @@ mod tests {
         assert_eq!(s["processes_in(Z)"], 3.0);
         assert_eq!(s["children_of(40)"], 4.0);
         assert_eq!(s["processes(fds_pct>90)"], 1.0);
+    }
+
+    /// The lists of one tick are built once and shared; a script changing its copy of an item
+    /// changes nothing another playbook of the tick sees.
+    #[test]
+    fn lists_are_shared_by_a_tick_and_items_are_each_scripts_own() {
+        let rt = runtime(Default::default());
+        let tick = super::Tick::new(snapshot(), Arc::new(History::new(600_000, 1000, 100)));
+        let spoil = pb(&rt, "fn evaluate(node, state) { for p in node.processes() { p.name = \"x\"; p.pid = 0; } let q = node.processes()[0]; q.name = \"x\"; }").unwrap();
+        let look = pb(&rt, "fn evaluate(node, state) { let p = node.processes()[0]; if p.name != \"init\" || p.pid != 1 { throw `${p}`; } notify(\"ok\"); }").unwrap();
+        for p in [&spoil, &look, &spoil, &look] {
+            rt.evaluate_in(p, &tick, &State::default()).unwrap();
+        }
+        assert!(tick.lists.processes.get().is_some(), "built once and kept for the tick");
+    }
+
+    /// META is read at load; a playbook that names it in `evaluate` still sees it.
+    #[test]
+    fn meta_is_kept_for_a_playbook_that_reads_it() {
+        let rt = runtime(Default::default());
+        let p = pb(&rt, "fn evaluate(node, state) { notify(global::META.name); }").unwrap();
+        let (r, _) = eval(&rt, &p, &State::default());
+        assert_eq!(r.unwrap()[0].target, "t");
+        let p = pb(&rt, "const LIMIT = 3;\nfn evaluate(node, state) { notify(`${global::LIMIT}`); }").unwrap();
+        assert_eq!(eval(&rt, &p, &State::default()).0.unwrap()[0].target, "3");
     }
 
     #[test]

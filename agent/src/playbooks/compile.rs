@@ -44,7 +44,7 @@ impl Runtime {
     /// function called exists, every action asked for is in the manifest, no literal window
     /// reaches further back than the history.
     pub fn compile(&self, file: &str, source: &str) -> Result<Playbook, PlaybookError> {
-        let mut ast = self.engine.compile(source).map_err(|e| err_at(file, e.1, e.0.to_string()))?;
+        let ast = self.engine.compile(source).map_err(|e| err_at(file, e.1, e.0.to_string()))?;
         let (ml, mc) = meta_pos(source);
         let meta_err = |reason: String| PlaybookError { file: file.to_string(), line: ml, col: mc, reason };
         let meta_value = ast
@@ -63,6 +63,7 @@ impl Runtime {
         let reads = key_patterns(&ast);
         let wakes =
             crate::signals::wake::Wake::of_playbook(reads.iter().map(String::as_str), method_names(&ast).iter().map(String::as_str));
+        let mut ast = without_meta(ast);
         // `debug` lines name their playbook.
         ast.set_source(meta.name.as_str());
         let sha256 = hex::encode(Sha256::digest(source.as_bytes()));
@@ -178,6 +179,28 @@ impl Runtime {
         });
         found.map_or(Ok(()), Err)
     }
+}
+
+/// The AST an evaluation runs: without the `const META = ...` statement when nothing else
+/// names `META`. The manifest is read once, here; every evaluation runs the script's top level
+/// (`eval_ast`), and building the META map again each time cost more than a small playbook's
+/// whole `evaluate` (about 1,000 of them in one tick). Other top-level statements stay.
+fn without_meta(ast: AST) -> AST {
+    let is_meta = |s: &Stmt| matches!(s, Stmt::Var(x, ..) if x.0.name == "META");
+    let mut named = 0usize;
+    ast.walk(&mut |path: &[ASTNode]| {
+        match path.last() {
+            Some(ASTNode::Expr(Expr::Variable(x, ..))) if x.1 == "META" => named += 1,
+            Some(ASTNode::Expr(Expr::StringConstant(s, _))) if s.contains("META") => named += 1,
+            _ => {}
+        }
+        true
+    });
+    if named > 0 || !ast.statements().iter().any(is_meta) {
+        return ast;
+    }
+    let body: Vec<Stmt> = ast.statements().iter().filter(|s| !is_meta(s)).cloned().collect();
+    AST::new(body, ast.shared_lib().clone())
 }
 
 /// The names of the methods a script calls (`node.mounts()` → `mounts`).

@@ -3,7 +3,7 @@
 //! read (`Evaluation`), or why it failed with a stable code (`EvalError`). Its state changes are
 //! kept only when it succeeds.
 
-use super::api::{Node, State};
+use super::api::{Node, State, Tick};
 use super::{engine, pos_of, Playbook, Runtime};
 use crate::actions::ActionRequest;
 use crate::signals::history::History;
@@ -56,9 +56,15 @@ impl Runtime {
     /// Evaluates one playbook against a snapshot and its history. State changes are kept only
     /// when the evaluation succeeds.
     pub fn evaluate(&self, pb: &Playbook, snap: Arc<Snapshot>, history: Arc<History>, state: &State) -> Result<Evaluation, EvalError> {
-        history.note_reads(&pb.reads, snap.ts_ms);
+        self.evaluate_in(pb, &Tick::new(snap, history), state)
+    }
+
+    /// [`Runtime::evaluate`] within a tick whose entity lists every playbook evaluated in it
+    /// shares (`decide::evaluate` makes one [`Tick`] per snapshot).
+    pub fn evaluate_in(&self, pb: &Playbook, tick: &Tick, state: &State) -> Result<Evaluation, EvalError> {
+        tick.history.note_reads(&pb.reads, tick.snap.ts_ms);
         let allowed = pb.meta.actions.iter().map(|c| c.kind).collect();
-        let node = Node::new(snap, history, &self.limits, allowed);
+        let node = Node::new(tick, &self.limits, allowed);
         let before = state.snapshot();
         let options = CallFnOptions::new().eval_ast(true).rewind_scope(true).with_tag(node.clone());
         let mut scope = rhai::Scope::new();
