@@ -4,7 +4,7 @@
 //! never how fast (that is bench/reaction.sh's job). A storm of wake-ups still goes through
 //! every gate rule.
 
-use crate::util::{audit_lines, medic, write_config, Reaped};
+use crate::util::{audit_lines, medic, write_config, Nft, Reaped};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -173,6 +173,69 @@ fn a_wake_up_storm_still_respects_cooldowns_rate_limits_and_the_budget() {
     for rule in ["cooldown", "rate_limit", "budget"] {
         assert!(rules.contains(rule), "some woken requests were held by {rule}: {rules:?}");
     }
+    assert!(agent.stop());
+}
+
+/// A retransmit burst after a second and more of busy traffic: the tick it wakes takes the TCP
+/// rates over the fast watch's last window, so the playbook sees the burst at its true share.
+/// Over the whole interval since the previous sample (here the start, 60 s ticks) the thousands
+/// of segments sent before it would hide it (well under 1 %).
+#[test]
+fn a_retransmit_burst_is_seen_at_its_share_of_the_last_moments_not_of_the_whole_interval() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let pbs = dir.path().join("pb");
+    std::fs::create_dir_all(&pbs).unwrap();
+    let free = "rate_limit: #{ max: 1000, per: \"1h\" }, cooldown: \"0s\"";
+    let body = "  let p = node.value(\"tcp.retrans_pct\");\n  if p != () && p > 5 { notify(\"storm\", #{ pct: p, per_s: node.value(\"tcp.retrans_segs_per_s\") }); }";
+    std::fs::write(pbs.join("storm.rhai"), playbook("storm", "1m", free, body)).unwrap();
+    let (agent, state) = agent(dir.path(), &pbs, "");
+    let srv = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = srv.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in srv.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut c = c;
+                let mut buf = [0u8; 65536];
+                while c.read(&mut buf).is_ok_and(|n| n > 0) {}
+            });
+        }
+    });
+    let mut conns: Vec<std::net::TcpStream> = (0..64).map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+    for c in &conns {
+        c.set_nodelay(true).unwrap();
+    }
+    let snmp_out = || -> u64 {
+        let t = std::fs::read_to_string("/proc/net/snmp").unwrap();
+        let rows: Vec<Vec<&str>> = t.lines().filter(|l| l.starts_with("Tcp:")).map(|l| l.split_whitespace().collect()).collect();
+        let i = rows[0].iter().position(|n| *n == "OutSegs").unwrap();
+        rows[1][i].parse().unwrap()
+    };
+    let before = snmp_out();
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_millis(1500) {
+        for c in &mut conns {
+            let _ = c.write_all(&[b'x'; 100]);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let sent = snmp_out() - before;
+    // Every segment to the port is now lost: each connection's unacknowledged data is
+    // retransmitted after its RTO (64 at once: a burst that wakes the tcp playbooks).
+    let _rule = Nft::drop_port(port);
+    for c in &mut conns {
+        let _ = c.write_all(&[b'y'; 100]);
+    }
+    assert!(sent > 5000, "busy traffic before the burst: {sent} segments");
+    assert!(
+        wait_for(|| !actions(&state, "storm").is_empty()),
+        "a retransmit burst woke the tcp playbook at a share above 5 %: {:?}",
+        audit_lines(&state).iter().rev().take(8).collect::<Vec<_>>()
+    );
+    let rec = &actions(&state, "storm")[0];
+    let pct = rec["action"]["params"]["details"]["pct"].as_f64().unwrap();
+    assert!(pct > 20.0, "the share over the last moments, not diluted by the {sent} segments before: {rec}");
+    drop(conns);
     assert!(agent.stop());
 }
 

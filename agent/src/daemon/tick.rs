@@ -296,7 +296,9 @@ impl Agent {
     pub fn start_fast_watch(&mut self, bell: Arc<crate::signals::wake::Doorbell>) {
         let (ms, step) = self.fast;
         let Some(sense) = self.sense.as_mut().filter(|_| ms > 0) else { return };
-        match crate::signals::fast::FastWatch::start(std::time::Duration::from_millis(ms), step, move |w| bell.ring(w)) {
+        // TCP counters only where retransmit bursts can wake a tick: with the eBPF tcp family.
+        let snmp = sense.sampler.ebpf().is_some_and(|e| e.loaded().contains(&"tcp")).then(|| sense.sampler.roots().proc.join("net/snmp"));
+        match crate::signals::fast::FastWatch::start(std::time::Duration::from_millis(ms), step, snmp, move |w| bell.ring(w)) {
             Ok(w) => sense.sampler.with_fast_watch(w),
             Err(e) => tracing::warn!(message = "Fast watch not started: disk changes wait for the next tick.", error = %e),
         }

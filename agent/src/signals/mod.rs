@@ -178,6 +178,11 @@ impl Sampler {
         self.fast = Some(w);
     }
 
+    /// Where /proc and /sys are read from.
+    pub fn roots(&self) -> &Roots {
+        &self.roots
+    }
+
     pub fn ebpf(&self) -> Option<&ebpf::EbpfSignals> {
         self.ebpf.as_ref()
     }
@@ -287,6 +292,13 @@ impl Sampler {
         if self.prev.ts_ms > 0 {
             let prev = std::mem::take(&mut self.prev.tcp);
             tcp::rates_into(&prev, secs, &mut tcp_now);
+            // Woken by a retransmit burst: the snmp rates over the fast watch's last window, so
+            // that the burst is not diluted by the normal traffic of the rest of the interval.
+            if woken.intersects(wake::Wake::TCP) {
+                if let Some((t, recent)) = self.fast.as_ref().and_then(|f| f.tcp_before(ts_ms)) {
+                    tcp::rates_into(&recent, (ts_ms - t) as f64 / 1000.0, &mut tcp_now);
+                }
+            }
         }
         self.prev.tcp = tcp_now.iter().filter(|(k, _)| !k.ends_with("_per_s")).map(|(k, v)| (k.clone(), *v)).collect();
         s.metrics.extend(tcp_now);

@@ -6,7 +6,9 @@
 //! `tcp.out_rsts`, `tcp.attempt_fails`, `tcp.estab_resets`, `tcp.listen_overflows`,
 //! `tcp.listen_drops`, `tcp.lost_retransmit`, `tcp.timeouts`, `tcp.syn_retrans`,
 //! `tcp.fast_retrans`, `tcp.slow_start_retrans`; each counter also as `<key>_per_s`, and
-//! `tcp.retrans_pct` (retransmitted / sent segments over the interval).
+//! `tcp.retrans_pct` (the retransmitted share of the segments sent over the interval:
+//! `RetransSegs / (OutSegs + RetransSegs)`, since the kernel's `OutSegs` leaves out segments
+//! that carry only retransmitted bytes; 100 when only retransmits went out).
 
 use super::parse::{num, ParseError};
 use std::collections::BTreeMap;
@@ -93,7 +95,35 @@ pub fn rates_into(prev: &BTreeMap<String, f64>, secs: f64, out: &mut BTreeMap<St
     }
     let delta = |k: &str| Some((out.get(k)? - prev.get(k)?).max(0.0));
     if let (Some(re), Some(sent)) = (delta("tcp.retrans_segs"), delta("tcp.out_segs")) {
-        add.push(("tcp.retrans_pct".into(), if sent > 0.0 { re * 100.0 / sent } else { 0.0 }));
+        // OutSegs counts no segment made only of retransmitted bytes: what went out is both.
+        let total = sent + re;
+        add.push(("tcp.retrans_pct".into(), if total > 0.0 { re * 100.0 / total } else { 0.0 }));
     }
     out.extend(add);
+}
+
+#[cfg(test)]
+mod rate_tests {
+    use super::*;
+
+    fn counters(out: f64, re: f64) -> BTreeMap<String, f64> {
+        BTreeMap::from([("tcp.out_segs".to_string(), out), ("tcp.retrans_segs".to_string(), re)])
+    }
+
+    #[test]
+    fn the_retransmitted_share_counts_segments_outsegs_leaves_out() {
+        let prev = counters(1000.0, 10.0);
+        // Only retransmits went out (the peer is unreachable): all of what was sent.
+        let mut now = counters(1000.0, 74.0);
+        rates_into(&prev, 0.5, &mut now);
+        assert_eq!((now["tcp.retrans_pct"], now["tcp.retrans_segs_per_s"]), (100.0, 128.0));
+        // 300 new segments and 100 retransmits: a quarter of the 400 sent.
+        let mut now = counters(1300.0, 110.0);
+        rates_into(&prev, 1.0, &mut now);
+        assert_eq!(now["tcp.retrans_pct"], 25.0);
+        // Nothing sent at all: 0, not a division by zero.
+        let mut now = counters(1000.0, 10.0);
+        rates_into(&prev, 1.0, &mut now);
+        assert_eq!(now["tcp.retrans_pct"], 0.0);
+    }
 }
