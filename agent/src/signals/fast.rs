@@ -24,6 +24,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// TCP counter readings (wall-clock ms, counters), oldest first.
+type TcpReadings = Arc<Mutex<VecDeque<(i64, BTreeMap<String, f64>)>>>;
+
 /// How many `/proc/net/snmp` readings are kept (1.6 s at the default interval).
 pub const TCP_READINGS: usize = 16;
 
@@ -43,7 +46,7 @@ struct Watched {
 pub struct FastWatch {
     mounts: Arc<Mutex<Vec<Watched>>>,
     /// The last TCP counter readings (wall-clock ms, counters), oldest first; empty when off.
-    tcp: Arc<Mutex<VecDeque<(i64, BTreeMap<String, f64>)>>>,
+    tcp: TcpReadings,
     every_ms: i64,
 }
 
@@ -56,7 +59,7 @@ impl FastWatch {
     /// `snmp` (the path of `/proc/net/snmp`), the TCP counters are read at each check too.
     pub fn start(every: Duration, step_pct: f64, snmp: Option<PathBuf>, wake: impl Fn(Wake) + Send + 'static) -> std::io::Result<Self> {
         let mounts: Arc<Mutex<Vec<Watched>>> = Arc::default();
-        let tcp: Arc<Mutex<VecDeque<(i64, BTreeMap<String, f64>)>>> = Arc::default();
+        let tcp: TcpReadings = Arc::default();
         let weak = Arc::downgrade(&mounts);
         let tcp_weak = Arc::downgrade(&tcp);
         let mut snmp = snmp.and_then(|p| std::fs::File::open(&p).ok().map(|f| (p, f)));
