@@ -55,6 +55,8 @@ pub fn run(o: Overrides, once: bool) -> Outcome {
             loop {
                 every.tick().await;
                 crate::memory::trim();
+                // Code run once a while ago (a reload, an action, a scan) stops counting too.
+                crate::memory::release_start_up_code();
             }
         });
         crate::metrics::server::start(&cfg.metrics, agent.metrics())

@@ -277,6 +277,11 @@ impl Agent {
     pub fn drain_events(&mut self) -> Wake {
         let events = self.sense.as_mut().and_then(|s| s.sampler.ebpf_mut()).map(|e| e.drain_events()).unwrap_or_default();
         let woke = events.iter().fold(Wake::NONE, |w, e| w | Wake::of_event(e.kind));
+        if woke.intersects(Wake::TCP) {
+            if let Some(s) = self.sense.as_mut() {
+                s.sampler.note_tcp_wake(crate::audit::now_ms());
+            }
+        }
         self.force_next |= woke;
         woke
     }

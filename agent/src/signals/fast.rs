@@ -8,9 +8,10 @@
 //! With the eBPF tcp family loaded (the only source of TCP wake-ups), it also reads the `Tcp:`
 //! counters of `/proc/net/snmp` at each check (one `pread` of an open file, ~20 µs) and keeps
 //! the last [`TCP_READINGS`]. A tick woken by a retransmit burst takes its `tcp.*_per_s` and
-//! `tcp.retrans_pct` over the window since the newest reading at least one interval old (100 to
-//! 200 ms by default) instead of since the previous sample: a burst that starts late in a
-//! second is then not diluted by the normal traffic before it ([`FastWatch::tcp_before`]).
+//! `tcp.retrans_pct` over the window since the newest reading at least one interval before the
+//! burst was seen (100 to 200 ms by default) instead of since the previous sample: a burst that
+//! starts late in a second is then not diluted by the normal traffic before it
+//! ([`FastWatch::tcp_before`]).
 //!
 //! It runs on a thread of its own: a filesystem that hangs `statvfs` stalls only this watch,
 //! never the loop or the evaluation (network and FUSE filesystems are not watched at all).

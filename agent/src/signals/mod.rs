@@ -113,6 +113,8 @@ pub struct Sampler {
     board: Option<probes::Board>,
     /// The fast watch, told each sample's mounts and usage (the daemon's only).
     fast: Option<fast::FastWatch>,
+    /// When a retransmit burst was first seen since the last sample (wall-clock ms).
+    tcp_woken_at: Option<i64>,
 }
 
 impl Sampler {
@@ -146,6 +148,7 @@ impl Sampler {
             files: files::Files::new(files::FilesConfig::default()),
             board: None,
             fast: None,
+            tcp_woken_at: None,
         }
     }
 
@@ -176,6 +179,13 @@ impl Sampler {
     /// Has `w` told each sample's mounts and their usage (see [`fast`]).
     pub fn with_fast_watch(&mut self, w: fast::FastWatch) {
         self.fast = Some(w);
+    }
+
+    /// A retransmit burst was seen at `ms` (the first since the last sample counts): the woken
+    /// sample's TCP rates start at the fast watch's reading one interval before it, so a tick
+    /// held back (by the spacing of wake-ups, or an evaluation under way) still covers the burst.
+    pub fn note_tcp_wake(&mut self, ms: i64) {
+        self.tcp_woken_at.get_or_insert(ms);
     }
 
     /// Where /proc and /sys are read from.
@@ -295,13 +305,16 @@ impl Sampler {
             // Woken by a retransmit burst: the snmp rates over the fast watch's last window, so
             // that the burst is not diluted by the normal traffic of the rest of the interval.
             if woken.intersects(wake::Wake::TCP) {
-                if let Some((t, recent)) = self.fast.as_ref().and_then(|f| f.tcp_before(ts_ms)) {
+                let since = self.tcp_woken_at.unwrap_or(ts_ms).min(ts_ms);
+                if let Some((t, recent)) = self.fast.as_ref().and_then(|f| f.tcp_before(since)) {
                     tcp::rates_into(&recent, (ts_ms - t) as f64 / 1000.0, &mut tcp_now);
                 }
             }
         }
         self.prev.tcp = tcp_now.iter().filter(|(k, _)| !k.ends_with("_per_s")).map(|(k, v)| (k.clone(), *v)).collect();
         s.metrics.extend(tcp_now);
+
+        self.tcp_woken_at = None;
 
         // Sockets: reading the tables makes the kernel walk its whole TCP hash table (about
         // 3 ms per file here, whatever the socket count), so they are read every
