@@ -6,7 +6,7 @@
 //! process it was opened for: once that process is gone the read fails (ESRCH), the file is
 //! dropped and the path opened again, so a reused pid is read as the new process it is.
 //!
-//! Bounded: at most [`MAX_HELD`] files, and no more than half the soft `RLIMIT_NOFILE`, so the
+//! Bounded: at most [`MAX_HELD`] files, and no more than a quarter of the soft `RLIMIT_NOFILE`, so the
 //! agent's other files never lack a descriptor; past the bound a file is opened for each read
 //! as before. A file not read in a sample is closed at the end of it ([`Held::sweep`]).
 
@@ -43,10 +43,11 @@ impl Default for Held {
 }
 
 impl Held {
-    /// Holds up to [`MAX_HELD`] files, and no more than half the soft limit on open files.
+    /// Holds up to [`MAX_HELD`] files, and no more than a quarter of the soft limit on open files
+    /// (the agent's own `fds_pct` stays far from any alarm: 25 % at most from these).
     pub fn new() -> Self {
         let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(u64::MAX);
-        Self::with_budget((soft / 2).min(MAX_HELD as u64) as usize)
+        Self::with_budget((soft / 4).min(MAX_HELD as u64) as usize)
     }
 
     /// Holds up to `budget` files (0: none, every read opens its file).
