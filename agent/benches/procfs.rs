@@ -352,6 +352,8 @@ fn scan(c: &mut Criterion) {
     let page_size = rustix::param::page_size() as u64;
     let boot_time = cpu::read_stat(Path::new("/proc")).unwrap().boot_time;
     let sockets = sockets::InodeStates::new();
+    // stat and statm held open across scans, as the sampler holds them.
+    let held = std::cell::RefCell::new(medic::signals::held::Held::new());
     let ours = |prev: &HashMap<i64, process::ProcMemo>, scan_fds: bool| {
         let cx = ProcContext { boot_time, clk_tck, page_size, elapsed_secs: 1.0, uptime_secs: None, prev, sockets: &sockets, scan_fds };
         let mut memo = HashMap::new();
@@ -359,7 +361,7 @@ fn scan(c: &mut Criterion) {
         for e in std::fs::read_dir("/proc").unwrap().flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i64>().ok()) else { continue };
             let path: PathBuf = e.path();
-            if let Ok(Some((info, m))) = process::read_process(&path, pid, &cx, &mut Vec::new()) {
+            if let Ok(Some((info, m))) = process::read_process(&path, pid, &cx, &mut held.borrow_mut(), &mut Vec::new()) {
                 memo.insert(pid, m);
                 out.push(info);
             }

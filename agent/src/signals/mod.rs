@@ -11,6 +11,7 @@ pub mod disk;
 pub mod ebpf;
 pub mod fast;
 pub mod files;
+pub mod held;
 pub mod history;
 pub mod memory;
 pub mod net;
@@ -22,7 +23,7 @@ pub mod sockets;
 pub mod tcp;
 pub mod wake;
 
-use parse::{read, ParseError};
+use parse::ParseError;
 use process::{ProcContext, ProcMemo, ProcessInfo, UnitInfo};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -115,6 +116,8 @@ pub struct Sampler {
     fast: Option<fast::FastWatch>,
     /// When a retransmit burst was first seen since the last sample (wall-clock ms).
     tcp_woken_at: Option<i64>,
+    /// The files read every sample, held open between samples.
+    held: held::Held,
 }
 
 impl Sampler {
@@ -149,6 +152,7 @@ impl Sampler {
             board: None,
             fast: None,
             tcp_woken_at: None,
+            held: held::Held::new(),
         }
     }
 
@@ -217,7 +221,8 @@ impl Sampler {
 
         // CPU
         let mut boot_time = 0;
-        match cpu::read_stat(&p) {
+        let f = p.join("stat");
+        match self.held.read_text(&f).and_then(|t| cpu::parse_stat(&f, &t)) {
             Ok(stat) => {
                 boot_time = stat.boot_time;
                 s.metrics.insert("cpu.count".into(), stat.cores.len() as f64);
@@ -229,12 +234,12 @@ impl Sampler {
             Err(e) => fail(&mut s, "cpu", e),
         }
         let f = p.join("loadavg");
-        if let Err(e) = read(&f).and_then(|t| cpu::parse_loadavg(&f, &t, &mut s.metrics)) {
+        if let Err(e) = self.held.read_text(&f).and_then(|t| cpu::parse_loadavg(&f, &t, &mut s.metrics)) {
             fail(&mut s, "load", e);
         }
         for res in ["cpu", "memory", "io"] {
             let f = p.join("pressure").join(res);
-            match read(&f) {
+            match self.held.read_text(&f) {
                 Ok(t) => {
                     if let Err(e) = cpu::parse_psi(&f, res, &t, &mut s.metrics) {
                         fail(&mut s, &format!("psi.{res}"), e);
@@ -249,13 +254,13 @@ impl Sampler {
 
         // Memory
         let f = p.join("meminfo");
-        if let Err(e) = read(&f).and_then(|t| memory::parse_meminfo(&f, &t, &mut s.metrics)) {
+        if let Err(e) = self.held.read_text(&f).and_then(|t| memory::parse_meminfo(&f, &t, &mut s.metrics)) {
             fail(&mut s, "mem", e);
         }
 
         // Disk
         let f = p.join("self").join("mounts");
-        match read(&f).and_then(|t| disk::parse_mounts(&f, &t)) {
+        match self.held.read_text(&f).and_then(|t| disk::parse_mounts(&f, &t)) {
             Ok(mounts) => {
                 for m in &mounts {
                     if let Err(e) = disk::statvfs_into(m, &mut s.metrics) {
@@ -267,7 +272,7 @@ impl Sampler {
             Err(e) => fail(&mut s, "disk", e),
         }
         let f = p.join("diskstats");
-        match read(&f).and_then(|t| disk::parse_diskstats(&f, &t)) {
+        match self.held.read_text(&f).and_then(|t| disk::parse_diskstats(&f, &t)) {
             Ok(cur) => {
                 disk::diskstats_into(self.prev.disks.as_ref(), &cur, secs, &mut s.metrics);
                 self.prev.disks = Some(cur);
@@ -277,9 +282,9 @@ impl Sampler {
 
         // Network interfaces
         let f = p.join("net").join("dev");
-        match read(&f).and_then(|t| net::parse_dev(&f, &t)) {
+        match self.held.read_text(&f).and_then(|t| net::parse_dev(&f, &t)) {
             Ok((cur, left_out)) => {
-                net::into(self.prev.net.as_ref(), &cur, secs, &self.roots.sys, &mut s.metrics);
+                net::into(self.prev.net.as_ref(), &cur, secs, &self.roots.sys, &mut self.held, &mut s.metrics);
                 if left_out > 0 {
                     s.unavailable
                         .insert("net".into(), format!("{left_out} interfaces beyond the first {} not reported", net::MAX_INTERFACES));
@@ -292,11 +297,11 @@ impl Sampler {
         // TCP counters
         let mut tcp_now = BTreeMap::new();
         let f = p.join("net").join("snmp");
-        if let Err(e) = read(&f).and_then(|t| tcp::parse_snmp(&f, &t, &mut tcp_now)) {
+        if let Err(e) = self.held.read_text(&f).and_then(|t| tcp::parse_snmp(&f, &t, &mut tcp_now)) {
             fail(&mut s, "tcp", e);
         }
         let f = p.join("net").join("netstat");
-        if let Err(e) = read(&f).and_then(|t| tcp::parse_netstat(&f, &t, &mut tcp_now)) {
+        if let Err(e) = self.held.read_text(&f).and_then(|t| tcp::parse_netstat(&f, &t, &mut tcp_now)) {
             fail(&mut s, "tcp.ext", e);
         }
         if self.prev.ts_ms > 0 {
@@ -355,6 +360,7 @@ impl Sampler {
         if let Some(f) = &self.fast {
             f.baseline(&s);
         }
+        self.held.sweep();
         s
     }
 
@@ -399,14 +405,14 @@ impl Sampler {
             clk_tck: self.clk_tck,
             page_size: self.page_size,
             elapsed_secs: secs,
-            uptime_secs: read(&self.roots.proc.join("uptime")).ok().and_then(|t| cpu::parse_uptime(&t)),
+            uptime_secs: self.held.read_text(&self.roots.proc.join("uptime")).ok().and_then(|t| cpu::parse_uptime(&t)),
             prev: &self.prev.procs,
             sockets: inodes,
             scan_fds,
         };
         for entry in dir.flatten() {
             let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i64>().ok()) else { continue };
-            match process::read_process(&entry.path(), pid, &cx, &mut s.errors) {
+            match process::read_process(&entry.path(), pid, &cx, &mut self.held, &mut s.errors) {
                 Ok(Some((info, memo))) => {
                     if let (Some(u), Some(cg)) = (&info.unit, &memo.cgroup) {
                         cgroups.entry(u.clone()).or_insert(cg.clone());

@@ -59,8 +59,8 @@ pub fn parse_dev(file: &Path, text: &str) -> Result<(BTreeMap<String, Counters>,
     Ok((out, left_out))
 }
 
-fn read_trim(path: &Path) -> Option<String> {
-    let b = super::parse::read_one_piece(path).ok()?;
+fn read_trim(path: &Path, held: &mut super::held::Held) -> Option<String> {
+    let b = held.read(path).ok()?;
     Some(String::from_utf8_lossy(&b).trim().to_string())
 }
 
@@ -70,6 +70,7 @@ pub fn into(
     cur: &BTreeMap<String, Counters>,
     secs: f64,
     sys: &Path,
+    held: &mut super::held::Held,
     out: &mut BTreeMap<String, f64>,
 ) {
     for (ifname, c) in cur {
@@ -78,16 +79,16 @@ pub fn into(
             out.insert(format!("{p}.{k}"), *v as f64);
         }
         let dir = sys.join("class/net").join(ifname);
-        let flags = read_trim(&dir.join("flags")).and_then(|f| u64::from_str_radix(f.trim_start_matches("0x"), 16).ok()).unwrap_or(0);
+        let flags = read_trim(&dir.join("flags"), held).and_then(|f| u64::from_str_radix(f.trim_start_matches("0x"), 16).ok()).unwrap_or(0);
         let admin_up = flags & 1 == 1;
-        let oper = read_trim(&dir.join("operstate")).unwrap_or_default();
+        let oper = read_trim(&dir.join("operstate"), held).unwrap_or_default();
         let up = oper == "up" || (oper == "unknown" && admin_up);
         // `carrier` cannot be read (EINVAL) while the interface is down: no carrier then.
-        let carrier = read_trim(&dir.join("carrier")).is_some_and(|c| c == "1");
+        let carrier = read_trim(&dir.join("carrier"), held).is_some_and(|c| c == "1");
         out.insert(format!("{p}.up"), f64::from(u8::from(up)));
         out.insert(format!("{p}.admin_up"), f64::from(u8::from(admin_up)));
         out.insert(format!("{p}.carrier"), f64::from(u8::from(carrier)));
-        let speed = read_trim(&dir.join("speed")).and_then(|s| s.parse::<i64>().ok()).filter(|s| *s > 0);
+        let speed = read_trim(&dir.join("speed"), held).and_then(|s| s.parse::<i64>().ok()).filter(|s| *s > 0);
         if let Some(s) = speed {
             out.insert(format!("{p}.speed_mbps"), s as f64);
         }
@@ -128,10 +129,11 @@ mod tests {
         for (k, v) in [("flags", "0x1003\n"), ("operstate", "up\n"), ("carrier", "1\n"), ("speed", "100\n")] {
             std::fs::write(d.join(k), v).unwrap();
         }
+        let mut held = crate::signals::held::Held::with_budget(8);
         let mut b = a.clone();
         b.get_mut("eth0").unwrap()[0] += 12_500_000; // 100 Mb in 2 s: 50% of 100 Mb/s
         let mut out = BTreeMap::new();
-        into(Some(&a), &b, 2.0, sys.path(), &mut out);
+        into(Some(&a), &b, 2.0, sys.path(), &mut held, &mut out);
         assert_eq!(out["net.eth0.rx_bytes_per_s"], 6_250_000.0);
         assert_eq!(out["net.eth0.rx_util_pct"], 50.0);
         assert_eq!((out["net.eth0.up"], out["net.eth0.carrier"], out["net.eth0.admin_up"]), (1.0, 1.0, 1.0));
@@ -140,7 +142,7 @@ mod tests {
         assert!(!out.contains_key("net.lo.speed_mbps"));
         // A counter that went back gives no rate.
         let mut out = BTreeMap::new();
-        into(Some(&b), &a, 2.0, sys.path(), &mut out);
+        into(Some(&b), &a, 2.0, sys.path(), &mut held, &mut out);
         assert!(!out.contains_key("net.eth0.rx_bytes_per_s"));
     }
 

@@ -199,8 +199,12 @@ pub fn parse_pid_stat(file: &Path, text: &str) -> Result<PidStat, ParseError> {
     // The kernel bounds the name to 15 bytes, but its bytes are the process's own choice.
     let name = bounded(text[open + 1..close].to_string(), MAX_NAME);
     // Fields after the name, numbered from 3 (state) as in proc(5).
-    let f: Vec<&str> = text[close + 1..].split_ascii_whitespace().collect();
-    let field = |n: usize| f.get(n - 3).copied();
+    // Fields 3 to 24 are the ones used: kept on the stack, no list allocated per process.
+    let mut f = [None; 22];
+    for (slot, word) in f.iter_mut().zip(text[close + 1..].split_ascii_whitespace()) {
+        *slot = Some(word);
+    }
+    let field = |n: usize| f.get(n - 3).copied().flatten();
     let utime: u64 = num(file, 1, "utime (14)", field(14))?;
     let stime: u64 = num(file, 1, "stime (15)", field(15))?;
     Ok(PidStat {
@@ -279,8 +283,8 @@ fn scan_fds(dir: &Path, sockets: &InodeStates) -> (Option<u64>, BTreeMap<String,
 /// per CPU for each of three counters: 768 KiB on two CPUs, tens of MiB on a big machine),
 /// while statm sums the per-CPU parts (6.16) as `ps` and `top` do. One more small read per
 /// process per sample; where statm cannot be read, stat's figure stands.
-fn read_statm_resident(path: &Path) -> Option<u64> {
-    parse_statm_resident(&super::parse::read_one_piece(path).ok()?)
+fn read_statm_resident(path: &Path, held: &mut super::held::Held) -> Option<u64> {
+    parse_statm_resident(&held.read(path).ok()?)
 }
 
 /// The resident pages (second field) of a `/proc/<pid>/statm` text.
@@ -304,22 +308,25 @@ fn read_cmdline(path: &Path) -> std::io::Result<String> {
 
 /// Reads one process. `Ok(None)` when it vanished while being read (normal on a busy host).
 /// A part that does not parse while the rest does (its `limits`) is pushed to `errors` and left
-/// unknown, so the process is still seen.
+/// unknown, so the process is still seen. `stat` and `statm`, read every sample, are read
+/// through files `held` open from one sample to the next (see [`super::held`]).
 pub fn read_process(
     dir: &Path,
     pid: i64,
     cx: &ProcContext<'_>,
+    held: &mut super::held::Held,
     errors: &mut Vec<String>,
 ) -> Result<Option<(ProcessInfo, ProcMemo)>, ParseError> {
     let stat_file = dir.join("stat");
-    let text = match super::parse::read_one_piece(&stat_file) {
-        // Lossy: the name inside is any bytes the process chose (prctl PR_SET_NAME, the
-        // executable's file name); a process must not hide from medic by choosing invalid UTF-8.
-        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+    let bytes = match held.read(&stat_file) {
+        Ok(b) => b,
         // Gone between listing and reading (ENOENT/ESRCH): not an error.
         Err(_) => return Ok(None),
     };
-    let st = parse_pid_stat(&stat_file, &text)?;
+    // Lossy: the name inside is any bytes the process chose (prctl PR_SET_NAME, the
+    // executable's file name); a process must not hide from medic by choosing invalid UTF-8.
+    // Borrowed, not copied, when it is valid (nearly always).
+    let st = parse_pid_stat(&stat_file, &String::from_utf8_lossy(&bytes))?;
     let prev = cx.prev.get(&pid).filter(|p| p.start_ticks == st.start_ticks);
     // Same process as last time (an exec changes the name): reuse what rarely changes.
     let same = prev.filter(|p| p.name == st.name);
@@ -384,7 +391,7 @@ pub fn read_process(
         unit,
         cpu_pct,
         // statm's resident count is exact; stat's field 24 is the kernel's per-CPU estimate.
-        rss_bytes: read_statm_resident(&dir.join("statm")).unwrap_or(st.rss_pages) * cx.page_size,
+        rss_bytes: read_statm_resident(&dir.join("statm"), held).unwrap_or(st.rss_pages) * cx.page_size,
         fds,
         fd_limit,
         threads: st.threads,
