@@ -155,7 +155,8 @@ fn register_item(e: &mut Engine) {
 
 /// Two items are equal when they hold the same keys and equal values.
 fn same_map(a: &Arc<Map>, b: &Arc<Map>) -> bool {
-    Arc::ptr_eq(a, b) || (a.len() == b.len() && a.iter().zip(b.iter()).all(|((ka, va), (kb, vb))| ka == kb && va.to_string() == vb.to_string()))
+    Arc::ptr_eq(a, b)
+        || (a.len() == b.len() && a.iter().zip(b.iter()).all(|((ka, va), (kb, vb))| ka == kb && va.to_string() == vb.to_string()))
 }
 
 /// The script's `node`: one snapshot, the history up to it, the tick's shared lists and the
