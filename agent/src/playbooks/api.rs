@@ -374,6 +374,10 @@ impl Evaluation for Node {
         &self.snap
     }
 
+    fn plain(&self, v: Dynamic) -> Dynamic {
+        plain_items(v)
+    }
+
     fn ask(&self, kind: ActionKind, target: String, params: BTreeMap<String, Value>, reason: &str) -> RhaiResult<bool> {
         let mut c = self.ctx.lock().unwrap_or_else(|e| e.into_inner());
         if !c.allowed.contains(&kind) {
