@@ -17,7 +17,10 @@ pub const MAX_DETAILS_BYTES: usize = 8 * 1024;
 pub fn register<E: Evaluation>(e: &mut Engine) {
     e.register_fn("notify", |ctx: NativeCallContext, subject: &str, details: Map| -> RhaiResult<bool> {
         let mut params = BTreeMap::new();
-        let mut details = serde_json::to_value(Dynamic::from_map(details)).unwrap_or(Value::Null);
+        let mut details = serde_json::to_value(match super::request::evaluation::<E>(&ctx) {
+            Ok(ev) => ev.plain(Dynamic::from_map(details)),
+            Err(_) => Dynamic::from_map(details),
+        }).unwrap_or(Value::Null);
         let text = details.to_string();
         if text.len() > MAX_DETAILS_BYTES {
             details = Value::String(crate::signals::parse::cut_marked(text, MAX_DETAILS_BYTES));

@@ -28,6 +28,12 @@ pub trait Evaluation: Clone + Send + Sync + 'static {
     /// not in the playbook's manifest, the evaluation made too many requests, or the target is
     /// over [`MAX_VALUE_BYTES`] (a target is matched against patterns: it is never cut).
     fn ask(&self, kind: ActionKind, target: String, params: BTreeMap<String, Value>, reason: &str) -> RhaiResult<bool>;
+
+    /// `v` as plain data (maps, arrays, scalars): the evaluation's own types of values it
+    /// handed the script (a shared list item) turned into what they stand for.
+    fn plain(&self, v: rhai::Dynamic) -> rhai::Dynamic {
+        v
+    }
 }
 
 /// The evaluation behind a call: the engine passes it as the call's tag.

@@ -276,21 +276,66 @@ impl Decider {
     }
 }
 
+/// Due playbooks from which one tick's evaluation is shared with a second thread.
+pub const PARALLEL_FROM: usize = 64;
+/// Threads one tick's evaluation uses at most (the worker and one helper).
+pub const EVAL_THREADS: usize = 2;
+
 /// Evaluates each due playbook on one snapshot and its history (the snapshot already pushed).
 /// Runs anywhere (the daemon's worker thread, inline). A panic inside one evaluation is that
-/// playbook's error. `timed` is told each playbook's name and seconds taken.
+/// playbook's error. `timed` is told each playbook's name and seconds taken, in `due`'s order.
+/// From [`PARALLEL_FROM`] due playbooks on a machine with more than one core, a second thread
+/// (scoped: it ends before this returns) takes playbooks from the same queue; each evaluation
+/// is independent (its own state, requests and deadline; the tick's lists and the history's
+/// read marks are shared behind locks), and the results come back in `due`'s order, so what
+/// is settled, and in which order, is as with one thread.
 pub fn evaluate(rt: &Runtime, due: Vec<Due>, snap: &Arc<Snapshot>, history: &Arc<History>, timed: &mut dyn FnMut(&str, f64)) -> Vec<Done> {
-    let mut out = Vec::with_capacity(due.len());
     // One tick: the entity lists are built once for all the playbooks.
     let tick = crate::playbooks::api::Tick::new(snap.clone(), history.clone());
-    for d in due {
+    let one = |d: &Due| {
         let t = std::time::Instant::now();
         let run = std::panic::AssertUnwindSafe(|| rt.evaluate_in(&d.pb, &tick, &d.state));
         let result = std::panic::catch_unwind(run).unwrap_or_else(|p| {
             let what = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
             Err(EvalError { code: "runtime_error", message: format!("{}: evaluation panicked: {}", d.pb.file, what.unwrap_or_default()) })
         });
-        timed(&d.pb.meta.name, t.elapsed().as_secs_f64());
+        (result, t.elapsed().as_secs_f64())
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(EVAL_THREADS);
+    let results: Vec<(Result<Evaluation, EvalError>, f64)> = if threads > 1 && due.len() >= PARALLEL_FROM {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let work = || {
+            let mut got = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(d) = due.get(i) else { break };
+                got.push((i, one(d)));
+            }
+            got
+        };
+        let all = std::thread::scope(|s| {
+            let helper = std::thread::Builder::new().name("medic-eval-2".into()).spawn_scoped(s, work);
+            let mut mine = work();
+            // A helper that could not start leaves its share to this thread (the queue is shared).
+            if let Ok(h) = helper {
+                mine.extend(h.join().unwrap_or_default());
+            }
+            mine
+        });
+        let mut slots: Vec<Option<_>> = due.iter().map(|_| None).collect();
+        for (i, r) in all {
+            if let Some(s) = slots.get_mut(i) {
+                *s = Some(r);
+            }
+        }
+        // Nothing is lost even if the helper died: what it took is evaluated again here.
+        slots.into_iter().zip(&due).map(|(r, d)| r.unwrap_or_else(|| one(d))).collect()
+    } else {
+        due.iter().map(one).collect()
+    };
+    let mut out = Vec::with_capacity(due.len());
+    for (d, (result, secs)) in due.into_iter().zip(results) {
+        timed(&d.pb.meta.name, secs);
         out.push(Done { due: d, result });
     }
     out
@@ -364,6 +409,33 @@ impl Timeline {
 mod tests {
     use super::*;
     use crate::signals::wake::Wake;
+
+    /// Enough due playbooks to share the tick with a second thread: every one evaluated once,
+    /// with its own state, and the results (and the timings) in the order they were due.
+    #[test]
+    fn a_shared_tick_keeps_the_due_order() {
+        let rt = Runtime::new(crate::playbooks::engine::Limits::default());
+        let n = PARALLEL_FROM * 3;
+        let due: Vec<Due> = (0..n)
+            .map(|i| {
+                // Some slow, some fast, so the two threads interleave.
+                let work = if i % 7 == 0 { "let x = 0; for j in 0..2000 { x += j; }" } else { "" };
+                let src = format!("const META = #{{ name: \"p{i}\", description: \"d\", interval: \"1s\", actions: [#{{ kind: \"notify\", target: \"*\" }}], rate_limit: #{{ max: 1, per: \"1h\" }}, cooldown: \"1s\" }};\nfn evaluate(node, state) {{ {work} state.set(\"n\", (state.get(\"n\") ?? 0) + 1); notify(\"p{i}\"); }}\n");
+                Due { file: format!("p{i}.rhai"), pb: rt.compile(&format!("p{i}.rhai"), &src).unwrap(), state: State::default() }
+            })
+            .collect();
+        let states: Vec<State> = due.iter().map(|d| d.state.clone()).collect();
+        let snap = Arc::new(Snapshot::default());
+        let mut timed = Vec::new();
+        let done = evaluate(&rt, due, &snap, &Arc::new(History::new(600_000, 1000, 100)), &mut |name, _| timed.push(name.to_string()));
+        assert_eq!(done.len(), n);
+        for (i, d) in done.iter().enumerate() {
+            assert_eq!(d.due.pb.meta.name, format!("p{i}"));
+            assert_eq!(d.result.as_ref().unwrap().requests[0].target, format!("p{i}"));
+            assert_eq!(timed[i], format!("p{i}"));
+            assert_eq!(states[i].len(), 1);
+        }
+    }
 
     /// A 1 s playbook on 1 s ticks that jitter by a millisecond is evaluated at every tick
     /// (it used to skip the tick that came 999 ms after a late one), and never twice within a

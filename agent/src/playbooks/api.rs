@@ -80,6 +80,83 @@ struct Lists {
     units: OnceLock<List>,
     mounts: OnceLock<List>,
     tcp_peers: OnceLock<List>,
+    /// Each process's map (by its index in the snapshot), built when a call first hands it
+    /// out: the filtered calls and `node.process(pid)` share them with `node.processes()`.
+    process_maps: OnceLock<Box<[OnceLock<Arc<Map>>]>>,
+    /// Pid → index in the snapshot's process list, for `node.process(pid)`.
+    pids: OnceLock<std::collections::HashMap<i64, usize>>,
+}
+
+impl Node {
+    /// The `i`th process of the snapshot as an [`Item`] (its map built once per tick).
+    fn process_item(&self, i: usize) -> Dynamic {
+        let maps = self.lists.process_maps.get_or_init(|| self.snap.processes.iter().map(|_| OnceLock::new()).collect());
+        match (maps.get(i), self.snap.processes.get(i)) {
+            (Some(cell), Some(p)) => Dynamic::from(Item(cell.get_or_init(|| Arc::new(process_map(p))).clone())),
+            _ => Dynamic::UNIT,
+        }
+    }
+
+    /// The processes that pass `keep`, as items.
+    fn processes_where(&self, keep: impl Fn(&crate::signals::process::ProcessInfo) -> bool) -> Vec<Dynamic> {
+        self.snap.processes.iter().enumerate().filter(|(_, p)| keep(p)).map(|(i, _)| self.process_item(i)).collect()
+    }
+}
+
+/// One item of a list the agent hands a script (a process, unit, mount or peer): a map shared,
+/// read-only, by every playbook of the tick, so a loop step or a filter match copies a pointer,
+/// not the map. It reads as the map it stands for (`p.name`, `p["name"]`, `p.tcp.established`,
+/// `keys()`, `"name" in p`, printing, `type_of` says `"map"`); writing to it (`p.name = "x"`)
+/// makes the script its own copy first, so nothing one playbook does reaches another. Kept in
+/// `state` or sent as `notify` details, it is the plain map ([`plain_items`]).
+#[derive(Clone)]
+pub struct Item(Arc<Map>);
+
+impl Item {
+    pub fn map(&self) -> &Map {
+        &self.0
+    }
+}
+
+/// `v` with every [`Item`] in it (nested in arrays and maps too) turned into its plain map.
+pub fn plain_items(v: Dynamic) -> Dynamic {
+    if let Some(item) = v.read_lock::<Item>().map(|i| i.0.clone()) {
+        return Dynamic::from_map(item.iter().map(|(k, x)| (k.clone(), plain_items(x.clone()))).collect());
+    }
+    if v.is_array() {
+        return Dynamic::from_array(v.into_array().unwrap_or_default().into_iter().map(plain_items).collect());
+    }
+    if v.is_map() {
+        return Dynamic::from_map(v.cast::<Map>().into_iter().map(|(k, x)| (k, plain_items(x))).collect());
+    }
+    v
+}
+
+fn register_item(e: &mut Engine) {
+    // `type_of(p)` is "map", as it was when items were maps.
+    e.register_type_with_name::<Item>("map");
+    // `p.field` falls back to the indexer (rhai tries an indexer when no getter exists).
+    e.register_indexer_get(|i: &mut Item, k: &str| i.0.get(k).cloned().unwrap_or(Dynamic::UNIT));
+    e.register_indexer_set(|i: &mut Item, k: &str, v: Dynamic| {
+        Arc::make_mut(&mut i.0).insert(k.into(), v);
+    });
+    e.register_fn("keys", |i: &mut Item| -> Array { i.0.keys().map(|k| k.as_str().into()).collect() });
+    e.register_fn("values", |i: &mut Item| -> Array { i.0.values().cloned().collect() });
+    e.register_fn("len", |i: &mut Item| i.0.len() as i64);
+    e.register_fn("is_empty", |i: &mut Item| i.0.is_empty());
+    e.register_fn("contains", |i: &mut Item, k: &str| i.0.contains_key(k));
+    e.register_fn("get", |i: &mut Item, k: &str| i.0.get(k).cloned().unwrap_or(Dynamic::UNIT));
+    e.register_fn("to_map", |i: &mut Item| -> Map { (*i.0).clone() });
+    e.register_fn("to_string", |i: &mut Item| Dynamic::from_map((*i.0).clone()).to_string());
+    e.register_fn("to_debug", |i: &mut Item| format!("{:?}", Dynamic::from_map((*i.0).clone())));
+    e.register_fn("==", |a: &mut Item, b: Item| same_map(&a.0, &b.0));
+    e.register_fn("!=", |a: &mut Item, b: Item| !same_map(&a.0, &b.0));
+}
+
+/// Two items are equal when they hold the same keys and equal values.
+fn same_map(a: &Arc<Map>, b: &Arc<Map>) -> bool {
+    Arc::ptr_eq(a, b)
+        || (a.len() == b.len() && a.iter().zip(b.iter()).all(|((ka, va), (kb, vb))| ka == kb && va.to_string() == vb.to_string()))
 }
 
 /// The script's `node`: one snapshot, the history up to it, the tick's shared lists and the
@@ -297,6 +374,10 @@ impl Evaluation for Node {
         &self.snap
     }
 
+    fn plain(&self, v: Dynamic) -> Dynamic {
+        plain_items(v)
+    }
+
     fn ask(&self, kind: ActionKind, target: String, params: BTreeMap<String, Value>, reason: &str) -> RhaiResult<bool> {
         let mut c = self.ctx.lock().unwrap_or_else(|e| e.into_inner());
         if !c.allowed.contains(&kind) {
@@ -350,6 +431,7 @@ pub fn register(e: &mut Engine) {
     e.register_type_with_name::<Node>("Node");
     e.register_type_with_name::<State>("State");
     register_list(e);
+    register_item(e);
 
     // Current values and windowed aggregates.
     e.register_fn("now", |n: &mut Node| n.now() / 1000);
@@ -402,15 +484,14 @@ pub fn register(e: &mut Engine) {
 
     // Entities.
     e.register_fn("processes", |n: &mut Node| -> List {
-        n.lists.processes.get_or_init(|| n.snap.processes.iter().map(|p| process_map(p).into()).collect()).clone()
+        n.lists.processes.get_or_init(|| (0..n.snap.processes.len()).map(|i| n.process_item(i)).collect()).clone()
     });
     // Only the processes whose numeric field passes the test: far cheaper than building every
     // process's map when a playbook looks for a few outliers. The count found is noted.
     e.register_fn("processes", |n: &mut Node, field: &str, op: &str, thr: Dynamic| -> RhaiResult<List> {
         let (c, t) = (cmp(op)?, number(&thr, "threshold")?);
         let get = process_field(field)?;
-        let out: Vec<Dynamic> =
-            n.snap.processes.iter().filter(|p| get(p).is_some_and(|v| c.test(v, t))).map(|p| process_map(p).into()).collect();
+        let out = n.processes_where(|p| get(p).is_some_and(|v| c.test(v, t)));
         let _ = n.note(format!("processes({field}{op}{t})"), Some(out.len() as f64));
         Ok(List::new(out))
     });
@@ -419,25 +500,26 @@ pub fn register(e: &mut Engine) {
         if states.is_empty() || states.len() > 16 || !states.bytes().all(|b| b.is_ascii_alphabetic()) {
             return Err(err(format!("processes_in: {states:?} is not a set of state letters (R, S, D, Z, T, t, X, I, ...)")));
         }
-        let out: Vec<Dynamic> = n.snap.processes.iter().filter(|p| in_states(&p.state, states)).map(|p| process_map(p).into()).collect();
+        let out = n.processes_where(|p| in_states(&p.state, states));
         let _ = n.note(format!("processes_in({states})"), Some(out.len() as f64));
         Ok(List::new(out))
     });
     // The direct children of a process (the processes whose ppid is `pid`); the count is noted.
     e.register_fn("children_of", |n: &mut Node, pid: i64| -> List {
-        let out: Vec<Dynamic> = n.snap.processes.iter().filter(|p| p.ppid == pid && p.pid != pid).map(|p| process_map(p).into()).collect();
+        let out = n.processes_where(|p| p.ppid == pid && p.pid != pid);
         let _ = n.note(format!("children_of({pid})"), Some(out.len() as f64));
         List::new(out)
     });
     e.register_fn("process", |n: &mut Node, pid: i64| -> Dynamic {
-        n.snap.processes.iter().find(|p| p.pid == pid).map_or(Dynamic::UNIT, |p| process_map(p).into())
+        let pids = n.lists.pids.get_or_init(|| n.snap.processes.iter().enumerate().map(|(i, p)| (p.pid, i)).rev().collect());
+        pids.get(&pid).map_or(Dynamic::UNIT, |i| n.process_item(*i))
     });
     e.register_fn("units", |n: &mut Node| -> List {
-        n.lists.units.get_or_init(|| n.snap.units.values().map(|u| unit_map(u).into()).collect()).clone()
+        n.lists.units.get_or_init(|| n.snap.units.values().map(|u| Dynamic::from(Item(Arc::new(unit_map(u))))).collect()).clone()
     });
     e.register_fn("unit", |n: &mut Node, name: &str| -> Dynamic { n.snap.units.get(name).map_or(Dynamic::UNIT, |u| unit_map(u).into()) });
     e.register_fn("mounts", |n: &mut Node| -> List {
-        n.lists.mounts.get_or_init(|| n.snap.mounts.iter().map(|m| mount_map(&n.snap, m).into()).collect()).clone()
+        n.lists.mounts.get_or_init(|| n.snap.mounts.iter().map(|m| Dynamic::from(Item(Arc::new(mount_map(&n.snap, m))))).collect()).clone()
     });
     e.register_fn("tcp_peers", |n: &mut Node| -> List {
         n.lists
@@ -452,7 +534,7 @@ pub fn register(e: &mut Engine) {
                         m.insert("sockets".into(), Dynamic::from_int(p.sockets as i64));
                         m.insert("retransmitting".into(), Dynamic::from_int(p.retransmitting as i64));
                         m.insert("timeouts".into(), Dynamic::from_int(p.timeouts as i64));
-                        Dynamic::from_map(m)
+                        Dynamic::from(Item(Arc::new(m)))
                     })
                     .collect()
             })
@@ -566,6 +648,29 @@ mod tests {
             rt.evaluate_in(p, &tick, &State::default()).unwrap();
         }
         assert!(tick.lists.processes.get().is_some(), "built once and kept for the tick");
+    }
+
+    /// A list item reads as the map it stands for: fields, index, printing, `type_of`, `in`,
+    /// comparison; kept in state and sent as details it is the plain map.
+    #[test]
+    fn list_items_read_as_maps_and_are_kept_as_maps() {
+        let state = State::default();
+        let body = r#"fn evaluate(node, state) {
+            let p = node.process(40);
+            if type_of(p) != "map" || p["name"] != "forker" || p.name != "forker" || p.nope != () { throw `${p}`; }
+            if !("zombie_children" in p) || p.keys().len() != p.len() || p.tcp.len() != 0 { throw "keys"; }
+            if p != node.process(40) || p == node.process(1) || p == () || !(p != ()) { throw "compare"; }
+            if !`${p}`.contains("forker") || `${p}`.len() < 100 { throw `${p}`; }
+            let q = node.processes()[1];
+            q.tcp.established = 3;
+            if q.tcp.established != 3 || node.processes()[1].tcp.len() != 0 { throw "copy on write"; }
+            state.set("p", p);
+            notify("x", #{ p: p, all: node.processes_in("D").to_array() });
+        }"#;
+        let reqs = run(body, &state).unwrap();
+        assert_eq!(reqs[0].params["details"]["p"]["name"], "forker");
+        assert_eq!(reqs[0].params["details"]["all"][0]["pid"], 60);
+        assert_eq!(state.len(), 1);
     }
 
     /// META is read at load; a playbook that names it in `evaluate` still sees it.

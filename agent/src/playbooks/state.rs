@@ -96,7 +96,11 @@ pub fn plain(v: &Dynamic, depth: usize, size: &mut usize) -> Result<Dynamic, Str
     if depth > MAX_STATE_DEPTH {
         return Err(format!("only values nested at most {MAX_STATE_DEPTH} deep can be kept"));
     }
-    let v = v.flatten_clone();
+    let mut v = v.flatten_clone();
+    // A list item (a process, unit, ... shared by the tick) is kept as the map it reads as.
+    if v.is::<super::api::Item>() {
+        v = super::api::plain_items(v);
+    }
     *size = size.saturating_add(8);
     if v.is_unit() || v.is_bool() || v.is_int() || v.is_float() || v.is_char() {
         return Ok(v);
