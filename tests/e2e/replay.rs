@@ -63,7 +63,14 @@ fn replay_reproduces_the_live_decisions_and_shows_what_an_unloaded_playbook_woul
     let replay_keys: Vec<_> = replayed.iter().map(|d| key(d, &d["playbook"])).collect();
     assert!(live_keys.iter().filter(|k| k.1 == "would_execute").count() >= 2, "{live_keys:?}");
     assert!(live_keys.iter().any(|k| k.1 == "escalated"), "the breaker opened live: {live_keys:?}");
-    assert_eq!(replay_keys, live_keys, "replay gives back the live decisions, in order");
+    // The stop can land between a tick's frame reaching the recorder and its records reaching
+    // the log (nothing runs then: actions start only after the commit), so the replay may hold
+    // that one last tick more; everything before it matches, in order.
+    let extra = replay_keys.len().saturating_sub(live_keys.len());
+    assert!(
+        extra <= 1 && replay_keys[..replay_keys.len() - extra] == live_keys[..],
+        "replay gives back the live decisions, in order: {replay_keys:?} vs {live_keys:?}"
+    );
     for (r, d) in live.iter().zip(&replayed) {
         assert_eq!(r["action"]["target"], d["target"]);
         let lag = ms(r["ts"].as_str().unwrap()) - ms(d["ts"].as_str().unwrap());
